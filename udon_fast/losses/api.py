@@ -1,0 +1,109 @@
+"""Public loss API: `udon_loss`, `normalized_softmax_ce`, `UDONLoss`.
+
+All backends compute the same per-row head losses (see `head_op.py`); this module validates the
+arguments, dispatches, takes batch means and forms the weighted total of udon-spec.md.
+"""
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import backends, reference, validate
+from .margins import margin_code
+from .similarity import similarity_loss
+
+
+class UDONLossOutput(NamedTuple):
+    """The loss terms of one batch: 0-d float32 tensors, differentiable."""
+
+    total: torch.Tensor
+    teacher_ce: torch.Tensor
+    student_ce: torch.Tensor
+    kl: torch.Tensor
+    similarity: torch.Tensor
+
+
+def _head_rows(backend, e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
+    if backend == "reference":
+        return reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
+    op = backends.fused_op(backend)
+    ce_t, ce_s, kl, _ = op(e_t.contiguous(), w_t.contiguous(),
+                           None if e_s is None else e_s.contiguous(),
+                           None if w_s is None else w_s.contiguous(),
+                           labels.contiguous(), code, float(margin), float(scale), float(tau_t), float(tau_s))
+    return ce_t, ce_s, kl
+
+
+def udon_loss(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor,
+    student_weight: torch.Tensor, teacher_weight: torch.Tensor, labels: torch.Tensor,
+    *, margin_type: str = "normface", margin: float = 0.0, scale: float = 16.0,
+    teacher_temperature: float = 0.1, student_temperature: float = 0.1,
+    teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0, kl_weight: float = 1.0,
+    similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
+) -> UDONLossOutput:
+    """The UDON loss of one single-domain batch (udon-spec.md, "Loss for one batch").
+
+    student_emb (B, Ds), teacher_emb (B, Dt): L2-normalised embeddings (fp32, bf16 or fp16).
+    student_weight (C, Ds), teacher_weight (C, Dt): raw class weights (rows normalised inside).
+    labels (B,) int64 in [0, C).  n_devices scales SIM as the release does per device.
+    Returns UDONLossOutput of 0-d float32 tensors; total = weighted sum / sum of weights.
+    Raises ValueError/TypeError naming the argument before any kernel runs.
+    """
+    validate.check_head_scalars(margin_type, margin, scale)
+    validate.check_positive("teacher_temperature", teacher_temperature)
+    validate.check_positive("student_temperature", student_temperature)
+    weights = {"teacher_ce_weight": teacher_ce_weight, "student_ce_weight": student_ce_weight,
+               "kl_weight": kl_weight, "similarity_weight": similarity_weight}
+    validate.check_loss_weights(weights)
+    validate.check_head("teacher_emb", teacher_emb, "teacher_weight", teacher_weight, labels, backend == "reference")
+    validate.check_head("student_emb", student_emb, "student_weight", student_weight, labels, backend == "reference")
+    validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
+    if not torch.compiler.is_compiling():
+        validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb,
+                               "student_weight": student_weight, "teacher_weight": teacher_weight},
+                              labels, teacher_weight.shape[0])
+    name = backends.resolve(backend, teacher_emb.device)
+    ce_t, ce_s, kl = _head_rows(name, teacher_emb, teacher_weight, student_emb, student_weight, labels,
+                                margin_code(margin_type), margin, scale, teacher_temperature, student_temperature)
+    teacher_ce, student_ce, kl = ce_t.mean(), ce_s.mean(), kl.mean()
+    sim = similarity_loss(student_emb, teacher_emb, n_devices)
+    total = (teacher_ce_weight * teacher_ce + student_ce_weight * student_ce + kl_weight * kl
+             + similarity_weight * sim) / sum(weights.values())
+    return UDONLossOutput(total, teacher_ce, student_ce, kl, sim)
+
+
+def normalized_softmax_ce(
+    emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+    *, margin_type: str = "normface", margin: float = 0.0, scale: float = 16.0, backend: str = "auto",
+) -> torch.Tensor:
+    """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw,
+    labels (B,) int64 -> 0-d float32 tensor."""
+    validate.check_head_scalars(margin_type, margin, scale)
+    validate.check_head("emb", emb, "weight", weight, labels, backend == "reference")
+    if not torch.compiler.is_compiling():
+        validate.check_values({"emb": emb, "weight": weight}, labels, weight.shape[0])
+    name = backends.resolve(backend, emb.device)
+    ce, _, _ = _head_rows(name, emb, weight, None, None, labels, margin_code(margin_type), margin, scale, 1.0, 1.0)
+    return ce.mean()
+
+
+class UDONLoss(nn.Module):
+    """`udon_loss` as a module: keyword arguments fixed at construction, validated there."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        allowed = set(udon_loss.__kwdefaults__)
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise TypeError(f"UDONLoss got unknown arguments {unknown}; valid ones: {sorted(allowed)}")
+        self.options = {**udon_loss.__kwdefaults__, **kwargs}
+        validate.check_head_scalars(self.options["margin_type"], self.options["margin"], self.options["scale"])
+        if self.options["backend"] not in backends.BACKENDS:
+            raise ValueError(f"backend must be one of {backends.BACKENDS}, got {self.options['backend']!r}")
+
+    def forward(self, student_emb, teacher_emb, student_weight, teacher_weight, labels) -> UDONLossOutput:
+        return udon_loss(student_emb, teacher_emb, student_weight, teacher_weight, labels, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

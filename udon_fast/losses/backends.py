@@ -1,0 +1,80 @@
+"""Which fused head-loss backends exist here, and the choice behind backend="auto".
+
+Each fused backend module (`chunked`, `triton_backend`, `native_backend`) provides the
+forward/backward pair described in `head_op.py`; it is registered as a custom op on first use.
+"""
+import functools
+import importlib
+import os
+
+import torch
+
+from .head_op import register_head_backend
+
+BACKENDS = ("auto", "reference", "chunked", "triton", "native")
+_MODULES = {"chunked": ".chunked", "triton": ".triton_backend", "native": ".native_backend"}
+
+
+def _triton_status() -> tuple[bool, str]:
+    try:
+        import triton
+    except ImportError as exc:
+        return False, f"triton not importable ({exc})"
+    if torch.cuda.is_available():
+        return True, f"triton {triton.__version__} on CUDA"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1, CPU tensors, slow)"
+    return False, f"triton {triton.__version__} installed but no CUDA device (set TRITON_INTERPRET=1 to interpret)"
+
+
+def _native_status() -> tuple[bool, str]:
+    from .. import native_library
+
+    ok, reason = native_library.status()
+    if ok and not hasattr(torch.ops.udon_fast_native, "head_forward"):
+        return False, f"{reason}; it has no head-loss ops (udon_fast_native::head_forward)"
+    return ok, reason
+
+
+@functools.lru_cache(maxsize=None)
+def status() -> dict[str, tuple[bool, str]]:
+    """{backend: (usable, one-line reason)} for every backend except "auto"."""
+    return {
+        "reference": (True, "eager PyTorch, materialises (B, C) logits"),
+        "chunked": (True, "PyTorch, classes in chunks, any device"),
+        "triton": _triton_status(),
+        "native": _native_status(),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def auto_backend(device_type: str) -> str:
+    """backend="auto": triton on CUDA, otherwise native when built, otherwise chunked."""
+    usable = {name: ok for name, (ok, _) in status().items()}
+    if device_type == "cuda" and usable["triton"]:
+        return "triton"
+    if device_type == "cpu" and usable["native"]:
+        return "native"
+    return "chunked"
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """Validate a backend name and resolve "auto" for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return auto_backend(device.type)
+    if backend in ("triton", "native"):
+        ok, reason = status()[backend]
+        if not ok:
+            raise ValueError(f"backend={backend!r} is not available here: {reason}")
+        if backend == "native" and device.type != "cpu":
+            raise ValueError(f"backend='native' runs on CPU tensors only, got tensors on {device}")
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def fused_op(name: str):
+    """The registered custom op `udon_fast::head_loss_<name>` of a fused backend."""
+    module = importlib.import_module(_MODULES[name], __package__)
+    return register_head_backend(name, module.forward, module.backward)

@@ -1,0 +1,78 @@
+"""Registers a backend's fused head-loss forward/backward pair as `torch.library` custom ops.
+
+Every fused backend (chunked, triton, native) implements the same two functions:
+
+forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
+    -> ce_t (B,) f32, ce_s (B,) f32, kl (B,) f32, stats (B, 4) f32
+backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, scale, tau_t, tau_s)
+    -> d_e_t (B, Dt), d_w_t (C, Dt), d_e_s (B, Ds), d_w_s (C, Ds)   (dtypes of the inputs)
+
+e_t (B, Dt), w_t (C, Dt) teacher; e_s (B, Ds), w_s (C, Ds) student, or both None for a single head
+(then ce_s = kl = 0 and the student gradients are empty (0,) tensors); labels (B,) int64.
+stats columns: log-sum-exp of the teacher CE logits, the student CE logits, cos_t / tau_t and
+cos_s / tau_s.  Gradients follow udon-spec.md: CE_t reaches (e_t, w_t); CE_s and KL reach
+(e_s, w_s); the teacher side of KL is detached.
+
+Registration gives each backend fake (meta) implementations and autograd, so `torch.compile`
+traces through `udon_loss` without graph breaks.
+"""
+from typing import Callable, Optional
+
+import torch
+
+STATS_COLUMNS = 4
+
+
+def _fake_forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
+    rows = e_t.new_empty((e_t.shape[0],), dtype=torch.float32)
+    return rows, torch.empty_like(rows), torch.empty_like(rows), e_t.new_empty((e_t.shape[0], STATS_COLUMNS), dtype=torch.float32)
+
+
+def _fake_backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, scale, tau_t, tau_s):
+    if e_s is None:
+        return torch.empty_like(e_t), torch.empty_like(w_t), e_t.new_empty((0,)), w_t.new_empty((0,))
+    return torch.empty_like(e_t), torch.empty_like(w_t), torch.empty_like(e_s), torch.empty_like(w_s)
+
+
+def register_head_backend(name: str, forward: Callable, backward: Callable) -> Callable:
+    """Define `udon_fast::head_loss_<name>` (+ `_backward`) from a backend's pair; return the forward op."""
+
+    def forward_op(
+        e_t: torch.Tensor, w_t: torch.Tensor, e_s: Optional[torch.Tensor], w_s: Optional[torch.Tensor],
+        labels: torch.Tensor, code: int, margin: float, scale: float, tau_t: float, tau_s: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
+
+    def backward_op(
+        g_ce_t: torch.Tensor, g_ce_s: torch.Tensor, g_kl: torch.Tensor,
+        e_t: torch.Tensor, w_t: torch.Tensor, e_s: Optional[torch.Tensor], w_s: Optional[torch.Tensor],
+        labels: torch.Tensor, stats: torch.Tensor,
+        code: int, margin: float, scale: float, tau_t: float, tau_s: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        d_e_t, d_w_t, d_e_s, d_w_s = backward(
+            g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, scale, tau_t, tau_s)
+        if e_s is None:
+            d_e_s, d_w_s = e_t.new_empty((0,)), w_t.new_empty((0,))
+        return d_e_t, d_w_t, d_e_s, d_w_s
+
+    fwd = torch.library.custom_op(f"udon_fast::head_loss_{name}", forward_op, mutates_args=())
+    bwd = torch.library.custom_op(f"udon_fast::head_loss_{name}_backward", backward_op, mutates_args=())
+    fwd.register_fake(_fake_forward)
+    bwd.register_fake(_fake_backward)
+
+    def setup_context(ctx, inputs, output):
+        e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s = inputs
+        ctx.save_for_backward(e_t, w_t, e_s, w_s, labels, output[3])
+        ctx.params = (code, margin, scale, tau_t, tau_s)
+
+    def backward_rule(ctx, g_ce_t, g_ce_s, g_kl, _g_stats):
+        e_t, w_t, e_s, w_s, labels, stats = ctx.saved_tensors
+        rows = torch.zeros_like(stats[:, 0])
+        grads = [rows if g is None else g.float().contiguous() for g in (g_ce_t, g_ce_s, g_kl)]
+        d_e_t, d_w_t, d_e_s, d_w_s = bwd(*grads, e_t, w_t, e_s, w_s, labels, stats, *ctx.params)
+        if e_s is None:
+            d_e_s = d_w_s = None
+        return d_e_t, d_w_t, d_e_s, d_w_s, None, None, None, None, None, None
+
+    fwd.register_autograd(backward_rule, setup_context=setup_context)
+    return fwd

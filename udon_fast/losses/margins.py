@@ -1,0 +1,47 @@
+"""The margin transform of the target logit: the one statement of it that every backend follows.
+
+normface: z_y = s * cos_y
+cosface:  z_y = s * (cos_y - m)
+arcface:  z_y = s * cos(acos(cos_y) + m)     (cos_y clamped to [-1 + ARCFACE_EPS, 1 - ARCFACE_EPS])
+
+Non-target logits are always z_c = s * cos_c.  The Triton and native kernels re-express the same
+formulas (arcface expanded as cos_y*cos(m) - sqrt(1 - cos_y^2)*sin(m)) and use `MARGIN_CODES`.
+"""
+import math
+
+import torch
+
+MARGIN_TYPES = ("normface", "cosface", "arcface")
+MARGIN_CODES = {name: code for code, name in enumerate(MARGIN_TYPES)}
+ARCFACE_EPS = 1e-6
+
+
+def margin_code(margin_type: str) -> int:
+    """Integer code of a margin type (0 normface, 1 cosface, 2 arcface) passed to kernels."""
+    if margin_type not in MARGIN_CODES:
+        raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got {margin_type!r}")
+    return MARGIN_CODES[margin_type]
+
+
+def target_logit(cos_y: torch.Tensor, code: int, margin: float, scale: float) -> torch.Tensor:
+    """Margin-transformed, scaled target logit z_y.
+
+    cos_y: (B,) float cosine of each row's target class.  Returns (B,) of the same dtype.
+    """
+    if code == 0:
+        return scale * cos_y
+    if code == 1:
+        return scale * (cos_y - margin)
+    clamped = cos_y.clamp(-1.0 + ARCFACE_EPS, 1.0 - ARCFACE_EPS)
+    return scale * torch.cos(torch.acos(clamped) + margin)
+
+
+def target_logit_grad(cos_y: torch.Tensor, code: int, margin: float, scale: float) -> torch.Tensor:
+    """d z_y / d cos_y for `target_logit`, (B,) float; zero where arcface clamps cos_y."""
+    if code in (0, 1):
+        return torch.full_like(cos_y, scale)
+    inside = (cos_y >= -1.0 + ARCFACE_EPS) & (cos_y <= 1.0 - ARCFACE_EPS)
+    clamped = cos_y.clamp(-1.0 + ARCFACE_EPS, 1.0 - ARCFACE_EPS)
+    sin_theta = torch.sqrt(1.0 - clamped * clamped)
+    grad = scale * (math.cos(margin) + clamped * math.sin(margin) / sin_theta)
+    return torch.where(inside, grad, torch.zeros_like(grad))

@@ -1,0 +1,54 @@
+"""Plain eager reference of the UDON head losses, written to mirror udon-spec.md line by line.
+
+It materialises the (B, C) logits of every head.  It is the oracle of the tests and the baseline of
+the benchmarks; the fused backends must agree with it in fp32, forward and all gradients.
+"""
+import torch
+import torch.nn.functional as F
+
+from .margins import target_logit
+
+
+def cosine_logits(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """cos_{b,c} = e_b . W_c / ||W_c||.  emb (B, D) unit-norm, weight (C, D) raw -> (B, C)."""
+    return emb @ (weight / weight.norm(dim=1, keepdim=True)).t()
+
+
+def margin_logits(cos: torch.Tensor, labels: torch.Tensor, code: int, margin: float, scale: float) -> torch.Tensor:
+    """z = s * cos with the margin transform applied to the target logit only.  (B, C) -> (B, C)."""
+    cos_y = cos.gather(1, labels[:, None])[:, 0]
+    z = scale * cos
+    return z.scatter(1, labels[:, None], target_logit(cos_y, code, margin, scale)[:, None])
+
+
+def softmax_ce_rows(cos: torch.Tensor, labels: torch.Tensor, code: int, margin: float, scale: float) -> torch.Tensor:
+    """Per-row CE(z(cos), y): (B, C) cosines, (B,) int64 labels -> (B,) float."""
+    return F.cross_entropy(margin_logits(cos, labels, code, margin, scale), labels, reduction="none")
+
+
+def kl_rows(cos_t: torch.Tensor, cos_s: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
+    """KL(softmax(cos_t / tau_t) || softmax(cos_s / tau_s)) per row on raw cosines, teacher detached.
+
+    cos_t, cos_s: (B, C) -> (B,) float.
+    """
+    log_p_t = F.log_softmax(cos_t.detach() / tau_t, dim=1)
+    log_p_s = F.log_softmax(cos_s / tau_s, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+
+
+def head_loss_rows(
+    e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None, w_s: torch.Tensor | None,
+    labels: torch.Tensor, code: int, margin: float, scale: float, tau_t: float, tau_s: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row teacher CE, student CE and KL, each (B,) float32.
+
+    e_t (B, Dt), w_t (C, Dt); e_s (B, Ds), w_s (C, Ds) or both None (single head: ce_s = kl = 0).
+    """
+    cos_t = cosine_logits(e_t.float(), w_t.float())
+    ce_t = softmax_ce_rows(cos_t, labels, code, margin, scale)
+    if e_s is None:
+        zeros = torch.zeros_like(ce_t)
+        return ce_t, zeros, zeros
+    cos_s = cosine_logits(e_s.float(), w_s.float())
+    ce_s = softmax_ce_rows(cos_s, labels, code, margin, scale)
+    return ce_t, ce_s, kl_rows(cos_t, cos_s, tau_t, tau_s)

@@ -1,0 +1,82 @@
+"""Argument checks for the public loss API: clear errors naming the argument, before any kernel runs."""
+import math
+
+import torch
+
+from .margins import MARGIN_TYPES
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_head_scalars(margin_type: str, margin: float, scale: float) -> None:
+    if margin_type not in MARGIN_TYPES:
+        raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got {margin_type!r}")
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin)):
+        raise ValueError(f"margin must be a finite number, got {margin!r}")
+    check_positive("scale", scale)
+
+
+def check_loss_weights(weights: dict[str, float]) -> None:
+    for name, value in weights.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"the loss weights {sorted(weights)} must not all be 0")
+
+
+def _check_tensor(name: str, value, ndim: int, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {value.dtype}")
+    return value
+
+
+def check_head(emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool) -> None:
+    """Shapes, dtypes and devices of one head: emb (B, D), weight (C, D), labels (B,) int64."""
+    dtypes = FLOAT_DTYPES + ((torch.float64,) if allow_float64 else ())
+    _check_tensor(emb_name, emb, 2, dtypes)
+    _check_tensor(weight_name, weight, 2, dtypes)
+    _check_tensor("labels", labels, 1, (torch.int64,))
+    if emb.shape[0] == 0:
+        raise ValueError(f"{emb_name} must hold at least one row, got shape {tuple(emb.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError(f"{weight_name} must hold at least one class, got shape {tuple(weight.shape)}")
+    if emb.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{emb_name} has dimension {emb.shape[1]} but {weight_name} has {weight.shape[1]} (shapes "
+            f"{tuple(emb.shape)} and {tuple(weight.shape)})")
+    if labels.shape[0] != emb.shape[0]:
+        raise ValueError(f"labels has {labels.shape[0]} entries but {emb_name} has {emb.shape[0]} rows")
+    for name, tensor in ((weight_name, weight), ("labels", labels)):
+        if tensor.device != emb.device:
+            raise ValueError(f"{name} is on {tensor.device} but {emb_name} is on {emb.device}")
+
+
+def check_pair(student_emb, teacher_emb, student_weight, teacher_weight) -> None:
+    """The student and teacher heads must agree on batch size, class count, device and dtype."""
+    if student_emb.shape[0] != teacher_emb.shape[0]:
+        raise ValueError(
+            f"student_emb has {student_emb.shape[0]} rows but teacher_emb has {teacher_emb.shape[0]}")
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(
+            f"student_weight has {student_weight.shape[0]} classes but teacher_weight has {teacher_weight.shape[0]}")
+    if student_emb.device != teacher_emb.device:
+        raise ValueError(f"student_emb is on {student_emb.device} but teacher_emb is on {teacher_emb.device}")
+
+
+def check_values(tensors: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> None:
+    """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low}, {high}]")
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or inf values")

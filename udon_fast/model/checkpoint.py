@@ -1,0 +1,101 @@
+"""Checkpoints shared by the trainer and the evaluator: one file rebuilds the model.
+
+Layout (a dict saved with `torch.save`, read back with `weights_only=True`):
+`{"format": "udon_fast.checkpoint", "version": 1, "config": UDONModel.config,
+"model": state_dict, "optimizer": state_dict or None, "extra": dict}`.
+`extra` must hold only what `torch.load(weights_only=True)` accepts (tensors, numbers, strings,
+lists, tuples, dicts), e.g. step, epoch, metrics, `DomainSampler.state_dict()`.
+"""
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .udon import UDONModel
+
+FORMAT = "udon_fast.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or is not a udon_fast checkpoint."""
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: UDONModel,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically: temp file in the same directory, fsync, `os.replace`, fsync dir.
+
+    A crash leaves either the previous file or the new one at `path`, never a partial file.
+    Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "extra": dict(extra or {}),
+    }
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at `path`, checked for the udon_fast layout (no model is built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated / corrupt files raise many types
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a udon_fast checkpoint (no format tag {FORMAT!r})")
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {checkpoint.get('version')!r}; this udon_fast reads {VERSION}")
+    missing = [k for k in ("config", "model") if not isinstance(checkpoint.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    return checkpoint
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[UDONModel, dict[str, Any]]:
+    """Rebuild the model from the checkpoint alone and load its weights strictly.
+
+    Returns (model on `map_location`, in eval mode; the checkpoint dict with "config", "model",
+    "optimizer", "extra").  Errors name the file.
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path, map_location)
+    try:
+        model = UDONModel.from_config(checkpoint["config"])
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not rebuild a UDONModel: {type(exc).__name__}: {exc}") from exc
+    return model.to(map_location).eval(), checkpoint

@@ -1,0 +1,141 @@
+"""`UDONModel`: backbone -> L2-normalised features -> teacher / universal student embeddings."""
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import create_backbone, feature_dim, normalization
+from .heads import lecun_uniform_classifier, output_dim, projection
+from .weights import load_backbone_weights
+
+
+def _check_domains(domains: Mapping[str, int]) -> dict[str, int]:
+    if not isinstance(domains, Mapping) or not domains:
+        raise ValueError(f"domains must be a non-empty mapping name -> number of classes, got {domains!r}")
+    for name, classes in domains.items():
+        if not isinstance(name, str) or not name or "." in name or hasattr(nn.ParameterDict, name) \
+                or hasattr(nn.ModuleDict, name):
+            raise ValueError(f"domain name {name!r} is not usable as a parameter name (non-empty, no '.', "
+                             f"not an nn.ModuleDict attribute)")
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes <= 0:
+            raise ValueError(f"domain {name!r}: number of classes must be a positive int, got {classes!r}")
+    return dict(domains)
+
+
+class UDONModel(nn.Module):
+    """UDON (spec "Model"): a shared timm backbone, one teacher head per domain, one universal student head.
+
+    Args:
+        backbone_name: timm model name, optionally with a pretrained tag (`"vit_base_patch16_clip_224.openai"`).
+        domains: domain name -> number of classes C_d (insertion order is kept).
+        teacher_dim: teacher projection width (Linear F -> 256), or a list of dims for an MLP.
+        student_dim: universal student projection width (Linear F -> 64), or a list of dims for an MLP.
+        pretrained: optional local weights file for the backbone (see `weights.load_backbone_weights`);
+            never a hub download.
+        image_size: training/eval image side; ViTs size their position embedding from it.
+        backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `drop_path_rate`).
+
+    Attributes: `mean`, `std` (per-channel input normalisation of the backbone), `num_features` (F),
+    `teacher_dim_out`, `student_dim_out`, `domains`, `config` (everything `from_config` needs).
+    Images are (B, 3, image_size, image_size) float, normalised with `mean`/`std`.
+    Embeddings are float32 and unit-norm along the last dimension (also under autocast).
+    """
+
+    def __init__(
+        self,
+        backbone_name: str,
+        domains: Mapping[str, int],
+        teacher_dim: int | Sequence[int] = 256,
+        student_dim: int | Sequence[int] = 64,
+        pretrained: str | Path | None = None,
+        image_size: int = 224,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.domains = _check_domains(domains)
+        backbone_kwargs = dict(backbone_kwargs or {})
+        self.backbone = create_backbone(backbone_name, image_size, **backbone_kwargs)
+        if pretrained is not None:
+            load_backbone_weights(self.backbone, pretrained)
+        self.num_features = feature_dim(self.backbone)
+        self.mean, self.std = normalization(self.backbone)
+        self.teacher_projections = nn.ModuleDict(
+            {d: projection(self.num_features, teacher_dim, "teacher_dim") for d in self.domains})
+        self.student_projection = projection(self.num_features, student_dim, "student_dim")
+        self.teacher_dim_out = output_dim(teacher_dim)
+        self.student_dim_out = output_dim(student_dim)
+        self.teacher_classifiers = nn.ParameterDict(
+            {d: lecun_uniform_classifier(c, self.teacher_dim_out) for d, c in self.domains.items()})
+        self.student_classifiers = nn.ParameterDict(
+            {d: lecun_uniform_classifier(c, self.student_dim_out) for d, c in self.domains.items()})
+        self.config = {
+            "backbone_name": backbone_name,
+            "domains": dict(self.domains),
+            "teacher_dim": copy.deepcopy(teacher_dim),
+            "student_dim": copy.deepcopy(student_dim),
+            "image_size": image_size,
+            "backbone_kwargs": backbone_kwargs,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "UDONModel":
+        """A randomly initialised model of the architecture described by `config` (see `config`)."""
+        args = {k: config[k] for k in ("backbone_name", "domains", "teacher_dim", "student_dim", "image_size")}
+        return cls(**args, backbone_kwargs=config.get("backbone_kwargs"))
+
+    def _check_domain(self, domain: str) -> None:
+        if domain not in self.domains:
+            raise KeyError(f"unknown domain {domain!r}; the model has {list(self.domains)}")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> backbone features (CLS / pooled) (B, F), L2-normalised, in the compute dtype."""
+        return F.normalize(self.backbone(images), dim=-1)
+
+    def _student(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.student_projection(features).float(), dim=-1)
+
+    def _teacher(self, features: torch.Tensor, domain: str) -> torch.Tensor:
+        self._check_domain(domain)
+        return F.normalize(self.teacher_projections[domain](features).float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass (one backbone pass): (student (B, 64), teacher of `domain` (B, 256)), float32, unit-norm."""
+        features = self.features(images)
+        return self._student(features), self._teacher(features, domain)
+
+    def embed(self, images: torch.Tensor, domain: str | None = None, teacher: bool = False) -> torch.Tensor:
+        """The universal embedding (B, 64), or with `teacher=True` the teacher embedding of `domain` (B, 256).
+
+        float32, unit-norm.  Gradient mode is the caller's (wrap in `torch.inference_mode()` to evaluate).
+        """
+        if teacher:
+            if domain is None:
+                raise ValueError("embed(teacher=True) needs the domain whose teacher head to use")
+            return self._teacher(self.features(images), domain)
+        return self._student(self.features(images))
+
+    def teacher_classifier(self, domain: str) -> nn.Parameter:
+        """Raw teacher cosine-classifier weight W_t^d, (C_d, 256) float32 (rows not normalised)."""
+        self._check_domain(domain)
+        return self.teacher_classifiers[domain]
+
+    def student_classifier(self, domain: str) -> nn.Parameter:
+        """Raw student cosine-classifier weight W_s^d, (C_d, 64) float32 (rows not normalised)."""
+        self._check_domain(domain)
+        return self.student_classifiers[domain]
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Projections and classifiers (spec: AdamW LR 1e-3)."""
+        for module in (self.teacher_projections, self.student_projection, self.teacher_classifiers,
+                       self.student_classifiers):
+            yield from module.parameters()
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """The backbone (spec: AdamW LR 1e-5, frozen for the first epochs)."""
+        return self.backbone.parameters()
