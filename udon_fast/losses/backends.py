@@ -3,7 +3,6 @@
 Each fused backend module (`chunked`, `triton_backend`, `native_backend`) provides the
 forward/backward pair described in `head_op.py`; it is registered as a custom op on first use.
 """
-import functools
 import importlib
 import os
 
@@ -36,9 +35,7 @@ def _native_status() -> tuple[bool, str]:
     return ok, reason
 
 
-@functools.lru_cache(maxsize=None)
-def status() -> dict[str, tuple[bool, str]]:
-    """{backend: (usable, one-line reason)} for every backend except "auto"."""
+def _status() -> dict[str, tuple[bool, str]]:
     return {
         "reference": (True, "eager PyTorch, materialises (B, C) logits"),
         "chunked": (True, "PyTorch, classes in chunks, any device"),
@@ -47,15 +44,33 @@ def status() -> dict[str, tuple[bool, str]]:
     }
 
 
-@functools.lru_cache(maxsize=None)
-def auto_backend(device_type: str) -> str:
-    """backend="auto": triton on CUDA, otherwise native when built, otherwise chunked."""
-    usable = {name: ok for name, (ok, _) in status().items()}
-    if device_type == "cuda" and usable["triton"]:
+def _auto(usable: dict[str, tuple[bool, str]], device_type: str) -> str:
+    if device_type == "cuda" and usable["triton"][0]:
         return "triton"
-    if device_type == "cpu" and usable["native"]:
+    if device_type == "cpu" and usable["native"][0]:
         return "native"
     return "chunked"
+
+
+def _register(name: str):
+    module = importlib.import_module(_MODULES[name], __package__)
+    return register_head_backend(name, module.forward, module.backward)
+
+
+# Decided once, at import, so that code traced by torch.compile only reads these dicts.
+STATUS = _status()
+AUTO = {device_type: _auto(STATUS, device_type) for device_type in ("cpu", "cuda")}
+FUSED_OPS = {name: _register(name) for name in _MODULES if STATUS[name][0]}
+
+
+def status() -> dict[str, tuple[bool, str]]:
+    """{backend: (usable, one-line reason)} for every backend except "auto"."""
+    return STATUS
+
+
+def auto_backend(device_type: str) -> str:
+    """backend="auto": triton on CUDA, otherwise native when built, otherwise chunked."""
+    return AUTO.get(device_type, "chunked")
 
 
 def resolve(backend: str, device: torch.device) -> str:
@@ -65,7 +80,7 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return auto_backend(device.type)
     if backend in ("triton", "native"):
-        ok, reason = status()[backend]
+        ok, reason = STATUS[backend]
         if not ok:
             raise ValueError(f"backend={backend!r} is not available here: {reason}")
         if backend == "native" and device.type != "cpu":
@@ -73,8 +88,6 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
 def fused_op(name: str):
     """The registered custom op `udon_fast::head_loss_<name>` of a fused backend."""
-    module = importlib.import_module(_MODULES[name], __package__)
-    return register_head_backend(name, module.forward, module.backward)
+    return FUSED_OPS[name]
