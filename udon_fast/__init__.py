@@ -3,8 +3,11 @@
 Dataflow: images -> `data` (DALI pipelines) -> `model` (backbone + UDON heads) -> `losses`
 (fused head losses) -> optimizer; embeddings -> `knn` (faiss) -> metrics.
 """
+from .knn import knn_metrics, knn_metrics_by_domain
 from .losses import UDONLoss, UDONLossOutput, normalized_softmax_ce, udon_loss
+from .sampler import DomainSampler
 
 __version__ = "0.1.0"
 
-__all__ = ["UDONLoss", "UDONLossOutput", "__version__", "normalized_softmax_ce", "udon_loss"]
+__all__ = ["DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics", "knn_metrics_by_domain",
+           "normalized_softmax_ce", "udon_loss"]

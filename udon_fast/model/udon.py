@@ -97,17 +97,19 @@ class UDONModel(nn.Module):
         """(B, 3, H, W) -> backbone features (CLS / pooled) (B, F), L2-normalised, in the compute dtype."""
         return F.normalize(self.backbone(images), dim=-1)
 
-    def _student(self, features: torch.Tensor) -> torch.Tensor:
+    def student_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        """Universal student embedding (B, 64) float32, unit-norm, from `features` (B, F)."""
         return F.normalize(self.student_projection(features).float(), dim=-1)
 
-    def _teacher(self, features: torch.Tensor, domain: str) -> torch.Tensor:
+    def teacher_embedding(self, features: torch.Tensor, domain: str) -> torch.Tensor:
+        """Teacher embedding of `domain` (B, 256) float32, unit-norm, from `features` (B, F)."""
         self._check_domain(domain)
         return F.normalize(self.teacher_projections[domain](features).float(), dim=-1)
 
     def forward(self, images: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass (one backbone pass): (student (B, 64), teacher of `domain` (B, 256)), float32, unit-norm."""
         features = self.features(images)
-        return self._student(features), self._teacher(features, domain)
+        return self.student_embedding(features), self.teacher_embedding(features, domain)
 
     def embed(self, images: torch.Tensor, domain: str | None = None, teacher: bool = False) -> torch.Tensor:
         """The universal embedding (B, 64), or with `teacher=True` the teacher embedding of `domain` (B, 256).
@@ -117,8 +119,8 @@ class UDONModel(nn.Module):
         if teacher:
             if domain is None:
                 raise ValueError("embed(teacher=True) needs the domain whose teacher head to use")
-            return self._teacher(self.features(images), domain)
-        return self._student(self.features(images))
+            return self.teacher_embedding(self.features(images), domain)
+        return self.student_embedding(self.features(images))
 
     def teacher_classifier(self, domain: str) -> nn.Parameter:
         """Raw teacher cosine-classifier weight W_t^d, (C_d, 256) float32 (rows not normalised)."""

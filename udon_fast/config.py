@@ -1,0 +1,156 @@
+"""Training configuration: one dataclass, presets, YAML files and the command line.
+
+Precedence: dataclass defaults < `--preset` < `--config FILE.yaml` < explicit flags.
+"""
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .losses.backends import BACKENDS
+from .losses.margins import MARGIN_TYPES
+from .sampler import STRATEGIES
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run varies.  `data_root=None` trains on the built-in dataset."""
+
+    data_root: str | None = None
+    domains: list[str] | None = None
+    out: str = "runs/udon"
+    resume: bool = False
+    epochs: int = 3
+    steps: int | None = None
+    batch_size: int = 32
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: str | None = "packaged"
+    image_size: int = 96
+    teacher_dim: int = 256
+    student_dim: int = 64
+    sampler: str = "dynamic"
+    update_every: int = 20
+    distill: bool = True
+    similarity: bool = True
+    margin_type: str = "normface"
+    margin: float = 0.0
+    scale: float = 16.0
+    temperature: float = 0.1
+    lr: float = 1e-3
+    backbone_lr_mult: float = 1e-2
+    weight_decay: float = 1e-6
+    frozen_epochs: int = 1
+    grad_clip: float | None = None
+    loss_backend: str = "auto"
+    compile: bool = True
+    eval_batch_size: int = 128
+    checkpoint_every: int = 50
+    data_threads: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the flag, with the valid values where they are a list."""
+        choices = {"sampler": STRATEGIES, "margin_type": MARGIN_TYPES, "loss_backend": BACKENDS}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
+                                 f"got {getattr(self, name)!r}")
+        positive = ("epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
+                    "eval_batch_size", "checkpoint_every", "data_threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        for name in ("scale", "temperature", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.backbone_lr_mult < 0 or self.weight_decay < 0 or self.frozen_epochs < 0:
+            raise ValueError("--backbone-lr-mult, --weight-decay and --frozen-epochs must be >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+# The paper's full setup on UnED (udon-spec.md: model, schedule); needs --data-root.
+PRESETS: dict[str, dict[str, Any]] = {
+    "builtin": {},
+    "uned": {
+        "backbone": "vit_base_patch16_224", "pretrained": None, "image_size": 224, "batch_size": 128, "epochs": 10,
+        "frozen_epochs": 2, "update_every": 1000, "sampler": "dynamic", "eval_batch_size": 512,
+        "checkpoint_every": 1000, "data_threads": 8,
+    },
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_NEGATABLE = ("distill", "similarity", "compile", "progress")
+
+
+def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check a YAML/preset mapping's keys against TrainConfig's fields."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{source}: unknown option(s) {unknown}; valid: {sorted(_FIELDS)}")
+    return dict(values)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config file not found: {file}")
+    values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{file}: a YAML mapping of option: value is expected")
+    return from_mapping({k.replace("-", "_"): v for k, v in values.items()}, str(file))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m udon_fast.train",
+        description="Train a UDON universal embedding. With no arguments: the built-in dataset on CPU.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="builtin",
+                        help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, 10 epochs)")
+    parser.add_argument("--config", help="YAML file of options (keys as the flags, - or _)")
+    help_text = {
+        "data_root": "UnED root (info_files/, images/); default: the built-in dataset",
+        "domains": "domains to train on (default: all found)", "out": "output folder",
+        "resume": "continue the run in --out from its last checkpoint",
+        "steps": "total training steps (default: epochs x steps per epoch)",
+        "pretrained": "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz), "
+                      "'packaged' for weights shipped in an installed package, or 'none'",
+        "sampler": "domain sampler strategy", "distill": "KL and similarity distillation",
+        "similarity": "batch-similarity distillation", "grad_clip": "clip the gradient norm",
+        "deterministic": "torch deterministic algorithms (bitwise resumable on CPU)",
+    }
+    for name, f in _FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if name in _NEGATABLE:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text.get(name))
+        elif f.type is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text.get(name))
+        elif name == "domains":
+            parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text.get(name))
+        else:
+            kind = {int: int, float: float, int | None: int, float | None: float}.get(f.type, str)
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text.get(name))
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from the command line (presets, YAML, flags), validated."""
+    args = build_parser().parse_args(argv)
+    values = dict(PRESETS[args.preset])
+    if args.config:
+        values.update(load_yaml(args.config))
+    values.update({k: v for k, v in vars(args).items() if k in _FIELDS and v is not None})
+    return TrainConfig(**values).validate()

@@ -1,0 +1,96 @@
+"""The dataset model shared by every layout: `Split`, `Domain`, class-id remapping, kNN pairs.
+
+A domain's class ids are remapped to 0..C-1 from its train split (sorted original ids); ids that
+only appear in evaluation splits follow as C, C+1, ... (sorted), so labels stay comparable across
+all splits of the domain while `num_classes` (C) sizes the classifiers.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Hashable, Sequence
+
+import numpy as np
+
+# Evaluation split -> the split that serves as its kNN index when the domain has it.
+INDEX_SPLIT_FOR = {"val": "small_index", "test": "index"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a domain.
+
+    paths: absolute image paths (str), N of them.
+    labels: int64, shape (N,) for single-label splits, or (N, L) padded with -1 when any entry
+        carries several labels (multi-label); contiguous ids from the domain's `class_map`.
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    name: str = ""
+
+    def __post_init__(self):
+        if self.labels.dtype != np.int64 or self.labels.ndim not in (1, 2) or len(self.labels) != len(self.paths):
+            raise ValueError(f"Split {self.name!r}: labels must be int64 of shape (N,) or (N, L) with "
+                             f"N = {len(self.paths)}, got {self.labels.dtype} {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+    def first_labels(self) -> np.ndarray:
+        """int64 (N,): the first label of each entry (the training target of multi-label entries)."""
+        return self.labels[:, 0].copy() if self.multi_label else self.labels
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A domain: its splits by name (always including "train"), classifier size and class mapping.
+
+    class_map: original class id (int, or class folder name for folder domains) -> contiguous id.
+    source: the info folder or image folder the domain was read from.
+    """
+
+    name: str
+    train: Split
+    splits: dict[str, Split]
+    num_classes: int
+    class_map: dict[Hashable, int]
+    source: Path | None = field(default=None, compare=False)
+
+    def class_map_json(self) -> dict[str, int]:
+        """The class mapping with string keys, ready for `json.dump` (checkpoints, reports)."""
+        return {str(original): new for original, new in self.class_map.items()}
+
+
+def build_class_map(train_ids: Sequence[Sequence[Hashable]], other_ids: Sequence[Sequence[Hashable]]
+                    ) -> dict[Hashable, int]:
+    """Train ids (sorted) -> 0..C-1, then ids seen only in other splits (sorted) -> C, C+1, ..."""
+    train = sorted({c for ids in train_ids for c in ids})
+    extra = sorted({c for ids in other_ids for c in ids} - set(train))
+    return {c: i for i, c in enumerate(train + extra)}
+
+
+def labels_array(class_ids: Sequence[Sequence[Hashable]], class_map: dict[Hashable, int]) -> np.ndarray:
+    """int64 (N,) when every entry has one id, else (N, L) padded with -1."""
+    width = max((len(ids) for ids in class_ids), default=1)
+    if width == 1:
+        return np.array([class_map[ids[0]] for ids in class_ids], dtype=np.int64)
+    out = np.full((len(class_ids), width), -1, dtype=np.int64)
+    for row, ids in enumerate(class_ids):
+        out[row, :len(ids)] = [class_map[c] for c in ids]
+    return out
+
+
+def knn_pairs(domain: Domain, split: str) -> tuple[Split, Split | None]:
+    """(query, index) for evaluating `split` of `domain` (UnED protocol, data-driven).
+
+    "val" searches "small_index" and "test" searches "index" when the domain has that split;
+    otherwise the index is None, meaning the query set is its own index (leave-one-out).
+    """
+    if split not in domain.splits:
+        raise ValueError(f"domain {domain.name!r} has no split {split!r} (has {sorted(domain.splits)})")
+    index_name = INDEX_SPLIT_FOR.get(split)
+    index = domain.splits.get(index_name) if index_name else None
+    return domain.splits[split], index

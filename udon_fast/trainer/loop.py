@@ -1,0 +1,183 @@
+"""The UDON run: build the parts from a TrainConfig, train with the dynamic sampler, select the best
+validation epoch, test it, write the outputs.  Reads like udon-spec.md's training schedule."""
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .. import evaluation
+from ..config import TrainConfig
+from ..data import TrainLoader, ensure_builtin, load_domains
+from ..model import UDONModel
+from ..model.packaged import packaged_weights
+from ..sampler import DomainSampler
+from . import distributed, report
+from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
+from .state import Progress, load_run, save_run
+from .step import LossOptions, UDONStep
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the step and domain are named; the last good checkpoint is kept."""
+
+
+def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
+    return LossOptions(margin_type=config.margin_type, margin=config.margin, scale=config.scale,
+                       temperature=config.temperature, kl_weight=1.0 if config.distill else 0.0,
+                       similarity_weight=1.0 if config.distill and config.similarity else 0.0,
+                       backend=config.loss_backend, n_devices=world_size)
+
+
+def _weights_path(config: TrainConfig):
+    """--pretrained: a file, "packaged" (weights shipped by an installed package), or none."""
+    if config.pretrained in (None, "none"):
+        return None
+    if config.pretrained == "packaged":
+        return packaged_weights(config.backbone)
+    return config.pretrained
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the per-step records of steps < `step` (a resumed run rewrites the rest)."""
+    kept = [r for r in report.read_metrics(path) if r["step"] < step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+class Run:
+    """All parts of one run, wired from the config."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.ranks = distributed.setup()
+        torch.manual_seed(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        data_root = config.data_root or ensure_builtin()
+        self.domains = load_domains(data_root, config.domains)
+        self.out = Path(config.out)
+        self.checkpoints = self.out / "checkpoints"
+        self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
+                               teacher_dim=config.teacher_dim, student_dim=config.student_dim,
+                               pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
+        images = sum(len(d.train) for d in self.domains.values())
+        self.steps_per_epoch = max(1, images // (config.batch_size * self.ranks.world_size))
+        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        self.sampler = DomainSampler({n: len(d.train) for n, d in self.domains.items()}, self.total_steps,
+                                     strategy=config.sampler, update_every=config.update_every, seed=config.seed)
+        self.loader = TrainLoader(self.domains, batch_size=config.batch_size, image_size=config.image_size,
+                                  mean=self.model.mean, std=self.model.std, seed=config.seed, rank=self.ranks.rank,
+                                  world_size=self.ranks.world_size, num_threads=config.data_threads)
+        self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
+        self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
+                                compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
+        self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
+
+    def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
+        return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
+                                         batch_size=self.config.eval_batch_size, device=self.ranks.device,
+                                         num_threads=self.config.data_threads, progress=self.config.progress,
+                                         **kwargs)
+
+    def start(self) -> Progress:
+        """Resume from last.pt, or start fresh: write config.json and evaluate the untrained model."""
+        last = self.checkpoints / "last.pt"
+        if self.config.resume:
+            if not last.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint to resume in {self.checkpoints}")
+            progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
+            if self.ranks.is_main:
+                _truncate_metrics(self.out / "metrics.jsonl", progress.step)
+            return progress
+        if last.exists():
+            raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose another --out")
+        progress = Progress()
+        if self.ranks.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(self.config.to_json(), encoding="utf-8")
+            (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
+            progress.initial = self.evaluate("test")
+        distributed.barrier(self.ranks.world_size)
+        return progress
+
+    def checkpoint(self, progress: Progress, validate: bool) -> None:
+        """End of an epoch (validate=True) or a periodic save: best.pt on a new best, then last.pt."""
+        if self.ranks.is_main:
+            if validate and self.val_domains:
+                score = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]["mean"]["p_at_1"]
+                progress.validations.append({"step": progress.step, "mean_p_at_1": score})
+                if score > progress.best_score:
+                    progress.best_score, progress.best_step = score, progress.step
+                    save_run(self.checkpoints / "best.pt", self.model, self.optimizer, self.sampler, self.loader,
+                             progress)
+            save_run(self.checkpoints / "last.pt", self.model, self.optimizer, self.sampler, self.loader, progress)
+        distributed.barrier(self.ranks.world_size)
+
+    def train(self, progress: Progress) -> None:
+        config, ranks = self.config, self.ranks
+        metrics = (self.out / "metrics.jsonl").open("a", encoding="utf-8") if ranks.is_main else None
+        bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
+                   disable=not (config.progress and ranks.is_main))
+        tick = time.perf_counter()
+        while progress.step < self.total_steps:
+            step = progress.step
+            epoch = step // self.steps_per_epoch
+            set_backbone_frozen(self.optimizer, frozen=epoch < config.frozen_epochs)
+            domain = self.sampler.domain_at(step)
+            images, labels = self.loader.next_batch(domain)
+            out = self.step_fn(images.to(ranks.device, non_blocking=True), labels.to(ranks.device), domain)
+            terms = distributed.mean_over_ranks(torch.stack(list(out)), ranks.world_size).tolist()
+            record = dict(zip(out._fields, terms))
+            if not all(math.isfinite(v) for v in terms):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step} (domain {domain!r}): {record}; the last good checkpoint "
+                    f"is {self.checkpoints / 'last.pt'}")
+            self.step_fn.apply()
+            self.sampler.record(step, domain, record["teacher_ce"])
+            now = time.perf_counter()
+            speed = images.shape[0] * ranks.world_size / max(now - tick, 1e-9)
+            tick = now
+            progress.step = step + 1
+            if metrics is not None:
+                record.update(step=step, epoch=epoch, domain=domain, lr=learning_rates(self.optimizer),
+                              sampler_weights=self.sampler.weights, images_per_s=speed)
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            bar.set_postfix(domain=domain, loss=f"{record['total']:.3f}", img_s=f"{speed:.0f}")
+            bar.update()
+            end_of_epoch = progress.step % self.steps_per_epoch == 0 or progress.step == self.total_steps
+            if end_of_epoch or progress.step % config.checkpoint_every == 0:
+                self.checkpoint(progress, validate=end_of_epoch)
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+
+    def finish(self, progress: Progress, started: float) -> dict[str, Any]:
+        """Test the best validation checkpoint (the last one without validation); write the outputs."""
+        if not self.ranks.is_main:
+            return {}
+        best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
+        self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+        results = {"initial": progress.initial, "final": self.evaluate("test")}
+        header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
+                  f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
+                  f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s")
+        markdown = report.write_results(self.out, results, header)
+        report.plot_metrics(self.out, report.read_metrics(self.out / "metrics.jsonl"))
+        print(markdown)
+        return results
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run a whole training job (udon-spec.md) and return {"initial": ..., "final": ...} metrics."""
+    started = time.perf_counter()
+    run = Run(config)
+    try:
+        progress = run.start()
+        run.train(progress)
+        return run.finish(progress, started)
+    finally:
+        distributed.teardown()

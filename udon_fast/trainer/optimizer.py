@@ -1,0 +1,25 @@
+"""AdamW with the spec's two parameter groups and the frozen-backbone epochs (LR 0)."""
+import torch
+
+from ..model import UDONModel
+
+
+def build_optimizer(model: UDONModel, lr: float, backbone_lr_mult: float, weight_decay: float) -> torch.optim.AdamW:
+    """Heads (projections, classifiers) at `lr`; the backbone at `lr * backbone_lr_mult`; betas (0.9, 0.999)."""
+    groups = [
+        {"params": list(model.head_parameters()), "lr": lr, "base_lr": lr, "name": "heads"},
+        {"params": list(model.backbone_parameters()), "lr": lr * backbone_lr_mult,
+         "base_lr": lr * backbone_lr_mult, "name": "backbone"},
+    ]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=weight_decay)
+
+
+def set_backbone_frozen(optimizer: torch.optim.Optimizer, frozen: bool) -> None:
+    """Backbone LR 0 while frozen (spec: the first epochs), its base LR otherwise; constant LR schedule."""
+    for group in optimizer.param_groups:
+        if group["name"] == "backbone":
+            group["lr"] = 0.0 if frozen else group["base_lr"]
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {group["name"]: group["lr"] for group in optimizer.param_groups}
