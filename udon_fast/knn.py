@@ -33,7 +33,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
@@ -214,12 +213,22 @@ def _rows_by_domain(domains: np.ndarray) -> Iterator[tuple[np.int64, np.ndarray]
     yield from zip(values, np.split(order, starts[1:]))
 
 
+def _faiss():
+    """faiss, imported on first search, so that `import udon_fast` works where faiss is not installed."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError("udon_fast.knn needs faiss: pip install faiss-gpu-cu12 (it runs CPU indexes too)") from exc
+    return faiss
+
+
 def _search_batches(
     query: np.ndarray, index_emb: np.ndarray, k: int, batch_size: int, use_gpu: bool
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Exact inner-product search: (first query row, (B, k) int64 neighbour ids by decreasing score,
     equal scores by increasing id)."""
     dim = index_emb.shape[1]
+    faiss = _faiss()
     if use_gpu:
         resources = faiss.StandardGpuResources()  # lives as long as the generator
         index = faiss.GpuIndexFlatIP(resources, dim)
@@ -434,7 +443,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def _resolve_gpu(use_gpu: bool | None) -> bool:
-    available = faiss.get_num_gpus() > 0
+    available = _faiss().get_num_gpus() > 0
     if use_gpu is None:
         return available
     if use_gpu and not available:
