@@ -8,7 +8,11 @@ from .config import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    try:
+        config = parse_args(argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"udon_fast.train: error: {exc}", file=sys.stderr)
+        return 2
     from .trainer import TrainingDiverged, train
 
     try:

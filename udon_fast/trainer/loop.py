@@ -83,16 +83,15 @@ class Run:
                                          **kwargs)
 
     def start(self) -> Progress:
-        """Resume from last.pt, or start fresh: write config.json and evaluate the untrained model."""
+        """Resume from last.pt, or start fresh (also when --resume finds no checkpoint yet: the run was
+        stopped before its first one): write config.json and evaluate the untrained model."""
         last = self.checkpoints / "last.pt"
-        if self.config.resume:
-            if not last.is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint to resume in {self.checkpoints}")
+        if self.config.resume and last.is_file():
             progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
             if self.ranks.is_main:
                 _truncate_metrics(self.out / "metrics.jsonl", progress.step)
             return progress
-        if last.exists():
+        if last.exists() and not self.config.resume:
             raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose another --out")
         progress = Progress()
         if self.ranks.is_main:

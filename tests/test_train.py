@@ -1,0 +1,177 @@
+"""The trainer end to end on a tiny generated dataset: outputs, resume after kill -9, NaN stop, torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from udon_fast import train as train_cli
+from udon_fast.config import parse_args
+from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast.trainer import TrainingDiverged, train
+
+TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
+        "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--frozen-epochs", "1",
+        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uned")
+    write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
+                           "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
+    return root
+
+
+def _args(data_root, out, *extra):
+    return ["--data-root", str(data_root), "--out", str(out), *TINY, *extra]
+
+
+def _cli(*args, **kwargs):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "udon_fast.train", *args], capture_output=True, text=True,
+                          env=env, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    results = train(parse_args(_args(data_root, out, "--steps", "8")))
+    return out, results
+
+
+def test_outputs_of_a_run(finished_run):
+    out, results = finished_run
+    for name in ("config.json", "metrics.jsonl", "results.json", "results.md", "loss_per_domain.png",
+                 "sampler_weights.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(8))
+    for record in records:
+        assert {"domain", "total", "teacher_ce", "student_ce", "kl", "similarity", "lr", "sampler_weights",
+                "images_per_s"} <= set(record)
+        assert abs(sum(record["sampler_weights"].values()) - 1) < 1e-9
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for stage in ("initial", "final"):
+        assert set(saved[stage]) == {"student", "teacher"}
+        assert set(saved[stage]["student"]) == {"merged", "separate"}
+        assert set(saved[stage]["teacher"]) == {"separate"}
+        for leaf in (saved[stage]["student"]["merged"], saved[stage]["teacher"]["separate"]):
+            assert set(leaf) == {"shops", "birds", "mean"}
+            assert set(leaf["mean"]) == {"p_at_1", "mmp_at_5"}
+    assert "| shops |" in (out / "results.md").read_text()
+
+
+def test_frozen_backbone_epoch_has_zero_backbone_lr(finished_run):
+    out, _ = finished_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["lr"]["backbone"] == 0.0 and records[0]["lr"]["heads"] == 1e-3
+    assert records[-1]["lr"]["backbone"] == pytest.approx(1e-5)
+
+
+def test_refuses_to_overwrite_a_run(finished_run, data_root):
+    out, _ = finished_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(parse_args(_args(data_root, out, "--steps", "8")))
+
+
+def test_resume_after_kill_9_matches_uninterrupted_run(finished_run, data_root, tmp_path):
+    reference, _ = finished_run
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "udon_fast.train", *_args(data_root, out, "--steps", "8")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    resumed = _cli(*_args(data_root, out, "--steps", "8", "--resume"), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(8))
+    drop = ("images_per_s",)
+    clean = lambda path: [{k: v for k, v in json.loads(l).items() if k not in drop} for l in path.read_text().splitlines()]
+    assert clean(metrics) == clean(reference / "metrics.jsonl")
+
+
+def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeypatch):
+    from udon_fast.trainer import step as step_module
+
+    real = step_module.udon_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            return type(out)(out.total * float("nan"), *out[1:])
+        return out
+
+    monkeypatch.setattr(step_module, "udon_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 3 \(domain '(shops|birds)'\)"):
+        train(parse_args(_args(data_root, out, "--steps", "8")))
+    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["extra"]["progress"]["step"] == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sampler", "fast"], "--sampler must be one of dynamic, round_robin, balanced, dataset_size"),
+    (["--margin-type", "sphere"], "--margin-type must be one of normface, cosface, arcface"),
+    (["--loss-backend", "cuda"], "--loss-backend must be one of"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--config", "/nonexistent.yaml"], "--config file not found"),
+])
+def test_invalid_options_list_valid_values(argv, message, capsys):
+    assert train_cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_yaml_config_and_unknown_keys(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("epochs: 7\nmargin-type: arcface\nmargin: 0.2\n")
+    config = parse_args(["--config", str(good), "--margin", "0.3"])
+    assert (config.epochs, config.margin_type, config.margin) == (7, "arcface", 0.3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epoch: 7\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        parse_args(["--config", str(bad)])
+
+
+def test_uned_preset_is_the_papers_setup():
+    config = parse_args(["--preset", "uned", "--data-root", "/data/uned"])
+    assert (config.backbone, config.image_size, config.batch_size, config.epochs, config.frozen_epochs,
+            config.update_every) == ("vit_base_patch16_224", 224, 128, 10, 2, 1000)
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "udon_fast.train", *_args(data_root, out, "--steps", "4")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert json.loads((out / "results.json").read_text())["final"]["student"]["merged"]["mean"]
+
+
+@pytest.mark.slow
+def test_compiled_step_trains(data_root, tmp_path):
+    argv = [a for a in _args(data_root, tmp_path / "compiled", "--steps", "4") if a != "--no-compile"]
+    results = train(parse_args(argv))
+    assert results["final"]["student"]["merged"]["mean"]["p_at_1"] >= 0
