@@ -75,7 +75,9 @@ class CMakeBuild(build_ext):
             raise RuntimeError(f"udon_fast: CMake finished but lib{ext.target}.so was not found in {build_dir}")
         destination = Path(self.get_ext_fullpath(ext.name))
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built[0], destination)
+        staged = destination.with_name(destination.name + ".tmp")
+        shutil.copyfile(built[0], staged)
+        os.replace(staged, destination)  # a process that has the old library loaded keeps its copy
 
 
 setup(

@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 32
     backbone: str = "tf_efficientnet_lite0"
     pretrained: str | None = "packaged"
-    image_size: int = 96
+    image_size: int = 64
     teacher_dim: int = 256
     student_dim: int = 64
     sampler: str = "dynamic"

@@ -124,7 +124,7 @@ class Run:
         while progress.step < self.total_steps:
             step = progress.step
             epoch = step // self.steps_per_epoch
-            set_backbone_frozen(self.optimizer, frozen=epoch < config.frozen_epochs)
+            set_backbone_frozen(self.model, self.optimizer, frozen=epoch < config.frozen_epochs)
             domain = self.sampler.domain_at(step)
             images, labels = self.loader.next_batch(domain)
             out = self.step_fn(images.to(ranks.device, non_blocking=True), labels.to(ranks.device), domain)

@@ -14,8 +14,15 @@ def build_optimizer(model: UDONModel, lr: float, backbone_lr_mult: float, weight
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=weight_decay)
 
 
-def set_backbone_frozen(optimizer: torch.optim.Optimizer, frozen: bool) -> None:
-    """Backbone LR 0 while frozen (spec: the first epochs), its base LR otherwise; constant LR schedule."""
+def set_backbone_frozen(model: UDONModel, optimizer: torch.optim.Optimizer, frozen: bool) -> None:
+    """Spec: backbone LR 0 for the first epochs, its base LR after; a constant LR schedule.
+
+    While frozen the backbone also gets no gradient (requires_grad off), which skips its backward
+    pass: the parameters are exactly those of LR 0, and AdamW leaves the backbone's moments untouched
+    until it unfreezes (the release's zero LR may still accumulate them).
+    """
+    for parameter in model.backbone_parameters():
+        parameter.requires_grad_(not frozen)
     for group in optimizer.param_groups:
         if group["name"] == "backbone":
             group["lr"] = 0.0 if frozen else group["base_lr"]

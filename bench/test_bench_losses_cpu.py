@@ -1,0 +1,126 @@
+"""CPU benchmark of the UDON head loss: native vs chunked vs reference, forward + backward.
+
+Run: `pytest bench/test_bench_losses_cpu.py -p no:cacheprovider` (full: B in {128, 256}, C in
+{73182 (gldv2), 224408 (met)}, Ds = 64, Dt = 256; slow, chunked/reference take seconds a step);
+`UDON_BENCH_QUICK=1` shrinks shapes and rounds to a one-minute smoke run.
+
+Time: pytest-benchmark times the native step; chunked and reference are timed in the same test
+with the same step function (best of the rounds), and `benchmark.extra_info` stores all three
+times, the speedups of native over them and chunked's over reference (the B = 256, C = met row is
+the chunked-vs-reference check).
+
+Peak memory: measured per backend in a fresh subprocess (so one backend's freed blocks and the
+allocator state of another cannot mask it).  After a warm-up step (libraries, thread pools and
+lazy initialisation loaded), the process resets its peak-RSS mark (`/proc/self/clear_refs` <- 5,
+Linux >= 4.0), runs one forward + backward, and reports VmHWM - VmRSS(before) - bytes of the four
+parameter gradients: the extra memory of the loss beyond its inputs and their gradients.  The
+measuring process turns off udon_loss's data-dependent value checks (`validate.check_values`, the
+same for every backend; its `torch.isfinite` of the weights alone peaks at ~383 MiB at B = 256,
+C = met), so the figure is the backend's own.  Resolution is a few MiB: small gradients may reuse
+freed heap pages (hence the clamp at 0).
+torch's CPU allocator returns large blocks to the OS, so RSS tracks live tensors; tracemalloc would
+not see torch's allocations at all.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from loss_cases import make_inputs  # noqa: E402
+
+import udon_fast  # noqa: E402
+
+QUICK = os.environ.get("UDON_BENCH_QUICK") == "1"
+D_S, D_T = 64, 256
+SHAPES = [(64, 4096)] if QUICK else [(128, 73182), (128, 224408), (256, 73182), (256, 224408)]
+ROUNDS = 2 if QUICK else 3
+
+
+def _step(backend, inputs):
+    """One forward + backward of udon_loss; gradients cleared afterwards."""
+    out = udon_fast.udon_loss(*inputs, backend=backend)
+    out.total.backward()
+    for t in inputs[:4]:
+        t.grad = None
+
+
+def _best_time(backend, inputs, rounds):
+    _step(backend, inputs)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        _step(backend, inputs)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _read_status_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _measure_peak_extra(backend, batch, classes):
+    """In this process: bytes of peak RSS beyond inputs and their gradients during one step."""
+    from udon_fast.losses import validate
+
+    validate.check_values = lambda *args, **kwargs: None
+    inputs = make_inputs(batch, classes, D_S, D_T)
+    _step(backend, inputs)
+    grad_bytes = sum(t.numel() * t.element_size() for t in inputs[:4])
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _read_status_kib("VmRSS")
+    _step(backend, inputs)
+    peak = _read_status_kib("VmHWM")
+    return max(0, (peak - before) * 1024 - grad_bytes)
+
+
+def peak_extra_bytes(backend, batch, classes):
+    """Peak extra memory of one step of `backend`, measured in a fresh subprocess (see module doc)."""
+    result = subprocess.run([sys.executable, __file__, backend, str(batch), str(classes)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
+
+
+def _clear_refs_works():
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("batch,classes", SHAPES, ids=[f"B{b}-C{c}" for b, c in SHAPES])
+def test_native_vs_chunked_vs_reference(benchmark, batch, classes):
+    inputs = make_inputs(batch, classes, D_S, D_T)
+    _step("native", inputs)
+    benchmark.pedantic(_step, args=("native", inputs), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    native = benchmark.stats.stats.min
+    times = {"native": native}
+    for backend in ("chunked", "reference"):
+        times[backend] = _best_time(backend, inputs, ROUNDS)
+    info = benchmark.extra_info
+    for backend, seconds in times.items():
+        info[f"time_{backend}_s"] = round(seconds, 4)
+    info["speedup_vs_chunked"] = round(times["chunked"] / native, 2)
+    info["speedup_vs_reference"] = round(times["reference"] / native, 2)
+    info["chunked_speedup_vs_reference"] = round(times["reference"] / times["chunked"], 2)
+    if _clear_refs_works():
+        peak = {backend: peak_extra_bytes(backend, batch, classes) for backend in times}
+        for backend, extra in peak.items():
+            info[f"peak_extra_mib_{backend}"] = round(extra / 2**20, 1)
+        info["memory_ratio_reference_over_chunked"] = round(peak["reference"] / max(peak["chunked"], 1), 1)
+    assert native < min(times["chunked"], times["reference"]), f"native is not the fastest CPU backend: {times}"
+
+
+if __name__ == "__main__":
+    name, b, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps({"peak_extra_bytes": _measure_peak_extra(name, b, c)}))
