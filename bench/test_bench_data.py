@@ -1,17 +1,20 @@
 """Images/s of the DALI CPU train pipeline vs the PIL DataLoader baseline, same CPU threads, 224 px,
-on the built-in dataset (all domains' train images).  Run: `pytest bench/test_bench_data.py`.
+on the built-in dataset (all domains' train images).  Run: `pytest bench/test_bench_data.py`
+(`UDON_BENCH_QUICK=1`: 4 batches a round, 2 rounds).
 The DALI case stores `dali_vs_pil` (ratio of images/s) in its `extra_info`; target >= 1.5."""
 import itertools
 
 import numpy as np
 import pytest
 
+from bench.suite import quick
 from udon_fast.data import Domain, Split, TrainLoader, ensure_builtin, load_domains
 from udon_fast.data.pil_baseline import pil_train_loader
 
 THREADS = 2
 BATCH = 64
-BATCHES_PER_ROUND = 16
+BATCHES_PER_ROUND = 4 if quick() else 16
+ROUNDS = 2 if quick() else 3
 IMAGE_SIZE = 224
 NORM = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 RATES: dict[str, float] = {}
@@ -49,7 +52,7 @@ def test_bench_train_pipeline(benchmark, all_train, pipeline):
             images, _ = next(batches)
         assert images.shape == (BATCH, 3, IMAGE_SIZE, IMAGE_SIZE)
 
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     RATES[pipeline] = BATCH * BATCHES_PER_ROUND / benchmark.stats.stats.mean
     benchmark.extra_info.update(images_per_s=round(RATES[pipeline], 1), threads=THREADS, image_size=IMAGE_SIZE)
     if pipeline == "dali" and "pil" in RATES:

@@ -1,29 +1,18 @@
-"""The triton backend on CUDA: the full matrix of test_losses_chunked.py in fp32 against `reference`,
+"""The triton backend on CUDA: the full matrix of test_losses_matrix.py in fp32 against `reference`,
 bf16/fp16 inputs against reference-on-fp32-upcast (looser tolerance), single head, determinism, and
 the UnED-sized head (B = 128, C = 224,408) without a (B, C) allocation.  Skipped without CUDA."""
 import pytest
 import torch
 
 import udon_fast
-from loss_cases import make_inputs, run
+from loss_cases import EXTREME, MARGINS, assert_results_close, make_inputs, run
 
 pytest.importorskip("triton", reason="triton is not installed")
 from udon_fast.losses import reference, triton_backend  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-MARGINS = [("normface", 0.0), ("cosface", 0.35), ("arcface", 0.5)]
 MET_CLASSES = 224408
-
-
-def _assert_close(got, want, rtol, atol):
-    """Outputs elementwise; gradients relative to the largest reference entry (as loss_cases does)."""
-    (out, grads), (ref_out, ref_grads) = got, want
-    for a, b in zip(out, ref_out):
-        torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol)
-    for a, b in zip(grads, ref_grads):
-        scale = b.abs().max().clamp_min(1e-12)
-        torch.testing.assert_close(a.float() / scale, b.float() / scale, rtol=rtol, atol=atol)
 
 
 def _upcast(inputs):
@@ -39,15 +28,14 @@ def _upcast(inputs):
 def test_triton_cuda_fp32_matches_reference(margin_type, margin, batch, classes, d_s, d_t):
     inputs = make_inputs(batch, classes, d_s, d_t, device="cuda")
     kwargs = dict(margin_type=margin_type, margin=margin)
-    _assert_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
+    assert_results_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("margin_type,margin", MARGINS)
 def test_triton_cuda_extreme_scale_and_temperature(margin_type, margin):
     inputs = make_inputs(64, 3001, 48, 96, device="cuda")
-    kwargs = dict(margin_type=margin_type, margin=margin, scale=64.0, teacher_temperature=0.02,
-                  student_temperature=0.02)
-    _assert_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
+    kwargs = dict(margin_type=margin_type, margin=margin, **EXTREME)
+    assert_results_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -58,7 +46,7 @@ def test_triton_cuda_low_precision_matches_fp32_reference(dtype, margin_type, ma
     kwargs = dict(margin_type=margin_type, margin=margin)
     got = run("triton", inputs, **kwargs)
     assert all(g.dtype == dtype for g in got[1])
-    _assert_close(got, run("reference", _upcast(inputs), **kwargs), rtol=3e-2, atol=3e-2)
+    assert_results_close(got, run("reference", _upcast(inputs), **kwargs), rtol=3e-2, atol=3e-2)
 
 
 @pytest.mark.parametrize("margin_type,margin", MARGINS)
@@ -69,7 +57,7 @@ def test_triton_cuda_single_head(margin_type, margin):
         loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, margin=margin,
                                                backend=backend)
         results.append(([loss.detach()], list(torch.autograd.grad(loss, (emb, weight)))))
-    _assert_close(results[1], results[0], rtol=2e-4, atol=2e-5)
+    assert_results_close(results[1], results[0], rtol=2e-4, atol=2e-5)
 
 
 def test_triton_cuda_met_head_never_allocates_batch_by_classes():

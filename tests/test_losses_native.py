@@ -1,15 +1,13 @@
-"""The native (C++/OpenMP) backend against `reference` in fp32, plus determinism, the single-head
-path, reduced-precision inputs and torch.compile."""
+"""The native (C++/OpenMP) backend: small tiles, determinism, the single-head path, reduced-precision
+inputs and torch.compile (its fp32 matrix against `reference` is in test_losses_matrix.py)."""
 import pytest
 import torch
 
 import udon_fast
-from loss_cases import assert_matches_reference, make_inputs, run
+from loss_cases import MARGINS, assert_matches_reference, make_inputs, run
 from udon_fast.losses import backends
 
 pytestmark = pytest.mark.skipif(not backends.status()["native"][0], reason="native library not built")
-
-MARGINS = [("normface", 0.0), ("cosface", 0.35), ("arcface", 0.5)]
 
 
 @pytest.fixture
@@ -20,20 +18,6 @@ def tile_classes():
     previous = native_backend.set_tile_classes(0)
     yield native_backend.set_tile_classes
     native_backend.set_tile_classes(previous)
-
-
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-@pytest.mark.parametrize("batch", [1, 7, 64])
-@pytest.mark.parametrize("classes", [1, 3, 1000, 3001])
-@pytest.mark.parametrize("d_s,d_t", [(64, 256), (48, 96)])
-def test_native_matches_reference(margin_type, margin, batch, classes, d_s, d_t):
-    assert_matches_reference("native", batch, classes, d_s, d_t, margin_type=margin_type, margin=margin)
-
-
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_native_extreme_scale_and_temperature(margin_type, margin):
-    assert_matches_reference("native", 64, 3001, 48, 96, margin_type=margin_type, margin=margin, scale=64.0,
-                             teacher_temperature=0.02, student_temperature=0.02)
 
 
 @pytest.mark.parametrize("tile", [1, 5, 8, 64])

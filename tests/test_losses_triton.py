@@ -1,7 +1,7 @@
 """The triton backend against `reference` in fp32 on CPU tensors, under TRITON_INTERPRET=1.
 
-The interpreter is slow (~2-9 s per case here), so instead of test_losses_chunked.py's full product
-this is a covering design of the same axes: every (B, C) pair with B in {1, 7, 64} and C in
+The interpreter is slow (~2-9 s per case here), so instead of the full product
+this is a covering design of the same axes as test_losses_matrix.py: every (B, C) pair with B in {1, 7, 64} and C in
 {1, 3, 1000, 3001} x the three margins at (Ds, Dt) = (48, 96), plus (64, 256) x margins at the
 smallest and largest (B, C); extreme scale / temperatures, the single-head `normalized_softmax_ce`,
 many small class tiles and splits, and a bitwise-deterministic backward.  The CUDA runs of the full
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import udon_fast
-from loss_cases import assert_matches_reference, make_inputs
+from loss_cases import EXTREME, MARGINS, assert_matches_reference, make_inputs
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("runs the Triton kernels on CPU tensors: set TRITON_INTERPRET=1 (CUDA runs: test_losses_gpu.py)",
@@ -21,8 +21,6 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton", reason="triton is not installed")
 
 from udon_fast.losses import triton_backend  # noqa: E402  (needs TRITON_INTERPRET checked first)
-
-MARGINS = [("normface", 0.0), ("cosface", 0.35), ("arcface", 0.5)]
 
 
 SHAPES = ([(batch, classes, 48, 96) for batch in (1, 7, 64) for classes in (1, 3, 1000, 3001)]
@@ -37,8 +35,7 @@ def test_triton_matches_reference(margin_type, margin, batch, classes, d_s, d_t)
 
 @pytest.mark.parametrize("margin_type,margin", MARGINS)
 def test_triton_extreme_scale_and_temperature(margin_type, margin):
-    assert_matches_reference("triton", 64, 3001, 48, 96, margin_type=margin_type, margin=margin, scale=64.0,
-                             teacher_temperature=0.02, student_temperature=0.02)
+    assert_matches_reference("triton", 64, 3001, 48, 96, margin_type=margin_type, margin=margin, **EXTREME)
 
 
 @pytest.mark.parametrize("batch", [1, 7])

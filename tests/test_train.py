@@ -13,7 +13,7 @@ import torch
 from udon_fast import train as train_cli
 from udon_fast.config import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.trainer import TrainingDiverged, train
+from udon_fast.trainer.loop import TrainingDiverged, train
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--frozen-epochs", "1",

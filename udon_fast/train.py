@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"udon_fast.train: error: {exc}", file=sys.stderr)
         return 2
-    from .trainer import TrainingDiverged, train
+    from .trainer.loop import TrainingDiverged, train
 
     try:
         train(config)
