@@ -43,6 +43,11 @@ class UDONModel(nn.Module):
     `teacher_dim_out`, `student_dim_out`, `domains`, `config` (everything `from_config` needs).
     Images are (B, 3, image_size, image_size) float, normalised with `mean`/`std`.
     Embeddings are float32 and unit-norm along the last dimension (also under autocast).
+
+    BatchNorm layers of a backbone (EfficientNet, ResNet, ...) keep their running statistics frozen
+    (eval mode) also in `train()`: every UDON batch comes from one domain, and updating the
+    statistics from single-domain batches drags them towards whichever domain came last, which
+    wrecks the shared features.  Their affine parameters still train.  (ViTs have no BatchNorm.)
     """
 
     def __init__(
@@ -88,6 +93,13 @@ class UDONModel(nn.Module):
         """A randomly initialised model of the architecture described by `config` (see `config`)."""
         args = {k: config[k] for k in ("backbone_name", "domains", "teacher_dim", "student_dim", "image_size")}
         return cls(**args, backbone_kwargs=config.get("backbone_kwargs"))
+
+    def train(self, mode: bool = True) -> "UDONModel":
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
 
     def _check_domain(self, domain: str) -> None:
         if domain not in self.domains:
