@@ -24,7 +24,7 @@ class TrainConfig:
     domains: list[str] | None = None
     out: str = "runs/udon"
     resume: bool = False
-    epochs: int = 3
+    epochs: int = 6
     steps: int | None = None
     batch_size: int = 32
     backbone: str = "tf_efficientnet_lite0"
