@@ -13,6 +13,7 @@ from .. import evaluation
 from ..config import TrainConfig
 from ..data import TrainLoader, ensure_builtin, load_domains
 from ..model import UDONModel
+from ..model.checkpoint import read_checkpoint
 from ..model.packaged import packaged_weights
 from ..sampler import DomainSampler
 from . import distributed, report
@@ -159,7 +160,7 @@ class Run:
         if not self.ranks.is_main:
             return {}
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
-        self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+        self.model.load_state_dict(read_checkpoint(best)["model"])
         results = {"initial": progress.initial, "final": self.evaluate("test")}
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
                   f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
