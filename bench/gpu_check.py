@@ -13,10 +13,12 @@ Parts (each writes its JSON after every case, so a timed-out part still leaves i
   A reference case is skipped (with the reason) when its projected peak (bytes per logit, the most
   measured on the reference cases run so far, times B * C) exceeds REFERENCE_MEMORY_FRACTION of
   free memory, or its projected time (ms per logit, likewise) exceeds REFERENCE_MAX_MS.
-  Achieved TFLOP/s = 8 * B * C * (Ds + Dt) / time (fwd 2, recompute 2, dE 2, dW 2 per head, see
-  /work/shared/kernel-notes.md); GB/s = the unavoidable HBM traffic 3 * C * (Ds + Dt) * element
-  bytes (read W forward, read W backward, write dW) / time; both also as fractions of the H200
-  limits (LIMITS).  Triton cases run first for every shape, then reference, then compiled.
+  Achieved TFLOP/s = 8 * B * C * (Ds + Dt) / time (GEMM FLOPs per (b, c) and head: fwd 2D,
+  recompute 2D, dE 2D, dW 2D; the Triton backward recomputes once more, which is not counted; see
+  docs/kernels.md, "Work per (b, c)"); GB/s = the unavoidable HBM traffic 3 * C * (Ds + Dt) *
+  element bytes (read W forward, read W backward, write dW) / time; both also as fractions of the
+  H200 datasheet peaks (LIMITS).  Triton cases run first for every shape, then reference, then
+  compiled.
 - train: a ViT-B/16, 224 px, B = 128 UDONStep + apply() on one domain of C = 224,408 classes:
   eager + reference loss vs compiled backbone + fused loss (backend "auto"); images/s and peak MiB.
 - report: merges the parts and the exit statuses gpu_check.sh recorded (DIR/status_<part>) into
@@ -43,7 +45,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 PARTS = ("tests", "losses", "train")
-LIMITS = {"bf16_tflops": 790.0, "hbm_gbs": 4300.0}  # measured on an H200, kernel-notes.md
+LIMITS = {"bf16_tflops": 989.0, "hbm_gbs": 4800.0}  # H200 SXM datasheet: dense bf16, HBM3e (docs/kernels.md)
 D_S, D_T = 64, 256
 REFERENCE_MEMORY_FRACTION = 0.7
 REFERENCE_MAX_MS = 2000.0

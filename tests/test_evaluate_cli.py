@@ -16,7 +16,8 @@ from udon_fast.model import UDONModel, save_checkpoint
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 5, "val": 3, "test": 3, "index": 4},
+    # shops: test class 4 (3 queries) is absent from the index: those queries have no positive
+    write_tiny_uned(root, {"shops": {"train": 5, "val": 3, "test": 5, "index": 4},
                            "birds": {"train": 6, "val": 3, "test": 4}}, per_class=3)
     domains = load_domains(root)
     torch.manual_seed(0)
@@ -37,9 +38,41 @@ def test_evaluate_writes_results_matching_the_library(setup, tmp_path):
     expected = evaluate_model(model, domains, "test", progress=False)
     assert saved == json.loads(json.dumps(expected))
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0] == "embedding,index,domain,p_at_1,mmp_at_5"
+    assert csv_rows[0] == ("embedding,index,domain,p_at_1,mmp_at_5,num_queries,num_queries_without_positives,"
+                           "no_positive")
     assert len(csv_rows) == 1 + 3 * 3
-    assert "| mean |" in (tmp_path / "results.md").read_text()
+    assert csv_rows[2].startswith("student,merged,shops,") and csv_rows[2].endswith(",15,3,miss")
+    assert csv_rows[3].startswith("student,merged,mean,") and csv_rows[3].endswith(",27,3,miss")
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| mean |" in markdown and "no_positive=miss" in markdown
+    assert saved["student"]["merged"]["mean"]["no_positive"] == "miss"
+
+
+def test_evaluate_no_positive_exclude(setup, tmp_path):
+    root, domains, model, checkpoint = setup
+    result = _run("evaluate", "--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(tmp_path),
+                  "--index", "separate", "--embedding", "student", "--no-positive", "exclude")
+    assert result.returncode == 0, result.stderr[-2000:]
+    exclude = json.loads((tmp_path / "results.json").read_text())["student"]["separate"]
+    assert exclude == json.loads(json.dumps(evaluate_model(
+        model, domains, "test", index="separate", embedding="student", no_positive="exclude",
+        progress=False)["student"]["separate"]))
+    assert exclude["mean"]["no_positive"] == "exclude"
+    assert (exclude["shops"]["num_queries"], exclude["shops"]["num_queries_without_positives"]) == (15, 3)
+    miss = evaluate_model(model, domains, "test", index="separate", embedding="student", progress=False)
+    miss = miss["student"]["separate"]
+    # 12 of the 15 shops queries have a positive; every birds query has one
+    assert exclude["shops"]["mmp_at_5"] > 0
+    for key in ("p_at_1", "mmp_at_5"):
+        assert miss["shops"][key] == pytest.approx(exclude["shops"][key] * 12 / 15)
+        assert miss["birds"][key] == exclude["birds"][key]
+    assert (tmp_path / "results.csv").read_text().splitlines()[2].endswith(",15,3,exclude")
+    assert "no_positive=exclude" in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_rejects_an_unknown_no_positive_rule(setup, tmp_path):
+    result = _run("evaluate", "--checkpoint", str(setup[3]), "--out", str(tmp_path), "--no-positive", "drop")
+    assert result.returncode == 2 and "--no-positive" in result.stderr
 
 
 def test_evaluate_options_select_what_is_computed(setup, tmp_path):

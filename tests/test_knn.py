@@ -1,4 +1,8 @@
-"""knn_metrics / knn_metrics_by_domain against a brute-force statement of the UnED definitions."""
+"""knn_metrics / knn_metrics_by_domain against a brute-force statement of the UnED definitions.
+
+Every comparison names its rule for queries without a relevant index item (`no_positive`):
+"miss" (the official UnED metric: they score 0 and stay in the means) or "exclude" (left out).
+"""
 import math
 
 import numpy as np
@@ -37,30 +41,42 @@ def oracle_per_query(query, q_labels, index, x_labels, q_domains, x_domains, k, 
     return results
 
 
-def oracle_summary(results, k):
-    scored = [r for r in results if r is not None]
+def oracle_summary(results, k, no_positive):
+    """Means over the queries: under "miss" a query without a positive (None) scores (False, 0), under
+    "exclude" it is dropped."""
+    if no_positive == "miss":
+        counted = [(False, 0.0) if r is None else r for r in results]
+    else:
+        counted = [r for r in results if r is not None]
     return {
-        "p_at_1": float(np.mean([r[0] for r in scored])) if scored else math.nan,
-        f"mmp_at_{k}": float(np.mean([r[1] for r in scored])) if scored else math.nan,
+        "p_at_1": float(np.mean([r[0] for r in counted])) if counted else math.nan,
+        f"mmp_at_{k}": float(np.mean([r[1] for r in counted])) if counted else math.nan,
         "num_queries": len(results),
-        "num_queries_without_positives": len(results) - len(scored),
+        "num_queries_without_positives": sum(r is None for r in results),
     }
 
 
-def oracle(query, q_labels, index, x_labels, q_domains=None, x_domains=None, *, k=5, query_is_index=False,
-           self_rows=None):
-    """knn_metrics's answer by the definitions."""
+def oracle(query, q_labels, index, x_labels, q_domains=None, x_domains=None, *, no_positive, k=5,
+           query_is_index=False, self_rows=None):
+    """knn_metrics's answer by the definitions, under the given no_positive rule."""
     q_dom = np.zeros(len(query), int) if q_domains is None else np.asarray(q_domains)
     x_dom = np.zeros(len(index), int) if x_domains is None else np.asarray(x_domains)
     if self_rows is None:
         self_rows = np.arange(len(query)) if query_is_index else np.full(len(query), -1)
     results = oracle_per_query(query, q_labels, index, x_labels, q_dom, x_dom, k, self_rows)
-    expected = oracle_summary(results, k)
+    expected = oracle_summary(results, k, no_positive)
+    expected["no_positive"] = no_positive
     if q_domains is not None:
         expected["per_domain"] = {
-            int(d): oracle_summary([r for r, qd in zip(results, q_dom) if qd == d], k) for d in np.unique(q_dom)
+            int(d): oracle_summary([r for r, qd in zip(results, q_dom) if qd == d], k, no_positive)
+            for d in np.unique(q_dom)
         }
     return expected
+
+
+def without_rule(metrics):
+    """knn_metrics's dict without its "no_positive" key (to compare with a per-domain entry)."""
+    return {key: value for key, value in metrics.items() if key != "no_positive"}
 
 
 def assert_metrics_equal(got, expected):
@@ -93,42 +109,66 @@ def rng():
     return np.random.default_rng(0)
 
 
+RULES = ("miss", "exclude")
+
+
+@pytest.mark.parametrize("no_positive", RULES)
 @pytest.mark.parametrize("k", [1, 5])
-def test_single_domain_matches_oracle(rng, k):
+def test_single_domain_matches_oracle(rng, k, no_positive):
     query, index = embeddings(rng, 60), embeddings(rng, 200)
     q_labels, x_labels = rng.integers(0, 12, 60), rng.integers(0, 10, 200)  # classes 10, 11: no positives
-    got = knn_metrics(query, q_labels, index, x_labels, k=k)
-    expected = oracle(query, q_labels, index, x_labels, k=k)
+    got = knn_metrics(query, q_labels, index, x_labels, k=k, no_positive=no_positive)
+    expected = oracle(query, q_labels, index, x_labels, k=k, no_positive=no_positive)
     assert expected["num_queries_without_positives"] > 0
     assert_metrics_equal(got, expected)
 
 
+def test_miss_is_the_default(rng):
+    query, index = embeddings(rng, 60), embeddings(rng, 200)
+    q_labels, x_labels = rng.integers(0, 12, 60), rng.integers(0, 10, 200)
+    assert knn_metrics(query, q_labels, index, x_labels) == knn_metrics(query, q_labels, index, x_labels,
+                                                                        no_positive="miss")
+    kwargs = {"query_domains": np.zeros(60, int), "index_domains": np.zeros(200, int)}
+    by_domain = knn_metrics_by_domain(query, q_labels, index, x_labels, **kwargs)
+    assert by_domain["no_positive"] == "miss"
+    assert by_domain == knn_metrics_by_domain(query, q_labels, index, x_labels, no_positive="miss", **kwargs)
+
+
+@pytest.mark.parametrize("no_positive", RULES)
 @pytest.mark.parametrize("k", [1, 5])
-def test_merged_domains_match_oracle(rng, k):
+def test_merged_domains_match_oracle(rng, k, no_positive):
     query, index = embeddings(rng, 80), embeddings(rng, 240)
     q_labels, x_labels = rng.integers(0, 6, 80), rng.integers(0, 6, 240)
     q_domains, x_domains = rng.integers(0, 3, 80) * 7 - 2, rng.integers(0, 3, 240) * 7 - 2  # ids -2, 5, 12
-    got = knn_metrics(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k)
-    assert_metrics_equal(got, oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k))
+    got = knn_metrics(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k,
+                      no_positive=no_positive)
+    assert_metrics_equal(got, oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k,
+                                     no_positive=no_positive))
     # the same label in another domain is not relevant: domain-blind scores differ
-    blind = knn_metrics(query, q_labels, index, x_labels, k=k)
+    blind = knn_metrics(query, q_labels, index, x_labels, k=k, no_positive=no_positive)
     assert blind["p_at_1"] != got["p_at_1"]
 
 
+@pytest.mark.parametrize("no_positive", RULES)
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("index_multi", [False, True])
-def test_multi_label_matches_oracle(rng, k, index_multi):
+def test_multi_label_matches_oracle(rng, k, index_multi, no_positive):
     query, index = embeddings(rng, 70), embeddings(rng, 220)
     q_labels = multi_labels(rng, 70, 40, 4)  # small classes: n_q < k is common
+    q_labels[:4] = [[60, 61, -1, -1], [62, -1, -1, -1], [60, 60, 63, -1], [64, 65, 66, 67]]  # absent everywhere
     x_labels = multi_labels(rng, 220, 40, 3) if index_multi else rng.integers(0, 40, 220)
     q_domains, x_domains = rng.integers(0, 2, 70), rng.integers(0, 2, 220)
-    got = knn_metrics(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k)
-    assert_metrics_equal(got, oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k))
+    got = knn_metrics(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k,
+                      no_positive=no_positive)
+    expected = oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k, no_positive=no_positive)
+    assert expected["num_queries_without_positives"] >= 4
+    assert_metrics_equal(got, expected)
 
 
+@pytest.mark.parametrize("no_positive", RULES)
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("multi", [False, True])
-def test_query_is_index_matches_oracle(rng, k, multi):
+def test_query_is_index_matches_oracle(rng, k, multi, no_positive):
     n = 150
     emb = embeddings(rng, n)
     labels = multi_labels(rng, n, 40, 2) if multi else rng.integers(0, 40, n)
@@ -136,8 +176,8 @@ def test_query_is_index_matches_oracle(rng, k, multi):
         labels[:5] = 100 + np.arange(5)  # singleton classes: no positives once the query is removed
     domains = rng.integers(0, 2, n)
     got = knn_metrics(emb, labels, emb, labels, query_domains=domains, index_domains=domains, k=k,
-                      query_is_index=True)
-    expected = oracle(emb, labels, emb, labels, domains, domains, k=k, query_is_index=True)
+                      query_is_index=True, no_positive=no_positive)
+    expected = oracle(emb, labels, emb, labels, domains, domains, k=k, query_is_index=True, no_positive=no_positive)
     if not multi:
         assert expected["num_queries_without_positives"] >= 5
     assert_metrics_equal(got, expected)
@@ -161,38 +201,127 @@ def mixed_sets(rng, multi):
     }
 
 
+@pytest.mark.parametrize("no_positive", RULES)
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("multi", [False, True])
-def test_self_rows_mixed_domains_match_oracle(rng, k, multi):
+def test_self_rows_mixed_domains_match_oracle(rng, k, multi, no_positive):
     c = mixed_sets(rng, multi)
     args = (c["query"], c["q_labels"], c["index"], c["x_labels"])
     kwargs = {"query_domains": c["q_domains"], "index_domains": c["x_domains"], "k": k,
-              "query_self_rows": c["self_rows"]}
-    expected = oracle(*args, c["q_domains"], c["x_domains"], k=k, self_rows=c["self_rows"])
+              "query_self_rows": c["self_rows"], "no_positive": no_positive}
+    expected = oracle(*args, c["q_domains"], c["x_domains"], k=k, self_rows=c["self_rows"], no_positive=no_positive)
     assert_metrics_equal(knn_metrics(*args, **kwargs), expected)
     assert_metrics_equal(knn_metrics_by_domain(*args, index="merged", **kwargs)["per_domain"], expected["per_domain"])
 
     separate = knn_metrics_by_domain(*args, index="separate", **kwargs)["per_domain"]
-    assert_metrics_equal(separate[3], oracle(c["query"][:60], c["q_labels"][:60], c["index"][:60], c["x_labels"][:60],
-                                             k=k, query_is_index=True))
-    assert_metrics_equal(separate[8], oracle(c["query"][60:], c["q_labels"][60:], c["index"][60:], c["x_labels"][60:],
-                                             k=k))
+    own = oracle(c["query"][:60], c["q_labels"][:60], c["index"][:60], c["x_labels"][:60], k=k, query_is_index=True,
+                 no_positive=no_positive)
+    split = oracle(c["query"][60:], c["q_labels"][60:], c["index"][60:], c["x_labels"][60:], k=k,
+                   no_positive=no_positive)
+    assert_metrics_equal(separate[3], without_rule(own))
+    assert_metrics_equal(separate[8], without_rule(split))
 
 
-def test_self_rows_of_every_query_equal_query_is_index(rng):
+@pytest.mark.parametrize("no_positive", RULES)
+def test_self_rows_of_every_query_equal_query_is_index(rng, no_positive):
     emb, labels = embeddings(rng, 50), rng.integers(0, 10, 50)
-    assert (knn_metrics(emb, labels, emb, labels, query_self_rows=np.arange(50))
-            == knn_metrics(emb, labels, emb, labels, query_is_index=True))
+    assert (knn_metrics(emb, labels, emb, labels, query_self_rows=np.arange(50), no_positive=no_positive)
+            == knn_metrics(emb, labels, emb, labels, query_is_index=True, no_positive=no_positive))
 
 
-def test_hand_computed_example():
+@pytest.mark.parametrize("no_positive", RULES)
+def test_hand_computed_example(no_positive):
     # query at 0 degrees: neighbours 0, 1, 2, 3; query at 180 degrees: 3, 2, 1, 0
     index, query = unit_circle([10, 40, 100, 170]), unit_circle([0, 180])
     x_labels, q_labels = np.array([1, 0, 0, 1]), np.array([0, 1])
     # query 0 (class 0, n_q = 2): neighbours 0, 1, 2, 3 -> relevant F, T: P@1 0, precision 1/2
     # query 1 (class 1, n_q = 2): neighbours 3, 2, 1, 0 -> relevant T, F: P@1 1, precision 1/2
-    got = knn_metrics(query, q_labels, index, x_labels, k=5 - 2)
-    assert got == {"p_at_1": 0.5, "mmp_at_3": 0.5, "num_queries": 2, "num_queries_without_positives": 0}
+    # every query has a positive, so both rules agree
+    got = knn_metrics(query, q_labels, index, x_labels, k=5 - 2, no_positive=no_positive)
+    assert got == {"p_at_1": 0.5, "mmp_at_3": 0.5, "num_queries": 2, "num_queries_without_positives": 0,
+                   "no_positive": no_positive}
+
+
+# Hand-computed cases with queries that have no positive: (no_positive rule, P@1, mMP@k).
+
+@pytest.mark.parametrize("no_positive, p_at_1, mmp", [("miss", 1 / 3, 1 / 3), ("exclude", 1 / 2, 1 / 2)])
+def test_hand_computed_label_absent_from_index(no_positive, p_at_1, mmp):
+    index, query = unit_circle([10, 40, 100, 170]), unit_circle([0, 180, 90])
+    x_labels, q_labels = np.array([1, 0, 0, 1]), np.array([0, 1, 7])
+    # queries 0 and 1 as in test_hand_computed_example: P@1 0 and 1, precision 1/2 and 1/2;
+    # query 2 (class 7, in no index item): n_q = 0.  miss: (0 + 1 + 0) / 3 and (1/2 + 1/2 + 0) / 3;
+    # exclude: (0 + 1) / 2 and (1/2 + 1/2) / 2
+    got = knn_metrics(query, q_labels, index, x_labels, k=3, no_positive=no_positive)
+    assert got == pytest.approx({"p_at_1": p_at_1, "mmp_at_3": mmp, "num_queries": 3,
+                                 "num_queries_without_positives": 1, "no_positive": no_positive}, abs=1e-15)
+
+
+@pytest.mark.parametrize("no_positive, p_at_1, mmp", [("miss", 2 / 5, 3 / 10), ("exclude", 2 / 3, 1 / 2)])
+def test_hand_computed_singletons_query_is_index(no_positive, p_at_1, mmp):
+    emb, labels = unit_circle([0, 10, 50, 60, 200]), np.array([0, 1, 0, 0, 2])
+    # row 0 (class 0, n_q = 2): neighbours 1, 2 -> F, T: P@1 0, precision 1/2
+    # row 1 (class 1): a singleton once it is removed from its own neighbours: n_q = 0
+    # row 2 (class 0, n_q = 2): neighbours 3, 1 -> T, F: P@1 1, precision 1/2
+    # row 3 (class 0, n_q = 2): neighbours 2, 1 -> T, F: P@1 1, precision 1/2
+    # row 4 (class 2): singleton, n_q = 0
+    # miss: P@1 2/5, mMP@2 (3/2)/5; exclude: P@1 2/3, mMP@2 (3/2)/3
+    got = knn_metrics(emb, labels, emb, labels, k=2, query_is_index=True, no_positive=no_positive)
+    assert got == pytest.approx({"p_at_1": p_at_1, "mmp_at_2": mmp, "num_queries": 5,
+                                 "num_queries_without_positives": 2, "no_positive": no_positive}, abs=1e-15)
+
+
+@pytest.mark.parametrize("no_positive, p_at_1, mmp", [("miss", 1 / 3, 1 / 2), ("exclude", 1 / 2, 3 / 4)])
+def test_hand_computed_multi_label_queries(no_positive, p_at_1, mmp):
+    index, query = unit_circle([10, 40, 100, 170]), unit_circle([0, 180, 90])
+    x_labels = np.array([1, 0, 0, 1])
+    q_labels = np.array([[0, 5], [1, 0], [5, 6]])
+    # query 0 (classes 0, 5; 5 is in no index item): n_q = 2, neighbours 0, 1 -> F, T: P@1 0, precision 1/2
+    # query 1 (classes 1, 0): every index item is relevant, n_q = 4, cutoff 3: neighbours 3, 2, 1 -> T, T, T
+    # query 2 (classes 5, 6, both absent from the index): n_q = 0
+    # miss: P@1 (0 + 1 + 0) / 3, mMP@3 (1/2 + 1 + 0) / 3; exclude: P@1 1/2, mMP@3 (1/2 + 1) / 2
+    got = knn_metrics(query, q_labels, index, x_labels, k=3, no_positive=no_positive)
+    assert got == pytest.approx({"p_at_1": p_at_1, "mmp_at_3": mmp, "num_queries": 3,
+                                 "num_queries_without_positives": 1, "no_positive": no_positive}, abs=1e-15)
+
+
+@pytest.mark.parametrize("index", ["merged", "separate"])
+def test_official_example_121_of_500_without_positive(rng, index):
+    # The official metric on a domain where 121 of 500 queries have no positive is the
+    # exclude-rule value times 379 / 500, for P@1 and mMP@5 alike.  Domain 1 is a second, complete domain.
+    query, index_emb = embeddings(rng, 600), embeddings(rng, 900)
+    q_labels = np.r_[rng.integers(0, 20, 379), rng.integers(20, 30, 121), rng.integers(0, 20, 100)]
+    x_labels = rng.integers(0, 20, 900)
+    q_domains, x_domains = np.r_[np.zeros(500, int), np.ones(100, int)], np.r_[np.zeros(600, int), np.ones(300, int)]
+    args = (query, q_labels, index_emb, x_labels)
+    kwargs = {"query_domains": q_domains, "index_domains": x_domains, "index": index}
+    miss = knn_metrics_by_domain(*args, no_positive="miss", **kwargs)
+    exclude = knn_metrics_by_domain(*args, no_positive="exclude", **kwargs)
+    domain, complete = miss["per_domain"][0], miss["per_domain"][1]
+    assert domain["num_queries"] == 500 and domain["num_queries_without_positives"] == 121
+    assert exclude["per_domain"][0]["num_queries_without_positives"] == 121
+    for key in ("p_at_1", "mmp_at_5"):
+        assert exclude["per_domain"][0][key] > 0
+        assert domain[key] == pytest.approx(exclude["per_domain"][0][key] * 379 / 500, rel=1e-12)
+        assert complete[key] == exclude["per_domain"][1][key]
+        assert miss["mean"][key] == pytest.approx((domain[key] + complete[key]) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("no_positive, p_at_1", [("miss", (1 / 3 + 0) / 2), ("exclude", 1 / 2)])
+def test_domain_without_any_positive_in_the_mean(no_positive, p_at_1):
+    # domain 0: test_hand_computed_label_absent_from_index (P@1 1/3 under miss, 1/2 under exclude);
+    # domain 4: one query whose class is in no index item of domain 4 (class 0 exists only in domain 0)
+    index, query = unit_circle([10, 40, 100, 170, 5]), unit_circle([0, 180, 90, 3])
+    x_labels, q_labels = np.array([1, 0, 0, 1, 9]), np.array([0, 1, 7, 0])
+    q_domains, x_domains = np.array([0, 0, 0, 4]), np.array([0, 0, 0, 0, 4])
+    got = knn_metrics_by_domain(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains,
+                                k=1, no_positive=no_positive)
+    lonely = got["per_domain"][4]
+    assert lonely["num_queries"] == 1 and lonely["num_queries_without_positives"] == 1
+    if no_positive == "miss":
+        assert lonely["p_at_1"] == 0.0 and lonely["mmp_at_1"] == 0.0
+    else:
+        assert math.isnan(lonely["p_at_1"]) and math.isnan(lonely["mmp_at_1"])
+    assert got["mean"]["p_at_1"] == pytest.approx(p_at_1, abs=1e-15)
 
 
 def unit_circle(degrees):
@@ -214,14 +343,16 @@ def test_exact_ties_resolve_in_index_order():
     assert got["p_at_1"] == 0.0 and got["mmp_at_3"] == 0.5
 
 
-def test_query_is_index_exact_ties_drop_last():
+@pytest.mark.parametrize("no_positive, score", [("miss", 1 / 3), ("exclude", 1 / 2)])
+def test_query_is_index_exact_ties_drop_last(no_positive, score):
     # all embeddings equal: every row's 2 neighbours are rows 0, 1, so row 2 does not see itself
     emb = np.ones((3, 3), np.float32) / np.sqrt(3)
     labels = np.array([0, 1, 0])
-    got = knn_metrics(emb, labels, emb, labels, k=1, query_is_index=True)
-    # row 0 drops itself and keeps row 1 (irrelevant); row 1 is a singleton (not scored);
+    got = knn_metrics(emb, labels, emb, labels, k=1, query_is_index=True, no_positive=no_positive)
+    # row 0 drops itself and keeps row 1 (irrelevant); row 1 is a singleton (no positive);
     # row 2 drops the last neighbour, row 1, and keeps row 0 (relevant)
-    assert got == {"p_at_1": 0.5, "mmp_at_1": 0.5, "num_queries": 3, "num_queries_without_positives": 1}
+    assert got == {"p_at_1": score, "mmp_at_1": score, "num_queries": 3, "num_queries_without_positives": 1,
+                   "no_positive": no_positive}
 
 
 def test_batching_torch_and_float64_inputs_agree(rng):
@@ -237,29 +368,35 @@ def test_batching_torch_and_float64_inputs_agree(rng):
     assert got == reference
 
 
+@pytest.mark.parametrize("no_positive", RULES)
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("query_is_index", [False, True])
-def test_by_domain_merged_and_separate(rng, k, query_is_index):
+def test_by_domain_merged_and_separate(rng, k, query_is_index, no_positive):
     n = 120
     query, index = embeddings(rng, n), embeddings(rng, 2 * n)
     q_labels, x_labels = rng.integers(0, 8, n), rng.integers(0, 8, 2 * n)
+    q_labels[:6] = 20 + np.arange(6)  # no positive: absent from the index, or singletons
     q_domains, x_domains = rng.integers(0, 3, n), rng.integers(0, 3, 2 * n)
     if query_is_index:
         index, x_labels, x_domains = query, q_labels, q_domains
     args = (query, q_labels, index, x_labels)
-    kwargs = {"query_domains": q_domains, "index_domains": x_domains, "k": k, "query_is_index": query_is_index}
+    kwargs = {"query_domains": q_domains, "index_domains": x_domains, "k": k, "query_is_index": query_is_index,
+              "no_positive": no_positive}
 
     merged = knn_metrics_by_domain(*args, index="merged", **kwargs)
-    expected_merged = oracle(*args, q_domains, x_domains, k=k, query_is_index=query_is_index)["per_domain"]
+    expected_merged = oracle(*args, q_domains, x_domains, k=k, query_is_index=query_is_index,
+                             no_positive=no_positive)["per_domain"]
+    assert sum(m["num_queries_without_positives"] for m in expected_merged.values()) >= 6
     assert_metrics_equal(merged["per_domain"], expected_merged)
     assert merged["per_domain"] == knn_metrics(*args, **kwargs)["per_domain"]
+    assert merged["no_positive"] == no_positive
 
     separate = knn_metrics_by_domain(*args, index="separate", **kwargs)
     for d, got in separate["per_domain"].items():
         q_rows, x_rows = q_domains == d, x_domains == d
         expected = oracle(query[q_rows], q_labels[q_rows], index[x_rows], x_labels[x_rows], k=k,
-                          query_is_index=query_is_index)
-        assert_metrics_equal(got, expected)
+                          query_is_index=query_is_index, no_positive=no_positive)
+        assert_metrics_equal(got, without_rule(expected))
     assert separate["per_domain"].keys() == {0, 1, 2}
 
     for result in (merged, separate):
@@ -267,12 +404,14 @@ def test_by_domain_merged_and_separate(rng, k, query_is_index):
             assert result["mean"][key] == pytest.approx(np.mean([m[key] for m in result["per_domain"].values()]))
 
 
-def test_no_scored_query_gives_nan(rng):
+def test_no_query_with_a_positive_gives_zero_under_miss_and_nan_under_exclude(rng):
     emb = embeddings(rng, 6)
     labels = np.arange(6)  # all singletons
-    got = knn_metrics(emb, labels, emb, labels, k=1, query_is_index=True)
-    assert math.isnan(got["p_at_1"]) and math.isnan(got["mmp_at_1"])
-    assert got["num_queries_without_positives"] == 6
+    miss = knn_metrics(emb, labels, emb, labels, k=1, query_is_index=True, no_positive="miss")
+    assert miss["p_at_1"] == 0.0 and miss["mmp_at_1"] == 0.0
+    exclude = knn_metrics(emb, labels, emb, labels, k=1, query_is_index=True, no_positive="exclude")
+    assert math.isnan(exclude["p_at_1"]) and math.isnan(exclude["mmp_at_1"])
+    assert miss["num_queries_without_positives"] == exclude["num_queries_without_positives"] == 6
 
 
 @pytest.mark.gpu
@@ -353,6 +492,8 @@ BAD_INPUTS = [
                                          "query_domains": np.zeros(10, int), "index_domains": np.ones(10, int),
                                          "query_self_rows": np.arange(10)}, ValueError, "domains"),
     ("float self rows", lambda a: {"query_self_rows": np.zeros(10)}, TypeError, "query_self_rows"),
+    ("unknown no_positive rule", lambda a: {"no_positive": "drop"}, ValueError, "no_positive"),
+    ("no_positive not a string", lambda a: {"no_positive": None}, ValueError, "no_positive"),
 ]
 
 
@@ -374,3 +515,5 @@ def test_by_domain_bad_input(rng):
         knn_metrics_by_domain(*positional, query_domains=None, index_domains=None)
     with pytest.raises(ValueError, match="domain 0 has 2 index items"):
         knn_metrics_by_domain(*positional, index="separate", **domains)
+    with pytest.raises(ValueError, match="no_positive must be one of"):
+        knn_metrics_by_domain(*positional, no_positive="skip", **domains)

@@ -1,4 +1,4 @@
-"""Public loss API: argument errors, the module wrapper, the spec's gradient routing, torch.compile."""
+"""Public loss API: argument errors, the module wrapper, the gradient routing of docs/method.md, torch.compile."""
 import pytest
 import torch
 

@@ -12,7 +12,7 @@ TINY = dict(backbone_name="vit_tiny_patch16_224", image_size=32, backbone_kwargs
 
 @pytest.fixture(scope="module")
 def trained():
-    """A model and optimizer after one AdamW step with the spec's two parameter groups."""
+    """A model and optimizer after one AdamW step with the two parameter groups of docs/method.md."""
     torch.manual_seed(0)
     model = UDONModel(domains={"cars": 5, "sop": 9}, teacher_dim=[32, 16], **TINY)
     opt = torch.optim.AdamW([{"params": list(model.head_parameters()), "lr": 1e-3},

@@ -64,8 +64,12 @@ def test_outputs_of_a_run(finished_run):
         assert set(saved[stage]["teacher"]) == {"separate"}
         for leaf in (saved[stage]["student"]["merged"], saved[stage]["teacher"]["separate"]):
             assert set(leaf) == {"shops", "birds", "mean"}
-            assert set(leaf["mean"]) == {"p_at_1", "mmp_at_5"}
-    assert "| shops |" in (out / "results.md").read_text()
+            assert set(leaf["mean"]) == {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives",
+                                         "no_positive"}
+            assert leaf["mean"]["no_positive"] == "miss"
+            assert set(leaf["shops"]) == {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives"}
+    markdown = (out / "results.md").read_text()
+    assert "| shops |" in markdown and "no_positive=miss" in markdown
 
 
 def test_frozen_backbone_epoch_has_zero_backbone_lr(finished_run):

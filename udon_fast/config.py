@@ -81,7 +81,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-# The paper's full setup on UnED (udon-spec.md: model, schedule); needs --data-root.
+# The paper's full setup on UnED (docs/method.md, sections 1 and 4); needs --data-root.
 PRESETS: dict[str, dict[str, Any]] = {
     "builtin": {},
     "uned": {

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from .data import ensure_builtin, load_domains
-from .evaluation import EMBEDDINGS, INDEX_MODES, evaluate_model
+from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
+from .knn import NO_POSITIVE_MODES
 from .model import load_model
 from .trainer.report import results_table
 
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--index", choices=INDEX_MODES, default="both")
     parser.add_argument("--embedding", choices=EMBEDDINGS, default="both")
+    parser.add_argument("--no-positive", choices=NO_POSITIVE_MODES, default="miss",
+                        help="queries without a relevant index item: 'miss' counts them as misses in every "
+                             "mean (the official UnED metric, default); 'exclude' leaves them out of the means")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
@@ -27,14 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_csv(path: Path, results: dict) -> None:
-    """One row per (embedding, index, domain) with P@1 and mMP@5."""
+    """One row per (embedding, index, domain), the mean last: P@1, mMP@5, the number of queries and
+    of queries without a positive (sums on the mean row), and the no_positive rule."""
+    columns = [*METRICS, *COUNTS]
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["embedding", "index", "domain", "p_at_1", "mmp_at_5"])
+        writer.writerow(["embedding", "index", "domain", *columns, "no_positive"])
         for embedding, by_index in results.items():
             for index, leaf in by_index.items():
+                rule = leaf["mean"]["no_positive"]
                 for domain, metrics in leaf.items():
-                    writer.writerow([embedding, index, domain, metrics["p_at_1"], metrics["mmp_at_5"]])
+                    writer.writerow([embedding, index, domain, *(metrics[c] for c in columns), rule])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"udon_fast.evaluate: error: {exc}", file=sys.stderr)
         return 1
     results = evaluate_model(model, domains, args.split, index=args.index, embedding=args.embedding,
-                             batch_size=args.batch_size, device=device, num_threads=args.threads)
+                             batch_size=args.batch_size, device=device, num_threads=args.threads,
+                             no_positive=args.no_positive)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")

@@ -2,12 +2,16 @@
 
 images -> `data.EvalLoader` (DALI eval pipeline) -> `UDONModel` embeddings -> `knn` (faiss) ->
 {"student": {"merged": ..., "separate": ...}, "teacher": {"separate": ...}} where each leaf is
-{domain: {"p_at_1", "mmp_at_5"}, "mean": {...}}.
+{domain: {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives"},
+ "mean": {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives", "no_positive"}};
+the mean's counts are sums over the domains and "no_positive" names the rule the metrics follow.
 
 "separate": each domain's queries search that domain's index (its index split, else the query set
 itself, leave-one-out).  "merged" (the headline): every query searches the union of all domains'
 index sets; a query whose own image is in that union (query set == index set) skips itself.
-Teacher embeddings are evaluated per domain only (own-domain oracle).
+Teacher embeddings are evaluated per domain only (own-domain oracle).  Queries without a relevant
+index item count as misses by default (`no_positive="miss"`, the official UnED metric); see
+`knn` and docs/method.md, "Evaluation".
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .data import Domain, EvalLoader, Split, knn_pairs
-from .knn import knn_metrics_by_domain
+from .knn import NO_POSITIVE_MODES, knn_metrics_by_domain
 from .model import UDONModel
 
 INDEX_MODES = ("merged", "separate", "both")
@@ -60,15 +64,21 @@ def _pad_labels(labels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(out)
 
 
+METRICS = ("p_at_1", f"mmp_at_{K}")
+COUNTS = ("num_queries", "num_queries_without_positives")
+
+
 def _leaf(result: Mapping, names: Sequence[str]) -> dict:
-    """{domain name: {"p_at_1", "mmp_at_5"}, "mean": {...}} from `knn_metrics_by_domain`'s ids."""
-    keys = ("p_at_1", f"mmp_at_{K}")
-    leaf = {names[d]: {k: float(m[k]) for k in keys} for d, m in result["per_domain"].items()}
-    leaf["mean"] = {k: float(result["mean"][k]) for k in keys}
+    """A results leaf (module docstring) from `knn_metrics_by_domain`'s output keyed by domain ids."""
+    leaf = {names[d]: {**{k: float(m[k]) for k in METRICS}, **{k: int(m[k]) for k in COUNTS}}
+            for d, m in result["per_domain"].items()}
+    leaf["mean"] = {**{k: float(result["mean"][k]) for k in METRICS},
+                    **{k: sum(m[k] for m in result["per_domain"].values()) for k in COUNTS},
+                    "no_positive": result["no_positive"]}
     return leaf
 
 
-def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mode: str) -> dict:
+def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mode: str, no_positive: str) -> dict:
     """Score `kind` ("student"/"teacher") embeddings of every domain in `mode` ("merged"/"separate")."""
     names = list(sets)
     q_emb, q_lab, q_dom, i_emb, i_lab, i_dom, self_rows = [], [], [], [], [], [], []
@@ -91,17 +101,21 @@ def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mod
     result = knn_metrics_by_domain(
         np.concatenate(q_emb), _pad_labels(q_lab), np.concatenate(i_emb), _pad_labels(i_lab),
         query_domains=np.concatenate(q_dom), index_domains=np.concatenate(i_dom), index=mode, k=K,
-        query_self_rows=np.concatenate(self_rows))
+        query_self_rows=np.concatenate(self_rows), no_positive=no_positive)
     return _leaf(result, names)
 
 
 def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
-                   num_threads: int = 2, progress: bool = True) -> dict:
+                   num_threads: int = 2, progress: bool = True, no_positive: str = "miss") -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
 
+    no_positive: "miss" (default, the official metric: a query without a relevant index item scores 0
+    and stays in the means) or "exclude" (left out of the means); counted either way.
     Returns {"student": {"merged"?: leaf, "separate"?: leaf}, "teacher"?: {"separate": leaf}}.
     """
+    if not isinstance(no_positive, str) or no_positive not in NO_POSITIVE_MODES:
+        raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {no_positive!r}")
     if index not in INDEX_MODES:
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if embedding not in EMBEDDINGS:
@@ -121,7 +135,7 @@ def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, 
     modes = ["merged", "separate"] if index == "both" else [index]
     results = {}
     if embedding in ("student", "both"):
-        results["student"] = {mode: _search(sets, "student", mode) for mode in modes}
+        results["student"] = {mode: _search(sets, "student", mode, no_positive) for mode in modes}
     if want_teacher:
-        results["teacher"] = {"separate": _search(sets, "teacher", "separate")}
+        results["teacher"] = {"separate": _search(sets, "teacher", "separate", no_positive)}
     return results

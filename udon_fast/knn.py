@@ -1,4 +1,4 @@
-"""Cosine kNN retrieval metrics under the UnED protocol (spec: "Evaluation").
+"""Cosine kNN retrieval metrics under the UnED protocol (docs/method.md, "Evaluation").
 
 Dataflow: embeddings -> exact inner-product search (faiss `IndexFlatIP`, a GPU index when faiss
 sees a GPU, batched over queries) -> (Q, k) neighbour ids -> relevance -> P@1 and mMP@k, overall
@@ -11,12 +11,17 @@ Definitions (Q queries, N index items, k neighbours):
   domain and their label sets intersect.  Without domains, everything is one domain.
 - n_q: the number of index items relevant to query q, not counting the query itself where it is
   in the index (its "self row").
-- P@1: the fraction of scored queries whose first neighbour is relevant.
-- mMP@k: the mean over scored queries of (#relevant among the first min(n_q, k)) / min(n_q, k).
-- Queries with n_q == 0 (a class absent from the index; with a self row, a singleton class)
-  cannot score on mMP@k (0 / 0) and can never find a relevant first neighbour, so they say nothing
-  about the embedding: they are excluded from both means and counted in
-  "num_queries_without_positives".  A mean over no scored query is NaN.
+- P@1 of a query: 1 if its first neighbour is relevant, else 0.
+- Precision of a query: (#relevant among the first min(n_q, k)) / min(n_q, k); mMP@k is its mean.
+- Queries without a positive (n_q == 0: no index item of their domain carries any of their labels;
+  with a self row, also the only item of their class) can never retrieve a relevant item, and
+  their precision is 0 / 0.  `no_positive` says what they count for:
+  - "miss" (the default; what the official UnED evaluation computes): P@1 = 0 and precision 0,
+    and they stay in every mean: both means are over all queries.
+  - "exclude": they are left out of both means (the means are over the queries with n_q > 0),
+    which measures the embedding only where a right answer exists; a mean over no such query is NaN.
+  Either way they are counted in "num_queries_without_positives".  With the same neighbours,
+  miss-mean = exclude-mean * (queries with a positive) / (all queries), per domain.
 - Self rows: `query_is_index` (the query set is the index set: query i is index row i), or
   `query_self_rows` (query i is index row r_i, or -1 for none; e.g. a merged index where some
   domains' queries are their own index and others have a separate index split).  When any query
@@ -28,6 +33,10 @@ Definitions (Q queries, N index items, k neighbours):
   choice; its CPU index keeps the lowest ids, so on CPU ties resolve in index order throughout.
 - "merged" evaluation (the headline): every query searches the union index and is scored in its
   own domain.  "separate": each domain's queries search only that domain's index items.
+- The mean over domains is unweighted.  Under "miss" it is the plain mean over every domain (a
+  domain's metrics cannot be NaN: domains are those of the queries, so each has at least one
+  query).  Under "exclude" a domain whose queries all lack a positive has NaN metrics and is
+  skipped; the mean is NaN if every domain is.
 """
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +47,7 @@ import torch
 
 DEFAULT_QUERY_BATCH_SIZE = 16384
 INDEX_MODES = ("merged", "separate")
+NO_POSITIVE_MODES = ("miss", "exclude")
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ def knn_metrics(
     query_self_rows: Any = None,
     query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE,
     use_gpu: bool | None = None,
+    no_positive: str = "miss",
 ) -> dict[str, Any]:
     """P@1 and mMP@k of a cosine kNN search of `query_emb` in `index_emb` (module docstring: definitions).
 
@@ -93,19 +104,23 @@ def knn_metrics(
             `query_is_index`.  A self row must hold the query's embedding, label set and domain.
         query_batch_size: queries searched per faiss call; bounds the memory of the search.
         use_gpu: search with a faiss GPU index; None: when `faiss.get_num_gpus() > 0`.
+        no_positive: "miss" (default, the official UnED rule: a query without a relevant index item
+            scores 0 and stays in the means) or "exclude" (it is left out of the means).
 
     Returns:
         {"p_at_1": float, f"mmp_at_{k}": float, "num_queries": int (all Q queries),
-         "num_queries_without_positives": int (excluded from both means)}, plus, when domains are
-        given, "per_domain": {domain id: the same four keys for that domain's queries}.
+         "num_queries_without_positives": int, "no_positive": the rule used}, plus, when domains
+        are given, "per_domain": {domain id: the first four keys for that domain's queries}.
     """
+    mode = _no_positive_mode(no_positive)
     inputs = _validate(query_emb, query_labels, index_emb, index_labels, query_domains, index_domains,
                        k, query_is_index, query_self_rows)
     first_hit, precision, scored = _score_queries(
         inputs, k, _positive_int(query_batch_size, "query_batch_size"), _resolve_gpu(use_gpu))
-    metrics = _summary(first_hit, precision, scored, k)
+    metrics = _summary(first_hit, precision, scored, k, mode)
+    metrics["no_positive"] = mode
     if inputs.has_domains:
-        metrics["per_domain"] = _per_domain(inputs.query_domains, first_hit, precision, scored, k)
+        metrics["per_domain"] = _per_domain(inputs.query_domains, first_hit, precision, scored, k, mode)
     return metrics
 
 
@@ -123,8 +138,9 @@ def knn_metrics_by_domain(
     query_self_rows: Any = None,
     query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE,
     use_gpu: bool | None = None,
+    no_positive: str = "miss",
 ) -> dict[str, Any]:
-    """Per-domain P@1 and mMP@k and their unweighted mean over domains (spec: "report per domain and the mean").
+    """Per-domain P@1 and mMP@k and their unweighted mean over domains (docs/method.md, "Evaluation").
 
     Arguments as `knn_metrics` (domains required), plus `index`: "merged" (every query searches the
     union index) or "separate" (each domain's queries search only that domain's index items, which
@@ -132,10 +148,12 @@ def knn_metrics_by_domain(
     from the queries.
 
     Returns:
-        {"index": the mode, "per_domain": {domain id: {"p_at_1", f"mmp_at_{k}", "num_queries",
-         "num_queries_without_positives"}}, "mean": {"p_at_1", f"mmp_at_{k}"}}.  The mean skips
-        domains whose metric is NaN (no scored query); it is NaN if every domain's is.
+        {"index": the mode, "no_positive": the rule, "per_domain": {domain id: {"p_at_1",
+         f"mmp_at_{k}", "num_queries", "num_queries_without_positives"}}, "mean": {"p_at_1",
+         f"mmp_at_{k}"}}.  "miss": the mean is over every domain (none can be NaN); "exclude": it
+        skips domains whose metric is NaN (no query with a positive) and is NaN if every domain's is.
     """
+    mode = _no_positive_mode(no_positive)
     if index not in INDEX_MODES:
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if query_domains is None or index_domains is None:
@@ -145,7 +163,7 @@ def knn_metrics_by_domain(
     batch_size = _positive_int(query_batch_size, "query_batch_size")
     gpu = _resolve_gpu(use_gpu)
     if index == "merged":
-        per_domain = _per_domain(inputs.query_domains, *_score_queries(inputs, k, batch_size, gpu), k)
+        per_domain = _per_domain(inputs.query_domains, *_score_queries(inputs, k, batch_size, gpu), k, mode)
     else:
         per_domain = {}
         for d, rows in _rows_by_domain(inputs.query_domains):
@@ -155,13 +173,20 @@ def knn_metrics_by_domain(
                 raise ValueError(f"index_domains: domain {int(d)} has {len(index_rows)} index items; "
                                  f"separate evaluation with k={k} needs at least {needed}")
             domain_inputs = inputs.subset(rows, index_rows)
-            per_domain[int(d)] = _summary(*_score_queries(domain_inputs, k, batch_size, gpu), k)
+            per_domain[int(d)] = _summary(*_score_queries(domain_inputs, k, batch_size, gpu), k, mode)
+    return {"index": index, "no_positive": mode, "per_domain": per_domain, "mean": _domain_mean(per_domain, k, mode)}
+
+
+def _domain_mean(per_domain: dict[int, dict[str, Any]], k: int, mode: str) -> dict[str, float]:
+    """Unweighted mean of each metric over the domains: all of them under "miss" (every domain has
+    queries, all of which are scored, so none is NaN); under "exclude" those whose metric is not NaN."""
     mean = {}
     for key in ("p_at_1", f"mmp_at_{k}"):
         values = np.array([m[key] for m in per_domain.values()])
-        values = values[~np.isnan(values)]
+        if mode == "exclude":
+            values = values[~np.isnan(values)]
         mean[key] = float(values.mean()) if len(values) else float("nan")
-    return {"index": index, "per_domain": per_domain, "mean": mean}
+    return mean
 
 
 # ---- scoring -------------------------------------------------------------------------------------
@@ -187,23 +212,31 @@ def _score_queries(
     return relevant[:, 0], hits / cutoff, scored
 
 
-def _summary(first_hit: np.ndarray, precision: np.ndarray, scored: np.ndarray, k: int) -> dict[str, Any]:
-    """Means over the scored queries (NaN if none) and the query counts."""
-    num_scored = int(scored.sum())
+def _summary(first_hit: np.ndarray, precision: np.ndarray, scored: np.ndarray, k: int, mode: str) -> dict[str, Any]:
+    """Means and query counts of some queries' (first_hit, precision, scored) arrays.
+
+    "miss": means over all queries, a query without a positive counting 0 in both; "exclude": means
+    over the scored queries only (NaN if there is none).
+    """
+    if mode == "miss":
+        first_hit, precision = first_hit & scored, np.where(scored, precision, 0.0)
+    else:
+        first_hit, precision = first_hit[scored], precision[scored]
     nan = float("nan")
     return {
-        "p_at_1": float(first_hit[scored].mean()) if num_scored else nan,
-        f"mmp_at_{k}": float(precision[scored].mean()) if num_scored else nan,
+        "p_at_1": float(first_hit.mean()) if len(first_hit) else nan,
+        f"mmp_at_{k}": float(precision.mean()) if len(precision) else nan,
         "num_queries": len(scored),
-        "num_queries_without_positives": len(scored) - num_scored,
+        "num_queries_without_positives": len(scored) - int(scored.sum()),
     }
 
 
 def _per_domain(
-    domains: np.ndarray, first_hit: np.ndarray, precision: np.ndarray, scored: np.ndarray, k: int
+    domains: np.ndarray, first_hit: np.ndarray, precision: np.ndarray, scored: np.ndarray, k: int, mode: str
 ) -> dict[int, dict[str, Any]]:
     """`_summary` of each domain's queries, keyed by domain id."""
-    return {int(d): _summary(first_hit[rows], precision[rows], scored[rows], k) for d, rows in _rows_by_domain(domains)}
+    return {int(d): _summary(first_hit[rows], precision[rows], scored[rows], k, mode)
+            for d, rows in _rows_by_domain(domains)}
 
 
 def _rows_by_domain(domains: np.ndarray) -> Iterator[tuple[np.int64, np.ndarray]]:
@@ -434,6 +467,12 @@ def _domains(value: Any, name: str, length: int) -> np.ndarray:
     if value is None:
         return np.zeros(length, dtype=np.int64)
     return _integers(value, name, length, (1,))
+
+
+def _no_positive_mode(value: Any) -> str:
+    if not isinstance(value, str) or value not in NO_POSITIVE_MODES:
+        raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {value!r}")
+    return value
 
 
 def _positive_int(value: Any, name: str) -> int:

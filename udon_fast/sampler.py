@@ -1,4 +1,4 @@
-"""Which domain each training step draws its batch from (spec: "Dynamic domain sampler").
+"""Which domain each training step draws its batch from (docs/method.md, section 3).
 
 Strategies:
 - "round_robin": domains in the order of `domain_sizes`, cyclically.
@@ -10,15 +10,16 @@ Strategies:
               (a domain not seen in that window keeps its old weight as raw_d),
       w_d   = raw_d / sum(raw),
   and the schedule of the REMAINING steps t+1 .. total_steps-1 is rebuilt from w.  (raw_d mixes
-  scales as the spec does: an unseen domain's old weight, <= 1, competes with mean CEs of a few
-  nats, so it is sampled less after the update.)
+  scales as the official release does: an unseen domain's old weight, <= 1, competes with mean
+  CEs of a few nats, so it is sampled less after the update.)
 
 Schedule rule (shared by balanced, dataset_size and dynamic): for n steps and weights w,
 domain d gets floor(n * w_d) steps, the last domain takes the rest, and the resulting list is
-shuffled by a NumPy generator seeded with (seed, first step of the list).  The spec writes
-floor(total_steps * w_d); the schedule it rebuilds covers only the remaining steps, so n is the
-number of remaining steps here (n = total_steps for the static strategies), so the steps
-left are split in the proportions w (up to the floor).
+shuffled by a NumPy generator seeded with (seed, first step of the list).  The release's
+description writes floor(total_steps * w_d); the schedule it rebuilds covers only the remaining
+steps, so n is the number of remaining steps here (n = total_steps for the static strategies),
+so the steps left are split in the proportions w (up to the floor).  docs/method.md, section 6,
+lists this among the deliberate differences.
 
 Steps must be recorded in order, once each.  A step's domain is final once every update before
 it has happened: `domain_at(step)` is final for step < `stable_until`; for later steps it is the

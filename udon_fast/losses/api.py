@@ -1,7 +1,7 @@
 """Public loss API: `udon_loss`, `normalized_softmax_ce`, `UDONLoss`.
 
 All backends compute the same per-row head losses (see `head_op.py`); this module validates the
-arguments, dispatches, takes batch means and forms the weighted total of udon-spec.md.
+arguments, dispatches, takes batch means and forms the weighted total (docs/method.md, section 2.6).
 """
 from typing import NamedTuple
 
@@ -42,7 +42,7 @@ def udon_loss(
     teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0, kl_weight: float = 1.0,
     similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
 ) -> UDONLossOutput:
-    """The UDON loss of one single-domain batch (udon-spec.md, "Loss for one batch").
+    """The UDON loss of one single-domain batch (docs/method.md, section 2).
 
     student_emb (B, Ds), teacher_emb (B, Dt): L2-normalised embeddings (fp32, bf16 or fp16).
     student_weight (C, Ds), teacher_weight (C, Dt): raw class weights (rows normalised inside).

@@ -10,11 +10,11 @@ backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, 
 e_t (B, Dt), w_t (C, Dt) teacher; e_s (B, Ds), w_s (C, Ds) student, or both None for a single head
 (then ce_s = kl = 0 and the student gradients are empty (0,) tensors); labels (B,) int64.
 stats columns: log-sum-exp of the teacher CE logits, the student CE logits, cos_t / tau_t and
-cos_s / tau_s.  Gradients follow udon-spec.md: CE_t reaches (e_t, w_t); CE_s and KL reach
+cos_s / tau_s.  Gradients follow docs/method.md: CE_t reaches (e_t, w_t); CE_s and KL reach
 (e_s, w_s); the teacher side of KL is detached.
 
 Registration gives each backend fake (meta) implementations and autograd, so `torch.compile`
-traces through `udon_loss` without graph breaks.
+traces through `udon_loss` without graph breaks.  How the backends work: docs/kernels.md.
 """
 from typing import Callable, Optional
 

@@ -1,4 +1,4 @@
-"""Plain eager reference of the UDON head losses, written to mirror udon-spec.md line by line.
+"""Plain eager reference of the UDON head losses, written to mirror docs/method.md (section 2) line by line.
 
 It materialises the (B, C) logits of every head.  It is the oracle of the tests and the baseline of
 the benchmarks; the fused backends must agree with it in fp32, forward and all gradients.

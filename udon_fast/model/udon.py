@@ -27,7 +27,7 @@ def _check_domains(domains: Mapping[str, int]) -> dict[str, int]:
 
 
 class UDONModel(nn.Module):
-    """UDON (spec "Model"): a shared timm backbone, one teacher head per domain, one universal student head.
+    """UDON (docs/method.md, section 1): a shared timm backbone, one teacher head per domain, one universal student head.
 
     Args:
         backbone_name: timm model name, optionally with a pretrained tag (`"vit_base_patch16_clip_224.openai"`).
@@ -145,11 +145,11 @@ class UDONModel(nn.Module):
         return self.student_classifiers[domain]
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """Projections and classifiers (spec: AdamW LR 1e-3)."""
+        """Projections and classifiers (AdamW LR 1e-3; docs/method.md, section 4)."""
         for module in (self.teacher_projections, self.student_projection, self.teacher_classifiers,
                        self.student_classifiers):
             yield from module.parameters()
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """The backbone (spec: AdamW LR 1e-5, frozen for the first epochs)."""
+        """The backbone (AdamW LR 1e-5, frozen for the first epochs; docs/method.md, section 4)."""
         return self.backbone.parameters()

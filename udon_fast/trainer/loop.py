@@ -1,5 +1,6 @@
 """The UDON run: build the parts from a TrainConfig, train with the dynamic sampler, select the best
-validation epoch, test it, write the outputs.  Reads like udon-spec.md's training schedule."""
+validation epoch, test it, write the outputs.  Reads like the training schedule of docs/method.md
+(section 4)."""
 import json
 import math
 import time
@@ -172,7 +173,7 @@ class Run:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run a whole training job (udon-spec.md) and return {"initial": ..., "final": ...} metrics."""
+    """Run a whole training job (docs/method.md) and return {"initial": ..., "final": ...} metrics."""
     started = time.perf_counter()
     run = Run(config)
     try:

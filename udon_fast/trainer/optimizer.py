@@ -1,4 +1,4 @@
-"""AdamW with the spec's two parameter groups and the frozen-backbone epochs (LR 0)."""
+"""AdamW with two parameter groups and the frozen-backbone epochs (LR 0); docs/method.md, section 4."""
 import torch
 
 from ..model import UDONModel
@@ -18,7 +18,7 @@ def build_optimizer(model: UDONModel, lr: float, backbone_lr_mult: float, weight
 
 
 def set_backbone_frozen(model: UDONModel, optimizer: torch.optim.Optimizer, frozen: bool) -> None:
-    """Spec: backbone LR 0 for the first epochs, its base LR after; a constant LR schedule.
+    """Backbone LR 0 for the first epochs, its base LR after; a constant LR schedule.
 
     While frozen the backbone also gets no gradient (requires_grad off), which skips its backward
     pass: the parameters are exactly those of LR 0, and AdamW leaves the backbone's moments untouched

@@ -9,19 +9,41 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
+COUNTS = (("num_queries", "queries"), ("num_queries_without_positives", "without positive"))
+RULE_NOTES = {
+    "miss": "Queries without a relevant index item (\"without positive\") count as misses: P@1 0 and "
+            "precision 0, kept in every mean (no_positive=miss, the official UnED metric).",
+    "exclude": "Queries without a relevant index item (\"without positive\") are left out of the means "
+               "(no_positive=exclude; the official UnED metric counts them as misses).",
+}
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _rules(results: dict[str, Any]) -> list[str]:
+    """The no_positive rules recorded in the leaves' means, in order of first appearance."""
+    found = []
+    for stage in results.values():
+        for by_index in stage.values():
+            for leaf in by_index.values():
+                rule = leaf.get("mean", {}).get("no_positive")
+                if rule is not None and rule not in found:
+                    found.append(rule)
+    return found
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown tables, one per (embedding, index): rows = domains + mean, columns = initial/final metrics."""
-    sections = []
+    """Markdown tables, one per (embedding, index): rows = domains + mean, columns = initial/final metrics
+    and the query counts (the mean row: sums), after a note on the no_positive rule of the leaves."""
+    notes = [RULE_NOTES[rule] for rule in _rules(results) if rule in RULE_NOTES]
+    sections = [" ".join(notes + ["On the mean row the query counts are totals over the domains."])]
     final = results.get("final") or results.get("initial") or {}
     for embedding, by_index in final.items():
         for index, leaf in by_index.items():
-            header = ["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in ("initial", "final")]
+            header = (["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in ("initial", "final")]
+                      + [label for _, label in COUNTS])
             lines = [f"### {embedding} embedding, {index} index", "",
                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for domain in [d for d in leaf if d != "mean"] + ["mean"]:
@@ -30,6 +52,7 @@ def results_table(results: dict[str, Any]) -> str:
                     for stage in ("initial", "final"):
                         value = results.get(stage, {}).get(embedding, {}).get(index, {}).get(domain, {}).get(key)
                         cells.append(_fmt(value))
+                cells += [str(leaf[domain].get(key, "-")) for key, _ in COUNTS]
                 lines.append("| " + " | ".join(cells) + " |")
             sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"

@@ -1,4 +1,4 @@
-"""The UDON training step (udon-spec.md "Loss for one batch"), its backbone pass under torch.compile."""
+"""The UDON training step (docs/method.md, section 2), its backbone pass under torch.compile."""
 import warnings
 from dataclasses import dataclass
 
