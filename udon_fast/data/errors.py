@@ -31,3 +31,15 @@ class CorruptImageError(DatasetError):
     def __init__(self, path: str, reason: str):
         self.path = path
         super().__init__(f"{path}: cannot decode image ({reason})")
+
+
+class CorruptImagesError(DatasetError):
+    """Image files that cannot be decoded, all reported in one line.
+
+    `bad` maps each path (str) to the reason it fails.
+    """
+
+    def __init__(self, bad: dict[str, str], what: str = ""):
+        self.bad = dict(bad)
+        listed = "; ".join(f"{path} ({reason})" for path, reason in self.bad.items())
+        super().__init__(f"{len(self.bad)} image file(s){' ' + what if what else ''} cannot be decoded: {listed}")

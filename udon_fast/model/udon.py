@@ -48,6 +48,8 @@ class UDONModel(nn.Module):
     (eval mode) also in `train()`: every UDON batch comes from one domain, and updating the
     statistics from single-domain batches drags them towards whichever domain came last, which
     wrecks the shared features.  Their affine parameters still train.  (ViTs have no BatchNorm.)
+    A new model is in this training state (`train()`), so its state never depends on whether an
+    evaluation ran before; `eval()` switches everything to inference.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class UDONModel(nn.Module):
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        self.train()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "UDONModel":
