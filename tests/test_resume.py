@@ -1,26 +1,22 @@
 """Exact resume after `kill -9` at chosen points, with the default backbone (EfficientNet-Lite0 from its
 packaged ImageNet weights: BatchNorm) and with a ViT (no BatchNorm).
 
-Each run is `udon_fast.train.main` in its own process, forked from a server that imported the package
-once (a fresh interpreter per run would cost seconds of imports each).  The kill hook
-(`UDON_FAST_KILL_AT`, see `udon_fast.kill_points`) makes a run SIGKILL itself at a named point: no
-timer, no polling.  A run that finishes before its point is reached is not a failure: the chain goes
-on and must still end with the outputs of the uninterrupted run.
+Each run is `python -m udon_fast.train` in its own process (the `cli` fixture: forked from a server
+that imported udon_fast once, one CPU thread).  The kill hook (`UDON_FAST_KILL_AT`, see
+`udon_fast.kill_points`) makes a run SIGKILL itself at a named point: no timer, no polling.  A run
+that finishes before its point is reached is not a failure: the chain goes on and must still end
+with the outputs of the uninterrupted run.
 """
 import json
-import multiprocessing
-import os
 import signal
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
-from tqdm import tqdm
+from cli_process import hit_kill_point
 
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.kill_points import ENV
+from udon_fast.kill_points import ENV, kill_point
 
 COMMON = ["--batch-size", "8", "--update-every", "2", "--checkpoint-every", "3", "--eval-batch-size", "16",
           "--frozen-epochs", "1", "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1",
@@ -40,42 +36,6 @@ CHAIN = [
     ("checkpoint:1", "right after last.pt of step 6"),
     (None, "to the end"),
 ]
-
-
-def _train_in_child(argv: list[str], kill_at: str | None, log: str) -> None:
-    """Process body: `python -m udon_fast.train ARGV` with one fixed CPU thread, output to `log`."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    if kill_at is None:
-        os.environ.pop(ENV, None)
-    else:
-        os.environ[ENV] = kill_at
-    torch.set_num_threads(1)
-    # tqdm's default lock is a multiprocessing semaphore, which a killed child would leak (a warning
-    # at exit); a thread lock does its job in this one process.
-    tqdm.set_lock(threading.RLock())
-    from udon_fast import train
-
-    code = train.main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    """Start a run in a process forked from a server that has udon_fast imported; returns its exit code."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["udon_fast.train", "udon_fast.trainer.loop"])
-
-    def launch(argv: list[str], kill_at: str | None, log: Path) -> int:
-        process = context.Process(target=_train_in_child, args=(argv, kill_at, str(log)))
-        process.start()
-        process.join()
-        return process.exitcode
-
-    return launch
 
 
 @pytest.fixture(scope="module")
@@ -109,22 +69,22 @@ def _assert_same_tensors(a, b, where: str) -> None:
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_resume_after_kills_matches_the_uninterrupted_run(backbone, launcher, data_root, tmp_path):
-    args = ["--data-root", str(data_root), *BACKBONES[backbone], *COMMON]
+def test_resume_after_kills_matches_the_uninterrupted_run(backbone, cli, data_root, tmp_path):
+    args = ["--data-root", data_root, *BACKBONES[backbone], *COMMON]
     reference, out = tmp_path / "reference", tmp_path / "killed"
-    assert launcher([*args, "--out", str(reference)], None, tmp_path / "reference.log") == 0, \
-        (tmp_path / "reference.log").read_text()[-3000:]
+    run = cli("train", [*args, "--out", reference], tmp_path / "reference.log")
+    assert run.code == 0, run.output[-3000:]
     killed = []
     for stage, (kill_at, where) in enumerate(CHAIN):
-        log = tmp_path / f"stage{stage}.log"
-        argv = [*args, "--out", str(out)] + (["--resume"] if stage else [])
-        code = launcher(argv, kill_at, log)
-        assert code in (0, -signal.SIGKILL), f"{where}: exit code {code}\n{log.read_text()[-3000:]}"
-        if code == -signal.SIGKILL:
+        run = cli("train", [*args, "--out", out] + (["--resume"] if stage else []), tmp_path / f"{stage}.log", kill_at)
+        assert run.code in (0, -signal.SIGKILL), f"{where}: exit code {run.code}\n{run.output[-3000:]}"
+        if run.code == -signal.SIGKILL:
             killed.append(kill_at)
             assert not (out / "results.json").exists()
-        if kill_at == "step:2" and code == -signal.SIGKILL:
+        if kill_at == "step:2" and run.code == -signal.SIGKILL:
             assert not (out / "checkpoints" / "last.pt").exists()
+        if stage == 1 and killed[:1] == ["step:2"]:
+            assert "--resume: no checkpoint in" in run.output
     assert json.loads((out / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
     assert _metrics(out) == _metrics(reference)
     for name in ("last.pt", "best.pt"):
@@ -135,3 +95,13 @@ def test_resume_after_kills_matches_the_uninterrupted_run(backbone, launcher, da
         _assert_same_tensors(mine["extra"]["progress"], theirs["extra"]["progress"], f"{name} progress")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     print(f"{backbone}: killed at {killed}")
+
+
+def test_kill_hook_fires_at_the_chosen_occurrence_only(cli, monkeypatch):
+    assert cli.call(hit_kill_point, "step:3", "step", 2) == 0
+    assert cli.call(hit_kill_point, "step:3", "step", 3) == -signal.SIGKILL
+    assert cli.call(hit_kill_point, "step:1", "checkpoint", 4) == 0
+    assert cli.call(hit_kill_point, None, "step", 4) == 0
+    monkeypatch.setenv(ENV, "steps:1")
+    with pytest.raises(ValueError, match="UDON_FAST_KILL_AT='steps:1': expected EVENT:N"):
+        kill_point("step")

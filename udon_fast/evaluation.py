@@ -127,14 +127,17 @@ def check_evaluable(domains: Mapping[str, Domain], split: str, separate: bool = 
         raise DatasetError(f"cannot evaluate the {split} split: " + "; ".join(problems))
 
 
-def check_eval_images(domains: Mapping[str, Domain], split: str, *, workers: int | None = None,
+def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, workers: int | None = None,
                       progress: bool = False) -> None:
-    """Decode every query and index image `split` of `domains` uses, before any reaches DALI; raise
-    `CorruptImagesError` naming all that fail (verdicts are cached: checking again is cheap)."""
+    """Decode every query and index image that evaluating `splits` of `domains` uses (domains without a
+    split are skipped), before any reaches DALI; raise `CorruptImagesError` naming all that fail
+    (verdicts are cached: checking again is cheap)."""
     paths = []
     for domain in domains.values():
-        paths += [p for part in knn_pairs(domain, split) if part is not None for p in part.paths]
-    check_decodable(paths, f"in the {split} splits", workers=workers, progress=progress)
+        for split in splits:
+            if split in domain.splits:
+                paths += [p for part in knn_pairs(domain, split) if part is not None for p in part.paths]
+    check_decodable(paths, f"in the {'/'.join(splits)} splits", workers=workers, progress=progress)
 
 
 def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, *, index: str = "both",
@@ -151,7 +154,7 @@ def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, 
     if embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
     check_evaluable(domains, split, separate=index != "merged" or embedding != "student")
-    check_eval_images(domains, split, workers=num_threads, progress=progress)
+    check_eval_images(domains, [split], workers=num_threads, progress=progress)
     device = torch.device(device)
     want_teacher = embedding in ("teacher", "both")
     was_training = model.training

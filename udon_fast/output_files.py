@@ -15,6 +15,7 @@ reports a full disk as "RuntimeError: [enforce fail at inline_container.cc...] u
 import fcntl
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,16 @@ def writing(path: str | Path, what: str = "") -> Iterator[None]:
         raise
     except OSError as exc:
         raise OutputError(f"cannot write {what + ' ' if what else ''}{path}: {_reason(exc)}") from exc
+
+
+def ensure_writable_folder(path: str | Path, what: str = "") -> Path:
+    """Create folder `path` if needed and check that a file can be created in it (before any work is
+    done whose outputs would go there); raise `OutputError` naming it and the cause otherwise."""
+    path = Path(path)
+    with writing(path, what):
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    return path
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -3,7 +3,6 @@ validation epoch, test it, write the outputs.  Reads like udon-spec.md's trainin
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ..kill_points import kill_point
 from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import packaged_weights
-from ..output_files import atomic_write_text, remove_stale_temp_files, writing
+from ..output_files import atomic_write_text, ensure_writable_folder, remove_stale_temp_files
 from ..sampler import DomainSampler
 from . import distributed, report
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
@@ -67,11 +66,11 @@ class Run:
         data_root = config.data_root or ensure_builtin()
         self.domains = load_domains(data_root, config.domains)
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
-        self._check_eval_splits()
         self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
                                teacher_dim=config.teacher_dim, student_dim=config.student_dim,
                                pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
         self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
+        self._check_eval_splits()
         images = sum(len(d.train) for d in self.domains.values())
         self.steps_per_epoch = max(1, images // (config.batch_size * self.ranks.world_size))
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
@@ -94,9 +93,7 @@ class Run:
             raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose "
                                   f"another --out")
         if self.ranks.is_main:
-            with writing(self.out, "--out"):
-                self.checkpoints.mkdir(parents=True, exist_ok=True)
-                tempfile.TemporaryFile(dir=self.checkpoints).close()
+            ensure_writable_folder(self.checkpoints, "--out")
             for folder in (self.out, self.checkpoints):
                 remove_stale_temp_files(folder)
 
@@ -106,9 +103,8 @@ class Run:
         for split, domains, separate in splits:
             evaluation.check_evaluable(domains, split, separate=separate)
         if self.ranks.is_main:
-            for split, domains, _ in splits:
-                evaluation.check_eval_images(domains, split, workers=self.config.data_threads,
-                                             progress=self.config.progress)
+            evaluation.check_eval_images(self.domains, [split for split, _, _ in splits],
+                                         workers=self.config.data_threads, progress=self.config.progress)
 
     def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
         return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
