@@ -15,7 +15,7 @@ import torch
 
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model import CheckpointError, UDONModel, load_model, save_checkpoint
-from udon_fast.output_files import OutputError, atomic_write_text, remove_stale_temp_files
+from udon_fast.output_files import OutputError, atomic_write, atomic_write_text, remove_stale_temp_files
 from udon_fast.trainer.report import MetricsLog, read_metrics
 
 TINY = dict(backbone_name="vit_tiny_patch16_224", image_size=32, backbone_kwargs={"depth": 1})
@@ -92,10 +92,20 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([starting.name, foreign.name, dead_and_locked.name])
 
 
+def test_a_write_in_progress_is_never_removed_as_stale(tmp_path):
+    with atomic_write(tmp_path / "last.pt") as f:
+        f.write(b"half")
+        assert remove_stale_temp_files(tmp_path) == []  # same pid as the writer, but its lock is held
+        f.write(b" and the rest")
+    assert (tmp_path / "last.pt").read_bytes() == b"half and the rest"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_a_file_that_is_not_a_checkpoint_gets_one_line_naming_it(tmp_path):
     not_torch = tmp_path / "results.json"
     not_torch.write_text(json.dumps({"final": {}}))
-    with pytest.raises(CheckpointError, match=f"{not_torch} is not a udon_fast checkpoint") as error:
+    with pytest.raises(CheckpointError, match=f"{not_torch} is not a udon_fast checkpoint .not a file written by "
+                                              f"torch.save") as error:
         load_model(not_torch)
     foreign_objects = tmp_path / "pickled.pt"
     torch.save({"format": "udon_fast.checkpoint", "obj": OutputError("x")}, foreign_objects)
