@@ -36,33 +36,30 @@ def _stat_key(path: str) -> tuple[int, int] | None:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _check(path: str) -> str | None:
-    key = _stat_key(path)
-    if key is None:
-        return "missing or unreadable"
-    cached = _verdicts.get(path)
-    if cached is not None and cached[:2] == key:
-        return cached[2]
-    reason = decode_check(path)
-    _verdicts[path] = (*key, reason)
-    return reason
+def _decode(path: str, key: tuple[int, int]) -> None:
+    _verdicts[path] = (*key, decode_check(path))
 
 
 def find_undecodable(paths: Iterable[str], workers: int | None = None, progress: bool = False,
                      desc: str = "check images") -> dict[str, str]:
     """{path: reason} of the files among `paths` that are missing or do not fully decode (in order).
 
-    Decodes in `workers` threads (default: all cores); verdicts are cached per (path, size, mtime).
+    Decodes in `workers` threads (default: all cores); verdicts are cached per (path, size, mtime),
+    so a file is decoded again only when it changed.
     """
-    unique = list(dict.fromkeys(paths))
-    pending = [p for p in unique if (cached := _verdicts.get(p)) is None or cached[:2] != _stat_key(p)]
+    keys = {path: _stat_key(path) for path in paths}
+    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None, None))[:2] != key]
     if pending:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for _ in tqdm(pool.map(_check, pending), total=len(pending), desc=desc, unit="img", leave=False,
+            for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
                           disable=not progress):
                 pass
-    verdicts = {p: _check(p) for p in unique}
-    return {p: reason for p, reason in verdicts.items() if reason is not None}
+    bad = {}
+    for path, key in keys.items():
+        reason = "missing or unreadable" if key is None else _verdicts[path][2]
+        if reason is not None:
+            bad[path] = reason
+    return bad
 
 
 def check_decodable(paths: Iterable[str], what: str = "", workers: int | None = None, progress: bool = False) -> None:
