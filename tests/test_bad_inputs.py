@@ -92,8 +92,8 @@ def test_both_damages_are_found_by_the_checks(tmp_path):
 
 def test_evaluate_names_the_damaged_file_instead_of_crashing(cli, damaged, tmp_path):
     root, checkpoint, header, _ = damaged
-    run = cli("evaluate", ["--checkpoint", checkpoint, "--data-root", root, "--out", tmp_path / "eval", "--threads", "1"],
-              tmp_path / "evaluate.log")
+    argv = ["--checkpoint", checkpoint, "--data-root", root, "--out", tmp_path / "eval", "--threads", "1"]
+    run = cli("evaluate", argv, tmp_path / "evaluate.log")
     assert run.code == 1, run.output[-3000:]
     line = _one_error_line(run.output, "evaluate")
     assert f"{header} (broken JPEG header (no marker at byte 20))" in line and "1 image file(s)" in line
@@ -117,15 +117,14 @@ def test_embed_names_all_damaged_images_and_search_the_damaged_query(cli, damage
         shutil.copy(source, folder / name)
     for k in range(3):
         Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(folder / f"good{k}.jpg")
-    run = cli("embed", ["--checkpoint", checkpoint, "--images", folder, "--out", tmp_path / "e.npy", "--batch-size", "1"],
-              tmp_path / "embed.log")
+    argv = ["--checkpoint", checkpoint, "--images", folder, "--out", tmp_path / "e.npy"]
+    run = cli("embed", [*argv, "--batch-size", "1"], tmp_path / "embed.log")
     assert run.code == 1, run.output[-3000:]
     line = _one_error_line(run.output, "embed")
     assert "2 image file(s)" in line and str(folder / "a.jpg") in line and str(folder / "b.jpg") in line
     (folder / "a.jpg").unlink()
     (folder / "b.jpg").unlink()
-    assert cli("embed", ["--checkpoint", checkpoint, "--images", folder, "--out", tmp_path / "e.npy"],
-               tmp_path / "embed2.log").code == 0
+    assert cli("embed", argv, tmp_path / "embed2.log").code == 0
     run = cli("search", ["--embeddings", tmp_path / "e.npy", "--query", header], tmp_path / "search.log")
     assert run.code == 1 and header in _one_error_line(run.output, "search")
 

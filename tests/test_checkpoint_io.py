@@ -146,7 +146,8 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 6, "test": 3, "index": 3}, "birds": {"train": 10, "test": 4}}, per_class=3)
+    write_tiny_uned(root, {"shops": {"train": 6, "test": 3, "index": 3}, "birds": {"train": 10, "test": 4}},
+                    per_class=3)
     return root
 
 
@@ -175,7 +176,7 @@ def test_unwritable_out_is_refused_before_any_work(cli, data_root, tmp_path):
     blocker.write_text("not a folder")
     run = cli("train", ["--data-root", data_root, "--out", blocker / "run", *RUN], tmp_path / "notdir.log")
     assert run.code == 1 and run.output.strip() == \
-        f"udon_fast.train: error: cannot write --out {blocker / 'run' / 'checkpoints'}: Not a directory"
+        f"udon_fast.train: error: cannot write --out {blocker / 'run'}: Not a directory"
     read_only = tmp_path / "read_only"
     if os.geteuid() == 0:
         _mount_tmpfs(read_only, "ro", "size=1m")
@@ -190,4 +191,4 @@ def test_unwritable_out_is_refused_before_any_work(cli, data_root, tmp_path):
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(read_only)], check=False)
     assert run.code == 1 and run.output.strip() == \
-        f"udon_fast.train: error: cannot write --out {read_only / 'run' / 'checkpoints'}: {cause}"
+        f"udon_fast.train: error: cannot write --out {read_only / 'run'}: {cause}"

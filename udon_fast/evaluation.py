@@ -119,10 +119,12 @@ def check_evaluable(domains: Mapping[str, Domain], split: str, separate: bool = 
         if not len(query) or not len(own):
             problems.append(f"{split_source(domain, split) if not len(query) else where}: the split is empty")
         elif separate and len(own) < needed:
+            own_index = " (the split is its own index, leave-one-out)" if index_split is None else ""
             problems.append(f"{where}: {len(own)} image(s); a per-domain kNN index with k = {K} needs at least "
-                            f"{needed}" + (" (the split is its own index, leave-one-out)" if index_split is None else ""))
+                            f"{needed}{own_index}")
     if not problems and total < K + 1:
-        problems.append(f"the {split} splits hold {total} index image(s) in all; kNN with k = {K} needs at least {K + 1}")
+        problems.append(f"the {split} splits hold {total} index image(s) in all; kNN with k = {K} needs at least "
+                        f"{K + 1}")
     if problems:
         raise DatasetError(f"cannot evaluate the {split} split: " + "; ".join(problems))
 

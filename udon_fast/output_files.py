@@ -89,7 +89,7 @@ def atomic_write(path: str | Path, what: str = "") -> Iterator[BinaryIO]:
     """
     path = Path(path)
     label = f"{what + ' ' if what else ''}{path}"
-    with writing(path.parent, f"the folder of {label}:"):
+    with writing(path.parent, "folder"):
         path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_name(path)
     try:

@@ -93,7 +93,8 @@ class Run:
             raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose "
                                   f"another --out")
         if self.ranks.is_main:
-            ensure_writable_folder(self.checkpoints, "--out")
+            for folder in (self.out, self.checkpoints):
+                ensure_writable_folder(folder, "--out")
             for folder in (self.out, self.checkpoints):
                 remove_stale_temp_files(folder)
 
