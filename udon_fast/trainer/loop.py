@@ -95,7 +95,6 @@ class Run:
         if self.ranks.is_main:
             for folder in (self.out, self.checkpoints):
                 ensure_writable_folder(folder, "--out")
-            for folder in (self.out, self.checkpoints):
                 remove_stale_temp_files(folder)
 
     def _check_eval_splits(self) -> None:
