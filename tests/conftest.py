@@ -15,3 +15,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`cli(module, argv, log, kill_at=None) -> Result(code, output)`: `python -m udon_fast.<module> ARGV`
+    in a forked process (see tests/cli_process.py)."""
+    from cli_process import CliRunner
+
+    return CliRunner()

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .losses.backends import BACKENDS
-from .losses.margins import MARGIN_TYPES
+from .losses.margins import MARGIN_TYPES, margin_in_range, margin_range_text
 from .sampler import STRATEGIES
 
 
@@ -68,6 +68,9 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if not margin_in_range(self.margin_type, self.margin):
+            raise ValueError(f"--margin {self.margin} is outside the valid range for --margin-type {self.margin_type}: "
+                             f"{margin_range_text(self.margin_type)}")
         for name in ("scale", "temperature", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")

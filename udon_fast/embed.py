@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import check_positive
 from .data import Split
 from .evaluation import embed_split
 from .model import load_model
+from .output_files import atomic_write, atomic_write_text, ensure_writable_folder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -53,16 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out must name a .npy file, got {out}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        check_positive(args, "batch_size", "threads")
         model, _ = load_model(args.checkpoint, map_location=device)
         paths = list_images(Path(args.images))
-    except (FileNotFoundError, ValueError) as exc:
+        ensure_writable_folder(out.parent, "--out")
+        embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads)
+        with atomic_write(out, "--out") as f:
+            np.save(f, embeddings)
+        meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "paths": paths}
+        atomic_write_text(meta_path(out), json.dumps(meta, ensure_ascii=False))
+    except (OSError, ValueError) as exc:  # bad files (every undecodable image is named), options, --out
         print(f"udon_fast.embed: error: {exc}", file=sys.stderr)
         return 1
-    embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, embeddings)
-    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "paths": paths}
-    meta_path(out).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     print(f"{len(paths)} embeddings {embeddings.shape} -> {out} (paths in {meta_path(out)})")
     return 0
 

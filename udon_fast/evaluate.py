@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
+from .cli import check_positive
 from .data import ensure_builtin, load_domains
 from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
 from .knn import NO_POSITIVE_MODES
 from .model import load_model
+from .output_files import atomic_write_text, ensure_writable_folder, writing
 from .trainer.report import results_table
 
 
@@ -34,7 +36,7 @@ def write_csv(path: Path, results: dict) -> None:
     """One row per (embedding, index, domain), the mean last: P@1, mMP@5, the number of queries and
     of queries without a positive (sums on the mean row), and the no_positive rule."""
     columns = [*METRICS, *COUNTS]
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with writing(path), path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["embedding", "index", "domain", *columns, "no_positive"])
         for embedding, by_index in results.items():
@@ -48,22 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        check_positive(args, "batch_size", "threads")
         model, _ = load_model(args.checkpoint, map_location=device)
         data_root = args.data_root or ensure_builtin()
         domains = load_domains(data_root, list(model.domains))
-    except (FileNotFoundError, ValueError) as exc:
+        out = ensure_writable_folder(args.out, "--out")
+        results = evaluate_model(model, domains, args.split, index=args.index, embedding=args.embedding,
+                                 batch_size=args.batch_size, device=device, num_threads=args.threads,
+                                 no_positive=args.no_positive)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
+        write_csv(out / "results.csv", results)
+        markdown = (f"# UnED evaluation of {args.checkpoint} ({args.split} split)\n\nMetrics in %, k = 5.\n\n"
+                    + results_table({"final": results}))
+        atomic_write_text(out / "results.md", markdown)
+    except (OSError, ValueError) as exc:  # bad files and options, unwritable --out: one line naming them
         print(f"udon_fast.evaluate: error: {exc}", file=sys.stderr)
         return 1
-    results = evaluate_model(model, domains, args.split, index=args.index, embedding=args.embedding,
-                             batch_size=args.batch_size, device=device, num_threads=args.threads,
-                             no_positive=args.no_positive)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
-    write_csv(out / "results.csv", results)
-    markdown = (f"# UnED evaluation of {args.checkpoint} ({args.split} split)\n\nMetrics in %, k = 5.\n\n"
-                + results_table({"final": results}))
-    (out / "results.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     return 0
 

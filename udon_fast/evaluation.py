@@ -20,7 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import Domain, EvalLoader, Split, knn_pairs
+from .data import DatasetError, Domain, EvalLoader, Split, knn_pairs
+from .data.domain import INDEX_SPLIT_FOR, split_source
+from .data.verify import check_decodable
+from .kill_points import kill_point
 from .knn import NO_POSITIVE_MODES, knn_metrics_by_domain
 from .model import UDONModel
 
@@ -105,6 +108,50 @@ def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mod
     return _leaf(result, names)
 
 
+def check_evaluable(domains: Mapping[str, Domain], split: str, separate: bool = True) -> None:
+    """Raise `DatasetError` naming the info file when `split` of some domain cannot be evaluated.
+
+    Every domain needs the split, and the merged index at least K + 1 images in all; with `separate`
+    (per-domain indexes: `index` "separate" or "both", or teacher embeddings) each domain's index
+    needs at least K images (K + 1 when the query set is its own index, leave-one-out).  No split may
+    be empty.  Cheap: sizes only.
+    """
+    problems, total = [], 0
+    for name, domain in domains.items():
+        if split not in domain.splits:
+            problems.append(f"domain {name!r} has no {split} split ({split_source(domain, split) or 'no such file'})")
+            continue
+        query, index_split = knn_pairs(domain, split)
+        own = query if index_split is None else index_split
+        total += len(own)
+        needed = K if index_split is not None else K + 1
+        where = split_source(domain, split if index_split is None else INDEX_SPLIT_FOR[split])
+        if not len(query) or not len(own):
+            problems.append(f"{split_source(domain, split) if not len(query) else where}: the split is empty")
+        elif separate and len(own) < needed:
+            own_index = " (the split is its own index, leave-one-out)" if index_split is None else ""
+            problems.append(f"{where}: {len(own)} image(s); a per-domain kNN index with k = {K} needs at least "
+                            f"{needed}{own_index}")
+    if not problems and total < K + 1:
+        problems.append(f"the {split} splits hold {total} index image(s) in all; kNN with k = {K} needs at least "
+                        f"{K + 1}")
+    if problems:
+        raise DatasetError(f"cannot evaluate the {split} split: " + "; ".join(problems))
+
+
+def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, workers: int | None = None,
+                      progress: bool = False) -> None:
+    """Decode every query and index image that evaluating `splits` of `domains` uses (domains without a
+    split are skipped), before any reaches DALI; raise `CorruptImagesError` naming all that fail
+    (verdicts are cached: checking again is cheap)."""
+    paths = []
+    for domain in domains.values():
+        for split in splits:
+            if split in domain.splits:
+                paths += [p for part in knn_pairs(domain, split) if part is not None for p in part.paths]
+    check_decodable(paths, f"in the {'/'.join(splits)} splits", workers=workers, progress=progress)
+
+
 def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
                    num_threads: int = 2, progress: bool = True, no_positive: str = "miss") -> dict:
@@ -113,6 +160,8 @@ def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, 
     no_positive: "miss" (default, the official metric: a query without a relevant index item scores 0
     and stays in the means) or "exclude" (left out of the means); counted either way.
     Returns {"student": {"merged"?: leaf, "separate"?: leaf}, "teacher"?: {"separate": leaf}}.
+    Raises `DatasetError` before embedding anything when a split cannot be evaluated
+    (`check_evaluable`) and `CorruptImagesError` naming every image that does not decode.
     """
     if not isinstance(no_positive, str) or no_positive not in NO_POSITIVE_MODES:
         raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {no_positive!r}")
@@ -120,6 +169,8 @@ def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, 
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    check_evaluable(domains, split, separate=index != "merged" or embedding != "student")
+    check_eval_images(domains, [split], workers=num_threads, progress=progress)
     device = torch.device(device)
     want_teacher = embedding in ("teacher", "both")
     was_training = model.training
@@ -132,6 +183,7 @@ def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, 
         sets[name] = (embed_split(model, query, name, **options),
                       None if index_split is None else embed_split(model, index_split, name, **options))
     model.train(was_training)
+    kill_point("evaluation")
     modes = ["merged", "separate"] if index == "both" else [index]
     results = {}
     if embedding in ("student", "both"):

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         train(config)
-    except (TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (TrainingDiverged, OSError, ValueError) as exc:
         print(f"udon_fast.train: error: {exc}", file=sys.stderr)
         return 1
     return 0

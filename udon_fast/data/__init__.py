@@ -4,18 +4,19 @@
   the (query, index) sets of the UnED protocol.
 - `sampling.py`, `sources.py`, `dali_pipelines.py`, `loaders.py`: seeded, sharded, resumable,
   prefetching per-domain train batches (`TrainLoader`) and in-order eval batches (`EvalLoader`).
-- `image_bytes.py`, `verify.py`: broken-file checks (skip while training, `verify` up front).
+- `image_bytes.py`, `verify.py`: broken-file checks (skip while training, refuse before any
+  evaluation reaches DALI, `verify` up front).
 - `builtin.py`: the small built-in multi-domain dataset; `pil_baseline.py`: the benchmark baseline.
 CLI: `python -m udon_fast.data {verify,builtin}`.
 """
 from .builtin import ensure_builtin, write_builtin
 from .domain import Domain, Split, knn_pairs
-from .errors import CorruptImageError, DatasetError, InfoFileError, MissingFilesError
+from .errors import CorruptImageError, CorruptImagesError, DatasetError, InfoFileError, MissingFilesError
 from .folder import load_folder_domain
 from .loaders import EvalLoader, TrainLoader
 from .uned import load_domains
 from .verify import VerifyReport, verify_domains
 
-__all__ = ["CorruptImageError", "DatasetError", "Domain", "EvalLoader", "InfoFileError", "MissingFilesError",
-           "Split", "TrainLoader", "VerifyReport", "ensure_builtin", "knn_pairs", "load_domains",
+__all__ = ["CorruptImageError", "CorruptImagesError", "DatasetError", "Domain", "EvalLoader", "InfoFileError",
+           "MissingFilesError", "Split", "TrainLoader", "VerifyReport", "ensure_builtin", "knn_pairs", "load_domains",
            "load_folder_domain", "verify_domains", "write_builtin"]

@@ -1,21 +1,48 @@
 """`python -m udon_fast.data verify --data-root DIR` and `python -m udon_fast.data builtin --out DIR`."""
 import argparse
 import sys
+from pathlib import Path
 
+from ..cli import check_positive
+from ..output_files import OutputError, atomic_write_text
 from .builtin import write_builtin
 from .errors import DatasetError
-from .uned import load_domains
-from .verify import verify_domains
+from .verify import POLICIES, verify_dataset
+
+
+def _verify(args) -> int:
+    report = verify_dataset(args.data_root, args.domains, workers=args.workers, policy=args.on_bad,
+                            progress=not args.json)
+    listing = report.to_json() if args.json else "\n".join([report.summary(), *report.lines()])
+    if args.report:
+        atomic_write_text(args.report, listing + "\n", "--report")
+        if args.json:
+            print(f"report written to {args.report}")
+        else:
+            print(f"{report.summary()}\nevery missing or undecodable file is listed in {args.report}")
+    else:
+        print(listing)
+    if report.missing:
+        print(f"udon_fast.data: error: {len(report.missing)} image file(s) listed are missing or unreadable",
+              file=sys.stderr)
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 bad images, 2 unusable dataset or arguments)."""
+    """Run the CLI; returns the exit code (0 ok, 1 undecodable images, 2 missing images, an unusable
+    dataset or bad arguments)."""
     parser = argparse.ArgumentParser(prog="python -m udon_fast.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="check that the dataset validates and every image decodes")
     verify.add_argument("--data-root", required=True, help="UnED root with info_files/ and images/")
     verify.add_argument("--domains", nargs="+", help="domains to check (default: all)")
     verify.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    verify.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    verify.add_argument("--report", help="write the full listing (or the JSON) to this file instead of stdout")
+    verify.add_argument("--on-bad", choices=POLICIES, default="fail",
+                        help="fail: every missing or undecodable file fails (exit 1, 2 if any is missing); "
+                             "warn: an undecodable file listed only by train splits is a warning (training "
+                             "skips it); missing files and undecodable evaluation images still fail")
     builtin = commands.add_parser("builtin", help="write the built-in multi-domain dataset (UnED layout)")
     builtin.add_argument("--out", required=True, help="new or empty folder to write into")
     builtin.add_argument("--seed", type=int, default=0)
@@ -27,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{domain}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
             print(f"wrote the built-in dataset to {args.out}")
             return 0
-        report = verify_domains(load_domains(args.data_root, args.domains), workers=args.workers)
-    except (DatasetError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.workers is not None:
+            check_positive(args, "workers")
+        if args.report and Path(args.report).is_dir():
+            raise ValueError(f"--report {args.report} is a folder; name a file")
+        return _verify(args)
+    except (DatasetError, FileExistsError, OutputError, ValueError) as exc:
+        print(f"udon_fast.data: error: {exc}", file=sys.stderr)
         return 2
-    print(report.summary())
-    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -94,3 +94,14 @@ def knn_pairs(domain: Domain, split: str) -> tuple[Split, Split | None]:
     index_name = INDEX_SPLIT_FOR.get(split)
     index = domain.splits.get(index_name) if index_name else None
     return domain.splits[split], index
+
+
+def split_source(domain: Domain, split: str) -> Path | None:
+    """The file or folder a split of `domain` was read from (UnED: `<split>.json`; folders: `<split>/`),
+    else the domain's source (None when unknown)."""
+    if domain.source is None:
+        return None
+    for candidate in (domain.source / f"{split}.json", domain.source / split):
+        if candidate.exists():
+            return candidate
+    return domain.source

@@ -31,3 +31,17 @@ class CorruptImageError(DatasetError):
     def __init__(self, path: str, reason: str):
         self.path = path
         super().__init__(f"{path}: cannot decode image ({reason})")
+
+
+class CorruptImagesError(CorruptImageError):
+    """Image files that cannot be decoded, all reported in one line.
+
+    `bad` maps each path (str) to the reason it fails; `path` is the first of them.
+    """
+
+    def __init__(self, bad: dict[str, str], what: str = ""):
+        self.bad = dict(bad)
+        self.path = next(iter(self.bad))
+        listed = "; ".join(f"{path} ({reason})" for path, reason in self.bad.items())
+        DatasetError.__init__(self, f"{len(self.bad)} image file(s){' ' + what if what else ''} cannot be decoded: "
+                                    f"{listed}")

@@ -17,6 +17,7 @@ from .domain import Domain, Split
 from .image_bytes import decode_check
 from .sampling import EpochStream, Position, stream_id
 from .sources import EvalSource, TrainSource
+from .verify import check_decodable
 
 
 def resolve_device_id(device_id: int | None | str) -> int | None:
@@ -153,6 +154,8 @@ class EvalLoader:
     """Every image of a split exactly once, in order, the last batch partial (no padding).
 
     Yields (images (b,3,s,s) float32, labels int64 (b,) or (b,L) padded with -1), b <= batch_size.
+    Every image is checked (`verify.check_decodable`, cached) before DALI sees any: a damaged file
+    raises `CorruptImagesError` naming all bad files of the split instead of crashing DALI.
     """
 
     def __init__(self, split: Split, *, batch_size: int, image_size: int, mean: Sequence[float],
@@ -170,6 +173,8 @@ class EvalLoader:
         batches = len(self)
         if batches == 0:
             return
+        check_decodable(self.split.paths, f"in split {self.split.name!r}" if self.split.name else "",
+                        workers=self._options["num_threads"])
         pipe = eval_pipeline(EvalSource(self.split, self.batch_size), **self._options)
         scheduled = min(batches, self._options["prefetch_depth"])
         for _ in range(scheduled):

@@ -65,8 +65,10 @@ def load_uned_domain(data_root: Path, name: str) -> tuple[Domain, dict[str, list
         raise DatasetError(f"domain {name!r}: missing {train_file} (every domain needs a train split)")
     images_root = Path(data_root) / IMAGES_DIR
     parsed = {f.stem: (f, *read_info_file(f)) for f in sorted(info_dir.glob("*.json"))}
-    if not parsed["train"][1]:
-        raise InfoFileError(f"{train_file}: the train split is empty")
+    for split, (info_file, rel_paths, _) in parsed.items():
+        if not rel_paths:
+            hint = "" if split == "train" else f" (remove the file if the domain has no {split} split)"
+            raise InfoFileError(f"{info_file}: the {split} split is empty{hint}")
     others = [ids for split, (_, _, entries) in parsed.items() if split != "train" for ids in entries]
     class_map = build_class_map(parsed["train"][2], others)
     splits, missing = {}, {}
@@ -78,6 +80,21 @@ def load_uned_domain(data_root: Path, name: str) -> tuple[Domain, dict[str, list
         splits[split] = Split(paths, labels_array(class_ids, class_map), name=split)
     num_classes = len({c for ids in parsed["train"][2] for c in ids})
     return Domain(name, splits["train"], splits, num_classes, class_map, info_dir), missing
+
+
+def load_uned_domains(data_root: Path, domains: Iterable[str] | None = None
+                      ) -> tuple[dict[str, Domain], dict[str, list[str]]]:
+    """The UnED domains under `data_root` (all, or `domains`), plus {info file: missing image paths}."""
+    available = domain_names(data_root)
+    wanted = list(available if domains is None else domains)
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise DatasetError(f"{data_root}: unknown domain(s) {unknown}; available: {available}")
+    out, missing = {}, {}
+    for name in wanted:
+        out[name], domain_missing = load_uned_domain(data_root, name)
+        missing.update(domain_missing)
+    return out, missing
 
 
 def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | None = None,
@@ -92,14 +109,7 @@ def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | N
     """
     out, missing = {}, {}
     if data_root is not None:
-        available = domain_names(Path(data_root))
-        wanted = list(available if domains is None else domains)
-        unknown = sorted(set(wanted) - set(available))
-        if unknown:
-            raise DatasetError(f"{data_root}: unknown domain(s) {unknown}; available: {available}")
-        for name in wanted:
-            out[name], domain_missing = load_uned_domain(Path(data_root), name)
-            missing.update(domain_missing)
+        out, missing = load_uned_domains(Path(data_root), domains)
     elif domains is not None:
         raise DatasetError("domains= needs a data_root to read the UnED domains from")
     for name, folder in (folders or {}).items():

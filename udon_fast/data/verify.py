@@ -1,58 +1,190 @@
-"""Check a whole dataset up front: the layout validates and every image decodes.
+"""Check images up front: every listed file exists and decodes.
 
-The check per file is the training one (`looks_complete`) plus a full PIL decode; files listed
-by several splits are decoded once.  Decoding runs in a thread pool (PIL releases the GIL).
+The check per file (`image_bytes.decode_check`) is the training one (`looks_complete`, which also
+walks the JPEG header the way DALI's parser does) plus a full PIL decode.  `find_undecodable` runs
+it in a thread pool (PIL releases the GIL) and remembers each verdict per (path, size, mtime) in
+this process, so evaluating the same splits again (every validation of a run) re-checks nothing
+that did not change.  Evaluation validates every image this way before DALI sees it
+(`check_decodable`): DALI can crash the process on a damaged file instead of raising.
+
+`verify_dataset` is `python -m udon_fast.data verify`: every missing and every undecodable file of
+a UnED root, with the splits that list it.
 """
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping
+from pathlib import Path
+from typing import Iterable, Mapping
 
 from tqdm import tqdm
 
 from .domain import Domain
+from .errors import CorruptImagesError
 from .image_bytes import decode_check
+from .uned import load_uned_domains
+
+POLICIES = ("fail", "warn")
+_verdicts: dict[str, tuple[int, int, str | None]] = {}  # path -> (size, mtime_ns, reason or None)
+
+
+def _stat_key(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _decode(path: str, key: tuple[int, int]) -> None:
+    _verdicts[path] = (*key, decode_check(path))
+
+
+def find_undecodable(paths: Iterable[str], workers: int | None = None, progress: bool = False,
+                     desc: str = "check images") -> dict[str, str]:
+    """{path: reason} of the files among `paths` that are missing or do not fully decode (in order).
+
+    Decodes in `workers` threads (default: all cores); verdicts are cached per (path, size, mtime),
+    so a file is decoded again only when it changed.
+    """
+    keys = {path: _stat_key(path) for path in paths}
+    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None, None))[:2] != key]
+    if pending:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
+                          disable=not progress):
+                pass
+    bad = {}
+    for path, key in keys.items():
+        reason = "missing or unreadable" if key is None else _verdicts[path][2]
+        if reason is not None:
+            bad[path] = reason
+    return bad
+
+
+def check_decodable(paths: Iterable[str], what: str = "", workers: int | None = None, progress: bool = False) -> None:
+    """Raise `CorruptImagesError` naming every file of `paths` that is missing or does not decode."""
+    bad = find_undecodable(paths, workers, progress)
+    if bad:
+        raise CorruptImagesError(bad, what)
 
 
 @dataclass
 class VerifyReport:
-    """counts: {domain: {split: images}}; bad: {path: reason}; bad_by_split: {(domain, split): count}."""
+    """What `verify_dataset` found.
+
+    counts: {domain: {split: images}}; missing: {path: info file listing it}; undecodable:
+    {path: reason}; listed_in: {path: ["domain/split", ...]} for every missing or undecodable path;
+    policy: "fail" (every bad file fails) or "warn" (undecodable files listed only by train splits
+    are warnings: training skips them).
+    """
 
     counts: dict[str, dict[str, int]]
-    bad: dict[str, str] = field(default_factory=dict)
-    bad_by_split: dict[tuple[str, str], int] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    undecodable: dict[str, str] = field(default_factory=dict)
+    listed_in: dict[str, list[str]] = field(default_factory=dict)
+    policy: str = "fail"
+
+    def skippable(self, path: str) -> bool:
+        """An undecodable file that training skips and no evaluation split lists."""
+        return path in self.undecodable and all(where.endswith("/train") for where in self.listed_in[path])
+
+    @property
+    def bad(self) -> dict[str, str]:
+        """{path: reason} of every missing or undecodable file."""
+        return {**{p: f"missing (listed in {info})" for p, info in self.missing.items()}, **self.undecodable}
+
+    @property
+    def bad_by_split(self) -> dict[tuple[str, str], int]:
+        """{(domain, split): number of missing or undecodable files it lists}."""
+        counts: dict[tuple[str, str], int] = {}
+        for path in self.bad:
+            for where in self.listed_in[path]:
+                key = tuple(where.rsplit("/", 1))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     @property
     def ok(self) -> bool:
-        return not self.bad
+        return self.exit_code == 0
 
-    def summary(self, shown: int = 20) -> str:
-        """A human-readable table of counts per domain/split and the bad files (first `shown`)."""
+    @property
+    def warnings(self) -> list[str]:
+        return [p for p in self.undecodable if self.policy == "warn" and self.skippable(p)]
+
+    @property
+    def failures(self) -> list[str]:
+        warned = set(self.warnings)
+        return [p for p in self.undecodable if p not in warned]
+
+    @property
+    def exit_code(self) -> int:
+        """0: usable as is; 1: undecodable files that fail under the policy; 2: missing files."""
+        return 2 if self.missing else 1 if self.failures else 0
+
+    def lines(self) -> list[str]:
+        """One line per missing or undecodable file (all of them)."""
+        warned = set(self.warnings)
+        out = [f"MISSING {p} (listed in {info})" for p, info in self.missing.items()]
+        for path, reason in self.undecodable.items():
+            where = ", ".join(self.listed_in[path])
+            if path in warned:
+                out.append(f"WARN {path}: {reason} [{where}; skipped by training]")
+            else:
+                out.append(f"BAD {path}: {reason} [{where}]")
+        return out
+
+    def summary(self) -> str:
+        """Counts per domain/split and the totals."""
+        bad_by_split = self.bad_by_split
         lines = [f"{'domain':<16}{'split':<14}{'images':>8}{'bad':>6}"]
         for domain, splits in self.counts.items():
             for split, n in splits.items():
-                lines.append(f"{domain:<16}{split:<14}{n:>8}{self.bad_by_split.get((domain, split), 0):>6}")
+                lines.append(f"{domain:<16}{split:<14}{n:>8}{bad_by_split.get((domain, split), 0):>6}")
         total = sum(n for splits in self.counts.values() for n in splits.values())
-        lines.append(f"{total} images listed, {len(self.bad)} bad file(s)")
-        for path, reason in list(self.bad.items())[:shown]:
-            lines.append(f"  BAD {path}: {reason}")
-        if len(self.bad) > shown:
-            lines.append(f"  ... and {len(self.bad) - shown} more")
+        lines.append(f"{total} images listed, {len(self.missing) + len(self.undecodable)} bad file(s): "
+                     f"{len(self.missing)} missing, {len(self.undecodable)} undecodable "
+                     f"({len(self.warnings)} of them warnings)")
         return "\n".join(lines)
 
+    def to_json(self) -> str:
+        """The machine-readable report (`--json`)."""
+        warned = set(self.warnings)
+        doc = {
+            "ok": self.exit_code == 0, "exit_code": self.exit_code, "policy": self.policy, "counts": self.counts,
+            "missing": [{"path": p, "info_file": info, "listed_in": self.listed_in[p]}
+                        for p, info in self.missing.items()],
+            "undecodable": [{"path": p, "reason": r, "listed_in": self.listed_in[p], "warning": p in warned}
+                            for p, r in self.undecodable.items()],
+        }
+        return json.dumps(doc, indent=2, ensure_ascii=False)
 
-def verify_domains(domains: Mapping[str, Domain], workers: int | None = None, progress: bool = True) -> VerifyReport:
-    """Decode every image of every split of `domains`; see `VerifyReport`."""
-    report = VerifyReport({name: {s: len(split) for s, split in d.splits.items()} for name, d in domains.items()})
-    unique = sorted({p for d in domains.values() for split in d.splits.values() for p in split.paths})
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        verdicts = list(tqdm(pool.map(decode_check, unique), total=len(unique), desc="verify", unit="img",
-                             disable=not progress))
-        report.bad = {path: reason for path, reason in zip(unique, verdicts) if reason is not None}
-    for name, d in domains.items():
-        for s, split in d.splits.items():
-            count = sum(p in report.bad for p in split.paths)
-            if count:
-                report.bad_by_split[(name, s)] = count
+
+def verify_domains(domains: Mapping[str, Domain], workers: int | None = None, progress: bool = True, *,
+                   policy: str = "fail", missing: Mapping[str, Iterable[str]] | None = None) -> VerifyReport:
+    """Decode every present image of every split of `domains` (see `VerifyReport`).
+
+    missing: {info file: [paths]} of files already known to be missing (not decoded, reported).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    report = VerifyReport({name: {s: len(split) for s, split in d.splits.items()} for name, d in domains.items()},
+                          policy=policy)
+    report.missing = {path: str(info) for info, paths in (missing or {}).items() for path in paths}
+    listed: dict[str, list[str]] = {}
+    for name, domain in domains.items():
+        for split_name, split in domain.splits.items():
+            for path in split.paths:
+                listed.setdefault(path, []).append(f"{name}/{split_name}")
+    present = [p for p in listed if p not in report.missing]
+    report.undecodable = find_undecodable(present, workers, progress, desc="verify")
+    report.listed_in = {p: sorted(set(listed[p])) for p in [*report.missing, *report.undecodable]}
     return report
 
+
+def verify_dataset(data_root: str | os.PathLike, domains: list[str] | None = None, *, workers: int | None = None,
+                   policy: str = "fail", progress: bool = True) -> VerifyReport:
+    """Check every image of every split of the UnED root `data_root`; missing files do not stop the
+    check (every present file is still decoded)."""
+    loaded, missing = load_uned_domains(Path(data_root), domains)
+    return verify_domains(loaded, workers, progress, policy=policy, missing=missing)

@@ -47,8 +47,12 @@ def udon_loss(
     student_emb (B, Ds), teacher_emb (B, Dt): L2-normalised embeddings (fp32, bf16 or fp16).
     student_weight (C, Ds), teacher_weight (C, Dt): raw class weights (rows normalised inside).
     labels (B,) int64 in [0, C).  n_devices scales SIM as the release does per device.
+    margin: normface takes none (0); cosface 0 <= margin < 1; arcface 0 <= margin < pi/2 (see
+    `margins.py` for why).
     Returns UDONLossOutput of 0-d float32 tensors; total = weighted sum / sum of weights.
-    Raises ValueError/TypeError naming the argument before any kernel runs.
+    Raises ValueError/TypeError naming the argument before any kernel runs: among the value checks
+    (skipped under torch.compile), NaN/inf inputs and a class-weight row of norm 0, named by its
+    argument and class index.
     """
     validate.check_head_scalars(margin_type, margin, scale)
     validate.check_positive("teacher_temperature", teacher_temperature)
@@ -60,8 +64,8 @@ def udon_loss(
     validate.check_head("student_emb", student_emb, "student_weight", student_weight, labels, backend == "reference")
     validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
     if not torch.compiler.is_compiling():
-        validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb,
-                               "student_weight": student_weight, "teacher_weight": teacher_weight},
+        validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb},
+                              {"student_weight": student_weight, "teacher_weight": teacher_weight},
                               labels, teacher_weight.shape[0])
     name = backends.resolve(backend, teacher_emb.device)
     ce_t, ce_s, kl = _head_rows(name, teacher_emb, teacher_weight, student_emb, student_weight, labels,
@@ -77,12 +81,13 @@ def normalized_softmax_ce(
     emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     *, margin_type: str = "normface", margin: float = 0.0, scale: float = 16.0, backend: str = "auto",
 ) -> torch.Tensor:
-    """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw,
-    labels (B,) int64 -> 0-d float32 tensor."""
+    """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw (no row of
+    norm 0), labels (B,) int64 -> 0-d float32 tensor.  Margins as in `udon_loss` (normface: 0;
+    cosface [0, 1); arcface [0, pi/2))."""
     validate.check_head_scalars(margin_type, margin, scale)
     validate.check_head("emb", emb, "weight", weight, labels, backend == "reference")
     if not torch.compiler.is_compiling():
-        validate.check_values({"emb": emb, "weight": weight}, labels, weight.shape[0])
+        validate.check_values({"emb": emb}, {"weight": weight}, labels, weight.shape[0])
     name = backends.resolve(backend, emb.device)
     ce, _, _ = _head_rows(name, emb, weight, None, None, labels, margin_code(margin_type), margin, scale, 1.0, 1.0)
     return ce.mean()

@@ -6,6 +6,12 @@ arcface:  z_y = s * cos(acos(cos_y) + m)     (cos_y clamped to [-1 + ARCFACE_EPS
 
 Non-target logits are always z_c = s * cos_c.  The Triton and native kernels re-express the same
 formulas (arcface expanded as cos_y*cos(m) - sqrt(1 - cos_y^2)*sin(m)) and use `MARGIN_CODES`.
+
+Valid margins (`MARGIN_RANGES`, checked by the public API): normface takes none (m = 0);
+cosface 0 <= m < 1 and arcface 0 <= m < pi/2.  A negative margin rewards the target instead of
+penalising it; at the upper bound even a perfect match (cos_y = 1) gets a target logit <= 0, no more
+than a class orthogonal to the embedding, and beyond it the transform is no longer increasing in
+the match (arcface's cos(theta + m) turns back up once theta + m passes pi).
 """
 import math
 
@@ -14,6 +20,19 @@ import torch
 MARGIN_TYPES = ("normface", "cosface", "arcface")
 MARGIN_CODES = {name: code for code, name in enumerate(MARGIN_TYPES)}
 ARCFACE_EPS = 1e-6
+# margin_type -> (lowest valid margin, bound it must stay below; None: only the lowest is valid)
+MARGIN_RANGES = {"normface": (0.0, None), "cosface": (0.0, 1.0), "arcface": (0.0, math.pi / 2)}
+
+
+def margin_range_text(margin_type: str) -> str:
+    """The valid margins of `margin_type` in words, e.g. "0 <= margin < 1"."""
+    low, high = MARGIN_RANGES[margin_type]
+    return f"margin = {low:g} (it has no margin)" if high is None else f"{low:g} <= margin < {high:.6g}"
+
+
+def margin_in_range(margin_type: str, margin: float) -> bool:
+    low, high = MARGIN_RANGES[margin_type]
+    return margin == low if high is None else low <= margin < high
 
 
 def margin_code(margin_type: str) -> int:

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from .margins import MARGIN_TYPES
+from .margins import MARGIN_TYPES, margin_in_range, margin_range_text
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -14,10 +14,14 @@ def check_positive(name: str, value: float) -> None:
 
 
 def check_head_scalars(margin_type: str, margin: float, scale: float) -> None:
+    """margin_type known, margin finite and in its type's range (`margins.MARGIN_RANGES`), scale > 0."""
     if margin_type not in MARGIN_TYPES:
         raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got {margin_type!r}")
     if not (isinstance(margin, (int, float)) and math.isfinite(margin)):
         raise ValueError(f"margin must be a finite number, got {margin!r}")
+    if not margin_in_range(margin_type, margin):
+        raise ValueError(f"margin {margin!r} is outside the valid range for {margin_type}: "
+                         f"{margin_range_text(margin_type)}")
     check_positive("scale", scale)
 
 
@@ -72,12 +76,38 @@ def check_pair(student_emb, teacher_emb, student_weight, teacher_weight) -> None
         raise ValueError(f"student_emb is on {student_emb.device} but teacher_emb is on {teacher_emb.device}")
 
 
-def check_values(tensors: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> None:
-    """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces)."""
+def check_class_weights(name: str, weight: torch.Tensor) -> None:
+    """Every row (class) of a raw classifier weight (C, D) is finite and has a non-zero norm.
+
+    One pass over the weight (its row norms, a (C,) vector; no (C, D) temporary); only rows whose norm
+    is 0 or not finite are looked at again, exactly.  A zero-norm row (all zeros, or values whose
+    squares underflow float32) has no direction: its cosine, and so the loss, would be NaN.
+    """
+    norms = torch.linalg.vector_norm(weight, dim=1)
+    suspect = torch.isfinite(norms).logical_not_().logical_or_(norms == 0)
+    if not bool(suspect.any()):
+        return
+    rows = suspect.nonzero().flatten()
+    subset = weight[rows]
+    if not bool(torch.isfinite(subset).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    exact = torch.linalg.vector_norm(subset, dim=1, dtype=torch.promote_types(subset.dtype, torch.float32))
+    zero = rows[exact == 0]
+    if len(zero):
+        raise ValueError(f"{name} row {int(zero[0])} (class {int(zero[0])}) has norm 0 (all zeros, or values too "
+                         f"small for a float32 norm): its cosine is undefined")
+
+
+def check_values(embeddings: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], labels: torch.Tensor,
+                 num_classes: int) -> None:
+    """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces): labels in
+    range, finite embeddings, finite class weights without zero rows (`check_class_weights`)."""
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low}, {high}]")
-    for name, tensor in tensors.items():
+    for name, tensor in embeddings.items():
         # A sum is non-finite iff some element is (barring fp32 overflow at ~1e38): no (C, D) temporary.
         if not bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
             raise ValueError(f"{name} contains NaN or inf values")
+    for name, weight in weights.items():
+        check_class_weights(name, weight)

@@ -38,6 +38,37 @@ def create_backbone(name: str, image_size: int = 224, **kwargs: Any) -> nn.Modul
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
 
 
+def image_size_rule(backbone: nn.Module) -> tuple[int, int]:
+    """(minimum, step): the square image sides the backbone can use are multiples of `step` >= `minimum`.
+
+    The minimum is the total stride of the last feature map (timm's `feature_info` reduction: 32 for
+    EfficientNet-Lite0, the patch size for a ViT): smaller images leave no full cell of it.  A ViT
+    with a fixed patch grid (no `dynamic_img_pad`) drops the pixels beyond a whole number of patches,
+    so it needs a multiple of its patch size.
+    """
+    info = getattr(backbone, "feature_info", None)
+    minimum = int(info[-1]["reduction"]) if info else 1
+    step = 1
+    patch_embed = getattr(backbone, "patch_embed", None)
+    if patch_embed is not None and not getattr(patch_embed, "dynamic_img_pad", False):
+        patch = getattr(patch_embed, "patch_size", None) or 1
+        step = max(patch) if isinstance(patch, (tuple, list)) else int(patch)
+    return max(minimum, step), step
+
+
+def check_image_size(backbone: nn.Module, name: str, image_size: int) -> None:
+    """Raise ValueError when the backbone cannot use `image_size` (see `image_size_rule`)."""
+    minimum, step = image_size_rule(backbone)
+    if image_size % step:
+        below = image_size // step * step
+        options = " or ".join(str(s) for s in (below, below + step) if s >= minimum)
+        raise ValueError(f"image size {image_size} does not suit backbone {name!r}: it cuts images into {step} px "
+                         f"patches, so use a multiple of {step} (e.g. {options})")
+    if image_size < minimum:
+        raise ValueError(f"image size {image_size} is too small for backbone {name!r}: its total stride is "
+                         f"{minimum}, so use at least {minimum}")
+
+
 def feature_dim(backbone: nn.Module) -> int:
     """Width F of the pooled features the backbone returns."""
     return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)

@@ -6,29 +6,23 @@ Layout (a dict saved with `torch.save`, read back with `weights_only=True`):
 `extra` must hold only what `torch.load(weights_only=True)` accepts (tensors, numbers, strings,
 lists, tuples, dicts), e.g. step, epoch, metrics, `DomainSampler.state_dict()`.
 """
-import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..kill_points import kill_point
+from ..output_files import atomic_write
 from .udon import UDONModel
 
 FORMAT = "udon_fast.checkpoint"
 VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or is not a udon_fast checkpoint."""
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -37,13 +31,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically: temp file in the same directory, fsync, `os.replace`, fsync dir.
+    """Write a checkpoint atomically (`output_files.atomic_write`: temp file, fsync, `os.replace`).
 
-    A crash leaves either the previous file or the new one at `path`, never a partial file.
-    Returns the path written.
+    A crash, a kill or a full disk leaves either the previous file or the new one at `path`, never a
+    partial file; a failed write raises `OutputError` naming `path` and the cause.  Returns the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -52,17 +45,9 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": dict(extra or {}),
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    with atomic_write(path, "checkpoint") as f:
+        torch.save(payload, f)
+        kill_point("checkpoint_write")
     return path
 
 
@@ -71,8 +56,16 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != ZIP_MAGIC:
+        raise CheckpointError(f"{path} is not a udon_fast checkpoint (not a file written by torch.save; "
+                              f"checkpoints are the .pt files in a run's checkpoints/ folder)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # objects a safe load refuses: not ours (torch's advice does not apply)
+        raise CheckpointError(f"{path} is not a udon_fast checkpoint (it holds objects other than tensors, "
+                              f"numbers, strings and containers)") from exc
     except Exception as exc:  # truncated / corrupt files raise many types
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

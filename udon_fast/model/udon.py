@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import create_backbone, feature_dim, normalization
+from .backbone import check_image_size, create_backbone, feature_dim, normalization
 from .heads import lecun_uniform_classifier, output_dim, projection
 from .weights import load_backbone_weights
 
@@ -36,7 +36,9 @@ class UDONModel(nn.Module):
         student_dim: universal student projection width (Linear F -> 64), or a list of dims for an MLP.
         pretrained: optional local weights file for the backbone (see `weights.load_backbone_weights`);
             never a hub download.
-        image_size: training/eval image side; ViTs size their position embedding from it.
+        image_size: training/eval image side; ViTs size their position embedding from it.  Sizes the
+            backbone cannot use raise ValueError (`backbone.image_size_rule`: at least its total
+            stride, a multiple of a ViT's patch size).
         backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `drop_path_rate`).
 
     Attributes: `mean`, `std` (per-channel input normalisation of the backbone), `num_features` (F),
@@ -48,6 +50,8 @@ class UDONModel(nn.Module):
     (eval mode) also in `train()`: every UDON batch comes from one domain, and updating the
     statistics from single-domain batches drags them towards whichever domain came last, which
     wrecks the shared features.  Their affine parameters still train.  (ViTs have no BatchNorm.)
+    A new model is in this training state (`train()`), so its state never depends on whether an
+    evaluation ran before; `eval()` switches everything to inference.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class UDONModel(nn.Module):
         self.domains = _check_domains(domains)
         backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone = create_backbone(backbone_name, image_size, **backbone_kwargs)
+        check_image_size(self.backbone, backbone_name, image_size)
         if pretrained is not None:
             load_backbone_weights(self.backbone, pretrained)
         self.num_features = feature_dim(self.backbone)
@@ -87,6 +92,7 @@ class UDONModel(nn.Module):
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        self.train()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "UDONModel":

@@ -3,6 +3,7 @@ validation epoch, test it, write the outputs.  Reads like the training schedule 
 (section 4)."""
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from tqdm import tqdm
 from .. import evaluation
 from ..config import TrainConfig
 from ..data import TrainLoader, ensure_builtin, load_domains
+from ..kill_points import kill_point
 from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import packaged_weights
+from ..output_files import atomic_write_text, ensure_writable_folder, remove_stale_temp_files
 from ..sampler import DomainSampler
 from . import distributed, report
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
@@ -44,9 +47,9 @@ def _weights_path(config: TrainConfig):
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the per-step records of steps < `step` (a resumed run rewrites the rest)."""
+    """Keep the per-step records of steps < `step` (a resumed run rewrites the rest); atomic."""
     kept = [r for r in report.read_metrics(path) if r["step"] < step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class Run:
@@ -55,16 +58,20 @@ class Run:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.ranks = distributed.setup()
+        self.out = Path(config.out)
+        self.checkpoints = self.out / "checkpoints"
+        self._prepare_out()
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         data_root = config.data_root or ensure_builtin()
         self.domains = load_domains(data_root, config.domains)
-        self.out = Path(config.out)
-        self.checkpoints = self.out / "checkpoints"
+        self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
         self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
                                teacher_dim=config.teacher_dim, student_dim=config.student_dim,
                                pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
+        self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
+        self._check_eval_splits()
         images = sum(len(d.train) for d in self.domains.values())
         self.steps_per_epoch = max(1, images // (config.batch_size * self.ranks.world_size))
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
@@ -76,7 +83,29 @@ class Run:
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
         self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
-        self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
+
+    def _prepare_out(self) -> None:
+        """Refuse a bad --out before any work: an existing run without --resume, --resume of nothing, a
+        folder that cannot be written; remove temporary files a killed run left there."""
+        if self.config.resume and not self.out.is_dir():
+            raise FileNotFoundError(f"--resume: --out {self.out} does not exist, so there is no run to continue "
+                                    f"(drop --resume to start a new run there)")
+        if not self.config.resume and (self.checkpoints / "last.pt").exists():
+            raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose "
+                                  f"another --out")
+        if self.ranks.is_main:
+            for folder in (self.out, self.checkpoints):
+                ensure_writable_folder(folder, "--out")
+                remove_stale_temp_files(folder)
+
+    def _check_eval_splits(self) -> None:
+        """Every split the run will evaluate must be evaluable and every image in it decode (before training)."""
+        splits = [("test", self.domains, True)] + ([("val", self.val_domains, False)] if self.val_domains else [])
+        for split, domains, separate in splits:
+            evaluation.check_evaluable(domains, split, separate=separate)
+        if self.ranks.is_main:
+            evaluation.check_eval_images(self.domains, [split for split, _, _ in splits],
+                                         workers=self.config.data_threads, progress=self.config.progress)
 
     def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
         return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
@@ -85,21 +114,22 @@ class Run:
                                          **kwargs)
 
     def start(self) -> Progress:
-        """Resume from last.pt, or start fresh (also when --resume finds no checkpoint yet: the run was
-        stopped before its first one): write config.json and evaluate the untrained model."""
+        """Resume from last.pt, or start fresh (also, with a note, when --resume finds no checkpoint yet:
+        the run was stopped before its first one): write config.json and evaluate the untrained model."""
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
             progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
+            self.model.train()  # the training state is part of what is restored
             if self.ranks.is_main:
                 _truncate_metrics(self.out / "metrics.jsonl", progress.step)
             return progress
-        if last.exists() and not self.config.resume:
-            raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose another --out")
         progress = Progress()
         if self.ranks.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(self.config.to_json(), encoding="utf-8")
-            (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
+            if self.config.resume:
+                print(f"udon_fast.train: --resume: no checkpoint in {self.checkpoints} yet (the run stopped before "
+                      f"its first one); starting it from the beginning", file=sys.stderr)
+            atomic_write_text(self.out / "config.json", self.config.to_json())
+            atomic_write_text(self.out / "metrics.jsonl", "")
             progress.initial = self.evaluate("test")
         distributed.barrier(self.ranks.world_size)
         return progress
@@ -115,11 +145,12 @@ class Run:
                     save_run(self.checkpoints / "best.pt", self.model, self.optimizer, self.sampler, self.loader,
                              progress)
             save_run(self.checkpoints / "last.pt", self.model, self.optimizer, self.sampler, self.loader, progress)
+            kill_point("checkpoint")
         distributed.barrier(self.ranks.world_size)
 
     def train(self, progress: Progress) -> None:
         config, ranks = self.config, self.ranks
-        metrics = (self.out / "metrics.jsonl").open("a", encoding="utf-8") if ranks.is_main else None
+        metrics = report.MetricsLog(self.out / "metrics.jsonl") if ranks.is_main else None
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
                    disable=not (config.progress and ranks.is_main))
         tick = time.perf_counter()
@@ -145,8 +176,8 @@ class Run:
             if metrics is not None:
                 record.update(step=step, epoch=epoch, domain=domain, lr=learning_rates(self.optimizer),
                               sampler_weights=self.sampler.weights, images_per_s=speed)
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+                metrics.append(record)
+            kill_point("step")
             bar.set_postfix(domain=domain, loss=f"{record['total']:.3f}", img_s=f"{speed:.0f}")
             bar.update()
             end_of_epoch = progress.step % self.steps_per_epoch == 0 or progress.step == self.total_steps

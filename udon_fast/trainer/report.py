@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from ..output_files import atomic_write_text, writing  # noqa: E402
+
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
 COUNTS = (("num_queries", "queries"), ("num_queries_without_positives", "without positive"))
 RULE_NOTES = {
@@ -59,17 +61,45 @@ def results_table(results: dict[str, Any]) -> str:
 
 
 def write_results(out: Path, results: dict[str, Any], header: str) -> str:
-    """Write results.json and results.md into `out`; return the markdown."""
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
+    """Write results.json and results.md into `out` (atomically); return the markdown."""
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
     markdown = f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).\n\n{results_table(results)}"
-    (out / "results.md").write_text(markdown, encoding="utf-8")
+    atomic_write_text(out / "results.md", markdown)
     return markdown
 
 
+class MetricsLog:
+    """metrics.jsonl opened for appending: one JSON line per step, flushed; errors name the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with writing(path):
+            self.file = path.open("a", encoding="utf-8")
+
+    def append(self, record: dict[str, Any]) -> None:
+        with writing(self.path):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        with writing(self.path):
+            self.file.close()
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a torn last line (a kill or a full disk mid-write) is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({exc})") from exc
+    return records
 
 
 def plot_metrics(out: Path, records: list[dict[str, Any]]) -> list[Path]:
@@ -87,7 +117,8 @@ def plot_metrics(out: Path, records: list[dict[str, Any]]) -> list[Path]:
     axes[0].legend()
     fig.tight_layout()
     loss_path = out / "loss_per_domain.png"
-    fig.savefig(loss_path, dpi=100)
+    with writing(loss_path):
+        fig.savefig(loss_path, dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for domain in domains:
@@ -97,6 +128,7 @@ def plot_metrics(out: Path, records: list[dict[str, Any]]) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     weights_path = out / "sampler_weights.png"
-    fig.savefig(weights_path, dpi=100)
+    with writing(weights_path):
+        fig.savefig(weights_path, dpi=100)
     plt.close(fig)
     return [loss_path, weights_path]
