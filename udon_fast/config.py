@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         "domains": "domains to train on (default: all found)", "out": "output folder",
         "resume": "continue the run in --out from its last checkpoint",
         "steps": "total training steps (default: epochs x steps per epoch)",
-        "pretrained": "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz), "
+        "pretrained": "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz, the UDON "
+                      "release's CLIP vit_b16.npy), "
                       "'packaged' for weights shipped in an installed package, or 'none'",
         "sampler": "domain sampler strategy", "distill": "KL and similarity distillation",
         "similarity": "batch-similarity distillation", "grad_clip": "clip the gradient norm",
