@@ -13,18 +13,18 @@ import torch
 
 from .data import Split
 from .evaluation import embed_split
-from .model import load_model
+from .model import load_embedder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def list_images(folder: Path) -> list[str]:
-    """Image files below `folder` (recursive, sorted), by suffix."""
+def list_images(folder: Path, flag: str = "--images") -> list[str]:
+    """Image files below `folder` (recursive, sorted), by suffix; errors name `flag`."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"--images folder not found: {folder}")
+        raise FileNotFoundError(f"{flag} folder not found: {folder}")
     paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise ValueError(f"--images {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ValueError(f"{flag} {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return paths
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out must name a .npy file, got {out}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model, _ = load_model(args.checkpoint, map_location=device)
+        model = load_embedder(args.checkpoint, map_location=device)
         paths = list_images(Path(args.images))
     except (FileNotFoundError, ValueError) as exc:
         print(f"udon_fast.embed: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from ..config import TrainConfig
 from ..data import TrainLoader, ensure_builtin, load_domains
 from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint
-from ..model.packaged import packaged_weights
+from ..model.packaged import resolve_pretrained
 from ..sampler import DomainSampler
 from . import distributed, report
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
@@ -35,11 +35,7 @@ def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
 
 def _weights_path(config: TrainConfig):
     """--pretrained: a file, "packaged" (weights shipped by an installed package), or none."""
-    if config.pretrained in (None, "none"):
-        return None
-    if config.pretrained == "packaged":
-        return packaged_weights(config.backbone)
-    return config.pretrained
+    return resolve_pretrained(config.backbone, config.pretrained)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
