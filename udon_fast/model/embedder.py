@@ -82,6 +82,12 @@ class Embedder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.student_embedding(self.features(images))
 
+    @classmethod
+    def of_backbone(cls, backbone: nn.Module, image_size: int, config: dict[str, Any]) -> "Embedder":
+        """The backbone's own L2-normalised pooled features at `image_size` (shares `backbone`), eval mode."""
+        mean, std = normalization(backbone)
+        return cls(backbone, nn.Identity(), Preprocessing(image_size, mean, std), feature_dim(backbone), config).eval()
+
 
 def load_embedder(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> Embedder:
     """The universal (student) embedder of a udon_fast checkpoint, in eval mode on `map_location`.
@@ -123,6 +129,5 @@ def backbone_embedder(backbone_name: str, pretrained: str | Path | None, image_s
     weights = resolve_pretrained(backbone_name, pretrained)
     if weights is not None:
         load_backbone_weights(backbone, weights)
-    mean, std = normalization(backbone)
-    return Embedder(backbone, nn.Identity(), Preprocessing(image_size, mean, std), feature_dim(backbone),
-                    {"backbone_name": backbone_name, "pretrained": None if weights is None else str(weights)}).eval()
+    return Embedder.of_backbone(backbone, image_size, {"backbone_name": backbone_name,
+                                                       "pretrained": None if weights is None else str(weights)})

@@ -10,9 +10,9 @@ import torch
 from tqdm import tqdm
 
 from .. import evaluation
-from ..config import TrainConfig
-from ..data import TrainLoader, ensure_builtin, load_domains
-from ..model import UDONModel
+from ..config import TrainConfig, parse_folders
+from ..data import TrainLoader, ensure_builtin, load_domains_with_splits
+from ..model import Embedder, UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
 from ..sampler import DomainSampler
@@ -53,13 +53,17 @@ class Run:
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        data_root = config.data_root or ensure_builtin()
-        self.domains = load_domains(data_root, config.domains)
+        folders = parse_folders(config.folder)
+        data_root = config.data_root or (None if folders else ensure_builtin())
+        self.domains, self.folder_splits = load_domains_with_splits(data_root, config.domains, folders,
+                                                                    config.split_seed)
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
                                teacher_dim=config.teacher_dim, student_dim=config.student_dim,
                                pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
+        if self.folder_splits:  # evaluate reuses them (data.folder_split)
+            self.model.config["folder_splits"] = self.folder_splits
         images = sum(len(d.train) for d in self.domains.values())
         self.steps_per_epoch = max(1, images // (config.batch_size * self.ranks.world_size))
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
@@ -79,9 +83,22 @@ class Run:
                                          num_threads=self.config.data_threads, progress=self.config.progress,
                                          **kwargs)
 
+    def evaluate_baseline(self) -> dict[str, Any]:
+        """The off-the-shelf backbone (its own L2-normalised features, before any training) on test."""
+        was_training = self.model.training
+        baseline = Embedder.of_backbone(self.model.backbone, self.config.image_size,
+                                        {"backbone_name": self.config.backbone})
+        try:
+            return evaluation.evaluate_model(baseline, self.domains, "test", embedding="student",
+                                             batch_size=self.config.eval_batch_size, device=self.ranks.device,
+                                             num_threads=self.config.data_threads, progress=self.config.progress)
+        finally:
+            self.model.train(was_training)
+
     def start(self) -> Progress:
         """Resume from last.pt, or start fresh (also when --resume finds no checkpoint yet: the run was
-        stopped before its first one): write config.json and evaluate the untrained model."""
+        stopped before its first one): write config.json (with the folder splits) and evaluate the
+        off-the-shelf backbone and the untrained model."""
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
             progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
@@ -93,8 +110,11 @@ class Run:
         progress = Progress()
         if self.ranks.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(self.config.to_json(), encoding="utf-8")
+            (self.out / "config.json").write_text(self.config.to_json(folder_splits=self.folder_splits),
+                                                  encoding="utf-8")
             (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
+            if self.config.baseline:
+                progress.baseline = self.evaluate_baseline()
             progress.initial = self.evaluate("test")
         distributed.barrier(self.ranks.world_size)
         return progress
@@ -158,6 +178,8 @@ class Run:
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
         self.model.load_state_dict(read_checkpoint(best)["model"])
         results = {"initial": progress.initial, "final": self.evaluate("test")}
+        if progress.baseline:
+            results["baseline"] = progress.baseline
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
                   f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
                   f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s")
@@ -168,7 +190,8 @@ class Run:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run a whole training job (udon-spec.md) and return {"initial": ..., "final": ...} metrics."""
+    """Run a whole training job (udon-spec.md) and return {"initial": ..., "final": ...[, "baseline": ...]}
+    metrics ("baseline": the pretrained backbone's own features, student embedding only)."""
     started = time.perf_counter()
     run = Run(config)
     try:

@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
+STAGES_NOTE = ("baseline: the pretrained backbone's own L2-normalised features, no training (student tables "
+               "only); initial: the untrained UDON model; final: the trained model.")
 
 
 def _fmt(value: float | None) -> str:
@@ -16,18 +18,20 @@ def _fmt(value: float | None) -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown tables, one per (embedding, index): rows = domains + mean, columns = initial/final metrics."""
+    """Markdown tables, one per (embedding, index): rows = domains + mean, columns = per metric the
+    baseline (when `results` has one), initial and final values."""
     sections = []
     final = results.get("final") or results.get("initial") or {}
+    stages = (("baseline",) if "baseline" in results else ()) + ("initial", "final")
     for embedding, by_index in final.items():
         for index, leaf in by_index.items():
-            header = ["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in ("initial", "final")]
+            header = ["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in stages]
             lines = [f"### {embedding} embedding, {index} index", "",
                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for domain in [d for d in leaf if d != "mean"] + ["mean"]:
                 cells = [domain]
                 for key, _ in METRICS:
-                    for stage in ("initial", "final"):
+                    for stage in stages:
                         value = results.get(stage, {}).get(embedding, {}).get(index, {}).get(domain, {}).get(key)
                         cells.append(_fmt(value))
                 lines.append("| " + " | ".join(cells) + " |")
@@ -38,7 +42,9 @@ def results_table(results: dict[str, Any]) -> str:
 def write_results(out: Path, results: dict[str, Any], header: str) -> str:
     """Write results.json and results.md into `out`; return the markdown."""
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
-    markdown = f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).\n\n{results_table(results)}"
+    note = f" {STAGES_NOTE}" if "baseline" in results else ""
+    markdown = (f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).{note}\n\n"
+                f"{results_table(results)}")
     (out / "results.md").write_text(markdown, encoding="utf-8")
     return markdown
 
