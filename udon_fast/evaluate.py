@@ -76,10 +76,10 @@ def _load(args, device: torch.device):
         return model, domains, "student", f"backbone {args.backbone} (pretrained {args.pretrained or 'none'}, {size} px)"
     if args.pretrained or args.image_size:
         raise ValueError("--pretrained and --image-size go with --backbone; a checkpoint brings its own")
-    model, _ = load_model(args.checkpoint, map_location=device)
+    model, checkpoint = load_model(args.checkpoint, map_location=device)
     uned = [d for d in model.domains if d not in folders] if data_root is not None else None
     domains, _ = load_domains_with_splits(data_root, uned, folders, args.split_seed,
-                                          model.config.get("folder_splits"))
+                                          checkpoint["config"].get("folder_splits"))
     unknown = sorted(set(domains) - set(model.domains))
     embedding = args.embedding or ("student" if unknown else "both")
     if unknown and embedding != "student":
