@@ -90,3 +90,18 @@ def test_folders_alongside_uned_and_their_records(tmp_path):
     assert sorted(domains) == ["birds", "shoes"] and list(records) == ["shoes"] and records["shoes"]["seed"] == 1
     with pytest.raises(DatasetError, match="clashes with a UnED domain"):
         load_domains_with_splits(root, None, {"birds": folder}, split_seed=1)
+
+
+def test_cli_errors_for_folders_are_one_line(tmp_path, capsys):
+    from udon_fast import evaluate, train
+
+    tiny = class_folders(tmp_path / "tiny", 5)
+    assert train.main(["--folder", f"tiny={tiny}", "--out", str(tmp_path / "run")]) == 1
+    assert evaluate.main(["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--folder", f"tiny={tiny}",
+                          "--out", str(tmp_path / "ev")]) == 1
+    assert train.main(["--folder", "tiny"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 3 and all(e.startswith(("udon_fast.train: error:", "udon_fast.evaluate: error:"))
+                                    for e in errors)
+    assert "too few to split" in errors[0] and "too few to split" in errors[1] and "NAME=DIR" in errors[2]
+    assert not (tmp_path / "run").exists()

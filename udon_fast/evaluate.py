@@ -71,9 +71,10 @@ def _load(args, device: torch.device):
         size = args.image_size or 224
         if size < 1:
             raise ValueError(f"--image-size must be >= 1, got {size}")
-        model = backbone_embedder(args.backbone, args.pretrained, size).to(device)
         domains, _ = load_domains_with_splits(data_root, None, folders, args.split_seed)
-        return model, domains, "student", f"backbone {args.backbone} (pretrained {args.pretrained or 'none'}, {size} px)"
+        model = backbone_embedder(args.backbone, args.pretrained, size).to(device)
+        title = f"backbone {args.backbone} (pretrained {args.pretrained or 'none'}, {size} px)"
+        return model, domains, "student", title
     if args.pretrained or args.image_size:
         raise ValueError("--pretrained and --image-size go with --backbone; a checkpoint brings its own")
     model, checkpoint = load_model(args.checkpoint, map_location=device)

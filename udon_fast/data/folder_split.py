@@ -39,9 +39,9 @@ def _draw(domain: Domain, seed: int, carve: list[str]) -> dict[str, Any]:
              "val": max(MIN_CLASSES, round(VAL_FRACTION * len(names)))}
     needed = sum(sizes[s] for s in carve) + MIN_CLASSES
     if len(names) < needed:
-        raise DatasetError(f"folder domain {domain.name!r} ({domain.source}): {len(names)} classes are too few to split "
-                           f"off {' and '.join(carve)} classes (needs at least {needed}: {MIN_CLASSES} per split); "
-                           f"add classes or give it {'/'.join(s + '/' for s in carve)} folders")
+        raise DatasetError(f"folder domain {domain.name!r} ({domain.source}): {len(names)} classes are too few to "
+                           f"split off {' and '.join(carve)} classes (needs at least {needed}: {MIN_CLASSES} per "
+                           f"split); add classes or give it {' and '.join(s + '/' for s in carve)} folders")
     order = [names[i] for i in np.random.default_rng([seed, stream_id(domain.name)]).permutation(len(names))]
     record: dict[str, Any] = {"seed": seed}
     start = 0

@@ -99,7 +99,8 @@ def load_embedder(checkpoint: str | Path, map_location: str | torch.device = "cp
     saved = read_checkpoint(path, map_location)
     config = saved["config"]
     try:
-        backbone = create_backbone(config["backbone_name"], config["image_size"], **(config.get("backbone_kwargs") or {}))
+        backbone = create_backbone(config["backbone_name"], config["image_size"],
+                                   **(config.get("backbone_kwargs") or {}))
         head = projection(feature_dim(backbone), config["student_dim"], "student_dim")
         preprocessing = Preprocessing(int(config["image_size"]), tuple(config["mean"]), tuple(config["std"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -115,7 +116,8 @@ def load_embedder(checkpoint: str | Path, map_location: str | torch.device = "cp
     try:
         missing, unexpected = embedder.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path}: backbone or student projection does not fit its config: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path}: backbone or student projection does not fit its config: "
+                              f"{exc}") from exc
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path}: backbone/student projection tensors do not match its config: "
                               f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
