@@ -16,8 +16,8 @@ from udon_fast.data import EvalLoader, Split
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "colorwheel"]
-FAST = ["--image-size", "32", "--batch-size", "8", "--epochs", "2", "--eval-batch-size", "16", "--no-compile",
-        "--no-progress", "--data-threads", "1", "--update-every", "2"]
+FAST = ["--image-size", "32", "--batch-size", "8", "--epochs", "1", "--frozen-epochs", "0", "--eval-batch-size", "16",
+        "--no-compile", "--no-progress", "--data-threads", "1", "--update-every", "2"]
 
 
 def write_photo_folders(root: Path, per_class: int = 4) -> Path:

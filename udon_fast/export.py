@@ -57,6 +57,7 @@ def _write_onnx(embedder: Embedder, out: Path, metadata: str, opset: int | None)
 def _write_torchscript(embedder: Embedder, out: Path, metadata: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format asked for
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts at the fixed S; checked after
         traced = torch.jit.trace(embedder, _example(embedder, 2), check_trace=False)
         torch.jit.save(traced, str(out), _extra_files={EXTRA_FILE: metadata})
 
