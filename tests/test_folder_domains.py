@@ -69,6 +69,7 @@ def test_too_few_classes_is_one_error(tmp_path):
 def test_folder_flag_errors(tmp_path):
     class_folders(tmp_path / "a", 6)
     assert parse_folders([f"a={tmp_path / 'a'}"]) == {"a": str(tmp_path / "a")}
+    assert parse_folders({"a": str(tmp_path / "a")}) == {"a": str(tmp_path / "a")}  # a YAML mapping
     for value, message in [("a", "expected NAME=DIR"), ("=x", "expected NAME=DIR"),
                            (f"a.b={tmp_path}", "may not contain"), ("a=/no/such/dir", "/no/such/dir is not a directory")]:
         with pytest.raises(ValueError, match=message):

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -97,9 +97,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def parse_folders(values: Iterable[str] | None) -> dict[str, str]:
-    """{NAME: DIR} from `--folder NAME=DIR` values; ValueError (one line) for a malformed value, a
-    name used twice or a DIR that is not a directory."""
+def parse_folders(values: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """{NAME: DIR} from `--folder NAME=DIR` values (or a YAML mapping NAME: DIR); ValueError (one
+    line) for a malformed value, a name used twice or a DIR that is not a directory."""
+    if isinstance(values, Mapping):
+        values = [f"{name}={directory}" for name, directory in values.items()]
     folders: dict[str, str] = {}
     for value in values or ():
         name, sep, directory = str(value).partition("=")
