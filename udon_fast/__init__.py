@@ -10,4 +10,13 @@ from .sampler import DomainSampler
 __version__ = "0.1.0"
 
 __all__ = ["DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics", "knn_metrics_by_domain",
-           "normalized_softmax_ce", "udon_loss"]
+           "load_embedder", "normalized_softmax_ce", "udon_loss"]
+
+
+def __getattr__(name: str):
+    """`udon_fast.load_embedder` (model.embedder) is imported on first use: it pulls in timm."""
+    if name == "load_embedder":
+        from .model.embedder import load_embedder
+
+        return load_embedder
+    raise AttributeError(f"module 'udon_fast' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -18,10 +18,12 @@ from .sampler import STRATEGIES
 
 @dataclass
 class TrainConfig:
-    """Everything a run varies.  `data_root=None` trains on the built-in dataset."""
+    """Everything a run varies.  Neither `data_root` nor `folder`: the built-in dataset."""
 
     data_root: str | None = None
     domains: list[str] | None = None
+    folder: list[str] | None = None
+    split_seed: int = 0
     out: str = "runs/udon"
     resume: bool = False
     epochs: int = 6
@@ -53,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     progress: bool = True
+    baseline: bool = True
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the flag, with the valid values where they are a list."""
@@ -78,10 +81,12 @@ class TrainConfig:
             raise ValueError("--backbone-lr-mult, --weight-decay and --frozen-epochs must be >= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
+        parse_folders(self.folder)
         return self
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    def to_json(self, **extra: Any) -> str:
+        """The options as JSON, plus `extra` top-level entries (e.g. the folder splits of a run)."""
+        return json.dumps({**dataclasses.asdict(self), **extra}, indent=2, sort_keys=True)
 
 
 # The paper's full setup on UnED (docs/method.md, sections 1 and 4); needs --data-root.
@@ -94,8 +99,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+
+def parse_folders(values: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """{NAME: DIR} from `--folder NAME=DIR` values (or a YAML mapping NAME: DIR); ValueError (one
+    line) for a malformed value, a name used twice or a DIR that is not a directory."""
+    if isinstance(values, Mapping):
+        values = [f"{name}={directory}" for name, directory in values.items()]
+    folders: dict[str, str] = {}
+    for value in values or ():
+        name, sep, directory = str(value).partition("=")
+        if not sep or not name or not directory:
+            raise ValueError(f"--folder: expected NAME=DIR, got {value!r}")
+        if "." in name or "/" in name:
+            raise ValueError(f"--folder {value}: the domain name {name!r} may not contain '.' or '/'")
+        if name in folders:
+            raise ValueError(f"--folder: domain name {name!r} is given twice ({folders[name]} and {directory})")
+        if not Path(directory).is_dir():
+            raise ValueError(f"--folder {value}: {directory} is not a directory")
+        folders[name] = directory
+    return folders
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_NEGATABLE = ("distill", "similarity", "compile", "progress")
+_NEGATABLE = ("distill", "similarity", "compile", "progress", "baseline")
 
 
 def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -124,11 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, 10 epochs)")
     parser.add_argument("--config", help="YAML file of options (keys as the flags, - or _)")
     help_text = {
-        "data_root": "UnED root (info_files/, images/); default: the built-in dataset",
+        "data_root": "UnED root (info_files/, images/); default: the built-in dataset unless --folder is given",
+        "folder": "NAME=DIR: a folder-per-class domain (DIR/<class>/<image> or DIR/{train,val,test,...}/<class>/"
+                  "<image>); repeatable, combinable with --data-root.  Without test/ (val/) folders, a seeded "
+                  "class-disjoint test (val) split is made and recorded in config.json and the checkpoints",
+        "split_seed": "seed of the class split of --folder domains without test/val folders",
+        "baseline": "evaluate the pretrained backbone's own features once at the start (results 'baseline')",
         "domains": "domains to train on (default: all found)", "out": "output folder",
         "resume": "continue the run in --out from its last checkpoint",
         "steps": "total training steps (default: epochs x steps per epoch)",
-        "pretrained": "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz), "
+        "pretrained": "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz, the UDON "
+                      "release's CLIP vit_b16.npy), "
                       "'packaged' for weights shipped in an installed package, or 'none'",
         "sampler": "domain sampler strategy", "distill": "KL and similarity distillation",
         "similarity": "batch-similarity distillation", "grad_clip": "clip the gradient norm",
@@ -143,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text.get(name))
         elif name == "domains":
             parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text.get(name))
+        elif name == "folder":
+            parser.add_argument(flag, dest=name, action="append", default=None, metavar="NAME=DIR",
+                                help=help_text.get(name))
         else:
             kind = {int: int, float: float, int | None: int, float | None: float}.get(f.type, str)
             parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text.get(name))

@@ -14,19 +14,19 @@ import torch
 from .cli import check_positive
 from .data import Split
 from .evaluation import embed_split
-from .model import load_model
+from .model import load_embedder
 from .output_files import atomic_write, atomic_write_text, ensure_writable_folder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def list_images(folder: Path) -> list[str]:
-    """Image files below `folder` (recursive, sorted), by suffix."""
+def list_images(folder: Path, flag: str = "--images") -> list[str]:
+    """Image files below `folder` (recursive, sorted), by suffix; errors name `flag`."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"--images folder not found: {folder}")
+        raise FileNotFoundError(f"{flag} folder not found: {folder}")
     paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise ValueError(f"--images {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ValueError(f"{flag} {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return paths
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         check_positive(args, "batch_size", "threads")
-        model, _ = load_model(args.checkpoint, map_location=device)
+        model = load_embedder(args.checkpoint, map_location=device)
         paths = list_images(Path(args.images))
         ensure_writable_folder(out.parent, "--out")
         embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads)

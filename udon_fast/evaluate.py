@@ -1,4 +1,15 @@
-"""`python -m udon_fast.evaluate`: UnED kNN evaluation of a checkpoint; writes results.json/.csv/.md."""
+"""`python -m udon_fast.evaluate`: UnED kNN evaluation; writes results.json/.csv/.md.
+
+    python -m udon_fast.evaluate --checkpoint CKPT [--data-root DIR] [--folder NAME=DIR ...] --out DIR
+    python -m udon_fast.evaluate --backbone NAME --pretrained FILE|packaged [--image-size S]
+                                 [--data-root DIR] [--folder NAME=DIR ...] --out DIR
+
+With --checkpoint: a trained UDON model (student and teacher embeddings); its domains are read from
+--data-root (default: the built-in dataset unless --folder is given) and the --folder domains,
+which reuse the class split recorded in the checkpoint.  With --backbone: the off-the-shelf
+baseline, the pretrained backbone's own L2-normalised pooled features, as the "student" embedding
+(no teacher), on every domain given.
+"""
 import argparse
 import csv
 import json
@@ -8,21 +19,34 @@ from pathlib import Path
 import torch
 
 from .cli import check_positive
-from .data import ensure_builtin, load_domains
+from .config import parse_folders
+from .data import ensure_builtin, load_domains_with_splits
 from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
 from .knn import NO_POSITIVE_MODES
-from .model import load_model
+from .model import backbone_embedder, load_model
 from .output_files import atomic_write_text, ensure_writable_folder, writing
 from .trainer.report import results_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.evaluate", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="a udon_fast checkpoint (.pt)")
-    parser.add_argument("--data-root", help="UnED root (info_files/, images/); default: the built-in dataset")
+    parser = argparse.ArgumentParser(prog="python -m udon_fast.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a udon_fast checkpoint (.pt)")
+    model.add_argument("--backbone", help="timm backbone name: evaluate its pretrained features (no checkpoint)")
+    parser.add_argument("--pretrained", help="with --backbone: weights file, 'packaged' or 'none'")
+    parser.add_argument("--image-size", type=int, help="with --backbone: image side (default: 224)")
+    parser.add_argument("--data-root", help="UnED root (info_files/, images/); default: the built-in dataset "
+                                            "unless --folder is given")
+    parser.add_argument("--folder", action="append", metavar="NAME=DIR",
+                        help="a folder-per-class domain (repeatable); see python -m udon_fast.train --help")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="class split of --folder domains the checkpoint has no record of (default 0)")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--index", choices=INDEX_MODES, default="both")
-    parser.add_argument("--embedding", choices=EMBEDDINGS, default="both")
+    parser.add_argument("--embedding", choices=EMBEDDINGS,
+                        help="default: both for a checkpoint (student only on domains it has no teacher for), "
+                             "student for --backbone")
     parser.add_argument("--no-positive", choices=NO_POSITIVE_MODES, default="miss",
                         help="queries without a relevant index item: 'miss' counts them as misses in every "
                              "mean (the official UnED metric, default); 'exclude' leaves them out of the means")
@@ -46,21 +70,45 @@ def write_csv(path: Path, results: dict) -> None:
                     writer.writerow([embedding, index, domain, *(metrics[c] for c in columns), rule])
 
 
+def _load(args, device: torch.device):
+    """(model, domains, embedding, title) for the arguments; ValueError/FileNotFoundError on bad input."""
+    folders = parse_folders(args.folder)
+    data_root = args.data_root or (None if folders else ensure_builtin())
+    if args.backbone:
+        if args.embedding not in (None, "student"):
+            raise ValueError("--backbone has no teacher embedding: use --embedding student (the default)")
+        size = args.image_size or 224
+        domains, _ = load_domains_with_splits(data_root, None, folders, args.split_seed)
+        model = backbone_embedder(args.backbone, args.pretrained, size).to(device)
+        title = f"backbone {args.backbone} (pretrained {args.pretrained or 'none'}, {size} px)"
+        return model, domains, "student", title
+    if args.pretrained or args.image_size:
+        raise ValueError("--pretrained and --image-size go with --backbone; a checkpoint brings its own")
+    model, checkpoint = load_model(args.checkpoint, map_location=device)
+    uned = [d for d in model.domains if d not in folders] if data_root is not None else None
+    domains, _ = load_domains_with_splits(data_root, uned, folders, args.split_seed,
+                                          checkpoint["config"].get("folder_splits"))
+    unknown = sorted(set(domains) - set(model.domains))
+    embedding = args.embedding or ("student" if unknown else "both")
+    if unknown and embedding != "student":
+        raise ValueError(f"--embedding {embedding}: the checkpoint has no teacher for domain(s) {unknown}; "
+                         f"use --embedding student")
+    return model, domains, embedding, args.checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         check_positive(args, "batch_size", "threads")
-        model, _ = load_model(args.checkpoint, map_location=device)
-        data_root = args.data_root or ensure_builtin()
-        domains = load_domains(data_root, list(model.domains))
+        model, domains, embedding, title = _load(args, device)
         out = ensure_writable_folder(args.out, "--out")
-        results = evaluate_model(model, domains, args.split, index=args.index, embedding=args.embedding,
+        results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,
                                  batch_size=args.batch_size, device=device, num_threads=args.threads,
                                  no_positive=args.no_positive)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
         write_csv(out / "results.csv", results)
-        markdown = (f"# UnED evaluation of {args.checkpoint} ({args.split} split)\n\nMetrics in %, k = 5.\n\n"
+        markdown = (f"# UnED evaluation of {title} ({args.split} split)\n\nMetrics in %, k = 5.\n\n"
                     + results_table({"final": results}))
         atomic_write_text(out / "results.md", markdown)
     except (OSError, ValueError) as exc:  # bad files and options, unwritable --out: one line naming them

@@ -25,7 +25,7 @@ from .data.domain import INDEX_SPLIT_FOR, split_source
 from .data.verify import check_decodable
 from .kill_points import kill_point
 from .knn import NO_POSITIVE_MODES, knn_metrics_by_domain
-from .model import UDONModel
+from .model import Embedder, UDONModel
 
 INDEX_MODES = ("merged", "separate", "both")
 EMBEDDINGS = ("student", "teacher", "both")
@@ -42,9 +42,11 @@ class Embedded:
 
 
 @torch.inference_mode()
-def embed_split(model: UDONModel, split: Split, domain: str | None, *, batch_size: int, device: torch.device,
+def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *, batch_size: int, device: torch.device,
                 teacher: bool, num_threads: int = 2, progress: bool = True) -> Embedded:
-    """Student (and, with `teacher`, the domain's teacher) embeddings of every image of `split`, in order."""
+    """Student (and, with `teacher`, the domain's teacher) embeddings of every image of `split`, in order.
+
+    `model` may be an `Embedder` (a deployable student, or the off-the-shelf backbone): student only."""
     loader = EvalLoader(split, batch_size=batch_size, image_size=model.config["image_size"], mean=model.mean,
                         std=model.std, num_threads=num_threads)
     students, teachers = [], []
@@ -152,7 +154,7 @@ def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, w
     check_decodable(paths, f"in the {'/'.join(splits)} splits", workers=workers, progress=progress)
 
 
-def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, *, index: str = "both",
+def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
                    num_threads: int = 2, progress: bool = True, no_positive: str = "miss") -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.

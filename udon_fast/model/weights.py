@@ -8,8 +8,15 @@ Formats (chosen by content, then by extension):
   `checkpoint_filter_fn` (for ViTs `_convert_openai_clip`), which also resizes the position
   embedding (`resample_abs_pos_embed`) to the backbone's image size;
 - lukemelas EfficientNet state dicts (`_conv_stem`, `_blocks.N`): `convert.lukemelas_efficientnet_to_timm`;
-- AugReg / big_vision JAX `.npz`: timm's own npz reader (`VisionTransformer.load_pretrained`,
-  i.e. `_load_weights`), which also resizes the position embedding.
+- AugReg / big_vision JAX `.npz` (the official UDON release's ImageNet-21k start, e.g.
+  `B_16-i21k-300ep-...-res_224.npz`): timm's own npz reader (`VisionTransformer.load_pretrained`,
+  i.e. `_load_weights`), which also resizes the position embedding;
+- the official UDON release's CLIP start `vit_b16.npy`: a NumPy file holding a pickled dict of torch
+  tensors, the OpenAI CLIP ViT-B/16 state dict (`visual.*` plus the text tower).  It is read with
+  `np.load(allow_pickle=True)` (for this format only: unpickling runs code from the file, so load
+  only files you trust), the CLIP image-text projection `visual.proj` and the text tower are
+  dropped, and the visual tower goes through the OpenAI CLIP converter above.  Use it with the
+  QuickGELU CLIP ViT, `--backbone vit_base_patch16_clip_quickgelu_224` (CLIP's mean/std).
 The classifier head of the file (timm's `pretrained_cfg["classifier"]`) is dropped; every other
 tensor must match the backbone exactly, or a `WeightsError` names the file and the keys.
 """
@@ -17,6 +24,7 @@ import sys
 from pathlib import Path
 
 import timm
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,6 +54,33 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsError(f"weights file {path} does not hold a state dict (name -> tensor)")
+    return state_dict
+
+
+def _read_pickled_npy(path: Path) -> dict[str, torch.Tensor]:
+    """The visual-tower tensors of a `vit_b16.npy`-style file: `np.save` of {name: torch tensor}.
+
+    `allow_pickle=True` is used here and nowhere else (see the module docstring); NumPy arrays among
+    the values are accepted as well.  The OpenAI CLIP converter maps `visual.proj` (CLIP's projection
+    into the text space) to `head.*`, which is dropped with the classifier.
+    """
+    try:
+        array = np.load(path, allow_pickle=True)
+    except Exception as exc:  # a bad header or pickle raises many types
+        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    holds_dict = isinstance(array, np.ndarray) and array.dtype == object and array.shape == () \
+        and isinstance(array.item(), dict)
+    if not holds_dict:
+        found = f"an array {array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise WeightsError(f"weights file {path}: expected a .npy holding a pickled dict name -> tensor (the UDON "
+                           f"release's CLIP vit_b16.npy), found {found}")
+    state_dict = {}
+    for key, value in array.item().items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightsError(f"weights file {path}: entry {key!r} is {type(value).__name__}, expected a tensor")
+        state_dict[key] = value
     return state_dict
 
 
@@ -104,5 +139,6 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     if path.suffix == ".npz":
         _load_npz(backbone, path)
         return
-    state_dict = _drop_classifier(_to_timm_keys(_read_state_dict(path), backbone), backbone)
+    raw = _read_pickled_npy(path) if path.suffix == ".npy" else _read_state_dict(path)
+    state_dict = _drop_classifier(_to_timm_keys(raw, backbone), backbone)
     _load_strict(backbone, state_dict, path)

@@ -12,12 +12,12 @@ import torch
 from tqdm import tqdm
 
 from .. import evaluation
-from ..config import TrainConfig
-from ..data import TrainLoader, ensure_builtin, load_domains
+from ..config import TrainConfig, parse_folders
+from ..data import TrainLoader, ensure_builtin, load_domains_with_splits
 from ..kill_points import kill_point
-from ..model import UDONModel
+from ..model import Embedder, UDONModel
 from ..model.checkpoint import read_checkpoint
-from ..model.packaged import packaged_weights
+from ..model.packaged import resolve_pretrained
 from ..output_files import atomic_write_text, ensure_writable_folder, remove_stale_temp_files
 from ..sampler import DomainSampler
 from . import distributed, report
@@ -39,11 +39,7 @@ def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
 
 def _weights_path(config: TrainConfig):
     """--pretrained: a file, "packaged" (weights shipped by an installed package), or none."""
-    if config.pretrained in (None, "none"):
-        return None
-    if config.pretrained == "packaged":
-        return packaged_weights(config.backbone)
-    return config.pretrained
+    return resolve_pretrained(config.backbone, config.pretrained)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -64,12 +60,16 @@ class Run:
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        data_root = config.data_root or ensure_builtin()
-        self.domains = load_domains(data_root, config.domains)
+        folders = parse_folders(config.folder)
+        data_root = config.data_root or (None if folders else ensure_builtin())
+        self.domains, self.folder_splits = load_domains_with_splits(data_root, config.domains, folders,
+                                                                    config.split_seed)
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
         self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
                                teacher_dim=config.teacher_dim, student_dim=config.student_dim,
                                pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
+        if self.folder_splits:  # evaluate reuses them (data.folder_split)
+            self.model.config["folder_splits"] = self.folder_splits
         self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
         self._check_eval_splits()
         images = sum(len(d.train) for d in self.domains.values())
@@ -113,9 +113,22 @@ class Run:
                                          num_threads=self.config.data_threads, progress=self.config.progress,
                                          **kwargs)
 
+    def evaluate_baseline(self) -> dict[str, Any]:
+        """The off-the-shelf backbone (its own L2-normalised features, before any training) on test."""
+        was_training = self.model.training
+        baseline = Embedder.of_backbone(self.model.backbone, self.config.image_size,
+                                        {"backbone_name": self.config.backbone})
+        try:
+            return evaluation.evaluate_model(baseline, self.domains, "test", embedding="student",
+                                             batch_size=self.config.eval_batch_size, device=self.ranks.device,
+                                             num_threads=self.config.data_threads, progress=self.config.progress)
+        finally:
+            self.model.train(was_training)
+
     def start(self) -> Progress:
         """Resume from last.pt, or start fresh (also, with a note, when --resume finds no checkpoint yet:
-        the run was stopped before its first one): write config.json and evaluate the untrained model."""
+        the run was stopped before its first one): write config.json (with the folder splits) and evaluate
+        the off-the-shelf backbone and the untrained model."""
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
             progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
@@ -128,8 +141,10 @@ class Run:
             if self.config.resume:
                 print(f"udon_fast.train: --resume: no checkpoint in {self.checkpoints} yet (the run stopped before "
                       f"its first one); starting it from the beginning", file=sys.stderr)
-            atomic_write_text(self.out / "config.json", self.config.to_json())
+            atomic_write_text(self.out / "config.json", self.config.to_json(folder_splits=self.folder_splits))
             atomic_write_text(self.out / "metrics.jsonl", "")
+            if self.config.baseline:
+                progress.baseline = self.evaluate_baseline()
             progress.initial = self.evaluate("test")
         distributed.barrier(self.ranks.world_size)
         return progress
@@ -194,6 +209,8 @@ class Run:
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
         self.model.load_state_dict(read_checkpoint(best)["model"])
         results = {"initial": progress.initial, "final": self.evaluate("test")}
+        if progress.baseline:
+            results["baseline"] = progress.baseline
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
                   f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
                   f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s")
@@ -204,7 +221,8 @@ class Run:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run a whole training job (docs/method.md) and return {"initial": ..., "final": ...} metrics."""
+    """Run a whole training job (docs/method.md) and return {"initial": ..., "final": ...[, "baseline": ...]}
+    metrics ("baseline": the pretrained backbone's own features, student embedding only)."""
     started = time.perf_counter()
     run = Run(config)
     try:

@@ -18,6 +18,8 @@ RULE_NOTES = {
     "exclude": "Queries without a relevant index item (\"without positive\") are left out of the means "
                "(no_positive=exclude; the official UnED metric counts them as misses).",
 }
+STAGES_NOTE = ("baseline: the pretrained backbone's own L2-normalised features, no training (student tables "
+               "only); initial: the untrained UDON model; final: the trained model.")
 
 
 def _fmt(value: float | None) -> str:
@@ -37,21 +39,23 @@ def _rules(results: dict[str, Any]) -> list[str]:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown tables, one per (embedding, index): rows = domains + mean, columns = initial/final metrics
-    and the query counts (the mean row: sums), after a note on the no_positive rule of the leaves."""
+    """Markdown tables, one per (embedding, index): rows = domains + mean, columns = per metric the
+    baseline (when `results` has one), initial and final values, then the query counts (the mean row:
+    sums); after a note on the no_positive rule of the leaves."""
     notes = [RULE_NOTES[rule] for rule in _rules(results) if rule in RULE_NOTES]
     sections = [" ".join(notes + ["On the mean row the query counts are totals over the domains."])]
     final = results.get("final") or results.get("initial") or {}
+    stages = (("baseline",) if "baseline" in results else ()) + ("initial", "final")
     for embedding, by_index in final.items():
         for index, leaf in by_index.items():
-            header = (["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in ("initial", "final")]
+            header = (["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in stages]
                       + [label for _, label in COUNTS])
             lines = [f"### {embedding} embedding, {index} index", "",
                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for domain in [d for d in leaf if d != "mean"] + ["mean"]:
                 cells = [domain]
                 for key, _ in METRICS:
-                    for stage in ("initial", "final"):
+                    for stage in stages:
                         value = results.get(stage, {}).get(embedding, {}).get(index, {}).get(domain, {}).get(key)
                         cells.append(_fmt(value))
                 cells += [str(leaf[domain].get(key, "-")) for key, _ in COUNTS]
@@ -63,7 +67,9 @@ def results_table(results: dict[str, Any]) -> str:
 def write_results(out: Path, results: dict[str, Any], header: str) -> str:
     """Write results.json and results.md into `out` (atomically); return the markdown."""
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
-    markdown = f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).\n\n{results_table(results)}"
+    note = f" {STAGES_NOTE}" if "baseline" in results else ""
+    markdown = (f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).{note}\n\n"
+                f"{results_table(results)}")
     atomic_write_text(out / "results.md", markdown)
     return markdown
 

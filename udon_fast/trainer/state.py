@@ -1,7 +1,8 @@
 """Run state in atomic checkpoints: everything an exact resume needs.
 
 `last.pt` holds the model, the optimizer, the sampler, each domain's data position, the RNG
-states, the step reached, the best validation score so far and the untrained model's results;
+states, the step reached, the best validation score so far, the untrained model's and the off-the-shelf
+backbone's results;
 `best.pt` the model of the best validation epoch.  Both are written through
 `model.save_checkpoint` (temp file, fsync, rename), so a kill at any point leaves the previous file.
 """
@@ -25,6 +26,7 @@ class Progress:
     best_score: float = float("-inf")
     best_step: int = -1
     initial: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
     validations: list[dict[str, Any]] = field(default_factory=list)
 
 

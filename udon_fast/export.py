@@ -1,0 +1,134 @@
+"""`python -m udon_fast.export`: a checkpoint's universal embedder as one ONNX or TorchScript file.
+
+The file maps `images` (N, 3, S, S) float32, N dynamic, prepared as `model.embedder.Preprocessing`
+says, to `embeddings` (N, 64) float32 with unit-norm rows: what `udon_fast.load_embedder(CKPT)`
+computes.  Only the backbone and the student projection are exported (no teacher heads, no
+classifiers).  The preprocessing travels inside the file as JSON: ONNX metadata property
+`udon_fast.preprocessing`, TorchScript extra file `preprocessing.json`.
+
+ONNX uses torch's `torch.export`-based exporter (needs `onnx` and `onnxscript`); TorchScript uses
+`torch.jit.trace`.  After writing, the file is loaded back (onnxruntime / `torch.jit.load`), run on
+a batch of another size than the one traced, and compared with PyTorch: a difference above 1e-4 is
+an error, so a written file is a checked file.
+"""
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model.checkpoint import CheckpointError
+from .model.embedder import Embedder, load_embedder
+
+FORMATS = ("onnx", "torchscript")
+INPUT, OUTPUT = "images", "embeddings"
+METADATA_KEY = "udon_fast.preprocessing"
+EXTRA_FILE = "preprocessing.json"
+TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """The exporter or the check of the written file failed (the message says which and why)."""
+
+
+def _example(embedder: Embedder, n: int) -> torch.Tensor:
+    size = embedder.preprocessing.image_size
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(n))
+
+
+def _write_onnx(embedder: Embedder, out: Path, metadata: str, opset: int | None) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(embedder, (_example(embedder, 2),), str(out), dynamo=True, external_data=False,
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
+                          opset_version=opset, verbose=False)
+    model = onnx.load(str(out))
+    onnx.helper.set_model_props(model, {METADATA_KEY: metadata})
+    onnx.save(model, str(out))
+
+
+def _write_torchscript(embedder: Embedder, out: Path, metadata: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format asked for
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts at the fixed S; checked after
+        traced = torch.jit.trace(embedder, _example(embedder, 2), check_trace=False)
+        torch.jit.save(traced, str(out), _extra_files={EXTRA_FILE: metadata})
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    """Embed `images` (N, 3, S, S) float32 with an exported file: (N, D) float32."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([OUTPUT], {INPUT: images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return module(images).numpy()
+
+
+def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | None = None) -> float:
+    """Write `embedder` (on the CPU, eval mode) to `out` as `fmt`; return the max |difference| of the
+    written file's output against PyTorch on a 3-image batch (`ExportError` above `TOLERANCE`, or
+    when the exporter fails).  The file appears at `out` only once checked."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    embedder = embedder.cpu().eval()
+    metadata = json.dumps(embedder.preprocessing.to_dict())
+    staged = out.with_name(f".{out.name}.tmp")
+    try:
+        try:
+            if fmt == "onnx":
+                _write_onnx(embedder, staged, metadata, opset)
+            else:
+                _write_torchscript(embedder, staged, metadata)
+        except Exception as exc:  # the exporters raise many types; the message is kept
+            raise ExportError(f"{fmt} export of {embedder.config['backbone_name']} failed: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        check = _example(embedder, 3)
+        with torch.inference_mode():
+            expected = embedder(check).numpy()
+        difference = float(np.abs(run_exported(staged, fmt, check) - expected).max())
+        if not difference <= TOLERANCE:
+            raise ExportError(f"the exported {fmt} file differs from PyTorch by {difference:.2e} (> {TOLERANCE}); "
+                             f"not written to {out}")
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    return difference
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m udon_fast.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a udon_fast checkpoint (.pt)")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, help="output file (e.g. embedder.onnx, embedder.ts.pt)")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    args = parser.parse_args(argv)
+    try:
+        embedder = load_embedder(args.checkpoint)
+        difference = export_embedder(embedder, args.format, args.out, opset=args.opset)
+    except (FileNotFoundError, CheckpointError, ValueError, OSError) as exc:
+        print(f"udon_fast.export: error: {exc}", file=sys.stderr)
+        return 1
+    size = embedder.preprocessing.image_size
+    print(f"{args.out}: {args.format}, images (N, 3, {size}, {size}) float32 -> embeddings (N, {embedder.dim}) "
+          f"float32, unit norm; max |difference| to PyTorch {difference:.1e}")
+    print(f"preprocessing: {json.dumps(embedder.preprocessing.to_dict())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
