@@ -15,7 +15,7 @@ from .cli import check_positive
 from .data import Split
 from .evaluation import embed_split
 from .model import load_embedder
-from .output_files import atomic_write, atomic_write_text, ensure_writable_folder
+from .output_files import atomic_write, atomic_write_text, check_writable_folder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         check_positive(args, "batch_size", "threads")
         model = load_embedder(args.checkpoint, map_location=device)
         paths = list_images(Path(args.images))
-        ensure_writable_folder(out.parent, "--out")
+        check_writable_folder(out.parent, "--out")
         embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads)
         with atomic_write(out, "--out") as f:
             np.save(f, embeddings)

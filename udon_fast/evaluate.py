@@ -24,7 +24,7 @@ from .data import ensure_builtin, load_domains_with_splits
 from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
 from .knn import NO_POSITIVE_MODES
 from .model import backbone_embedder, load_model
-from .output_files import atomic_write_text, ensure_writable_folder, writing
+from .output_files import atomic_write_text, check_writable_folder, writing
 from .trainer.report import results_table
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_positive(args, "batch_size", "threads")
         model, domains, embedding, title = _load(args, device)
-        out = ensure_writable_folder(args.out, "--out")
+        out = check_writable_folder(args.out, "--out")
         results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,
                                  batch_size=args.batch_size, device=device, num_threads=args.threads,
                                  no_positive=args.no_positive)

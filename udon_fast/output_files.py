@@ -12,6 +12,7 @@ Any OSError while writing becomes an `OutputError` whose message names the path 
 (e.g. "No space left on device"), also when the OSError was wrapped by another library (torch.save
 reports a full disk as "RuntimeError: [enforce fail at inline_container.cc...] unexpected pos").
 """
+import errno
 import fcntl
 import os
 import secrets
@@ -65,6 +66,22 @@ def ensure_writable_folder(path: str | Path, what: str = "") -> Path:
     with writing(path, what):
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
+    return path
+
+
+def check_writable_folder(path: str | Path, what: str = "") -> Path:
+    """Check, without creating anything, that folder `path` exists and takes new files or could be
+    created: its nearest existing ancestor must be a folder that takes new files.  Raise `OutputError`
+    naming `path` and the cause otherwise (a run refuses a bad --out before any work, and a run that
+    fails on its inputs leaves no empty --out behind)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    with writing(path, what):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        tempfile.TemporaryFile(dir=existing).close()
     return path
 
 

@@ -18,7 +18,7 @@ from ..kill_points import kill_point
 from ..model import Embedder, UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
-from ..output_files import atomic_write_text, ensure_writable_folder, remove_stale_temp_files
+from ..output_files import atomic_write_text, check_writable_folder, remove_stale_temp_files
 from ..sampler import DomainSampler
 from . import distributed, report
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
@@ -95,7 +95,7 @@ class Run:
                                   f"another --out")
         if self.ranks.is_main:
             for folder in (self.out, self.checkpoints):
-                ensure_writable_folder(folder, "--out")
+                check_writable_folder(folder, "--out")
                 remove_stale_temp_files(folder)
 
     def _check_eval_splits(self) -> None:
