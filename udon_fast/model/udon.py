@@ -45,9 +45,10 @@ class UDONModel(nn.Module):
     Embeddings are float32 and unit-norm along the last dimension (also under autocast).
 
     BatchNorm layers of a backbone (EfficientNet, ResNet, ...) keep their running statistics frozen
-    (eval mode) also in `train()`: every UDON batch comes from one domain, and updating the
-    statistics from single-domain batches drags them towards whichever domain came last, which
-    wrecks the shared features.  Their affine parameters still train.  (ViTs have no BatchNorm.)
+    (eval mode) also in `train()`, and from construction on: every UDON batch comes from one
+    domain, and updating the statistics from single-domain batches drags them towards whichever
+    domain came last, which wrecks the shared features.  Their affine parameters still train.
+    (ViTs have no BatchNorm.)
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class UDONModel(nn.Module):
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        self.train()  # a new module is in training mode without this override: freeze BatchNorm now
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "UDONModel":
