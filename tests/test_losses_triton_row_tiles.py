@@ -2,16 +2,15 @@
 
 `grad_weight_kernel` loops over the batch in BLOCK_B-row tiles and the other kernels run one
 program per row tile; with B <= 64 the loop runs once.  B = 65 (a last tile of one row), 128 (the
-UnED preset, two full tiles) and 130 (a ragged third tile), with several class tiles, non-uniform
-per-row upstream gradients through the op and the public API's means.  Interpreter runs
-(TRITON_INTERPRET=1, CPU tensors) and CUDA runs (marker gpu).
+UnED preset, two full tiles) and 130 (a ragged third tile), with several class tiles and
+non-uniform per-row upstream gradients through the op (rows and all four gradients).
+Interpreter runs (TRITON_INTERPRET=1, CPU tensors) and CUDA runs (marker gpu).
 """
 import os
 
 import pytest
 
-from loss_cases import (MARGINS, assert_results_close, assert_rows_and_grads_close, head_rows_and_grads,
-                        make_inputs, run, upstream_grads)
+from loss_cases import MARGINS, assert_rows_and_grads_close, head_rows_and_grads, make_inputs, upstream_grads
 from udon_fast.losses.margins import margin_code
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -27,8 +26,6 @@ def _check(device, batch, margin_type, margin, classes, d_s, d_t):
     options = dict(code=margin_code(margin_type), margin=margin, scale=16.0, tau_t=0.1, tau_s=0.07)
     assert_rows_and_grads_close(head_rows_and_grads("triton", inputs, upstream, **options),
                                 head_rows_and_grads("reference", inputs, upstream, **options))
-    kwargs = dict(margin_type=margin_type, margin=margin)
-    assert_results_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
