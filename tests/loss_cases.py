@@ -1,7 +1,12 @@
 """Random UDON head-loss inputs and the comparison of a backend against `reference`."""
+import os
+
+import pytest
 import torch
 
 import udon_fast
+from udon_fast.losses import backends, reference
+from udon_fast.losses.margins import ARCFACE_EPS, margin_code, target_logit_grad
 
 MARGINS = [("normface", 0.0), ("cosface", 0.35), ("arcface", 0.5)]
 EXTREME = dict(scale=64.0, teacher_temperature=0.02, student_temperature=0.02)
@@ -62,12 +67,6 @@ def assert_matches_reference(backend, batch, classes, d_s, d_t, *, rtol=2e-4, at
 def fused_backends(*, triton: bool = True) -> list:
     """pytest params of the fused backends runnable on CPU tensors here: chunked, native when built,
     triton under TRITON_INTERPRET=1 (its CUDA runs are in the gpu-marked tests)."""
-    import os
-
-    import pytest
-
-    from udon_fast.losses import backends
-
     params = [pytest.param("chunked"),
               pytest.param("native", marks=pytest.mark.skipif(not backends.status()["native"][0],
                                                                reason="native library not built"))]
@@ -106,8 +105,6 @@ def head_rows_and_grads(backend, inputs, upstream, *, code, margin, scale, tau_t
     inputs as `make_inputs`; upstream: three (B,) f32.  Returns ([3 x (B,) f32], [d_e_t, d_w_t] or
     [d_e_t, d_w_t, d_e_s, d_w_s]).
     """
-    from udon_fast.losses import backends, reference
-
     e_s, e_t, w_s, w_t, labels = inputs
     student = (None, None) if single_head else (e_s, w_s)
     args = (e_t, w_t, *student, labels, code, float(margin), float(scale), float(tau_t), float(tau_s))
@@ -169,9 +166,6 @@ def row_error_bounds(inputs, dtype, *, code, margin, scale, tau_t, tau_s):
     R = max_c (a_c - b_c) - min_c (a_c - b_c): the range of the logit difference, per row.
     A 1e-4 (1 + |row|) slack covers the fp32 log-sum-exp of both sides.
     """
-    from udon_fast.losses import reference
-    from udon_fast.losses.margins import ARCFACE_EPS, target_logit_grad
-
     u = UNIT_ROUNDOFF[dtype]
     *tensors, labels = inputs
     e_s, e_t, w_s, w_t = (t.detach().float() for t in tensors)
@@ -206,8 +200,6 @@ def grad_error_bounds(inputs, upstream, ref_grads, *, grad_roundoff, out_roundof
         (grad_roundoff + gamma) |G_n| |W|  (resp. |G_n|^T |E| + |G cos|^T |W| / |W|^2)
         + out_roundoff |reference| + 1e-7 max |reference|.
     """
-    from udon_fast.losses import reference
-
     *tensors, labels = inputs
     e_s, e_t, w_s, w_t = (t.detach().float() for t in tensors)
     cos_t = reference.cosine_logits(e_t, w_t).requires_grad_()
@@ -247,8 +239,6 @@ def assert_low_precision_matches_reference(backend, inputs32, dtype, *, margin_t
     on the stored values: products of two bf16/fp16 numbers are exact in fp32); gradients in
     `dtype`, within `grad_error_bounds` of the reference at the rounded point.  Returns the largest
     error / bound ratios (rows, gradients)."""
-    from udon_fast.losses.margins import margin_code
-
     options = dict(code=margin_code(margin_type), margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
     low, upcast = rounded_inputs(inputs32, dtype)
     upstream = upstream_grads(inputs32[0].shape[0], device=inputs32[0].device)
