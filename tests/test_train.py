@@ -10,7 +10,9 @@ import torch
 
 from udon_fast import train as train_cli
 from udon_fast.config import parse_args
+from udon_fast.data import load_domains
 from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast.model import UDONModel
 from udon_fast.trainer.loop import TrainingDiverged, train
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
@@ -132,7 +134,7 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",  # a free port
          "-m", "udon_fast.train", *_args(data_root, out, "--steps", "4")],
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -142,7 +144,31 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_step_trains(data_root, tmp_path):
-    argv = [a for a in _args(data_root, tmp_path / "compiled", "--steps", "4") if a != "--no-compile"]
-    results = train(parse_args(argv))
-    assert results["final"]["student"]["merged"]["mean"]["p_at_1"] >= 0
+def test_compiled_step_matches_eager(finished_run, data_root, tmp_path):
+    """The run of `finished_run` with the backbone pass compiled (the default): the same domains,
+    losses within 1e-4 relative at every step (frozen backbone steps and the unfrozen ones after
+    the recompile), and parameters within 5% of each tensor's change from the initial model
+    (inductor fuses and reorders fp32 sums: ~1e-6 differences, which AdamW's per-element
+    normalisation turns into a visible part of the steps of elements with near-zero gradients)."""
+    reference, _ = finished_run
+    out = tmp_path / "compiled"
+    config = parse_args([a for a in _args(data_root, out, "--steps", "8") if a != "--no-compile"])
+    assert config.compile
+    train(config)
+    eager = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    compiled = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["domain"] for r in compiled] == [r["domain"] for r in eager]
+    assert sorted({r["lr"]["backbone"] for r in eager}) == [0.0, pytest.approx(1e-5)], "frozen and unfrozen steps"
+    for step, (got, want) in enumerate(zip(compiled, eager)):
+        for term in ("total", "teacher_ce", "student_ce", "kl", "similarity"):
+            assert got[term] == pytest.approx(want[term], rel=1e-4, abs=1e-7), (step, term)
+    domains = load_domains(data_root)
+    torch.manual_seed(config.seed)  # the trainer's initial model
+    initial = UDONModel(config.backbone, {n: d.num_classes for n, d in domains.items()},
+                        image_size=config.image_size).state_dict()
+    want = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)["model"]
+    got = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for name, value in want.items():
+        change = (value.float() - initial[name].float()).norm()
+        assert change > 0 or name.startswith("teacher_projections"), f"{name} did not train"
+        assert (got[name].float() - value.float()).norm() <= 0.05 * change + 1e-12, (name, float(change))
