@@ -245,7 +245,8 @@ def test_malformed_inputs_of_search_and_evaluate_are_named(tmp_path, damaged, ca
     query = tmp_path / "q.jpg"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(query)
     cases = [(lambda: None, f"{meta}: malformed JSON"),
-             (lambda: meta.write_text('{"paths": ["a.jpg"]}'), f"{meta}: expected {{\"checkpoint\": path"),
+             (lambda: meta.write_text('{"checkpoint": 3, "paths": ["a.jpg", "b.jpg", "c.jpg"]}'),
+              f"{meta}: expected {{\"paths\": [image paths]"),
              (lambda: embeddings.write_text("a,b,c\n1,2,3\n"), f"--embeddings {embeddings} is not a .npy array")]
     for damage, message in cases:
         damage()

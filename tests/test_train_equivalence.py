@@ -102,7 +102,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     data_root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(data_root, {"shops": {"train": 7}, "birds": {"train": 9}}, per_class=2)
+    write_tiny_uned(data_root, {"shops": {"train": 7, "test": 3}, "birds": {"train": 9, "test": 3}}, per_class=2)
     results = tmp_path_factory.mktemp("results")
     mp.spawn(_rank_main, args=(free_port(), data_root, results / "two", results), nprocs=2, join=True)
     two = [torch.load(results / f"rank{r}.pt", weights_only=False) for r in range(2)]

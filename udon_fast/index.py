@@ -138,7 +138,7 @@ def meta_path(index_path: Path) -> Path:
 
 
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """(embeddings (N, D) float32, E.meta.json {"checkpoint", "paths"}) written by `udon_fast.embed`;
+    """(embeddings (N, D) float32, E.meta.json {"paths", "checkpoint"?}) written by `udon_fast.embed`;
     `IndexFileError` naming the file that is missing or malformed."""
     meta_file = path.with_suffix(".meta.json")
     if not path.is_file() or not meta_file.is_file():
@@ -154,8 +154,9 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # unreadable, not UTF-8, malformed JSON
         raise IndexFileError(f"{meta_file}: malformed JSON ({exc})") from exc
-    if not (isinstance(meta, dict) and isinstance(meta.get("checkpoint"), str) and isinstance(meta.get("paths"), list)):
-        raise IndexFileError(f"{meta_file}: expected {{\"checkpoint\": path, \"paths\": [image paths]}} as written "
+    if not (isinstance(meta, dict) and isinstance(meta.get("paths"), list)
+            and isinstance(meta.get("checkpoint", ""), str)):
+        raise IndexFileError(f"{meta_file}: expected {{\"paths\": [image paths], \"checkpoint\": path}} as written "
                              f"by udon_fast.embed")
     if len(meta["paths"]) != len(embeddings):
         raise IndexFileError(f"--embeddings: {path} has shape {embeddings.shape} but {meta_file} lists "
