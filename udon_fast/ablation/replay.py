@@ -1,6 +1,6 @@
 """Replay the dynamic sampler on measured loss curves: which `update_every` starves a domain?
 
-`python -m udon_fast.ablation.replay RUN [--update-every 20 50 100] [--seeds 20]`
+`python -m udon_fast.ablation.replay RUN [--update-every 20 50 100] [--seeds 20] [--steps N]`
 
 RUN is a finished run, best one with `--sampler round_robin` (every domain's teacher CE is then
 measured all along).  The replay feeds `DomainSampler` (the real rule) with the CE a domain had
@@ -53,17 +53,21 @@ def replay(curves: Mapping[str, Sequence[float]], total_steps: int, update_every
 
 def starvation(curves: Mapping[str, Sequence[float]], total_steps: int, update_every: int, seeds: int
                ) -> dict[str, dict[str, float]]:
-    """Per domain over `seeds` replays: mean share of steps, mean starved steps, runs starved > half the time."""
+    """Per domain over `seeds` replays: mean share of the steps, mean number of windows (of the
+    total_steps // update_every full ones) in which it drew no batch, and in how many replays that
+    happened at least once."""
     names = list(curves)
-    threshold = 1 / (10 * len(names))
-    share, starved, long = np.zeros(len(names)), np.zeros(len(names)), np.zeros(len(names))
+    windows = total_steps // update_every
+    share, missed, replays = np.zeros(len(names)), np.zeros(len(names)), np.zeros(len(names), dtype=int)
     for seed in range(seeds):
-        run = replay(curves, total_steps, update_every, seed)
-        share += np.bincount(run["domains"], minlength=len(names)) / total_steps
-        below = (run["weights"] < threshold).sum(axis=0)
-        starved += below
-        long += below > total_steps / 2
-    return {n: {"share": share[i] / seeds, "starved_steps": starved[i] / seeds, "runs_starved_most": int(long[i])}
+        drawn = replay(curves, total_steps, update_every, seed)["domains"]
+        share += np.bincount(drawn, minlength=len(names)) / total_steps
+        per_window = np.stack([np.bincount(drawn[w * update_every:(w + 1) * update_every], minlength=len(names))
+                               for w in range(windows)]) if windows else np.ones((1, len(names)))
+        misses = (per_window == 0).sum(axis=0)
+        missed += misses
+        replays += misses > 0
+    return {n: {"share": share[i] / seeds, "missed_windows": missed[i] / seeds, "replays_with_a_miss": int(replays[i])}
             for i, n in enumerate(names)}
 
 
@@ -73,23 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder with metrics.jsonl (best: --sampler round_robin)")
     parser.add_argument("--update-every", type=int, nargs="+", default=[20, 50, 100, 200])
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--steps", type=int, help="steps to replay (default: the run's)")
     args = parser.parse_args(argv)
     path = Path(args.run) / "metrics.jsonl"
     if not path.is_file():
         print(f"udon_fast.ablation.replay: error: {path} not found", file=sys.stderr)
         return 2
-    if args.seeds < 1 or min(args.update_every) < 1:
-        print("udon_fast.ablation.replay: error: --seeds and --update-every must be >= 1", file=sys.stderr)
+    if args.seeds < 1 or min(args.update_every) < 1 or (args.steps is not None and args.steps < 1):
+        print("udon_fast.ablation.replay: error: --seeds, --steps and --update-every must be >= 1", file=sys.stderr)
         return 2
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     curves = loss_curves(records)
-    print(f"{path}: {len(records)} steps, domains {', '.join(curves)}; {args.seeds} seeds per setting; "
-          f"starved = weight < 1/(10 x {len(curves)})")
-    print("| update_every | " + " | ".join(f"{n}: share / starved steps / runs starved > half" for n in curves) + " |")
+    steps = args.steps or len(records)
+    print(f"{path}: {len(records)} steps measured, {steps} replayed, domains {', '.join(curves)}; "
+          f"{args.seeds} seeds per setting")
+    print("| update_every | " + " | ".join(f"{n}: share / missed windows / replays with a miss" for n in curves) + " |")
     print("|---|" + "---|" * len(curves))
     for every in args.update_every:
-        stats = starvation(curves, len(records), every, args.seeds)
-        cells = [f"{100 * s['share']:.0f}% / {s['starved_steps']:.0f} / {s['runs_starved_most']}" for s in stats.values()]
+        stats = starvation(curves, steps, every, args.seeds)
+        cells = [f"{100 * s['share']:.0f}% / {s['missed_windows']:.2f} / {s['replays_with_a_miss']}"
+                 for s in stats.values()]
         print(f"| {every} | " + " | ".join(cells) + " |")
     return 0
 
