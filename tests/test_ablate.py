@@ -59,6 +59,16 @@ def test_grid_runs_every_variant_and_resumes(data_root, tmp_path, capsys):
     assert "holds a grid run with the train flags" in _error(capsys)
 
 
+def test_a_failing_run_stops_the_grid_with_one_line(tmp_path, capsys):
+    small = write_tiny_uned(tmp_path / "small", {"a": {"train": 3, "test": 2}, "b": {"train": 2, "test": 2}})
+    out = tmp_path / "grid"
+    assert ablate.main(["--out", str(out), "--seeds", "1", "--data-root", str(small), *TINY]) == 1
+    err = _error(capsys)
+    assert "run udon/seed0 failed (exit code 1): udon_fast.train: error: " in err
+    assert f"(log: {out / 'runs' / 'udon' / 'seed0' / 'train.log'})" in err
+    assert not (out / "runs" / "dynamic_only").exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--sampler", "balanced"], "--sampler cannot be passed through"),
     (["--no-distill"], "--distill cannot be passed through"),

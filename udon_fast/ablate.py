@@ -26,9 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        allow_abbrev=False, prog="python -m udon_fast.ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any other flag is a train flag (see python -m udon_fast.train --help), e.g. --epochs 3.")
+    parser = _Parser(prog="python -m udon_fast.ablate", description=__doc__, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Any other flag is a train flag (python -m udon_fast.train --help), e.g. --epochs 3.")
     parser.add_argument("--out", required=True, help="grid folder (new, or a grid folder to resume)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
     return parser
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     steps_bar = tqdm(total=per_run * len(cells), desc="steps", unit="step", position=1, disable=not config.progress)
     finished = sum(per_run for c in cells if c.complete)
     runs_bar.update(sum(c.complete for c in cells))
+    failure = None
     try:
         for cell in cells:
             if cell.complete:
@@ -73,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             runs_bar.update()
             write_outputs(out, cells, VARIANTS, header)
     except GridError as exc:
-        print(f"\nudon_fast.ablate: error: {exc}", file=sys.stderr)
-        return 1
+        failure = (f"udon_fast.ablate: error: {exc}", 1)
     except KeyboardInterrupt:
-        print(f"\nudon_fast.ablate: interrupted; rerun the same command to resume the grid in {out}", file=sys.stderr)
-        return 130
+        failure = (f"udon_fast.ablate: interrupted; rerun the same command to resume the grid in {out}", 130)
     finally:
         steps_bar.close()
         runs_bar.close()
+    if failure:
+        print(failure[0], file=sys.stderr)
+        return failure[1]
     write_outputs(out, cells, VARIANTS, header)
     print((out / "ablation.md").read_text(encoding="utf-8"))
     return 0
