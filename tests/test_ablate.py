@@ -119,7 +119,8 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
     assert final["cars"]["p_at_1"] == pytest.approx({"mean": 0.6, "std": 0.1414213562, "n": 2})
     assert final["sop"]["p_at_1"] == pytest.approx({"mean": 0.2, "std": 0.0, "n": 2})
     assert final["mean"]["mmp_at_5"] == pytest.approx({"mean": 0.2, "std": 0.0353553391, "n": 2})
-    assert data["summary"]["udon"]["initial"]["cars"]["p_at_1"] == pytest.approx({"mean": 0.3, "std": 0.0707106781, "n": 2})
+    initial = data["summary"]["udon"]["initial"]
+    assert initial["cars"]["p_at_1"] == pytest.approx({"mean": 0.3, "std": 0.0707106781, "n": 2})
     assert data["summary"]["baseline"]["final"]["cars"]["p_at_1"] == {"mean": 0.4, "std": None, "n": 1}
     write_outputs(tmp_path, cells, VARIANTS, "header line")
     md = (tmp_path / "ablation.md").read_text()
