@@ -43,6 +43,9 @@ def test_grid_runs_every_variant_and_resumes(data_root, tmp_path, capsys):
         run = data["runs"][variant.name]["0"]
         results = json.loads((out / "runs" / variant.name / "seed0" / "results.json").read_text())
         assert run["final"] == results["final"]["student"]["merged"]
+        assert [v["step"] for v in run["validation"]] == [2]
+        assert set(run["validation"][0]["p_at_1"]) == {"birds", "shops"}
+        assert sum(run["steps"].values()) == 2
         stat = data["summary"][variant.name]["final"]["mean"]["p_at_1"]
         assert stat == {"mean": results["final"]["student"]["merged"]["mean"]["p_at_1"], "std": None, "n": 1}
     assert "| baseline (round-robin, no distillation) | final | 1 |" in (out / "ablation.md").read_text()
