@@ -6,7 +6,7 @@ import pytest
 
 from udon_fast.data import TrainLoader, ensure_builtin, knn_pairs, load_domains
 from udon_fast.data.__main__ import main
-from udon_fast.data.builtin import MARKER, _faces
+from udon_fast.data.builtin import MARKER, UNSEEN_CLASS_DOMAINS, VERSION, _faces, _glyphs, _terrain
 from udon_fast.data.synthetic import write_tiny_uned
 
 
@@ -16,25 +16,42 @@ def builtin_root(tmp_path_factory):
 
 
 def test_builtin_structure(builtin_root):
-    assert (builtin_root / MARKER).is_file() and builtin_root.name == "builtin-v1"
+    assert (builtin_root / MARKER).is_file() and builtin_root.name == VERSION == "builtin-v2"
     domains = load_domains(builtin_root)
-    assert sorted(domains) == ["faces", "glyphs", "landmarks", "textures"]
+    assert sorted(domains) == ["faces", "glyphs", "landmarks", "terrain", "textures"]
     classes = {name: d.num_classes for name, d in domains.items()}
-    assert classes["textures"] <= 30 and classes["glyphs"] >= 1000 and len(set(classes.values())) == 4
+    assert classes == {"faces": 60, "glyphs": 300, "landmarks": 150, "terrain": 117, "textures": 24}
     total = sum(len(s) for d in domains.values() for s in d.splits.values())
-    assert 3000 <= total <= 8000
+    assert 4000 <= total <= 8000
     for d in domains.values():
         assert {"train", "val", "test"} <= set(d.splits)
-        counts = np.bincount(d.train.labels, minlength=d.num_classes)
-        assert counts.min() >= 1
-        for split in ("val", "test"):
-            query, index = knn_pairs(d, split)
-            reference = query if index is None else index
-            assert set(query.labels.tolist()) <= set(reference.labels.tolist())
-    glyph_counts = np.bincount(domains["glyphs"].train.labels)
-    assert glyph_counts.max() >= 10 and np.median(glyph_counts) <= 2  # long tail
+        assert np.bincount(d.train.labels, minlength=d.num_classes).min() >= 2
+    landmark_counts = np.bincount(domains["landmarks"].train.labels)
+    assert landmark_counts.max() >= 5 and landmark_counts.min() == 2  # long tail
     assert knn_pairs(domains["landmarks"], "test")[1] is domains["landmarks"].splits["index"]
     assert knn_pairs(domains["landmarks"], "val")[1] is domains["landmarks"].splits["small_index"]
+
+
+def test_every_query_has_a_positive(builtin_root):
+    for d in load_domains(builtin_root).values():
+        for split in ("val", "test"):
+            query, index = knn_pairs(d, split)
+            if index is None:  # the query set is its own index: each class needs a second image
+                assert np.unique(query.labels, return_counts=True)[1].min() >= 2, (d.name, split)
+            else:
+                assert set(query.labels.tolist()) <= set(index.labels.tolist()), (d.name, split)
+
+
+def test_unseen_class_domains_have_disjoint_classes(builtin_root):
+    domains = load_domains(builtin_root)
+    assert len(UNSEEN_CLASS_DOMAINS) * 2 >= len(domains)
+    for name, d in domains.items():
+        train, val, test = (set(d.splits[s].labels.tolist()) for s in ("train", "val", "test"))
+        if name in UNSEEN_CLASS_DOMAINS:
+            assert not (train & val) and not (train & test) and not (val & test), name
+            assert len(test) >= 25 and len(val) >= 15, name
+        else:  # seen-class domains evaluate on new images of training classes
+            assert val <= train and test <= train, name
 
 
 def test_builtin_is_cached(builtin_root):
@@ -44,14 +61,26 @@ def test_builtin_is_cached(builtin_root):
     assert not [p for p in builtin_root.parent.iterdir() if ".tmp-" in p.name]
 
 
-def test_builtin_domain_is_deterministic(tmp_path):
-    first = _faces(tmp_path / "a", np.random.default_rng([0, 3]))
-    second = _faces(tmp_path / "b", np.random.default_rng([0, 3]))
+@pytest.mark.parametrize("make", [_faces, _terrain, _glyphs])
+def test_builtin_domain_is_deterministic(make, tmp_path):
+    first = make(tmp_path / "a", np.random.default_rng([0, 3]))
+    second = make(tmp_path / "b", np.random.default_rng([0, 3]))
     assert first == second
-    info = json.loads((tmp_path / "a" / "info_files" / "faces" / "train.json").read_text())
-    for entry in info[:20]:
-        rel = f"images/{entry['path']}"
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    for split in first:
+        info = (tmp_path / "a" / "info_files").glob(f"*/{split}.json")
+        for path in info:
+            entries = json.loads(path.read_text())
+            assert entries == json.loads((tmp_path / "b" / path.relative_to(tmp_path / "a")).read_text())
+            for entry in entries[:: max(1, len(entries) // 15)]:
+                rel = f"images/{entry['path']}"
+                assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def test_builtin_seed_changes_the_data(tmp_path):
+    _faces(tmp_path / "a", np.random.default_rng([0, 3]))
+    _faces(tmp_path / "b", np.random.default_rng([1, 3]))
+    train = "info_files/faces/train.json"
+    assert (tmp_path / "a" / train).read_text() != (tmp_path / "b" / train).read_text()
 
 
 def test_builtin_trains_through_dali(builtin_root):

@@ -1,25 +1,36 @@
-"""The built-in dataset: four small domains in the UnED layout, made from real pixels that ship
-with pip-installed packages, deterministic from a seed (about 5,400 JPEGs, 28 MB on disk; the
-domains are made in parallel processes, ~10 s of CPU).
+"""The built-in dataset (builtin-v2): five small domains in the UnED layout, made from real pixels
+that ship with pip-installed packages (scikit-image, matplotlib), deterministic from a seed
+(5,178 JPEGs, about 8 s of CPU; the domains are made in parallel processes).
 
-- landmarks (instance-level, 200 classes, mildly long-tailed, 96x120 px): each class is a region
-  of one of scikit-image's colour photos (astronaut, coffee, chelsea, rocket, the motorcycle
-  pair, hubble deep field, retina, immunohistochemistry); its images are random views (shift,
-  zoom, rotation, lighting), like photos of one landmark or product.  Has "index" (test vs index)
-  and "small_index" (val vs small_index) splits, like met.
-- glyphs (fine-grained, 1,500 classes, power-law tail, 64 px): each class is one character
-  (Latin, IPA, Greek, Cyrillic, arrows, maths, box drawing, shapes, dingbats, Braille;
-  look-alikes removed) drawn with matplotlib's DejaVu fonts (sans, serif, mono; regular, bold,
-  oblique) at random size, position, rotation and ink/paper colours.  The k-th class in a
-  random order has max(1, round(16 / sqrt(k))) train images (like met, about 9 in 10 classes
-  have a single one): the slowest to learn.
-- textures (24 classes, 32 train images each, 80 px): scikit-image's grayscale images (brick,
-  grass, gravel, moon, coins, page, camera, cell) at three zoom levels (patches of 0.1, 0.25 and
-  0.5 of the short side); a view is a random rotated patch anywhere in the image: the fastest
-  to learn.
-- faces (100 classes, 5 train images each, 64 px): scikit-image's LFW face crops (25x25 gray);
-  views with shift, zoom, rotation, lighting and blur.
-val/test are new views of train classes; domains without an index split use query-is-index.
+Like UnED it mixes instance-level, fine-grained and category domains, and three of the five
+evaluate on classes UNSEEN in training (disjoint train / val / test classes, as UnED's
+metric-learning domains cars, sop and inshop do), so a model must learn what makes two images
+the same instance rather than memorise the training classes.  Every evaluation class has at
+least two images in its kNN set, so no query lacks a positive.
+
+- landmarks (instance-level, 150 classes, seen at test, 96x120 px): each class is a region of
+  one of scikit-image's colour photos (astronaut, coffee, chelsea, rocket, motorcycle, hubble
+  deep field, retina, immunohistochemistry) or matplotlib's grace_hopper photo; its images are
+  views with shift, zoom, rotation, lighting and blur, like photos of one landmark.  2-6 train
+  images per class (long tail).  "index" (test vs index) and "small_index" (val vs small_index)
+  splits, like met and gldv2.
+- terrain (aerial instance retrieval, UNSEEN classes, 64 px): each class is a place on the real
+  elevation model of matplotlib's jacksboro_fault_dem sample, seen from above under a random sun
+  direction and height, relief exaggeration, colour map and rotation (hill shading).  Places on a
+  24 px grid; train, val and test places lie in separate bands of the map, never overlapping.
+- glyphs (fine-grained, UNSEEN classes, 64 px): each class is one character (Latin, IPA, Greek,
+  Cyrillic, arrows, maths, box drawing, shapes, dingbats; look-alikes removed); its images are
+  the character in different fonts (16 DejaVu and STIX faces: sans, serif, mono; regular, bold,
+  italic), sizes, positions, rotations and ink/paper colours.  Train, val and test characters
+  are disjoint: the model must learn what stays the same across typefaces.
+- faces (identity, UNSEEN classes, 64 px): scikit-image's 100 LFW face crops (25x25 gray), one
+  identity each; views with shift, zoom, rotation, lighting and blur.  60 train, 15 val and 25
+  test identities.
+- textures (category-level, 24 classes, seen at test, 80 px): scikit-image's grayscale images
+  (brick, grass, gravel, moon, coins, page, camera, cell) at three zoom levels; a view is a
+  random rotated patch anywhere in the image.
+
+Domains without an index split use query-is-index (leave-one-out).
 """
 import json
 import os
@@ -31,10 +42,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-VERSION = "builtin-v1"
+VERSION = "builtin-v2"
 MARKER = ".complete"
-_FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
-          "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf"]
+_FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+          "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
+          "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+          "DejaVuSansMono-BoldOblique.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
+          "STIXGeneralBolIta.ttf"]
 _GLYPH_RANGES = [(0x21, 0x7F), (0xA1, 0x250), (0x250, 0x2B0), (0x370, 0x530), (0x1E00, 0x2000),
                  (0x2190, 0x2300), (0x2500, 0x2600), (0x2700, 0x27C0), (0x2800, 0x2900), (0x2A00, 0x2B00)]
 
@@ -98,12 +112,26 @@ def _light(image: Image.Image, rng: np.random.Generator, colour: float = 0.08) -
     return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
 
 
-def _load(name: str, short_side: int | None = None) -> Image.Image:
-    image = Image.open(_skimage_data() / name).convert("RGB")
+def _sample_data(name: str) -> Path:
+    """A file of matplotlib's sample_data folder."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / name
+
+
+def _resized(image: Image.Image, short_side: int | None) -> Image.Image:
     if short_side:
         scale = short_side / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     return image
+
+
+def _load_matplotlib(name: str, short_side: int | None = None) -> Image.Image:
+    return _resized(Image.open(_sample_data(name)).convert("RGB"), short_side)
+
+
+def _load(name: str, short_side: int | None = None) -> Image.Image:
+    return _resized(Image.open(_skimage_data() / name).convert("RGB"), short_side)
 
 
 def _class_ids(rng: np.random.Generator, n: int) -> list[int]:
@@ -111,31 +139,38 @@ def _class_ids(rng: np.random.Generator, n: int) -> list[int]:
     return sorted(rng.choice(1_000_000, size=n, replace=False).tolist())
 
 
+def _blur(image: Image.Image, rng: np.random.Generator, p: float = 0.3) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5))) if rng.random() < p else image
+
+
 def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
     photos = [_load(n, 256) for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
-                                       "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
-                                       "retina.jpg", "ihc.png")]
-    ids = _class_ids(rng, 200)
+                                       "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png")]
+    photos.append(_load_matplotlib("grace_hopper.jpg", 256))
+    ids = _class_ids(rng, 150)
     classes = []
     for k in range(len(ids)):
         photo = photos[k % len(photos)]
-        region = rng.uniform(48, 110)
-        margin = 0.7 * region
-        center = (rng.uniform(margin, photo.width - margin), rng.uniform(margin, photo.height - margin))
+        while True:  # a region with detail (not flat sky or background)
+            region = rng.uniform(48, 110)
+            margin = 0.8 * region
+            center = (rng.uniform(margin, photo.width - margin), rng.uniform(margin, photo.height - margin))
+            if np.asarray(_view(photo, center, region, (24, 30), 0.0).convert("L"), dtype=np.float32).std() > 20:
+                break
         classes.append((photo, center, region))
 
     def view(k):
         photo, (cx, cy), region = classes[k]
-        jitter = rng.normal(0, 0.08 * region, 2)
-        image = _view(photo, (cx + jitter[0], cy + jitter[1]), region * rng.uniform(0.85, 1.15), (96, 120),
-                      rng.normal(0, 0.12))
-        return _light(image, rng)
+        jitter = rng.normal(0, 0.1 * region, 2)
+        image = _view(photo, (cx + jitter[0], cy + jitter[1]), region * rng.uniform(0.8, 1.25), (96, 120),
+                      rng.normal(0, 0.15))
+        return _blur(_light(image, rng, colour=0.1), rng)
 
     w = _Writer(root, "landmarks")
     order = rng.permutation(len(ids))
-    val_classes, test_classes, extra = order[:60], order[60:160], order[160:190]
+    val_classes, test_classes, extra = order[:100], order[50:], order[100:130]
     for k in range(len(ids)):
-        for _ in range(2 + int(6 * rng.random() ** 2)):
+        for _ in range(2 + int(5 * rng.random() ** 2)):
             w.add("train", ids[k], view(k))
         for _ in range(2):
             w.add("index", ids[k], view(k))
@@ -146,6 +181,46 @@ def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
             w.add("small_index", ids[k], view(k))
     for k in test_classes:
         w.add("test", ids[k], view(k))
+    return w.finish()
+
+
+def _terrain(root: Path, rng: np.random.Generator) -> dict[str, int]:
+    import matplotlib
+    from matplotlib.colors import LightSource
+
+    with np.load(_sample_data("jacksboro_fault_dem.npz")) as dem:
+        elevation = dem["elevation"].astype(np.float32)
+    source = Image.fromarray(elevation, mode="F")
+    low, high = float(elevation.min()), float(elevation.max())
+    cmaps = [matplotlib.colormaps[name] for name in ("gist_earth", "terrain", "gray", "copper")]
+    region, spacing, margin = 32, 24, 27
+    xs = np.arange(margin, source.width - margin + 1, spacing)
+    ys = np.arange(margin, source.height - margin + 1, spacing)
+    # Separate bands of the map: columns 0..8 train; of columns 10.., rows 0..5 test and 7.. val
+    # (a skipped column/row between bands: regions of different splits never overlap).
+    bands = {"train": [(i, j) for i in range(9) for j in range(len(ys))],
+             "test": [(i, j) for i in range(10, len(xs)) for j in range(6)],
+             "val": [(i, j) for i in range(10, len(xs)) for j in range(7, len(ys))]}
+    ids = _class_ids(rng, sum(len(places) for places in bands.values()))
+    views = {"train": 5, "val": 4, "test": 4}
+
+    def view(i, j):
+        center = (xs[i] + rng.normal(0, 2), ys[j] + rng.normal(0, 2))
+        scale = rng.uniform(0.9, 1.1)
+        heights = np.asarray(_view(source, center, region * scale, (64, 64), rng.normal(0, 0.3)))
+        light = LightSource(azdeg=rng.uniform(0, 360), altdeg=rng.uniform(30, 60))
+        rgb = light.shade(heights, cmap=cmaps[rng.integers(len(cmaps))], vert_exag=rng.uniform(1, 4),
+                          blend_mode="soft", vmin=low, vmax=high, dx=90 * scale * region / 64,
+                          dy=90 * scale * region / 64)
+        return _light(Image.fromarray((255 * rgb[..., :3]).astype(np.uint8)), rng, colour=0.05)
+
+    w = _Writer(root, "terrain")
+    class_id = iter(ids)
+    for split, places in bands.items():
+        for i, j in places:
+            label = next(class_id)
+            for _ in range(views[split]):
+                w.add(split, label, view(i, j))
     return w.finish()
 
 
@@ -171,19 +246,19 @@ def _glyph_classes(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def _glyphs(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    chars = _glyph_classes(rng, 1500)
+    counts = {"train": (300, 4), "val": (100, 3), "test": (150, 3)}  # split: (characters, images each)
+    chars = _glyph_classes(rng, sum(n for n, _ in counts.values()))
     ids = _class_ids(rng, len(chars))
     fonts: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
     font_dir = _font_dir()
 
-    def view(k):
-        name, size = _FONTS[rng.integers(len(_FONTS))], int(rng.integers(15, 23)) * 2
+    def view(k, name):
+        size = int(rng.integers(15, 23)) * 2
         if (name, size) not in fonts:
             fonts[name, size] = ImageFont.truetype(str(font_dir / name), size)
-        font = fonts[name, size]
         mask = Image.new("L", (64, 64), 0)
-        ImageDraw.Draw(mask).text((32 + rng.normal(0, 3), 32 + rng.normal(0, 3)), chars[k], fill=255, font=font,
-                                  anchor="mm")
+        ImageDraw.Draw(mask).text((32 + rng.normal(0, 3), 32 + rng.normal(0, 3)), chars[k], fill=255,
+                                  font=fonts[name, size], anchor="mm")
         mask = mask.rotate(rng.normal(0, 8), resample=Image.Resampling.BICUBIC)
         paper = rng.uniform(150, 255, 3)
         ink = paper * rng.uniform(0, 0.45) + rng.uniform(-30, 30, 3)
@@ -192,14 +267,31 @@ def _glyphs(root: Path, rng: np.random.Generator) -> dict[str, int]:
         return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
 
     w = _Writer(root, "glyphs")
-    ranks = rng.permutation(len(chars))
-    for k in range(len(chars)):
-        for _ in range(max(1, round(16 * (ranks[k] + 1) ** -0.5))):
-            w.add("train", ids[k], view(k))
-    order = rng.permutation(len(chars))
-    for split, picked in (("val", order[:120]), ("test", order[120:270])):
-        for k in picked:
-            for _ in range(2):
+    order = iter(rng.permutation(len(chars)))
+    for split, (classes, images) in counts.items():
+        for _ in range(classes):
+            k = next(order)
+            for name in rng.choice(_FONTS, size=images, replace=False):  # each image in another typeface
+                w.add(split, ids[k], view(k, str(name)))
+    return w.finish()
+
+
+def _faces(root: Path, rng: np.random.Generator) -> dict[str, int]:
+    faces = np.load(_skimage_data() / "lfw_subset.npy")[:100]
+    sources = [Image.fromarray((f * 255).astype(np.uint8)).convert("RGB") for f in faces]
+    ids = _class_ids(rng, len(sources))
+
+    def view(k):
+        center = 12.5 + rng.normal(0, 1.0, 2)
+        image = _view(sources[k], center, 22 * rng.uniform(0.9, 1.1), (64, 64), rng.normal(0, 0.1))
+        return _light(_blur(image, rng), rng, colour=0.0)
+
+    w = _Writer(root, "faces")
+    order = iter(rng.permutation(len(sources)))
+    for split, classes, images in (("train", 60, 6), ("val", 15, 4), ("test", 25, 4)):
+        for _ in range(classes):
+            k = next(order)
+            for _ in range(images):
                 w.add(split, ids[k], view(k))
     return w.finish()
 
@@ -219,37 +311,16 @@ def _textures(root: Path, rng: np.random.Generator) -> dict[str, int]:
 
     w = _Writer(root, "textures")
     for k in range(len(classes)):
-        for split, count in (("train", 32), ("val", 3), ("test", 3)):
+        for split, count in (("train", 20), ("val", 3), ("test", 4)):
             for _ in range(count):
                 w.add(split, ids[k], view(k))
     return w.finish()
 
 
-def _faces(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    faces = np.load(_skimage_data() / "lfw_subset.npy")[:100]
-    sources = [Image.fromarray((f * 255).astype(np.uint8)).convert("RGB") for f in faces]
-    ids = _class_ids(rng, len(sources))
-
-    def view(k):
-        center = 12.5 + rng.normal(0, 1.0, 2)
-        image = _view(sources[k], center, 22 * rng.uniform(0.9, 1.1), (64, 64), rng.normal(0, 0.1))
-        if rng.random() < 0.3:
-            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
-        return _light(image, rng, colour=0.0)
-
-    w = _Writer(root, "faces")
-    order = rng.permutation(len(sources))
-    for k in range(len(sources)):
-        for _ in range(5):
-            w.add("train", ids[k], view(k))
-    for split, picked in (("val", order[:40]), ("test", order[40:])):
-        for k in picked:
-            for _ in range(2):
-                w.add(split, ids[k], view(k))
-    return w.finish()
-
-
-_DOMAINS = {"landmarks": _landmarks, "glyphs": _glyphs, "textures": _textures, "faces": _faces}
+_DOMAINS = {"landmarks": _landmarks, "terrain": _terrain, "glyphs": _glyphs, "faces": _faces,
+            "textures": _textures}
+# Domains whose val and test classes are disjoint from the train classes (and from each other).
+UNSEEN_CLASS_DOMAINS = ("terrain", "glyphs", "faces")
 
 
 def write_builtin(out: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, int]]:
@@ -272,7 +343,7 @@ def default_cache_dir() -> Path:
 def ensure_builtin(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """The built-in dataset's root (UnED layout), generated on first use.
 
-    Lives in `<cache_dir or default_cache_dir()>/builtin-v1[-seed<N>]`; it counts as present only
+    Lives in `<cache_dir or default_cache_dir()>/<VERSION>[-seed<N>]`; it counts as present only
     with its completion marker, and is generated in a temporary folder that is renamed into place,
     so an interrupted or concurrent generation never leaves a half-written dataset in use.
     """

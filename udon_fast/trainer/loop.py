@@ -153,8 +153,10 @@ class Run:
         """End of an epoch (validate=True) or a periodic save: best.pt on a new best, then last.pt."""
         if self.ranks.is_main:
             if validate and self.val_domains:
-                score = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]["mean"]["p_at_1"]
-                progress.validations.append({"step": progress.step, "mean_p_at_1": score})
+                merged = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]
+                score = merged["mean"]["p_at_1"]
+                progress.validations.append({"step": progress.step, "mean_p_at_1": score,
+                                             "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"}})
                 if score > progress.best_score:
                     progress.best_score, progress.best_step = score, progress.step
                     save_run(self.checkpoints / "best.pt", self.model, self.optimizer, self.sampler, self.loader,
@@ -208,7 +210,7 @@ class Run:
             return {}
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
         self.model.load_state_dict(read_checkpoint(best)["model"])
-        results = {"initial": progress.initial, "final": self.evaluate("test")}
+        results = {"initial": progress.initial, "final": self.evaluate("test"), "validation": progress.validations}
         if progress.baseline:
             results["baseline"] = progress.baseline
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "

@@ -1,0 +1,92 @@
+"""`python -m udon_fast.ablate --out DIR [--seeds N] [any train flag]`: what each part of UDON adds.
+
+Runs UDON (dynamic sampler + distillation), the dynamic sampler without distillation,
+round-robin with distillation and the UnED baseline (round-robin, no distillation), each for
+seeds 0..N-1, every run with the same train flags (passed through to `python -m udon_fast.train`;
+the grid sets --sampler, --distill/--no-distill, --seed and --out itself).  Writes
+`ablation.json`, `ablation.md` and `ablation.png` into DIR; each run lives in
+DIR/runs/<variant>/seed<k>/.  Rerunning the same command resumes a partly finished grid: complete
+runs are kept, an interrupted one continues from its last checkpoint.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .ablation.grid import VARIANTS, GridError, check_train_args, claim_folder, make_cells, planned_steps, run_cell
+from .ablation.summary import write_outputs
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises GridError (one line for the CLI) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise GridError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m udon_fast.ablate", description=__doc__, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Any other flag is a train flag (python -m udon_fast.train --help), e.g. --epochs 3.")
+    parser.add_argument("--out", required=True, help="grid folder (new, or a grid folder to resume)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
+    return parser
+
+
+def parse(argv: list[str] | None):
+    """(grid arguments, pass-through train flags, base TrainConfig); GridError/ValueError on bad input."""
+    args, train_args = build_parser().parse_known_args(argv)
+    if args.seeds < 1:
+        raise GridError(f"--seeds must be >= 1, got {args.seeds}")
+    return args, train_args, check_train_args(train_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, train_args, config = parse(argv)
+        out = Path(args.out)
+        per_run = planned_steps(config)
+        claim_folder(out, train_args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"udon_fast.ablate: error: {exc}", file=sys.stderr)
+        return 2
+    cells = make_cells(out, args.seeds)
+    header = (f"{len(VARIANTS)} variants x {args.seeds} seed(s), {per_run} steps per run; "
+              f"train flags: {' '.join(train_args) or '(defaults)'}")
+    runs_bar = tqdm(total=len(cells), desc="runs", unit="run", position=0, disable=not config.progress)
+    steps_bar = tqdm(total=per_run * len(cells), desc="steps", unit="step", position=1, disable=not config.progress)
+    finished = sum(per_run for c in cells if c.complete)
+    runs_bar.update(sum(c.complete for c in cells))
+    failure = None
+    try:
+        for cell in cells:
+            if cell.complete:
+                continue
+            runs_bar.set_postfix_str(cell.name)
+
+            def poll(cell=cell):
+                steps_bar.n = finished + min(cell.steps_done(), per_run)
+                steps_bar.refresh()
+
+            run_cell(cell, train_args, on_poll=poll)
+            finished += per_run
+            runs_bar.update()
+            write_outputs(out, cells, VARIANTS, header)
+    except GridError as exc:
+        failure = (f"udon_fast.ablate: error: {exc}", 1)
+    except KeyboardInterrupt:
+        failure = (f"udon_fast.ablate: interrupted; rerun the same command to resume the grid in {out}", 130)
+    finally:
+        steps_bar.close()
+        runs_bar.close()
+    if failure:
+        print(failure[0], file=sys.stderr)
+        return failure[1]
+    write_outputs(out, cells, VARIANTS, header)
+    print((out / "ablation.md").read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
