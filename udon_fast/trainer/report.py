@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from ..output_files import atomic_write_text, writing  # noqa: E402
 
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
+STAGES = ("baseline", "initial", "final")  # the evaluated stages of a results dict, in table order
 COUNTS = (("num_queries", "queries"), ("num_queries_without_positives", "without positive"))
 RULE_NOTES = {
     "miss": "Queries without a relevant index item (\"without positive\") count as misses: P@1 0 and "
@@ -27,9 +28,10 @@ def _fmt(value: float | None) -> str:
 
 
 def _rules(results: dict[str, Any]) -> list[str]:
-    """The no_positive rules recorded in the leaves' means, in order of first appearance."""
+    """The no_positive rules recorded in the leaves' means of the evaluated stages, in order of first
+    appearance (other entries of `results`, such as the validation history, are not leaves)."""
     found = []
-    for stage in results.values():
+    for stage in (results[name] for name in STAGES if results.get(name)):
         for by_index in stage.values():
             for leaf in by_index.values():
                 rule = leaf.get("mean", {}).get("no_positive")
@@ -45,7 +47,7 @@ def results_table(results: dict[str, Any]) -> str:
     notes = [RULE_NOTES[rule] for rule in _rules(results) if rule in RULE_NOTES]
     sections = [" ".join(notes + ["On the mean row the query counts are totals over the domains."])]
     final = results.get("final") or results.get("initial") or {}
-    stages = (("baseline",) if "baseline" in results else ()) + ("initial", "final")
+    stages = STAGES if "baseline" in results else STAGES[1:]
     for embedding, by_index in final.items():
         for index, leaf in by_index.items():
             header = (["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in stages]
