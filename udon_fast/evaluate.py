@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .data import ensure_builtin, load_domains
+from .data.decoders import DECODERS
 from .evaluation import EMBEDDINGS, INDEX_MODES, evaluate_model
 from .model import load_model
 from .trainer.report import results_table
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding", choices=EMBEDDINGS, default="both")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
+    parser.add_argument("--decoder", choices=DECODERS, default="dali",
+                        help="image decoder (torchvision: without DALI; the fastest on CPUs)")
     return parser
 
 
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"udon_fast.evaluate: error: {exc}", file=sys.stderr)
         return 1
     results = evaluate_model(model, domains, args.split, index=args.index, embedding=args.embedding,
-                             batch_size=args.batch_size, device=device, num_threads=args.threads)
+                             batch_size=args.batch_size, device=device, num_threads=args.threads,
+                             decoder=args.decoder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import torch
 
+from .data.decoders import DECODERS
 from .embed import embed_paths, meta_path
 from .model import load_model
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query", required=True, help="query image file")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--checkpoint", help="model to embed the query (default: the one recorded by embed)")
+    parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top must be >= 1, got {args.top}")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"udon_fast.search: error: {exc}", file=sys.stderr)
         return 1
-    query = embed_paths(model, [args.query], device=device, batch_size=1, progress=False)[0]
+    query = embed_paths(model, [args.query], device=device, batch_size=1, decoder=args.decoder, progress=False)[0]
     if query.shape[0] != embeddings.shape[1]:
         print(f"udon_fast.search: error: the model gives {query.shape[0]}-d embeddings but {path} holds "
               f"{embeddings.shape[1]}-d ones", file=sys.stderr)
