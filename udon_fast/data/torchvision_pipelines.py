@@ -54,11 +54,16 @@ def _exif_rotated(data: np.ndarray) -> bool:
 
 def decode_cuda(encoded: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """RGB uint8 (3, h, w) tensors on `device`: plain JPEGs through one batched nvJPEG call, the rest
-    (other formats, EXIF-rotated JPEGs) decoded on the CPU and copied over."""
+    (other formats, EXIF-rotated JPEGs, and every JPEG of a batch nvJPEG refuses, e.g. for a CMYK
+    file) decoded on the CPU and copied over."""
     images: list[torch.Tensor | None] = [None] * len(encoded)
     on_gpu = [i for i, data in enumerate(encoded) if bytes(data[:2]) == _JPEG and not _exif_rotated(data)]
     if on_gpu:
-        decoded = decode_jpeg([torch.from_numpy(encoded[i]) for i in on_gpu], mode=ImageReadMode.RGB, device=device)
+        try:
+            decoded = decode_jpeg([torch.from_numpy(encoded[i]) for i in on_gpu], mode=ImageReadMode.RGB,
+                                  device=device)
+        except RuntimeError:  # a broken file then fails again, on the CPU, and is found by the loader
+            decoded = [None] * len(on_gpu)
         for i, image in zip(on_gpu, decoded):
             images[i] = image
     for i, data in enumerate(encoded):
