@@ -16,7 +16,7 @@ Train, per sample, with its draw (crop_x, crop_y in [0, 1), flip in {0, 1}) from
 Equivalently the crop is the source window [x0 * w / S, (x0 + size) * w / S) x
 [y0 * h / S, (y0 + size) * h / S) resampled to size x size: the DALI decoder resamples that window
 directly, the torchvision decoder resizes the whole image and slices.  The two agree up to the
-filters' rounding (docs/data.md gives the measured differences).
+filters' rounding (docs/decoders.md gives the measured differences).
 
 Eval: resize to `eval_resize(h, w, size)` (shorter side `size`, longer side rounded, each axis
 scaled to its rounded length), centre crop size x size at origin floor((side - size) / 2 + 0.5),

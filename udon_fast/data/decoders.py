@@ -46,11 +46,13 @@ def _module(decoder: str):
 
 
 def train_pipeline(decoder: str, source: Callable, **options):
-    """A started-on-demand train pipeline of `decoder` (already resolved) over `source`; see
+    """The train pipeline of `decoder` (already resolved by `resolve_decoder`) over `source`: it has
+    `schedule_run()`, `outputs()` -> (images, labels) torch tensors and `close()`; see
     `dali_pipelines.train_pipeline` for the options and batches."""
     return _module(decoder).train_pipeline(source, **options)
 
 
 def eval_pipeline(decoder: str, source: Callable, **options):
-    """An eval pipeline of `decoder` (already resolved) over `source`; see `dali_pipelines.eval_pipeline`."""
+    """The eval pipeline of `decoder` (already resolved) over `source`: `outputs()` -> (images,); see
+    `dali_pipelines.eval_pipeline`."""
     return _module(decoder).eval_pipeline(source, **options)

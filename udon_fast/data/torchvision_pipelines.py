@@ -157,7 +157,8 @@ def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: 
                    seed: int = 0) -> TorchvisionPipeline:
     """Train batches of `source()` (encoded uint8 arrays, labels int64 (B, 1), crop_x float32 (B,),
     crop_y float32 (B,), flip int32 (B,)): outputs (images (B,3,s,s) float32, labels int64 (B, 1)).
-    `prefetch_depth` and `seed` are DALI's; accepted for the same signature, unused."""
+    The signature is `dali_pipelines.train_pipeline`'s: `batch_size` comes from the source here, the
+    loader's prefetching replaces `prefetch_depth`, and no random numbers are drawn (`seed`)."""
     device = _device(device_id)
     normalise = _normaliser(mean, std, device)
     side = train_resize(image_size)
@@ -179,7 +180,8 @@ def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: 
 def eval_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
                   std: Sequence[float], num_threads: int, device_id: int | None,
                   prefetch_depth: int = 2) -> TorchvisionPipeline:
-    """Eval batches of `source()` (a list of encoded uint8 arrays): outputs (images (b,3,s,s) float32,)."""
+    """Eval batches of `source()` (a list of encoded uint8 arrays): outputs (images (b,3,s,s) float32,).
+    The signature is `dali_pipelines.eval_pipeline`'s (`batch_size`, `prefetch_depth` unused here)."""
     device = _device(device_id)
     normalise = _normaliser(mean, std, device)
 
