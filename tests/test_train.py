@@ -132,9 +132,12 @@ def test_decoder_option_reaches_every_loader(data_root, tmp_path, monkeypatch):
     from udon_fast.trainer import loop
 
     used = []
+
+    def spy(real):
+        return lambda *args, **kw: used.append(kw["decoder"]) or real(*args, **kw)
+
     for module, name in ((loop, "TrainLoader"), (evaluation, "EvalLoader")):
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *args, _real=real, **kw: used.append(kw["decoder"]) or _real(*args, **kw))
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
     train(parse_args(_args(data_root, tmp_path / "tv", "--steps", "2", "--decoder", "torchvision")))
     assert len(used) > 1 and set(used) == {"torchvision"}
     assert json.loads((tmp_path / "tv" / "config.json").read_text())["decoder"] == "torchvision"
