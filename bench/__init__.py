@@ -5,5 +5,6 @@ its reference in the same run, and the tools around them.
   DIR/bench.md and PNG charts (`render.py`).
 - `bench/gpu_check.sh [--dry-run]` (`gpu_check.py`): the one-call GPU check (tests, loss and
   training-step benchmarks, achieved TFLOP/s and GB/s) writing gpu_report.json.
-- `suite.py`: shared helpers (quick mode, peak-RSS measurement, machine facts).
+- `suite.py`: shared helpers (quick mode, peak-RSS measurement, CPU time with child processes,
+  machine facts).
 """

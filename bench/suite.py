@@ -1,9 +1,10 @@
-"""Helpers shared by the bench files: quick mode, peak resident memory, machine facts."""
+"""Helpers shared by the bench files: quick mode, peak resident memory, CPU time, machine facts."""
 import ctypes
 import ctypes.util
 import datetime
 import os
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +48,25 @@ def peak_rss_extra_bytes(fn: Callable[[], object]) -> int | None:
     before = _status_kib("VmRSS")
     fn()
     return (_status_kib("VmHWM") - before) * 1024
+
+
+def cpu_seconds_with_children() -> float:
+    """CPU seconds (user + system) used so far by this process and its live child processes (e.g.
+    DataLoader workers), read from /proc; this process alone where /proc is missing."""
+    total = time.process_time()
+    try:
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return total
+    tick, me = os.sysconf("SC_CLK_TCK"), os.getpid()
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == me:  # ppid, then utime and stime in clock ticks
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def cpu_model() -> str:

@@ -9,6 +9,10 @@ import torch
 
 from udon_fast.data import load_domains
 from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast import embed as embed_cli
+from udon_fast import evaluate as evaluate_cli
+from udon_fast import evaluation
+from udon_fast import search as search_cli
 from udon_fast.evaluation import evaluate_model
 from udon_fast.model import UDONModel, save_checkpoint
 
@@ -82,6 +86,25 @@ def test_evaluate_options_select_what_is_computed(setup, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert list(saved) == ["student"] and list(saved["student"]) == ["merged"]
+
+
+def test_evaluate_embed_and_search_pass_the_decoder_on(setup, tmp_path, capsys, monkeypatch):
+    """--decoder reaches every EvalLoader (in-process calls of the CLIs' main, loaders spied on)."""
+    root, _, _, checkpoint = setup
+    used = []
+    loader = evaluation.EvalLoader
+    monkeypatch.setattr(evaluation, "EvalLoader", lambda *args, **kw: used.append(kw["decoder"]) or loader(*args, **kw))
+    assert evaluate_cli.main(["--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(tmp_path),
+                              "--decoder", "torchvision", "--index", "separate", "--embedding", "student"]) == 0
+    assert (tmp_path / "results.json").is_file() and len(used) == 3  # shops: test, index; birds: test
+    images, out = root / "images" / "shops" / "test", tmp_path / "emb.npy"
+    assert embed_cli.main(["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
+                           "--decoder", "torchvision"]) == 0
+    query = json.loads((tmp_path / "emb.meta.json").read_text())["paths"][4]
+    capsys.readouterr()
+    assert search_cli.main(["--embeddings", str(out), "--query", query, "--top", "2", "--decoder", "torchvision"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[-1] == query
+    assert used == ["torchvision"] * 5  # + embed, + the query
 
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path):

@@ -100,10 +100,27 @@ def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeyp
     assert checkpoint["extra"]["progress"]["step"] == 2
 
 
+def test_decoder_option_reaches_every_loader(data_root, tmp_path, monkeypatch):
+    from udon_fast import evaluation
+    from udon_fast.trainer import loop
+
+    used = []
+
+    def spy(real):
+        return lambda *args, **kw: used.append(kw["decoder"]) or real(*args, **kw)
+
+    for module, name in ((loop, "TrainLoader"), (evaluation, "EvalLoader")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    train(parse_args(_args(data_root, tmp_path / "tv", "--steps", "2", "--decoder", "torchvision")))
+    assert len(used) > 1 and set(used) == {"torchvision"}
+    assert json.loads((tmp_path / "tv" / "config.json").read_text())["decoder"] == "torchvision"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--sampler", "fast"], "--sampler must be one of dynamic, round_robin, balanced, dataset_size"),
     (["--margin-type", "sphere"], "--margin-type must be one of normface, cosface, arcface"),
     (["--loss-backend", "cuda"], "--loss-backend must be one of"),
+    (["--decoder", "pil"], "--decoder must be one of dali, torchvision; got 'pil'"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--config", "/nonexistent.yaml"], "--config file not found"),
 ])

@@ -1,6 +1,6 @@
 """udon_fast: fast, exact UDON universal image embeddings.
 
-Dataflow: images -> `data` (DALI pipelines) -> `model` (backbone + UDON heads) -> `losses`
+Dataflow: images -> `data` (DALI or torchvision pipelines) -> `model` (backbone + UDON heads) -> `losses`
 (fused head losses) -> optimizer; embeddings -> `knn` (faiss) -> metrics.
 """
 from .knn import knn_metrics, knn_metrics_by_domain

@@ -13,6 +13,7 @@ import torch
 
 from .cli import check_positive
 from .data import Split
+from .data.decoders import DECODERS
 from .evaluation import embed_split
 from .model import load_embedder
 from .output_files import atomic_write, atomic_write_text, check_writable_folder
@@ -31,11 +32,11 @@ def list_images(folder: Path, flag: str = "--images") -> list[str]:
 
 
 def embed_paths(model, paths: list[str], *, device: torch.device, batch_size: int = 128, threads: int = 2,
-                progress: bool = True) -> np.ndarray:
-    """Universal embeddings (N, 64) float32 of image files, in order."""
+                decoder: str = "dali", progress: bool = True) -> np.ndarray:
+    """Universal embeddings (N, 64) float32 of image files, in order (`decoder`: "dali" or "torchvision")."""
     split = Split(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), name="images")
     return embed_split(model, split, None, batch_size=batch_size, device=device, teacher=False, num_threads=threads,
-                       progress=progress).student
+                       decoder=decoder, progress=progress).student
 
 
 def meta_path(embeddings: Path) -> Path:
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output .npy file")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.suffix != ".npy":
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_embedder(args.checkpoint, map_location=device)
         paths = list_images(Path(args.images))
         check_writable_folder(out.parent, "--out")
-        embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads)
+        embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
+                                 decoder=args.decoder)
         with atomic_write(out, "--out") as f:
             np.save(f, embeddings)
         meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "paths": paths}

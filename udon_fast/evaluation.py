@@ -1,6 +1,6 @@
 """The UnED evaluation protocol for a model: embed every kNN set, search, score per domain.
 
-images -> `data.EvalLoader` (DALI eval pipeline) -> `UDONModel` embeddings -> `knn` (faiss) ->
+images -> `data.EvalLoader` (DALI or torchvision decoder) -> `UDONModel` embeddings -> `knn` (faiss) ->
 {"student": {"merged": ..., "separate": ...}, "teacher": {"separate": ...}} where each leaf is
 {domain: {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives"},
  "mean": {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives", "no_positive"}};
@@ -43,12 +43,13 @@ class Embedded:
 
 @torch.inference_mode()
 def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *, batch_size: int, device: torch.device,
-                teacher: bool, num_threads: int = 2, progress: bool = True) -> Embedded:
-    """Student (and, with `teacher`, the domain's teacher) embeddings of every image of `split`, in order.
+                teacher: bool, num_threads: int = 2, decoder: str = "dali", progress: bool = True) -> Embedded:
+    """Student (and, with `teacher`, the domain's teacher) embeddings of every image of `split`, in order;
+    `decoder`: "dali" or "torchvision" (see `data.TrainLoader`).
 
     `model` may be an `Embedder` (a deployable student, or the off-the-shelf backbone): student only."""
     loader = EvalLoader(split, batch_size=batch_size, image_size=model.config["image_size"], mean=model.mean,
-                        std=model.std, num_threads=num_threads)
+                        std=model.std, num_threads=num_threads, decoder=decoder)
     students, teachers = [], []
     for images, _ in tqdm(loader, desc=f"embed {domain or ''} {split.name}".strip(), disable=not progress,
                           leave=False):
@@ -156,7 +157,8 @@ def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, w
 
 def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
-                   num_threads: int = 2, progress: bool = True, no_positive: str = "miss") -> dict:
+                   num_threads: int = 2, decoder: str = "dali", progress: bool = True,
+                   no_positive: str = "miss") -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
 
     no_positive: "miss" (default, the official metric: a query without a relevant index item scores 0
@@ -181,7 +183,7 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     for name, domain in domains.items():
         query, index_split = knn_pairs(domain, split)
         options = dict(batch_size=batch_size, device=device, teacher=want_teacher, num_threads=num_threads,
-                       progress=progress)
+                       decoder=decoder, progress=progress)
         sets[name] = (embed_split(model, query, name, **options),
                       None if index_split is None else embed_split(model, index_split, name, **options))
     model.train(was_training)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .cli import check_positive
+from .data.decoders import DECODERS
 from .embed import embed_paths, list_images
 from .index import Gallery, load_gallery, read_embeddings
 from .model import load_embedder
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="model to embed the queries (default: the one recorded with the gallery)")
     parser.add_argument("--json", help="also write the ranked lists to this JSON file")
     parser.add_argument("--batch-size", type=int, default=128, help="queries embedded per batch")
-    parser.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
+    parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
     args = parser.parse_args(argv)
     try:
         check_positive(args, "top", "batch_size", "threads")
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds "
                              f"{gallery.dimension}-d ones")
         queries = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
-                              progress=len(paths) > args.batch_size)
+                              decoder=args.decoder, progress=len(paths) > args.batch_size)
         results = ranked(gallery, queries, paths, args.top)
         if args.json:
             record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,

@@ -1,12 +1,14 @@
-"""Data: UnED info files or class folders -> validated `Domain`s -> DALI pipelines -> torch batches.
+"""Data: UnED info files or class folders -> validated `Domain`s -> DALI or torchvision pipelines -> torch batches.
 
 - `uned.py`, `folder.py`: read the layouts into `Domain`/`Split` (`domain.py`); `knn_pairs` gives
   the (query, index) sets of the UnED protocol; `folder_split.py`: the seeded class-disjoint
   test/val split of folder domains that have none.
-- `sampling.py`, `sources.py`, `dali_pipelines.py`, `loaders.py`: seeded, sharded, resumable,
-  prefetching per-domain train batches (`TrainLoader`) and in-order eval batches (`EvalLoader`).
+- `sampling.py`, `sources.py`, `loaders.py`: seeded, sharded, resumable, prefetching per-domain
+  train batches (`TrainLoader`) and in-order eval batches (`EvalLoader`), decoded and augmented
+  (`augment.py` defines how) by `decoders.py`'s choice: `dali_pipelines.py` (DALI, imported only
+  when used) or `torchvision_pipelines.py`.
 - `image_bytes.py`, `verify.py`: broken-file checks (skip while training, refuse before any
-  evaluation reaches DALI, `verify` up front).
+  evaluation reaches a decoder, `verify` up front).
 - `builtin.py`: the small built-in multi-domain dataset; `pil_baseline.py`: the benchmark baseline.
 CLI: `python -m udon_fast.data {verify,builtin}`.
 """

@@ -1,67 +1,64 @@
-"""The DALI graphs: one train and one eval pipeline per (domain, split), fed by `external_source`.
+"""The DALI decoder: one train and one eval pipeline per (domain, split), fed by `external_source`.
 
-Train: decode -> resize to S x S, S = round(image_size * 256 / 224) (aspect not kept) -> crop
-image_size at the sample's drawn position -> flip when drawn -> normalise -> CHW float32.
-Eval: decode -> resize the shorter side to image_size -> centre crop image_size -> normalise.
-Crop positions and flips come from the source (see `sampling.py`), not from DALI's RNG, so batches
-are reproducible and resumable.  With a `device_id` images decode with `device="mixed"` and the
-rest runs on that GPU; with `device_id=None` only CPU operators are used.
+They implement `augment.py`'s definitions.  Train: decode, resample the crop's source window
+(from the drawn crop position) straight to image_size x image_size (`fn.resize` with a relative
+region of interest: the same pixels as resizing the whole image to S x S and cropping, without
+computing the other 23% of the S x S image), flip when drawn and normalise
+(`fn.crop_mirror_normalize`, CHW float32).  Eval: decode, resize the shorter side, centre crop,
+normalise.  Crop positions and flips come from the source (`sampling.py`), not from
+DALI's RNG, so batches are reproducible and resumable.  With `device_id=None` only CPU operators
+are used.  This module imports DALI: only `decoders.py` imports it, when the DALI decoder is used.
 """
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, math as dmath, pipeline_def, types
 from nvidia.dali.backend import TensorGPU
 from nvidia.dali.pipeline import Pipeline
 
-
-def train_resize(image_size: int) -> int:
-    """Side of the square train resize for a crop of `image_size` (256 for 224)."""
-    return round(image_size * 256 / 224)
+from .augment import check_norm, train_resize
 
 
-def check_norm(mean: Sequence[float], std: Sequence[float]) -> None:
-    """Reject mean/std that are not 3 values in 0..1 units (std > 0)."""
-    for name, values in (("mean", mean), ("std", std)):
-        if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-            raise ValueError(f"{name} must be 3 values in 0..1 units (e.g. ImageNet mean (0.485, 0.456, 0.406)), "
-                             f"got {tuple(values)}")
-    if min(std) <= 0:
-        raise ValueError(f"std must be positive, got {tuple(std)}")
+def _normalise(images, mean, std, **options):
+    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                    mean=[255.0 * m for m in mean], std=[255.0 * s for s in std], **options)
 
 
-def _normalise(images, image_size: int, mean, std, **crop):
-    return fn.crop_mirror_normalize(images, crop=(image_size, image_size), dtype=types.FLOAT, output_layout="CHW",
-                                    mean=[255.0 * m for m in mean], std=[255.0 * s for s in std], **crop)
+def _decode_device(device_id: int | None) -> str:
+    return "cpu" if device_id is None else "mixed"
 
 
-def _decode(encoded, device_id: int | None):
-    return fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+def _train_crops(encoded, crop_x, crop_y, image_size: int, device_id: int | None):
+    """RGB uint8 (image_size, image_size, 3) crops: each crop's source window, resampled (`augment.py`)."""
+    side = train_resize(image_size)
+    x0 = dmath.floor(crop_x * float(side - image_size) + 0.5) / side  # crop origin in the S x S image,
+    y0 = dmath.floor(crop_y * float(side - image_size) + 0.5) / side  # relative to the source's extent
+    images = fn.decoders.image(encoded, device=_decode_device(device_id), output_type=types.RGB)
+    return fn.resize(images, size=(image_size, image_size), roi_relative=True, roi_start=fn.stack(y0, x0),
+                     roi_end=fn.stack(y0 + image_size / side, x0 + image_size / side))
 
 
 def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
                    std: Sequence[float], num_threads: int, device_id: int | None, prefetch_depth: int = 2,
-                   seed: int = 0) -> Pipeline:
+                   seed: int = 0) -> "DaliPipeline":
     """A built train pipeline; `source()` returns a batch (encoded uint8 arrays, labels int64 (1,),
-    crop_x float32 (), crop_y float32 (), flip int32 ()); outputs (images (B,3,s,s) float32, labels)."""
+    crop_x float32 (), crop_y float32 (), flip int32 ()); outputs (images (B,3,s,s) float32, labels (B,1))."""
     check_norm(mean, std)
-    side = train_resize(image_size)
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=prefetch_depth, exec_dynamic=True)
     def graph():
         encoded, labels, crop_x, crop_y, flip = fn.external_source(source=source, num_outputs=5, batch=True)
-        images = fn.resize(_decode(encoded, device_id), resize_x=side, resize_y=side)
-        return _normalise(images, image_size, mean, std, crop_pos_x=crop_x, crop_pos_y=crop_y, mirror=flip), labels
+        crops = _train_crops(encoded, crop_x, crop_y, image_size, device_id)
+        return _normalise(crops, mean, std, mirror=flip), labels
 
-    pipe = graph()
-    pipe.build()
-    return pipe
+    return DaliPipeline(graph())
 
 
 def eval_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
-                  std: Sequence[float], num_threads: int, device_id: int | None, prefetch_depth: int = 2) -> Pipeline:
+                  std: Sequence[float], num_threads: int, device_id: int | None,
+                  prefetch_depth: int = 2) -> "DaliPipeline":
     """A built eval pipeline; `source()` returns a batch of encoded uint8 arrays (at most batch_size);
     output images (b,3,s,s) float32."""
     check_norm(mean, std)
@@ -70,12 +67,29 @@ def eval_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: S
                   prefetch_queue_depth=prefetch_depth, exec_dynamic=True)
     def graph():
         encoded = fn.external_source(source=source, batch=True)
-        images = fn.resize(_decode(encoded, device_id), resize_shorter=image_size)
-        return _normalise(images, image_size, mean, std)
+        images = fn.decoders.image(encoded, device=_decode_device(device_id), output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=image_size, subpixel_scale=False)
+        return _normalise(images, mean, std, crop=(image_size, image_size))
 
-    pipe = graph()
-    pipe.build()
-    return pipe
+    return DaliPipeline(graph())
+
+
+class DaliPipeline:
+    """A built DALI pipeline behind the decoders' interface: `schedule_run()` starts the next batch,
+    `outputs()` returns the oldest started one as torch tensors (a decode failure raises RuntimeError)."""
+
+    def __init__(self, pipe: Pipeline):
+        pipe.build()
+        self.pipe = pipe
+
+    def schedule_run(self) -> None:
+        self.pipe.schedule_run()
+
+    def outputs(self) -> tuple[torch.Tensor, ...]:
+        return tuple(to_torch(batch) for batch in self.pipe.outputs())
+
+    def close(self) -> None:
+        self.pipe = None
 
 
 def to_torch(batch) -> torch.Tensor:

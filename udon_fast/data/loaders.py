@@ -1,18 +1,19 @@
 """What the trainer and evaluator call: per-domain train batches and in-order eval batches.
 
-`TrainLoader` keeps one DALI pipeline per domain, each primed `prefetch_depth` batches ahead, so
-`next_batch(domain)` for any domain at any step returns a prefetched batch.  Its `state_dict()`
-holds each domain's position (epoch, offset) after the last batch handed out; loading it rebuilds
-the pipelines there, so a resumed run sees exactly the batches of an uninterrupted one.  A file
-that still fails inside DALI is found by decoding the in-flight files with PIL, skipped, and the
-domain's pipeline is rebuilt at the last handed-out position.
+`TrainLoader` keeps one pipeline per domain (DALI or torchvision, `decoders.py`), each primed
+`prefetch_depth` batches ahead, so `next_batch(domain)` for any domain at any step returns a
+prefetched batch.  Its `state_dict()` holds each domain's position (epoch, offset) after the last
+batch handed out; loading it rebuilds the pipelines there, so a resumed run sees exactly the
+batches of an uninterrupted one, with either decoder.  A file that still fails inside the decoder
+is found by decoding the in-flight files with PIL, skipped, and the domain's pipeline is rebuilt
+at the last handed-out position.
 """
 import math
 from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from .dali_pipelines import eval_pipeline, to_torch, train_pipeline
+from .decoders import eval_pipeline, resolve_decoder, train_pipeline
 from .domain import Domain, Split
 from .image_bytes import decode_check
 from .sampling import EpochStream, Position, stream_id
@@ -32,8 +33,8 @@ class DomainTrainIterator:
 
     def __init__(self, domain: Domain, *, batch_size: int, image_size: int, mean: Sequence[float],
                  std: Sequence[float], seed: int, rank: int, world_size: int, num_threads: int,
-                 device_id: int | None, prefetch_depth: int, position: Position = Position()):
-        self.domain = domain
+                 device_id: int | None, prefetch_depth: int, decoder: str, position: Position = Position()):
+        self.domain, self.decoder = domain, decoder
         self._stream_args = (seed, stream_id(domain.name), rank, world_size)
         EpochStream(len(domain.train), *self._stream_args)  # argument checks before any thread starts
         self.options = dict(batch_size=batch_size, image_size=image_size, mean=mean, std=std,
@@ -46,7 +47,7 @@ class DomainTrainIterator:
         stream = EpochStream(len(self.domain.train), *self._stream_args)
         self.source = TrainSource(self.domain.name, self.domain.train, stream, self.options["batch_size"],
                                   self.position, self.skipped, read_ahead=self.options["prefetch_depth"])
-        self.pipe = train_pipeline(self.source, **self.options)
+        self.pipe = train_pipeline(self.decoder, self.source, **self.options)
         for _ in range(self.options["prefetch_depth"]):
             self.pipe.schedule_run()
 
@@ -62,9 +63,9 @@ class DomainTrainIterator:
         self._start()
 
     def close(self) -> None:
-        """Stop the file reader and drop the pipeline."""
+        """Stop the file reader and the pipeline."""
         self.source.close()
-        self.pipe = None
+        self.pipe.close()
 
     def __del__(self):
         if getattr(self, "source", None) is not None:
@@ -78,7 +79,7 @@ class DomainTrainIterator:
                 break
             except RuntimeError as error:
                 self._recover(error)
-        images, labels = to_torch(images), to_torch(labels).reshape(-1)
+        labels = labels.reshape(-1)
         self.position, _ = self.source.in_flight.popleft()
         try:
             self.pipe.schedule_run()
@@ -96,18 +97,24 @@ class TrainLoader:
     rank/world_size: this process's shard (torchrun); each epoch is partitioned across ranks.
     device_id: "auto" (current CUDA device if any, else CPU), an int, or None (CPU only); on a GPU
         images come back as CUDA tensors, labels stay on the CPU.
+    decoder: "dali" (default; falls back to "torchvision", with one log line, where DALI does not
+        import) or "torchvision"; `self.decoder` is the one in use.  Both give the same batches
+        up to resampling rounding (`augment.py`).
     """
 
     def __init__(self, domains: Mapping[str, Domain], *, batch_size: int, image_size: int,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_threads: int = 2, device_id: int | None | str = "auto", prefetch_depth: int = 2):
+                 num_threads: int = 2, device_id: int | None | str = "auto", prefetch_depth: int = 2,
+                 decoder: str = "dali"):
         if batch_size < 1 or image_size < 1:
             raise ValueError(f"batch_size and image_size must be positive, got {batch_size} and {image_size}")
+        self.decoder = resolve_decoder(decoder)
         self.domains = dict(domains)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self._options = dict(batch_size=batch_size, image_size=image_size, mean=tuple(mean), std=tuple(std),
                              seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
-                             device_id=resolve_device_id(device_id), prefetch_depth=prefetch_depth)
+                             device_id=resolve_device_id(device_id), prefetch_depth=prefetch_depth,
+                             decoder=self.decoder)
         self._iterators = {name: DomainTrainIterator(d, **self._options) for name, d in self.domains.items()}
 
     def next_batch(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,14 +161,16 @@ class EvalLoader:
     """Every image of a split exactly once, in order, the last batch partial (no padding).
 
     Yields (images (b,3,s,s) float32, labels int64 (b,) or (b,L) padded with -1), b <= batch_size.
-    Every image is checked (`verify.check_decodable`, cached) before DALI sees any: a damaged file
-    raises `CorruptImagesError` naming all bad files of the split instead of crashing DALI.
+    decoder: as for `TrainLoader`.
+    Every image is checked (`verify.check_decodable`, cached) before the decoder sees any: a damaged
+    file raises `CorruptImagesError` naming all bad files of the split instead of crashing DALI.
     """
 
     def __init__(self, split: Split, *, batch_size: int, image_size: int, mean: Sequence[float],
                  std: Sequence[float], num_threads: int = 2, device_id: int | None | str = "auto",
-                 prefetch_depth: int = 2):
+                 prefetch_depth: int = 2, decoder: str = "dali"):
         self.split, self.batch_size = split, batch_size
+        self.decoder = resolve_decoder(decoder)
         self._options = dict(batch_size=batch_size, image_size=image_size, mean=tuple(mean), std=tuple(std),
                              num_threads=num_threads, device_id=resolve_device_id(device_id),
                              prefetch_depth=prefetch_depth)
@@ -175,15 +184,17 @@ class EvalLoader:
             return
         check_decodable(self.split.paths, f"in split {self.split.name!r}" if self.split.name else "",
                         workers=self._options["num_threads"])
-        pipe = eval_pipeline(EvalSource(self.split, self.batch_size), **self._options)
-        scheduled = min(batches, self._options["prefetch_depth"])
-        for _ in range(scheduled):
-            pipe.schedule_run()
-        labels = torch.from_numpy(self.split.labels)
-        for b in range(batches):
-            (images,) = pipe.outputs()
-            images = to_torch(images)
-            if scheduled < batches:
+        pipe = eval_pipeline(self.decoder, EvalSource(self.split, self.batch_size), **self._options)
+        try:
+            scheduled = min(batches, self._options["prefetch_depth"])
+            for _ in range(scheduled):
                 pipe.schedule_run()
-                scheduled += 1
-            yield images, labels[b * self.batch_size:(b + 1) * self.batch_size]
+            labels = torch.from_numpy(self.split.labels)
+            for b in range(batches):
+                (images,) = pipe.outputs()
+                if scheduled < batches:
+                    pipe.schedule_run()
+                    scheduled += 1
+                yield images, labels[b * self.batch_size:(b + 1) * self.batch_size]
+        finally:
+            pipe.close()

@@ -1,6 +1,6 @@
 """The benchmark baseline: a plain torch DataLoader over PIL with the train augmentations of
-`dali_pipelines.py` (resize to S x S, S = round(image_size*256/224); random crop; random flip;
-normalise).  Not the default path: `TrainLoader` is.
+`augment.py` (resize to S x S, S = round(image_size*256/224); random crop; random flip; normalise),
+drawn by torchvision's RNG.  Not the default path: `TrainLoader` is.
 """
 from typing import Sequence
 
@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from .dali_pipelines import check_norm, train_resize
+from .augment import check_norm, train_resize
 from .domain import Split
 
 

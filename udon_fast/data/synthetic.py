@@ -1,7 +1,11 @@
-"""Tiny generated datasets in the UnED layout, for tests (of this package and of its users).
+"""Generated images for tests and benchmarks (of this package and of its users).
 
-Each image is a solid colour that encodes its global index (recoverable after any crop/flip),
-saved as JPEG; each class id is an arbitrary non-contiguous int.
+- `write_tiny_uned`: tiny datasets in the UnED layout; each image is a solid colour that encodes
+  its global index (recoverable after any crop/flip), saved as JPEG; each class id is an arbitrary
+  non-contiguous int.
+- `photo_like`, `write_photos`: photo-like RGB images of any size (a random region of one of
+  scikit-image's real photos, rescaled, with sensor-like noise), so decoding costs what real
+  photos cost (flat colours decode several times faster).
 """
 import json
 import os
@@ -9,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 
 
 def colour_of(index: int) -> tuple[int, int, int]:
@@ -42,3 +48,31 @@ def write_tiny_uned(root: str | os.PathLike, splits: dict[str, dict[str, int]], 
                     index += 1
             (root / "info_files" / domain / f"{split}.json").write_text(json.dumps(entries), encoding="utf-8")
     return root
+
+
+def photo_like(rng: np.random.Generator, size: tuple[int, int], noise: float = 6.0) -> np.ndarray:
+    """An RGB uint8 (h, w, 3) image, (h, w) = size: a random region (half to all of each side) of a
+    random scikit-image photo, resized (bicubic, aspect not kept), plus Gaussian noise of `noise` levels."""
+    import skimage  # imported on use: only image generation needs it
+
+    name = _PHOTOS[rng.integers(len(_PHOTOS))]
+    with Image.open(Path(skimage.__file__).parent / "data" / name) as source:
+        source = source.convert("RGB")
+        fraction = rng.uniform(0.5, 1.0, 2)
+        w, h = int(source.width * fraction[0]), int(source.height * fraction[1])
+        x, y = rng.integers(0, source.width - w + 1), rng.integers(0, source.height - h + 1)
+        view = source.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=(x, y, x + w, y + h))
+    pixels = np.asarray(view, dtype=np.float32) + rng.normal(0.0, noise, (*size, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def write_photos(folder: str | os.PathLike, count: int, size: tuple[int, int], quality: int = 90,
+                 classes: int = 10, seed: int = 0) -> Path:
+    """Write `count` photo-like JPEGs of (h, w) = size at `quality` as a class-folder domain
+    (folder/c<k>/<i>.jpg, image i in class i % classes) and return `folder`."""
+    folder, rng = Path(folder), np.random.default_rng(seed)
+    for i in range(count):
+        path = folder / f"c{i % classes}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo_like(rng, size)).save(path, "JPEG", quality=quality)
+    return folder

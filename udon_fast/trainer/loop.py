@@ -79,7 +79,8 @@ class Run:
                                      strategy=config.sampler, update_every=config.update_every, seed=config.seed)
         self.loader = TrainLoader(self.domains, batch_size=config.batch_size, image_size=config.image_size,
                                   mean=self.model.mean, std=self.model.std, seed=config.seed, rank=self.ranks.rank,
-                                  world_size=self.ranks.world_size, num_threads=config.data_threads)
+                                  world_size=self.ranks.world_size, num_threads=config.data_threads,
+                                  decoder=config.decoder)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
         self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
@@ -110,7 +111,8 @@ class Run:
     def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
         return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
                                          batch_size=self.config.eval_batch_size, device=self.ranks.device,
-                                         num_threads=self.config.data_threads, progress=self.config.progress,
+                                         num_threads=self.config.data_threads, decoder=self.config.decoder,
+                                         progress=self.config.progress,
                                          **kwargs)
 
     def evaluate_baseline(self) -> dict[str, Any]:
@@ -121,7 +123,8 @@ class Run:
         try:
             return evaluation.evaluate_model(baseline, self.domains, "test", embedding="student",
                                              batch_size=self.config.eval_batch_size, device=self.ranks.device,
-                                             num_threads=self.config.data_threads, progress=self.config.progress)
+                                             num_threads=self.config.data_threads, decoder=self.config.decoder,
+                                             progress=self.config.progress)
         finally:
             self.model.train(was_training)
 
