@@ -54,7 +54,7 @@ def test_folders_train_baseline_index_search_export(tmp_path, monkeypatch, capsy
     split = config["folder_splits"]["photos"]
     assert split["seed"] == 5 and len(split["test"]) == 2 and len(split["val"]) == 2 and len(split["train"]) == 4
     results = json.loads((run / "results.json").read_text())
-    assert set(results) == {"baseline", "initial", "final"} and set(results["baseline"]) == {"student"}
+    assert set(results) == {"baseline", "initial", "final", "validation"} and set(results["baseline"]) == {"student"}
     assert "| domain | baseline P@1 | initial P@1 | final P@1 |" in (run / "results.md").read_text()
     best = run / "checkpoints" / "best.pt"
     capsys.readouterr()
