@@ -1,15 +1,18 @@
-"""`python -m udon_fast.evaluate`: UnED kNN evaluation of a checkpoint; writes results.json/.csv/.md."""
+"""`python -m udon_fast.evaluate`: UnED kNN evaluation of a checkpoint; writes results.json/.csv/.md.
+
+`torchrun --nproc_per_node N -m udon_fast.evaluate ...` embeds on all N ranks (results identical).
+A class-parallel checkpoint (its manifest, checkpoints/last.pt or best.pt) evaluates like any other:
+embedding needs no classifier rows."""
 import argparse
 import csv
 import json
 import sys
 from pathlib import Path
 
-import torch
-
 from .data import ensure_builtin, load_domains
 from .evaluation import EMBEDDINGS, INDEX_MODES, evaluate_model
 from .model import load_model
+from .trainer import distributed
 from .trainer.report import results_table
 
 
@@ -38,17 +41,28 @@ def write_csv(path: Path, results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Under `torchrun --nproc_per_node N` every rank embeds a share of each set; rank 0 searches and writes."""
     args = build_parser().parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = distributed.setup()
     try:
-        model, _ = load_model(args.checkpoint, map_location=device)
+        return _evaluate(args, ranks)
+    finally:
+        distributed.teardown()
+
+
+def _evaluate(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
+    try:
+        model, _ = load_model(args.checkpoint, map_location=ranks.device)
         data_root = args.data_root or ensure_builtin()
         domains = load_domains(data_root, list(model.domains))
     except (FileNotFoundError, ValueError) as exc:
         print(f"udon_fast.evaluate: error: {exc}", file=sys.stderr)
         return 1
     results = evaluate_model(model, domains, args.split, index=args.index, embedding=args.embedding,
-                             batch_size=args.batch_size, device=device, num_threads=args.threads)
+                             batch_size=args.batch_size, device=ranks.device, num_threads=args.threads,
+                             progress=ranks.is_main, distributed=ranks.world_size > 1)
+    if not ranks.is_main:
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")

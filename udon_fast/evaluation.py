@@ -8,14 +8,20 @@ images -> `data.EvalLoader` (DALI eval pipeline) -> `UDONModel` embeddings -> `k
 itself, leave-one-out).  "merged" (the headline): every query searches the union of all domains'
 index sets; a query whose own image is in that union (query set == index set) skips itself.
 Teacher embeddings are evaluated per domain only (own-domain oracle).
+
+`distributed=True` (every rank of a torch.distributed job calls): each rank embeds a share of whole
+batches of every set, rank 0 gathers them, searches and scores, and every rank returns its results;
+identical to single-rank evaluation (`distributed_eval`).
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from . import distributed_eval
 from .data import Domain, EvalLoader, Split, knn_pairs
 from .knn import knn_metrics_by_domain
 from .model import UDONModel
@@ -48,6 +54,22 @@ def embed_split(model: UDONModel, split: Split, domain: str | None, *, batch_siz
         if teacher:
             teachers.append(model.teacher_embedding(features, domain).cpu())
     return Embedded(torch.cat(students).numpy(), torch.cat(teachers).numpy() if teacher else None, split.labels)
+
+
+def _embed_share(model: UDONModel, split: Split, domain: str, *, batch_size: int, device: torch.device,
+                 teacher: bool, num_threads: int, progress: bool) -> Embedded | None:
+    """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
+    lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
+    part = Split(split.paths[lo:hi], split.labels[lo:hi], split.name)
+    if hi > lo:
+        mine = embed_split(model, part, domain, batch_size=batch_size, device=device, teacher=teacher,
+                           num_threads=num_threads, progress=progress)
+    else:
+        mine = Embedded(np.zeros((0, model.student_dim_out), np.float32),
+                        np.zeros((0, model.teacher_dim_out), np.float32) if teacher else None, part.labels)
+    student = distributed_eval.gather_to_main(mine.student, device)
+    teachers = distributed_eval.gather_to_main(mine.teacher, device) if teacher else None
+    return None if student is None else Embedded(student, teachers, split.labels)
 
 
 def _pad_labels(labels: Sequence[np.ndarray]) -> np.ndarray:
@@ -97,10 +119,12 @@ def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mod
 
 def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
-                   num_threads: int = 2, progress: bool = True) -> dict:
+                   num_threads: int = 2, progress: bool = True, distributed: bool = False) -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
 
     Returns {"student": {"merged"?: leaf, "separate"?: leaf}, "teacher"?: {"separate": leaf}}.
+    distributed: every rank of the initialised default process group calls; each embeds its share,
+    rank 0 searches; all return rank 0's results.
     """
     if index not in INDEX_MODES:
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
@@ -110,18 +134,21 @@ def evaluate_model(model: UDONModel, domains: Mapping[str, Domain], split: str, 
     want_teacher = embedding in ("teacher", "both")
     was_training = model.training
     model.eval()
+    embed = _embed_share if distributed else embed_split
     sets = {}
     for name, domain in domains.items():
         query, index_split = knn_pairs(domain, split)
         options = dict(batch_size=batch_size, device=device, teacher=want_teacher, num_threads=num_threads,
                        progress=progress)
-        sets[name] = (embed_split(model, query, name, **options),
-                      None if index_split is None else embed_split(model, index_split, name, **options))
+        sets[name] = (embed(model, query, name, **options),
+                      None if index_split is None else embed(model, index_split, name, **options))
     model.train(was_training)
-    modes = ["merged", "separate"] if index == "both" else [index]
-    results = {}
-    if embedding in ("student", "both"):
-        results["student"] = {mode: _search(sets, "student", mode) for mode in modes}
-    if want_teacher:
-        results["teacher"] = {"separate": _search(sets, "teacher", "separate")}
-    return results
+    results = None
+    if not distributed or dist.get_rank() == 0:
+        modes = ["merged", "separate"] if index == "both" else [index]
+        results = {}
+        if embedding in ("student", "both"):
+            results["student"] = {mode: _search(sets, "student", mode) for mode in modes}
+        if want_teacher:
+            results["teacher"] = {"separate": _search(sets, "teacher", "separate")}
+    return distributed_eval.broadcast_from_main(results) if distributed else results

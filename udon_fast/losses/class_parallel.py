@@ -35,8 +35,8 @@ from . import backends
 from .margins import NO_TARGET, target_logit
 
 # The torch >= 2.14 names, else the older ones (deprecated there) for the torch 2.6 .. 2.13 supported.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _metadata(shard: ClassShard, batch: int, classes: int, dims: tuple[int, int]
     mine = torch.tensor([batch, shard.start, classes, shard.num_classes, *dims, int(failed)], dtype=torch.int64,
                         device=device)
     table = torch.empty(world * mine.numel(), dtype=torch.int64, device=device)
-    _all_gather(table, mine, group=shard.group)
+    all_gather_into(table, mine, group=shard.group)
     return table.view(world, -1).cpu()
 
 
@@ -161,7 +161,7 @@ class _GatherRows(torch.autograd.Function):
         padded = local.new_zeros(plan.max_rows, local.shape[1])
         padded[:local.shape[0]] = local
         gathered = local.new_empty(plan.world * plan.max_rows, local.shape[1])
-        _all_gather(gathered, padded, group=plan.group)
+        all_gather_into(gathered, padded, group=plan.group)
         gathered = gathered.view(plan.world, plan.max_rows, -1)
         rows = torch.cat([gathered[r, :n] for r, n in enumerate(plan.rows)])
         return tuple(part.to(t).contiguous() for part, t in zip(rows.split(ctx.widths, dim=1), ctx.dtypes))
@@ -181,7 +181,7 @@ class _GatherRows(torch.autograd.Function):
             offset += n
         padded = padded.view(plan.world * plan.max_rows, -1)
         mine = full.new_empty(plan.max_rows, full.shape[1])
-        _reduce_scatter(mine, padded, group=plan.group)
+        reduce_scatter_into(mine, padded, group=plan.group)
         mine = mine[:plan.rows[plan.rank]]
         return (None, *(part.to(t) for part, t in zip(mine.split(ctx.widths, dim=1), ctx.dtypes)))
 
@@ -195,7 +195,7 @@ def gather_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
     padded = labels.new_full((plan.max_rows,), NO_TARGET)
     padded[:labels.shape[0]] = labels
     gathered = labels.new_empty(plan.world * plan.max_rows)
-    _all_gather(gathered, padded, group=plan.group)
+    all_gather_into(gathered, padded, group=plan.group)
     gathered = gathered.view(plan.world, plan.max_rows)
     return torch.cat([gathered[r, :n] for r, n in enumerate(plan.rows)])
 

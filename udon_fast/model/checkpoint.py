@@ -42,16 +42,29 @@ def save_checkpoint(
     A crash leaves either the previous file or the new one at `path`, never a partial file.
     Returns the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_checkpoint(path, model.config, model.state_dict(),
+                            optimizer.state_dict() if optimizer is not None else None, extra)
+
+
+def write_checkpoint(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor],
+                     optimizer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """`save_checkpoint` from the parts: a model config (`UDONModel.config`), its state dict, an optimizer
+    state dict or None and `extra`."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": model.config,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "config": config,
+        "model": model_state,
+        "optimizer": optimizer_state,
         "extra": dict(extra or {}),
     }
+    return atomic_save(path, payload)
+
+
+def atomic_save(path: str | Path, payload: Any) -> Path:
+    """`torch.save(payload)` to `path` atomically (temp file in the same directory, fsync, rename, fsync dir)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

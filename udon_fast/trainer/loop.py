@@ -16,7 +16,7 @@ from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import packaged_weights
 from ..sampler import DomainSampler
-from . import distributed, report
+from . import class_parallel, distributed, report
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep
@@ -54,6 +54,9 @@ class Run:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.ranks = distributed.setup()
+        if config.class_parallel and self.ranks.world_size < 2:
+            raise ValueError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
+                             "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ...")
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -61,9 +64,12 @@ class Run:
         self.domains = load_domains(data_root, config.domains)
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
-        self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
-                               teacher_dim=config.teacher_dim, student_dim=config.student_dim,
-                               pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
+        classes = {n: d.num_classes for n, d in self.domains.items()}
+        slices = (class_parallel.class_slices(classes, self.ranks.rank, self.ranks.world_size)
+                  if config.class_parallel else None)
+        self.model = UDONModel(config.backbone, classes, teacher_dim=config.teacher_dim,
+                               student_dim=config.student_dim, pretrained=_weights_path(config),
+                               image_size=config.image_size, class_slices=slices).to(self.ranks.device)
         images = sum(len(d.train) for d in self.domains.values())
         self.steps_per_epoch = max(1, images // (config.batch_size * self.ranks.world_size))
         self.total_steps = config.steps or config.epochs * self.steps_per_epoch
@@ -73,22 +79,37 @@ class Run:
                                   mean=self.model.mean, std=self.model.std, seed=config.seed, rank=self.ranks.rank,
                                   world_size=self.ranks.world_size, num_threads=config.data_threads)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
-        self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
-                                compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
+        step_type = class_parallel.ClassParallelStep if config.class_parallel else UDONStep
+        self.step_fn = step_type(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
+                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
 
     def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
+        """Every rank embeds its share of the sets (a collective); the same metrics on every rank."""
         return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
                                          batch_size=self.config.eval_batch_size, device=self.ranks.device,
-                                         num_threads=self.config.data_threads, progress=self.config.progress,
-                                         **kwargs)
+                                         num_threads=self.config.data_threads,
+                                         progress=self.config.progress and self.ranks.is_main,
+                                         distributed=self.ranks.world_size > 1, **kwargs)
+
+    def save(self, name: str, progress: Progress) -> None:
+        """checkpoints/<name>: rank 0's single file, or with --class-parallel every rank's shard + the manifest."""
+        if self.config.class_parallel:
+            class_parallel.save_sharded_run(self.checkpoints / name, self.model, self.optimizer, self.sampler,
+                                            self.loader, progress, self.ranks)
+        elif self.ranks.is_main:
+            save_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader, progress)
 
     def start(self) -> Progress:
         """Resume from last.pt, or start fresh (also when --resume finds no checkpoint yet: the run was
         stopped before its first one): write config.json and evaluate the untrained model."""
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
-            progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
+            if self.config.class_parallel:
+                progress = class_parallel.load_sharded_run(last, self.model, self.optimizer, self.sampler,
+                                                           self.loader, self.ranks)
+            else:
+                progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
             if self.ranks.is_main:
                 _truncate_metrics(self.out / "metrics.jsonl", progress.step)
             return progress
@@ -99,21 +120,19 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(self.config.to_json(), encoding="utf-8")
             (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
-            progress.initial = self.evaluate("test")
+        progress.initial = self.evaluate("test")
         distributed.barrier(self.ranks.world_size)
         return progress
 
     def checkpoint(self, progress: Progress, validate: bool) -> None:
         """End of an epoch (validate=True) or a periodic save: best.pt on a new best, then last.pt."""
-        if self.ranks.is_main:
-            if validate and self.val_domains:
-                score = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]["mean"]["p_at_1"]
-                progress.validations.append({"step": progress.step, "mean_p_at_1": score})
-                if score > progress.best_score:
-                    progress.best_score, progress.best_step = score, progress.step
-                    save_run(self.checkpoints / "best.pt", self.model, self.optimizer, self.sampler, self.loader,
-                             progress)
-            save_run(self.checkpoints / "last.pt", self.model, self.optimizer, self.sampler, self.loader, progress)
+        if validate and self.val_domains:
+            score = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]["mean"]["p_at_1"]
+            progress.validations.append({"step": progress.step, "mean_p_at_1": score})
+            if score > progress.best_score:
+                progress.best_score, progress.best_step = score, progress.step
+                self.save("best.pt", progress)
+        self.save("last.pt", progress)
         distributed.barrier(self.ranks.world_size)
 
     def train(self, progress: Progress) -> None:
@@ -157,11 +176,14 @@ class Run:
 
     def finish(self, progress: Progress, started: float) -> dict[str, Any]:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""
+        best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
+        if self.config.class_parallel:
+            class_parallel.load_embedding_weights(self.model, best)
+        else:
+            self.model.load_state_dict(read_checkpoint(best)["model"])
+        results = {"initial": progress.initial, "final": self.evaluate("test")}
         if not self.ranks.is_main:
             return {}
-        best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
-        self.model.load_state_dict(read_checkpoint(best)["model"])
-        results = {"initial": progress.initial, "final": self.evaluate("test")}
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
                   f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
                   f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s")
