@@ -92,7 +92,8 @@ class ClassParallelStep(UDONStep):
         dist.all_reduce(shard_squares)
         replicated_squares = torch.nn.utils.get_total_norm(replicated).square() if replicated else 0.0
         total = torch.sqrt(shard_squares + replicated_squares)
-        torch.nn.utils.clip_grads_with_norm_(replicated + sharded, self.grad_clip, total)
+        torch.nn.utils.clip_grads_with_norm_([p for p in self.replicated + self.sharded if p.grad is not None],
+                                             self.grad_clip, total)
 
 
 def _collectively(world_size: int, action: Callable[[], Any], what: str) -> Any:
