@@ -69,6 +69,13 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
     return value
 
 
+def broadcast_from_main(tensors, world_size: int) -> None:
+    """Overwrite `tensors` in place with rank 0's values (the same list, in the same order, on every rank)."""
+    if world_size > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
 def barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()

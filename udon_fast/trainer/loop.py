@@ -177,10 +177,13 @@ class Run:
     def finish(self, progress: Progress, started: float) -> dict[str, Any]:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
-        if self.config.class_parallel:
+        if self.ranks.is_main and self.config.class_parallel:
             class_parallel.load_embedding_weights(self.model, best)
-        else:
+        elif self.ranks.is_main:
             self.model.load_state_dict(read_checkpoint(best)["model"])
+        embedding = [t for name, t in self.model.state_dict().items()
+                     if not name.startswith(("teacher_classifiers.", "student_classifiers."))]
+        distributed.broadcast_from_main(embedding, self.ranks.world_size)
         results = {"initial": progress.initial, "final": self.evaluate("test")}
         if not self.ranks.is_main:
             return {}
