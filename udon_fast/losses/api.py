@@ -35,8 +35,10 @@ def _head_rows(backend, e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, 
     return ce_t, ce_s, kl
 
 
-def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
+def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin_type, margin, scale, tau_t, tau_s):
     """Per-row CE_t, CE_s, KL over all ranks' rows for class-parallel weights (class_parallel.py)."""
+    if not isinstance(shard, ClassShard):
+        raise TypeError(f"class_shard must be a udon_fast.ClassShard, got {type(shard).__name__}")
 
     def check_all():
         check()
@@ -47,7 +49,7 @@ def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, code,
 
     plan = class_parallel.plan(shard, check_all, e_t, w_t, e_s, what)
     return class_parallel.head_rows(plan, backends.resolve(backend, e_t.device), e_t, w_t, e_s, w_s, labels,
-                                    code, margin, scale, tau_t, tau_s)
+                                    margin_code(margin_type), margin, scale, tau_t, tau_s)
 
 
 def udon_loss(
@@ -102,7 +104,7 @@ def udon_loss(
                                     margin_code(margin_type), *params)
     else:
         ce_t, ce_s, kl = _sharded_rows("udon_loss", class_shard, check, backend, teacher_emb, teacher_weight,
-                                       student_emb, student_weight, labels, margin_code(margin_type), *params)
+                                       student_emb, student_weight, labels, margin_type, *params)
     teacher_ce, student_ce, kl = ce_t.mean(), ce_s.mean(), kl.mean()
     sim = similarity_loss(student_emb, teacher_emb, n_devices)
     total = (teacher_ce_weight * teacher_ce + student_ce_weight * student_ce + kl_weight * kl
@@ -136,7 +138,7 @@ def normalized_softmax_ce(
         ce, _, _ = _head_rows(name, emb, weight, None, None, labels, margin_code(margin_type), margin, scale, 1.0, 1.0)
     else:
         ce, _, _ = _sharded_rows("normalized_softmax_ce", class_shard, check, backend, emb, weight, None, None, labels,
-                                 margin_code(margin_type), margin, scale, 1.0, 1.0)
+                                 margin_type, margin, scale, 1.0, 1.0)
     return ce.mean()
 
 
