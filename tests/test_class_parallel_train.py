@@ -2,7 +2,6 @@
 checkpoint layout, an exact resume after a crash between the shards and the manifest, evaluation and export
 from the manifest, and `evaluate` embedding on both ranks with the single-rank results."""
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from udon_fast import train as train_cli
 from udon_fast.config import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model import CheckpointError, load_model
-from udon_fast.trainer import class_parallel
+from udon_fast.trainer import sharded_checkpoint
 from udon_fast.trainer.state import load_run
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
@@ -49,16 +48,15 @@ def _worker(rank, world, root, data_root, ports):
     train(parse_args([*base, "--out", str(root / "dp")]))
     use_port(ports[1])
     train(parse_args([*base, "--out", str(root / "cp"), "--class-parallel"]))
-    real = class_parallel.write_checkpoint
-    class_parallel.write_checkpoint = _crash_on_manifest(real)
+    real = sharded_checkpoint.write_checkpoint
+    sharded_checkpoint.write_checkpoint = _crash_on_manifest(real)
     use_port(ports[2])
     try:
         train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel"]))
         out["crash"] = "no error"
     except (OSError, ValueError) as exc:
         out["crash"] = f"{type(exc).__name__}: {exc}"
-    class_parallel.write_checkpoint = real
-    torch.distributed.barrier() if torch.distributed.is_initialized() else None
+    sharded_checkpoint.write_checkpoint = real
     out["after_crash"] = sorted(p.name for p in (root / "crashed" / "checkpoints" / "shards").iterdir())
     use_port(ports[3])
     train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel", "--resume"]))
@@ -131,7 +129,7 @@ def test_checkpoint_is_a_manifest_of_shards_and_embeds(runs):
 
 def test_consolidated_classifiers_match_the_data_parallel_run(runs, tmp_path):
     root, _, _ = runs
-    whole = class_parallel.consolidate_checkpoint(root / "cp" / "checkpoints" / "last.pt", tmp_path / "whole.pt")
+    whole = sharded_checkpoint.consolidate_checkpoint(root / "cp" / "checkpoints" / "last.pt", tmp_path / "whole.pt")
     model, _ = load_model(whole)
     reference, _ = load_model(root / "dp" / "checkpoints" / "last.pt")
     for name, value in reference.state_dict().items():
@@ -165,14 +163,14 @@ def test_resume_checks_every_shard_against_the_manifest(runs, tmp_path):
     manifest = torch.load(manifest_path, weights_only=True)
     with pytest.raises(CheckpointError, match="holds classifier shards of 2 ranks but this run has 3; resume with "
                                               "torchrun --nproc_per_node 2"):
-        class_parallel._read_shard(manifest_path, manifest, 0, 3)
+        sharded_checkpoint._read_shard(manifest_path, manifest, 0, 3)
     shard = checkpoints / "shards" / "last-step000000006-rank00001-of00002.pt"
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=r"rank00001-of00002.pt has \d+ bytes but .*last.pt lists \d+"):
-        class_parallel._read_shard(manifest_path, manifest, 1, 2)
+        sharded_checkpoint._read_shard(manifest_path, manifest, 1, 2)
     shard.unlink()
     with pytest.raises(CheckpointError, match="rank00001-of00002.pt listed in .*last.pt is missing"):
-        class_parallel.consolidate_checkpoint(manifest_path, tmp_path / "whole.pt")
+        sharded_checkpoint.consolidate_checkpoint(manifest_path, tmp_path / "whole.pt")
     with pytest.raises(ValueError, match="written by a --class-parallel run of 2 ranks"):
         load_run(manifest_path, None, None, None, None)
 

@@ -16,7 +16,7 @@ from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import packaged_weights
 from ..sampler import DomainSampler
-from . import class_parallel, distributed, report
+from . import class_parallel, distributed, report, sharded_checkpoint
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep
@@ -95,7 +95,7 @@ class Run:
     def save(self, name: str, progress: Progress) -> None:
         """checkpoints/<name>: rank 0's single file, or with --class-parallel every rank's shard + the manifest."""
         if self.config.class_parallel:
-            class_parallel.save_sharded_run(self.checkpoints / name, self.model, self.optimizer, self.sampler,
+            sharded_checkpoint.save_sharded_run(self.checkpoints / name, self.model, self.optimizer, self.sampler,
                                             self.loader, progress, self.ranks)
         elif self.ranks.is_main:
             save_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader, progress)
@@ -106,7 +106,7 @@ class Run:
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
             if self.config.class_parallel:
-                progress = class_parallel.load_sharded_run(last, self.model, self.optimizer, self.sampler,
+                progress = sharded_checkpoint.load_sharded_run(last, self.model, self.optimizer, self.sampler,
                                                            self.loader, self.ranks)
             else:
                 progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
@@ -178,7 +178,7 @@ class Run:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
         if self.ranks.is_main and self.config.class_parallel:
-            class_parallel.load_embedding_weights(self.model, best)
+            sharded_checkpoint.load_embedding_weights(self.model, best)
         elif self.ranks.is_main:
             self.model.load_state_dict(read_checkpoint(best)["model"])
         embedding = [t for name, t in self.model.state_dict().items()
