@@ -9,8 +9,8 @@ Forward, per call:
 1. one all-gather of (B_r, start_r, C_r, num_classes, Dt, Ds, input error) per rank: row counts for the
    uneven gathers, the slice layout check, and every rank raises together when one rank's inputs
    are bad (no rank is left waiting in a collective);
-2. `_GatherRows`: all-gather of the embeddings (one buffer, both heads, padded to max B_r) and of
-   the labels, giving the global batch (B, D) on every rank;
+2. `_GatherRows`: all-gather of the embeddings (one buffer, both heads, padded to max B_r), and an
+   all-gather of the labels: the global batch (B rows in rank order) on every rank;
 3. the fused backend on the slice, with labels start-relative where this slice owns the class and
    NO_TARGET elsewhere: per row the slice's four log-sum-exps and its KL numerator;
 4. all-reduce MAX of the (B, 4) log-sum-exps, then one all-reduce SUM of (B, 7): the four rescaled
@@ -21,8 +21,8 @@ Backward: the backend's backward on the slice with the GLOBAL log-sum-exps gives
 complete (all global rows), and this slice's share of dE for every global row; `_GatherRows`'
 backward reduce-scatters dE, so each rank receives the sum over slices for its own rows.
 
-Communication per call: 2 all-gathers of B x (Dt + Ds) embeddings and B labels, one (B, 4) and one
-(B, 7) all-reduce forward, one reduce-scatter of B x (Dt + Ds) backward.  Nothing of size (B, C) or
+Communication per call: forward, all-gathers of 7 ints per rank, of B x (Dt + Ds) embeddings and of B
+labels, and all-reduces of (B, 4) and (B, 7) floats; backward, one reduce-scatter of B x (Dt + Ds).  Nothing of size (B, C) or
 (B, C_r) exists: the slice runs through the fused backends.
 """
 from dataclasses import dataclass
