@@ -16,7 +16,8 @@ backward: G = dL/dcos, per head (chunked._ce_grad, plus the KL term on the stude
     G_s = g_ce_s * (softmax(z_s) - onehot) * dz/dcos + g_kl * (p_s - p_t) / tau_s
     dE_b = sum_c G_bc W_c / n_c,   dW_c = sum_b G_bc e_b / n_c - (sum_b G_bc cos_bc) W_c / n_c^2
 
-Layouts: e (B, D) and W (C, D) row-major, all four in one of fp32/bf16/fp16, labels (B,) int64;
+Layouts: e (B, D) and W (C, D) row-major, all four in one of fp32/bf16/fp16, labels (B,) int64
+(NO_TARGET = -1: no class of this launch is the row's target, see margins.py);
 every buffer the kernels write is fp32 except dW, stored in W's dtype.  Dots take the inputs as
 stored (fp32 ones with DOT_PRECISION "ieee"); the backward dots take G in GRAD_DTYPE: bf16 for bf16
 inputs, else fp32 (tf32 for fp16 inputs: G ~ g * s / C underflows fp16 at UnED sizes).  D blocks
@@ -27,11 +28,12 @@ results are deterministic.
 import triton
 import triton.language as tl
 
-from ..losses.margins import ARCFACE_EPS, MARGIN_CODES
+from ..losses.margins import ARCFACE_EPS, MARGIN_CODES, NO_TARGET as _NO_TARGET
 
 NORMFACE = tl.constexpr(MARGIN_CODES["normface"])
 COSFACE = tl.constexpr(MARGIN_CODES["cosface"])
 EPS = tl.constexpr(ARCFACE_EPS)
+NO_TARGET = tl.constexpr(_NO_TARGET)
 LOG2E = tl.constexpr(1.4426950408889634)
 
 # Fields of the forward partial state, one (B,) row each per class split: running max and running
@@ -90,20 +92,22 @@ def target_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_y_
                   B, DT, DS, scale, margin, cos_m, sin_m,
                   MARGIN: tl.constexpr, TWO_HEADS: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
-    """z_y and dz_y/dcos_y of each row, (B, 2) f32 each: column 0 teacher, 1 student.
-    Grid: (cdiv(B, BLOCK_B),)."""
+    """z_y and dz_y/dcos_y of each row, (B, 2) f32 each: column 0 teacher, 1 student; both 0 for a
+    NO_TARGET (-1) row.  Grid: (cdiv(B, BLOCK_B),)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=0)
+    has_target = labels != NO_TARGET
+    labels = tl.where(has_target, labels, 0)
     z_y, dz_y = _target_terms(e_t_ptr, w_t_ptr, labels, rows, row_mask, DT, scale, margin, cos_m, sin_m,
                               MARGIN, BLOCK_DT)
-    tl.store(z_y_ptr + rows * 2, z_y, mask=row_mask)
-    tl.store(dz_y_ptr + rows * 2, dz_y, mask=row_mask)
+    tl.store(z_y_ptr + rows * 2, tl.where(has_target, z_y, 0.0), mask=row_mask)
+    tl.store(dz_y_ptr + rows * 2, tl.where(has_target, dz_y, 0.0), mask=row_mask)
     if TWO_HEADS:
         z_y, dz_y = _target_terms(e_s_ptr, w_s_ptr, labels, rows, row_mask, DS, scale, margin, cos_m,
                                   sin_m, MARGIN, BLOCK_DS)
-        tl.store(z_y_ptr + rows * 2 + 1, z_y, mask=row_mask)
-        tl.store(dz_y_ptr + rows * 2 + 1, dz_y, mask=row_mask)
+        tl.store(z_y_ptr + rows * 2 + 1, tl.where(has_target, z_y, 0.0), mask=row_mask)
+        tl.store(dz_y_ptr + rows * 2 + 1, tl.where(has_target, dz_y, 0.0), mask=row_mask)
 
 
 @triton.jit

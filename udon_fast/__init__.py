@@ -4,13 +4,13 @@ Dataflow: images -> `data` (DALI or torchvision pipelines) -> `model` (backbone 
 (fused head losses) -> optimizer; embeddings -> `knn` (faiss) -> metrics.
 """
 from .knn import knn_metrics, knn_metrics_by_domain
-from .losses import UDONLoss, UDONLossOutput, normalized_softmax_ce, udon_loss
+from .losses import ClassShard, UDONLoss, UDONLossOutput, normalized_softmax_ce, udon_loss
 from .sampler import DomainSampler
 
 __version__ = "0.1.0"
 
-__all__ = ["DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics", "knn_metrics_by_domain",
-           "load_embedder", "normalized_softmax_ce", "udon_loss"]
+__all__ = ["ClassShard", "DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics",
+           "knn_metrics_by_domain", "load_embedder", "normalized_softmax_ce", "udon_loss"]
 
 
 def __getattr__(name: str):

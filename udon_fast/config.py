@@ -51,6 +51,7 @@ class TrainConfig:
     frozen_epochs: int = 1
     grad_clip: float | None = None
     loss_backend: str = "auto"
+    class_parallel: bool = False
     compile: bool = True
     eval_batch_size: int = 128
     checkpoint_every: int = 50
@@ -83,6 +84,9 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.backbone_lr_mult < 0 or self.weight_decay < 0 or self.frozen_epochs < 0:
             raise ValueError("--backbone-lr-mult, --weight-decay and --frozen-epochs must be >= 0")
+        if self.class_parallel and self.loss_backend == "reference":
+            raise ValueError("--class-parallel needs a fused --loss-backend (auto, chunked, native or triton), "
+                             "got reference")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
         parse_folders(self.folder)
@@ -171,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         "deterministic": "torch deterministic algorithms (bitwise resumable on CPU)",
         "decoder": "image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
                    "(torchvision.io, nvJPEG on a GPU; the fastest on CPUs); same batches either way",
+        "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
+                          "(for label spaces too large to replicate; docs/class_parallel.md)",
     }
     for name, f in _FIELDS.items():
         flag = "--" + name.replace("_", "-")

@@ -9,6 +9,10 @@ With --checkpoint: a trained UDON model (student and teacher embeddings); its do
 which reuse the class split recorded in the checkpoint.  With --backbone: the off-the-shelf
 baseline, the pretrained backbone's own L2-normalised pooled features, as the "student" embedding
 (no teacher), on every domain given.
+
+`torchrun --nproc_per_node N -m udon_fast.evaluate ...` embeds on all N ranks (results identical).
+A class-parallel checkpoint (its manifest, checkpoints/last.pt or best.pt) evaluates like any other:
+embedding needs no classifier rows.
 """
 import argparse
 import csv
@@ -26,6 +30,7 @@ from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
 from .knn import NO_POSITIVE_MODES
 from .model import backbone_embedder, load_model
 from .output_files import atomic_write_text, check_writable_folder, writing
+from .trainer import distributed
 from .trainer.report import results_table
 
 
@@ -100,15 +105,26 @@ def _load(args, device: torch.device):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Under `torchrun --nproc_per_node N` every rank embeds a share of each set; rank 0 searches and writes."""
     args = build_parser().parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = distributed.setup()
+    try:
+        return _evaluate(args, ranks)
+    finally:
+        distributed.teardown()
+
+
+def _evaluate(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     try:
         check_positive(args, "batch_size", "threads")
-        model, domains, embedding, title = _load(args, device)
+        model, domains, embedding, title = _load(args, ranks.device)
         out = check_writable_folder(args.out, "--out")
         results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,
-                                 batch_size=args.batch_size, device=device, num_threads=args.threads,
+                                 batch_size=args.batch_size, device=ranks.device, num_threads=args.threads,
+                                 progress=ranks.is_main, distributed=ranks.world_size > 1,
                                  no_positive=args.no_positive, decoder=args.decoder)
+        if not ranks.is_main:
+            return 0
         atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
         write_csv(out / "results.csv", results)
         markdown = (f"# UnED evaluation of {title} ({args.split} split)\n\nMetrics in %, k = 5.\n\n"

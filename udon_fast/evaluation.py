@@ -12,14 +12,20 @@ index sets; a query whose own image is in that union (query set == index set) sk
 Teacher embeddings are evaluated per domain only (own-domain oracle).  Queries without a relevant
 index item count as misses by default (`no_positive="miss"`, the official UnED metric); see
 `knn` and docs/method.md, "Evaluation".
+
+`distributed=True` (every rank of a torch.distributed job calls): each rank embeds a share of whole
+batches of every set, rank 0 gathers them, searches and scores, and every rank returns its results;
+identical to single-rank evaluation (`distributed_eval`).
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
+from . import distributed_eval
 from .data import DatasetError, Domain, EvalLoader, Split, knn_pairs
 from .data.domain import INDEX_SPLIT_FOR, split_source
 from .data.verify import check_decodable
@@ -58,6 +64,23 @@ def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *
         if teacher:
             teachers.append(model.teacher_embedding(features, domain).cpu())
     return Embedded(torch.cat(students).numpy(), torch.cat(teachers).numpy() if teacher else None, split.labels)
+
+
+def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batch_size: int, device: torch.device,
+                 teacher: bool, num_threads: int, decoder: str, progress: bool) -> Embedded | None:
+    """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
+    lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
+    part = Split(split.paths[lo:hi], split.labels[lo:hi], split.name)
+    if hi > lo:
+        mine = embed_split(model, part, domain, batch_size=batch_size, device=device, teacher=teacher,
+                           num_threads=num_threads, decoder=decoder, progress=progress)
+    else:
+        student_dim = model.dim if isinstance(model, Embedder) else model.student_dim_out
+        mine = Embedded(np.zeros((0, student_dim), np.float32),
+                        np.zeros((0, model.teacher_dim_out), np.float32) if teacher else None, part.labels)
+    student = distributed_eval.gather_to_main(mine.student, device)
+    teachers = distributed_eval.gather_to_main(mine.teacher, device) if teacher else None
+    return None if student is None else Embedded(student, teachers, split.labels)
 
 
 def _pad_labels(labels: Sequence[np.ndarray]) -> np.ndarray:
@@ -158,7 +181,7 @@ def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, w
 def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
                    num_threads: int = 2, decoder: str = "dali", progress: bool = True,
-                   no_positive: str = "miss") -> dict:
+                   no_positive: str = "miss", distributed: bool = False) -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
 
     no_positive: "miss" (default, the official metric: a query without a relevant index item scores 0
@@ -166,6 +189,8 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     Returns {"student": {"merged"?: leaf, "separate"?: leaf}, "teacher"?: {"separate": leaf}}.
     Raises `DatasetError` before embedding anything when a split cannot be evaluated
     (`check_evaluable`) and `CorruptImagesError` naming every image that does not decode.
+    distributed: every rank of the initialised default process group calls; each embeds its share,
+    rank 0 searches; all return rank 0's results.
     """
     if not isinstance(no_positive, str) or no_positive not in NO_POSITIVE_MODES:
         raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {no_positive!r}")
@@ -179,19 +204,22 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     want_teacher = embedding in ("teacher", "both")
     was_training = model.training
     model.eval()
+    embed = _embed_share if distributed else embed_split
     sets = {}
     for name, domain in domains.items():
         query, index_split = knn_pairs(domain, split)
         options = dict(batch_size=batch_size, device=device, teacher=want_teacher, num_threads=num_threads,
                        decoder=decoder, progress=progress)
-        sets[name] = (embed_split(model, query, name, **options),
-                      None if index_split is None else embed_split(model, index_split, name, **options))
+        sets[name] = (embed(model, query, name, **options),
+                      None if index_split is None else embed(model, index_split, name, **options))
     model.train(was_training)
     kill_point("evaluation")
-    modes = ["merged", "separate"] if index == "both" else [index]
-    results = {}
-    if embedding in ("student", "both"):
-        results["student"] = {mode: _search(sets, "student", mode, no_positive) for mode in modes}
-    if want_teacher:
-        results["teacher"] = {"separate": _search(sets, "teacher", "separate", no_positive)}
-    return results
+    results = None
+    if not distributed or dist.get_rank() == 0:
+        modes = ["merged", "separate"] if index == "both" else [index]
+        results = {}
+        if embedding in ("student", "both"):
+            results["student"] = {mode: _search(sets, "student", mode, no_positive) for mode in modes}
+        if want_teacher:
+            results["teacher"] = {"separate": _search(sets, "teacher", "separate", no_positive)}
+    return distributed_eval.broadcast_from_main(results) if distributed else results

@@ -6,7 +6,8 @@
 //   head_backward(g_ce_t, g_ce_s, g_kl (B,) f32, e_t, w_t, e_s?, w_s?, labels, stats, ...)
 //                -> d_e_t (B, Dt), d_w_t (C, Dt), d_e_s (B, Ds), d_w_s (C, Ds) in the input dtypes
 // (single head when e_s / w_s are absent: ce_s = kl = 0, stats columns 1..3 = -inf, student
-// gradients are empty (0,) tensors).
+// gradients are empty (0,) tensors).  A label of -1 (margins.NO_TARGET) marks a row whose target is not
+// among these classes: no logit gets the margin, z_y = dz_y = 0, so its CE rows are log-sum-exps.
 //
 // Design: classes are cut into tiles of K classes; consecutive tiles form a fixed number of work
 // groups that threads take dynamically.  Per tile, ATen's BLAS (single-threaded inside the
@@ -39,6 +40,7 @@ constexpr int64_t kTileElements = 1 << 16;  // (B, K) elements of one automatic 
 constexpr int64_t kMaxTileClasses = 2048;
 constexpr int64_t kGroupsPerThread = 4;     // work groups per thread: dynamic load balance
 constexpr double kArcfaceEps = 1e-6;        // margins.ARCFACE_EPS
+constexpr int64_t kNoTarget = -1;           // margins.NO_TARGET
 
 std::atomic<int64_t> tile_classes_override{0};
 
@@ -101,16 +103,19 @@ Head make_head(const Tensor& emb, const Tensor& weight, const Tensor& labels, in
   h.emb = emb.detach().to(at::kFloat).contiguous();
   h.weight = weight.detach().contiguous();
   h.dim = emb.size(1);
-  const Tensor target_w = h.weight.index_select(0, labels).to(at::kFloat);
+  const Tensor target_w = h.weight.index_select(0, labels.clamp_min(0)).to(at::kFloat);
   const Tensor cos_y = (h.emb * target_w).sum(1) / target_w.norm(2, {1});
   const float* cos = cos_y.const_data_ptr<float>();
   const int64_t batch = emb.size(0);
   h.z_y.resize(batch);
   h.dz_y.resize(batch);
+  const int64_t* y = labels.const_data_ptr<int64_t>();
   const double cos_m = std::cos(margin), sin_m = std::sin(margin);
   for (int64_t b = 0; b < batch; ++b) {
     const double c = cos[b];
-    if (code == 0) {
+    if (y[b] == kNoTarget) {
+      h.z_y[b] = h.dz_y[b] = 0.0f;
+    } else if (code == 0) {
       h.z_y[b] = static_cast<float>(scale * c);
       h.dz_y[b] = static_cast<float>(scale);
     } else if (code == 1) {
@@ -163,7 +168,8 @@ Problem make_problem(const Tensor& e_t, const Tensor& w_t, const std::optional<T
   p.classes = w_t.size(0);
   const int64_t* y = p.labels.const_data_ptr<int64_t>();
   for (int64_t b = 0; b < p.batch; ++b) {
-    TORCH_CHECK(0 <= y[b] && y[b] < p.classes, "udon_fast_native: label ", y[b], " outside [0, ", p.classes, ")");
+    TORCH_CHECK((0 <= y[b] && y[b] < p.classes) || y[b] == kNoTarget, "udon_fast_native: label ", y[b],
+                " outside [0, ", p.classes, ") and not -1 (no target)");
   }
   p.teacher = make_head(e_t, w_t, p.labels, code, margin, scale);
   if (e_s.has_value()) {

@@ -8,7 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import backends, reference, validate
+from . import backends, class_parallel, reference, validate
+from .class_parallel import ClassShard
 from .margins import margin_code
 from .similarity import similarity_loss
 
@@ -34,6 +35,23 @@ def _head_rows(backend, e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, 
     return ce_t, ce_s, kl
 
 
+def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin_type, margin, scale, tau_t, tau_s):
+    """Per-row CE_t, CE_s, KL over all ranks' rows for class-parallel weights (class_parallel.py)."""
+    if not isinstance(shard, ClassShard):
+        raise TypeError(f"class_shard must be a udon_fast.ClassShard, got {type(shard).__name__}")
+
+    def check_all():
+        check()
+        if backend == "reference":
+            raise ValueError("backend='reference' materialises the logits; class_shard needs a fused backend "
+                             "(auto, chunked, native or triton)")
+        backends.resolve(backend, e_t.device)
+
+    plan = class_parallel.plan(shard, check_all, e_t, w_t, e_s, what)
+    return class_parallel.head_rows(plan, backends.resolve(backend, e_t.device), e_t, w_t, e_s, w_s, labels,
+                                    margin_code(margin_type), margin, scale, tau_t, tau_s)
+
+
 def udon_loss(
     student_emb: torch.Tensor, teacher_emb: torch.Tensor,
     student_weight: torch.Tensor, teacher_weight: torch.Tensor, labels: torch.Tensor,
@@ -41,6 +59,7 @@ def udon_loss(
     teacher_temperature: float = 0.1, student_temperature: float = 0.1,
     teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0, kl_weight: float = 1.0,
     similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
+    class_shard: ClassShard | None = None,
 ) -> UDONLossOutput:
     """The UDON loss of one single-domain batch (docs/method.md, section 2).
 
@@ -53,23 +72,43 @@ def udon_loss(
     Raises ValueError/TypeError naming the argument before any kernel runs: among the value checks
     (skipped under torch.compile), NaN/inf inputs and a class-weight row of norm 0, named by its
     argument and class index.
+
+    class_shard: class-parallel classifiers over a torch.distributed group (`ClassShard`, see
+    `losses/class_parallel.py`).  Every rank of the group calls with its own rows (B_r may differ) and
+    its slice of the weights, rows [start, start + C_r) of the (C, D) matrices, C = num_classes;
+    labels are global ids in [0, C).  teacher_ce, student_ce and kl are then means over all ranks'
+    rows, the same on every rank and equal to the single-process loss of the concatenated batch with
+    the full weights; after `total.backward()` on every rank, each rank's embedding gradients are its
+    rows of the single-process ones and its weight gradients the slice's rows.  SIM stays on this
+    rank's rows.  Needs a fused backend; runs eagerly (collectives), not under torch.compile.
     """
-    validate.check_head_scalars(margin_type, margin, scale)
-    validate.check_positive("teacher_temperature", teacher_temperature)
-    validate.check_positive("student_temperature", student_temperature)
     weights = {"teacher_ce_weight": teacher_ce_weight, "student_ce_weight": student_ce_weight,
                "kl_weight": kl_weight, "similarity_weight": similarity_weight}
-    validate.check_loss_weights(weights)
-    validate.check_head("teacher_emb", teacher_emb, "teacher_weight", teacher_weight, labels, backend == "reference")
-    validate.check_head("student_emb", student_emb, "student_weight", student_weight, labels, backend == "reference")
-    validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
-    if not torch.compiler.is_compiling():
-        validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb},
-                              {"student_weight": student_weight, "teacher_weight": teacher_weight},
-                              labels, teacher_weight.shape[0])
-    name = backends.resolve(backend, teacher_emb.device)
-    ce_t, ce_s, kl = _head_rows(name, teacher_emb, teacher_weight, student_emb, student_weight, labels,
-                                margin_code(margin_type), margin, scale, teacher_temperature, student_temperature)
+
+    def check():
+        validate.check_head_scalars(margin_type, margin, scale)
+        validate.check_positive("teacher_temperature", teacher_temperature)
+        validate.check_positive("student_temperature", student_temperature)
+        validate.check_loss_weights(weights)
+        for emb_name, emb, weight_name, weight in (("teacher_emb", teacher_emb, "teacher_weight", teacher_weight),
+                                                   ("student_emb", student_emb, "student_weight", student_weight)):
+            validate.check_head(emb_name, emb, weight_name, weight, labels, backend == "reference",
+                                allow_no_classes=class_shard is not None)
+        validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
+        if not torch.compiler.is_compiling():
+            validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb},
+                                  {"student_weight": student_weight, "teacher_weight": teacher_weight},
+                                  labels, teacher_weight.shape[0] if class_shard is None else class_shard.num_classes)
+
+    params = (margin, scale, teacher_temperature, student_temperature)
+    if class_shard is None:
+        check()
+        name = backends.resolve(backend, teacher_emb.device)
+        ce_t, ce_s, kl = _head_rows(name, teacher_emb, teacher_weight, student_emb, student_weight, labels,
+                                    margin_code(margin_type), *params)
+    else:
+        ce_t, ce_s, kl = _sharded_rows("udon_loss", class_shard, check, backend, teacher_emb, teacher_weight,
+                                       student_emb, student_weight, labels, margin_type, *params)
     teacher_ce, student_ce, kl = ce_t.mean(), ce_s.mean(), kl.mean()
     sim = similarity_loss(student_emb, teacher_emb, n_devices)
     total = (teacher_ce_weight * teacher_ce + student_ce_weight * student_ce + kl_weight * kl
@@ -80,16 +119,31 @@ def udon_loss(
 def normalized_softmax_ce(
     emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     *, margin_type: str = "normface", margin: float = 0.0, scale: float = 16.0, backend: str = "auto",
+    class_shard: ClassShard | None = None,
 ) -> torch.Tensor:
     """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw (no row of
     norm 0), labels (B,) int64 -> 0-d float32 tensor.  Margins as in `udon_loss` (normface: 0;
-    cosface [0, 1); arcface [0, pi/2))."""
-    validate.check_head_scalars(margin_type, margin, scale)
-    validate.check_head("emb", emb, "weight", weight, labels, backend == "reference")
-    if not torch.compiler.is_compiling():
-        validate.check_values({"emb": emb}, {"weight": weight}, labels, weight.shape[0])
-    name = backends.resolve(backend, emb.device)
-    ce, _, _ = _head_rows(name, emb, weight, None, None, labels, margin_code(margin_type), margin, scale, 1.0, 1.0)
+    cosface [0, 1); arcface [0, pi/2)).
+
+    class_shard: as in `udon_loss`: weight is this rank's slice, labels global, the mean runs over all
+    ranks' rows (the same value on every rank).
+    """
+
+    def check():
+        validate.check_head_scalars(margin_type, margin, scale)
+        validate.check_head("emb", emb, "weight", weight, labels, backend == "reference",
+                            allow_no_classes=class_shard is not None)
+        if not torch.compiler.is_compiling():
+            validate.check_values({"emb": emb}, {"weight": weight}, labels,
+                                  weight.shape[0] if class_shard is None else class_shard.num_classes)
+
+    if class_shard is None:
+        check()
+        name = backends.resolve(backend, emb.device)
+        ce, _, _ = _head_rows(name, emb, weight, None, None, labels, margin_code(margin_type), margin, scale, 1.0, 1.0)
+    else:
+        ce, _, _ = _sharded_rows("normalized_softmax_ce", class_shard, check, backend, emb, weight, None, None, labels,
+                                 margin_type, margin, scale, 1.0, 1.0)
     return ce.mean()
 
 

@@ -52,15 +52,11 @@ def _auto(usable: dict[str, tuple[bool, str]], device_type: str) -> str:
     return "chunked"
 
 
-def _register(name: str):
-    module = importlib.import_module(_MODULES[name], __package__)
-    return register_head_backend(name, module.forward, module.backward)
-
-
 # Decided once, at import, so that code traced by torch.compile only reads these dicts.
 STATUS = _status()
 AUTO = {device_type: _auto(STATUS, device_type) for device_type in ("cpu", "cuda")}
-FUSED_OPS = {name: _register(name) for name in _MODULES if STATUS[name][0]}
+FUSED_MODULES = {name: importlib.import_module(_MODULES[name], __package__) for name in _MODULES if STATUS[name][0]}
+FUSED_OPS = {name: register_head_backend(name, module.forward, module.backward) for name, module in FUSED_MODULES.items()}
 
 
 def status() -> dict[str, tuple[bool, str]]:
@@ -91,3 +87,12 @@ def resolve(backend: str, device: torch.device) -> str:
 def fused_op(name: str):
     """The registered custom op `udon_fast::head_loss_<name>` of a fused backend."""
     return FUSED_OPS[name]
+
+
+def fused_functions(name: str):
+    """(forward, backward) of a fused backend as plain functions (head_op.py's contract), for callers
+    with their own autograd rule (the class-parallel loss): no custom-op dispatch."""
+    if name not in FUSED_MODULES:
+        raise ValueError(f"no fused backend {name!r} is available here; available: {sorted(FUSED_MODULES)}")
+    module = FUSED_MODULES[name]
+    return module.forward, module.backward

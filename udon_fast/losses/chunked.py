@@ -6,7 +6,7 @@ See `head_op.py` for the forward/backward contract.
 """
 import torch
 
-from .margins import target_logit, target_logit_grad
+from .margins import NO_TARGET, target_logit, target_logit_grad
 
 TILE_ELEMENTS = 1 << 17
 
@@ -22,9 +22,15 @@ class _Head:
     def __init__(self, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
         self.emb = emb.float()
         self.weight = weight
-        target_w = weight[labels].float()
-        self.target_norm = target_w.norm(dim=1)
-        self.cos_y = (self.emb * target_w).sum(dim=1) / self.target_norm
+        self.has_target = labels != NO_TARGET
+        target_w = weight[labels.clamp_min(0)].float()
+        self.cos_y = (self.emb * target_w).sum(dim=1) / target_w.norm(dim=1)
+
+    def target(self, code: int, margin: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_y and dz_y/dcos_y (B,) f32; both 0 for NO_TARGET rows."""
+        zero = torch.zeros_like(self.cos_y)
+        return (torch.where(self.has_target, target_logit(self.cos_y, code, margin, scale), zero),
+                torch.where(self.has_target, target_logit_grad(self.cos_y, code, margin, scale), zero))
 
     def tile(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Weights (K, D) f32, their row norms (K,) and the cosines (B, K) of classes [start, stop)."""
@@ -47,8 +53,8 @@ def forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
     batch, num_classes = e_t.shape[0], w_t.shape[0]
     teacher = _Head(e_t, w_t, labels)
     student = None if e_s is None else _Head(e_s, w_s, labels)
-    z_y_t = target_logit(teacher.cos_y, code, margin, scale)
-    z_y_s = None if student is None else target_logit(student.cos_y, code, margin, scale)
+    z_y_t, _ = teacher.target(code, margin, scale)
+    z_y_s = None if student is None else student.target(code, margin, scale)[0]
     neg_inf = torch.full((batch,), float("-inf"), device=e_t.device)
     lse_zt, lse_zs, lse_a, lse_b = neg_inf, neg_inf.clone(), neg_inf.clone(), neg_inf.clone()
     kl_mean = torch.zeros(batch, device=e_t.device)
@@ -98,13 +104,11 @@ def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, marg
     batch, num_classes = e_t.shape[0], w_t.shape[0]
     teacher = _Head(e_t, w_t, labels)
     student = None if e_s is None else _Head(e_s, w_s, labels)
-    z_y_t = target_logit(teacher.cos_y, code, margin, scale)
-    dz_y_t = target_logit_grad(teacher.cos_y, code, margin, scale)
+    z_y_t, dz_y_t = teacher.target(code, margin, scale)
     d_e_t = torch.zeros(batch, e_t.shape[1], device=e_t.device)
     d_w_t = torch.empty_like(w_t)
     if student is not None:
-        z_y_s = target_logit(student.cos_y, code, margin, scale)
-        dz_y_s = target_logit_grad(student.cos_y, code, margin, scale)
+        z_y_s, dz_y_s = student.target(code, margin, scale)
         d_e_s = torch.zeros(batch, e_s.shape[1], device=e_s.device)
         d_w_s = torch.empty_like(w_s)
     step = chunk_size(batch, num_classes)

@@ -8,7 +8,10 @@ backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, 
     -> d_e_t (B, Dt), d_w_t (C, Dt), d_e_s (B, Ds), d_w_s (C, Ds)   (dtypes of the inputs)
 
 e_t (B, Dt), w_t (C, Dt) teacher; e_s (B, Ds), w_s (C, Ds) student, or both None for a single head
-(then ce_s = kl = 0 and the student gradients are empty (0,) tensors); labels (B,) int64.
+(then ce_s = kl = 0 and the student gradients are empty (0,) tensors); labels (B,) int64 in [0, C),
+or `margins.NO_TARGET` (-1) for a row whose target is not among these C classes (the class-parallel
+loss passes slices of the classes): its logits are all s * cos and its ce rows are the log-sum-exps
+(z_y = 0).  The backends do not range-check labels beyond that; the public API does.
 stats columns: log-sum-exp of the teacher CE logits, the student CE logits, cos_t / tau_t and
 cos_s / tau_s.  Gradients follow docs/method.md: CE_t reaches (e_t, w_t); CE_s and KL reach
 (e_s, w_s); the teacher side of KL is detached.

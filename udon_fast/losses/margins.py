@@ -4,8 +4,12 @@ normface: z_y = s * cos_y
 cosface:  z_y = s * (cos_y - m)
 arcface:  z_y = s * cos(acos(cos_y) + m)     (cos_y clamped to [-1 + ARCFACE_EPS, 1 - ARCFACE_EPS])
 
-Non-target logits are always z_c = s * cos_c.  The Triton and native kernels re-express the same
-formulas (arcface expanded as cos_y*cos(m) - sqrt(1 - cos_y^2)*sin(m)) and use `MARGIN_CODES`.
+Non-target logits are always z_c = s * cos_c.  A row labelled NO_TARGET (-1) has no target among
+the classes given (a class-parallel slice that does not own the row's class): all its logits are
+s * cos, its z_y counts as 0 (so its per-row CE is the log-sum-exp of the slice) and no class gets
+the margin.  Only the backends accept it; the public API rejects labels outside [0, C).  The
+Triton and native kernels re-express the same formulas (arcface expanded as
+cos_y*cos(m) - sqrt(1 - cos_y^2)*sin(m)) and use `MARGIN_CODES`.
 
 Valid margins (`MARGIN_RANGES`, checked by the public API): normface takes none (m = 0);
 cosface 0 <= m < 1 and arcface 0 <= m < pi/2.  A negative margin rewards the target instead of
@@ -20,6 +24,7 @@ import torch
 MARGIN_TYPES = ("normface", "cosface", "arcface")
 MARGIN_CODES = {name: code for code, name in enumerate(MARGIN_TYPES)}
 ARCFACE_EPS = 1e-6
+NO_TARGET = -1
 # margin_type -> (lowest valid margin, bound it must stay below; None: only the lowest is valid)
 MARGIN_RANGES = {"normface": (0.0, None), "cosface": (0.0, 1.0), "arcface": (0.0, math.pi / 2)}
 

@@ -43,15 +43,19 @@ def _check_tensor(name: str, value, ndim: int, dtypes=FLOAT_DTYPES) -> torch.Ten
     return value
 
 
-def check_head(emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool) -> None:
-    """Shapes, dtypes and devices of one head: emb (B, D), weight (C, D), labels (B,) int64."""
+def check_head(emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool,
+               allow_no_classes: bool = False) -> None:
+    """Shapes, dtypes and devices of one head: emb (B, D), weight (C, D), labels (B,) int64.
+
+    allow_no_classes: C = 0 is valid (a class-parallel rank whose slice is empty).
+    """
     dtypes = FLOAT_DTYPES + ((torch.float64,) if allow_float64 else ())
     _check_tensor(emb_name, emb, 2, dtypes)
     _check_tensor(weight_name, weight, 2, dtypes)
     _check_tensor("labels", labels, 1, (torch.int64,))
     if emb.shape[0] == 0:
         raise ValueError(f"{emb_name} must hold at least one row, got shape {tuple(emb.shape)}")
-    if weight.shape[0] == 0:
+    if weight.shape[0] == 0 and not allow_no_classes:
         raise ValueError(f"{weight_name} must hold at least one class, got shape {tuple(weight.shape)}")
     if emb.shape[1] != weight.shape[1]:
         raise ValueError(

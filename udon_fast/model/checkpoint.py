@@ -36,15 +36,28 @@ def save_checkpoint(
     A crash, a kill or a full disk leaves either the previous file or the new one at `path`, never a
     partial file; a failed write raises `OutputError` naming `path` and the cause.  Returns the path.
     """
-    path = Path(path)
+    return write_checkpoint(path, model.config, model.state_dict(),
+                            optimizer.state_dict() if optimizer is not None else None, extra)
+
+
+def write_checkpoint(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor],
+                     optimizer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """`save_checkpoint` from the parts: a model config (`UDONModel.config`), its state dict, an optimizer
+    state dict or None and `extra`."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": model.config,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "config": config,
+        "model": model_state,
+        "optimizer": optimizer_state,
         "extra": dict(extra or {}),
     }
+    return atomic_save(path, payload)
+
+
+def atomic_save(path: str | Path, payload: Any) -> Path:
+    """`torch.save(payload)` to `path` atomically (`output_files.atomic_write`); `OutputError` on failure."""
+    path = Path(path)
     with atomic_write(path, "checkpoint") as f:
         torch.save(payload, f)
         kill_point("checkpoint_write")

@@ -34,11 +34,30 @@ def output_dim(dims: int | Sequence[int]) -> int:
     return dims if isinstance(dims, int) else int(list(dims)[-1])
 
 
-def lecun_uniform_classifier(num_classes: int, dim: int) -> nn.Parameter:
+ROWS_PER_DRAW = 1 << 14
+
+
+def lecun_uniform_classifier(num_classes: int, dim: int, rows: tuple[int, int] | None = None) -> nn.Parameter:
     """A raw (num_classes, dim) float32 cosine-classifier weight, no bias.
 
     LeCun uniform: U(-sqrt(3 / fan_in), sqrt(3 / fan_in)) with fan_in = dim (the embedding width).
     Rows are not normalised here; the loss normalises them.
+
+    rows=(start, stop): only rows [start, stop) of that matrix, (stop - start, dim), for class-parallel
+    training.  All num_classes rows are still drawn, ROWS_PER_DRAW at a time, from the global CPU
+    generator (whose uniform_ draws element after element), so the slices of every rank are exactly the
+    rows of the unsharded initialisation and the generator ends in the same state; memory
+    O((stop - start + ROWS_PER_DRAW) * dim).
     """
     bound = math.sqrt(3.0 / dim)
-    return nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+    if rows is None:
+        return nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+    start, stop = rows
+    out = torch.empty(stop - start, dim)
+    for first in range(0, num_classes, ROWS_PER_DRAW):
+        last = min(first + ROWS_PER_DRAW, num_classes)
+        block = torch.empty(last - first, dim).uniform_(-bound, bound)
+        low, high = max(first, start), min(last, stop)
+        if low < high:
+            out[low - start:high - start] = block[low - first:high - first]
+    return nn.Parameter(out)

@@ -36,12 +36,24 @@ def setup() -> Ranks:
 
 def average_gradients(parameters, world_size: int) -> None:
     """All-reduce (mean) the gradients of `parameters` that have one, as one flat buffer."""
+    _all_reduce_gradients(parameters, world_size, mean=True)
+
+
+def sum_gradients(parameters, world_size: int) -> None:
+    """All-reduce (sum) the gradients of `parameters` that have one, as one flat buffer."""
+    _all_reduce_gradients(parameters, world_size, mean=False)
+
+
+def _all_reduce_gradients(parameters, world_size: int, mean: bool) -> None:
     if world_size == 1:
         return
     grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
-    flat /= world_size
+    if mean:
+        flat /= world_size
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -55,6 +67,13 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
         dist.all_reduce(value)
         value /= world_size
     return value
+
+
+def broadcast_from_main(tensors, world_size: int) -> None:
+    """Overwrite `tensors` in place with rank 0's values (the same list, in the same order, on every rank)."""
+    if world_size > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
 
 
 def barrier(world_size: int) -> None:

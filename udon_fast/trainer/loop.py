@@ -20,7 +20,7 @@ from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
 from ..output_files import atomic_write_text, check_writable_folder, remove_stale_temp_files
 from ..sampler import DomainSampler
-from . import distributed, report
+from . import class_parallel, distributed, report, sharded_checkpoint
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep
@@ -54,6 +54,9 @@ class Run:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.ranks = distributed.setup()
+        if config.class_parallel and self.ranks.world_size < 2:
+            raise ValueError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
+                             "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ...")
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self._prepare_out()
@@ -65,9 +68,12 @@ class Run:
         self.domains, self.folder_splits = load_domains_with_splits(data_root, config.domains, folders,
                                                                     config.split_seed)
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
-        self.model = UDONModel(config.backbone, {n: d.num_classes for n, d in self.domains.items()},
-                               teacher_dim=config.teacher_dim, student_dim=config.student_dim,
-                               pretrained=_weights_path(config), image_size=config.image_size).to(self.ranks.device)
+        classes = {n: d.num_classes for n, d in self.domains.items()}
+        slices = (class_parallel.class_slices(classes, self.ranks.rank, self.ranks.world_size)
+                  if config.class_parallel else None)
+        self.model = UDONModel(config.backbone, classes, teacher_dim=config.teacher_dim,
+                               student_dim=config.student_dim, pretrained=_weights_path(config),
+                               image_size=config.image_size, class_slices=slices).to(self.ranks.device)
         if self.folder_splits:  # evaluate reuses them (data.folder_split)
             self.model.config["folder_splits"] = self.folder_splits
         self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
@@ -82,8 +88,9 @@ class Run:
                                   world_size=self.ranks.world_size, num_threads=config.data_threads,
                                   decoder=config.decoder)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
-        self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
-                                compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
+        step_type = class_parallel.ClassParallelStep if config.class_parallel else UDONStep
+        self.step_fn = step_type(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
+                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
 
     def _prepare_out(self) -> None:
         """Refuse a bad --out before any work: an existing run without --resume, --resume of nothing, a
@@ -109,11 +116,20 @@ class Run:
                                          workers=self.config.data_threads, progress=self.config.progress)
 
     def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
+        """Every rank embeds its share of the sets (a collective); the same metrics on every rank."""
         return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
                                          batch_size=self.config.eval_batch_size, device=self.ranks.device,
                                          num_threads=self.config.data_threads, decoder=self.config.decoder,
-                                         progress=self.config.progress,
-                                         **kwargs)
+                                         progress=self.config.progress and self.ranks.is_main,
+                                         distributed=self.ranks.world_size > 1, **kwargs)
+
+    def save(self, name: str, progress: Progress) -> None:
+        """checkpoints/<name>: rank 0's single file, or with --class-parallel every rank's shard + the manifest."""
+        if self.config.class_parallel:
+            sharded_checkpoint.save_sharded_run(self.checkpoints / name, self.model, self.optimizer, self.sampler,
+                                                self.loader, progress, self.ranks)
+        elif self.ranks.is_main:
+            save_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader, progress)
 
     def evaluate_baseline(self) -> dict[str, Any]:
         """The off-the-shelf backbone (its own L2-normalised features, before any training) on test."""
@@ -124,7 +140,8 @@ class Run:
             return evaluation.evaluate_model(baseline, self.domains, "test", embedding="student",
                                              batch_size=self.config.eval_batch_size, device=self.ranks.device,
                                              num_threads=self.config.data_threads, decoder=self.config.decoder,
-                                             progress=self.config.progress)
+                                             progress=self.config.progress and self.ranks.is_main,
+                                             distributed=self.ranks.world_size > 1)
         finally:
             self.model.train(was_training)
 
@@ -134,7 +151,11 @@ class Run:
         the off-the-shelf backbone and the untrained model."""
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
-            progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
+            if self.config.class_parallel:
+                progress = sharded_checkpoint.load_sharded_run(last, self.model, self.optimizer, self.sampler,
+                                                               self.loader, self.ranks)
+            else:
+                progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
             self.model.train()  # the training state is part of what is restored
             if self.ranks.is_main:
                 _truncate_metrics(self.out / "metrics.jsonl", progress.step)
@@ -146,26 +167,24 @@ class Run:
                       f"its first one); starting it from the beginning", file=sys.stderr)
             atomic_write_text(self.out / "config.json", self.config.to_json(folder_splits=self.folder_splits))
             atomic_write_text(self.out / "metrics.jsonl", "")
-            if self.config.baseline:
-                progress.baseline = self.evaluate_baseline()
-            progress.initial = self.evaluate("test")
+        if self.config.baseline:
+            progress.baseline = self.evaluate_baseline()
+        progress.initial = self.evaluate("test")
         distributed.barrier(self.ranks.world_size)
         return progress
 
     def checkpoint(self, progress: Progress, validate: bool) -> None:
         """End of an epoch (validate=True) or a periodic save: best.pt on a new best, then last.pt."""
-        if self.ranks.is_main:
-            if validate and self.val_domains:
-                merged = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]
-                score = merged["mean"]["p_at_1"]
-                progress.validations.append({"step": progress.step, "mean_p_at_1": score,
-                                             "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"}})
-                if score > progress.best_score:
-                    progress.best_score, progress.best_step = score, progress.step
-                    save_run(self.checkpoints / "best.pt", self.model, self.optimizer, self.sampler, self.loader,
-                             progress)
-            save_run(self.checkpoints / "last.pt", self.model, self.optimizer, self.sampler, self.loader, progress)
-            kill_point("checkpoint")
+        if validate and self.val_domains:
+            merged = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]
+            score = merged["mean"]["p_at_1"]
+            progress.validations.append({"step": progress.step, "mean_p_at_1": score,
+                                         "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"}})
+            if score > progress.best_score:
+                progress.best_score, progress.best_step = score, progress.step
+                self.save("best.pt", progress)
+        self.save("last.pt", progress)
+        kill_point("checkpoint")
         distributed.barrier(self.ranks.world_size)
 
     def train(self, progress: Progress) -> None:
@@ -209,11 +228,17 @@ class Run:
 
     def finish(self, progress: Progress, started: float) -> dict[str, Any]:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""
+        best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
+        if self.ranks.is_main and self.config.class_parallel:
+            sharded_checkpoint.load_embedding_weights(self.model, best)
+        elif self.ranks.is_main:
+            self.model.load_state_dict(read_checkpoint(best)["model"])
+        embedding = [t for name, t in self.model.state_dict().items()
+                     if not name.startswith(("teacher_classifiers.", "student_classifiers."))]
+        distributed.broadcast_from_main(embedding, self.ranks.world_size)
+        results = {"initial": progress.initial, "final": self.evaluate("test"), "validation": progress.validations}
         if not self.ranks.is_main:
             return {}
-        best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
-        self.model.load_state_dict(read_checkpoint(best)["model"])
-        results = {"initial": progress.initial, "final": self.evaluate("test"), "validation": progress.validations}
         if progress.baseline:
             results["baseline"] = progress.baseline
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "

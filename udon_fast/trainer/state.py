@@ -41,6 +41,10 @@ def load_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sam
              loader: TrainLoader) -> Progress:
     """Restore everything `save_run` wrote into the given (freshly built) objects; return the counters."""
     checkpoint = read_checkpoint(path, map_location="cpu")
+    if "class_parallel" in checkpoint["extra"]:
+        raise ValueError(f"--resume: {path} was written by a --class-parallel run of "
+                         f"{checkpoint['extra']['class_parallel']['world_size']} ranks; resume it with --class-parallel "
+                         f"on as many ranks")
     if checkpoint["config"] != model.config:
         raise ValueError(f"--resume: {path} was written for a different model "
                          f"({checkpoint['config'].get('backbone_name')}, domains "

@@ -62,14 +62,25 @@ class UDONStep:
             features = self._features(images)
             student = model.student_embedding(features)
             teacher = model.teacher_embedding(features, domain)
-        out = udon_loss(student, teacher, model.student_classifier(domain), model.teacher_classifier(domain),
-                        labels, **self.loss.kwargs())
+        out = self._loss(student, teacher, labels, domain)
         self.optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        average_gradients(model.parameters(), self.world_size)
+        self._backward(out)
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], self.grad_clip)
+            self._clip_gradients()
         return type(out)(*(t.detach() for t in out))
+
+    def _loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, domain: str):
+        model = self.model
+        return udon_loss(student, teacher, model.student_classifier(domain), model.teacher_classifier(domain),
+                         labels, **self.loss.kwargs())
+
+    def _backward(self, out) -> None:
+        """Gradients of the step, averaged over the data-parallel ranks."""
+        out.total.backward()
+        average_gradients(self.model.parameters(), self.world_size)
+
+    def _clip_gradients(self) -> None:
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.grad_clip)
 
     def apply(self) -> None:
         """The optimizer update, once the step's loss has been checked finite."""

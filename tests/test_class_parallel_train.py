@@ -1,0 +1,184 @@
+"""`--class-parallel` training on 2 gloo ranks: the losses of a data-parallel 2-rank run to 1e-4, the sharded
+checkpoint layout, an exact resume after a crash between the shards and the manifest, evaluation and export
+from the manifest, and `evaluate` embedding on both ranks with the single-rank results."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distributed_helpers import free_port, run_ranks, use_port
+from udon_fast import train as train_cli
+from udon_fast.config import parse_args
+from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast.model import CheckpointError, load_model
+from udon_fast.trainer import sharded_checkpoint
+from udon_fast.trainer.state import load_run
+
+TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
+        "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "4", "--frozen-epochs", "1",
+        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1", "--steps", "6", "--grad-clip", "0.05"]
+TERMS = ("total", "teacher_ce", "student_ce", "kl", "similarity")
+CRASH_STEP = 4
+
+
+def _crash_on_manifest(real):
+    """write_checkpoint that fails for the manifest of step CRASH_STEP: the shards of that step are on disk."""
+
+    def write(path, config, state, optimizer, extra):
+        if extra["progress"]["step"] == CRASH_STEP and Path(path).name == "last.pt":
+            raise OSError("simulated crash before the manifest")
+        return real(path, config, state, optimizer, extra)
+
+    return write
+
+
+def _worker(rank, world, root, data_root, ports):
+    """Data-parallel and class-parallel runs, a crashed + resumed one, evaluate on both ranks; one process per rank."""
+    from udon_fast import evaluate as evaluate_cli
+    from udon_fast.evaluation import _embed_share, embed_split, evaluate_model
+    from udon_fast.data import knn_pairs, load_domains
+    from udon_fast.trainer.loop import train
+
+    root, out = Path(root), {}
+    base = ["--data-root", str(data_root), *TINY]
+    use_port(ports[0])
+    train(parse_args([*base, "--out", str(root / "dp")]))
+    use_port(ports[1])
+    train(parse_args([*base, "--out", str(root / "cp"), "--class-parallel"]))
+    real = sharded_checkpoint.write_checkpoint
+    sharded_checkpoint.write_checkpoint = _crash_on_manifest(real)
+    use_port(ports[2])
+    try:
+        train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel"]))
+        out["crash"] = "no error"
+    except (OSError, ValueError) as exc:
+        out["crash"] = f"{type(exc).__name__}: {exc}"
+    sharded_checkpoint.write_checkpoint = real
+    out["after_crash"] = sorted(p.name for p in (root / "crashed" / "checkpoints" / "shards").iterdir())
+    use_port(ports[3])
+    train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel", "--resume"]))
+    use_port(ports[4])
+    out["evaluate_rc"] = evaluate_cli.main(["--checkpoint", str(root / "cp" / "checkpoints" / "best.pt"),
+                                            "--data-root", str(data_root), "--out", str(root / "evaluated"),
+                                            "--batch-size", "4", "--threads", "1"])
+    model, _ = load_model(root / "cp" / "checkpoints" / "best.pt")
+    domains = load_domains(data_root, list(model.domains))
+    if rank == 0:
+        out["single"] = evaluate_model(model, domains, "test", batch_size=4, num_threads=1, progress=False)
+    use_port(ports[5])
+    torch.distributed.init_process_group("gloo")
+    try:
+        query, _ = knn_pairs(domains["birds"], "test")
+        options = dict(batch_size=4, device=torch.device("cpu"), teacher=True, num_threads=1, progress=False)
+        shared = _embed_share(model, query, "birds", **options)
+        if rank == 0:
+            alone = embed_split(model, query, "birds", **options)
+            out["same_embeddings"] = (np.array_equal(shared.student, alone.student)
+                                      and np.array_equal(shared.teacher, alone.teacher))
+    finally:
+        torch.distributed.destroy_process_group()
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class_parallel")
+    data_root = root / "uned"
+    write_tiny_uned(data_root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
+                                "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
+    results = run_ranks(_worker, 2, str(root), str(data_root), [free_port() for _ in range(6)], process_group=False)
+    return root, data_root, results
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in path.read_text().splitlines()]
+
+
+def test_losses_match_a_data_parallel_run(runs):
+    root, _, _ = runs
+    dp, cp = _metrics(root / "dp" / "metrics.jsonl"), _metrics(root / "cp" / "metrics.jsonl")
+    assert [r["step"] for r in cp] == list(range(6))
+    assert [r["domain"] for r in cp] == [r["domain"] for r in dp]
+    for a, b in zip(dp, cp):
+        for term in TERMS:
+            assert abs(a[term] - b[term]) <= 1e-4, (a["step"], term, a[term], b[term])
+
+
+def test_checkpoint_is_a_manifest_of_shards_and_embeds(runs):
+    root, _, _ = runs
+    checkpoints = root / "cp" / "checkpoints"
+    model, manifest = load_model(checkpoints / "last.pt")
+    assert manifest["config"]["class_slices"] == {"shops": [0, 0], "birds": [0, 0]}
+    assert all(model.teacher_classifier(d).shape[0] == 0 == model.student_classifier(d).shape[0]
+               for d in ("shops", "birds"))
+    info = manifest["extra"]["class_parallel"]
+    assert (info["world_size"], info["step"]) == (2, 6)
+    assert [e["class_slices"] for e in info["shards"]] == [{"shops": [0, 3], "birds": [0, 5]},
+                                                          {"shops": [3, 6], "birds": [5, 10]}]
+    best_step = torch.load(checkpoints / "best.pt", weights_only=True)["extra"]["class_parallel"]["step"]
+    assert sorted(p.name for p in (checkpoints / "shards").iterdir()) == sorted(
+        [f"best-step{best_step:09d}-rank{r:05d}-of00002.pt" for r in range(2)]
+        + [f"last-step000000006-rank{r:05d}-of00002.pt" for r in range(2)])
+    with torch.no_grad():
+        assert model.embed(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_consolidated_classifiers_match_the_data_parallel_run(runs, tmp_path):
+    root, _, _ = runs
+    whole = sharded_checkpoint.consolidate_checkpoint(root / "cp" / "checkpoints" / "last.pt", tmp_path / "whole.pt")
+    model, _ = load_model(whole)
+    reference, _ = load_model(root / "dp" / "checkpoints" / "last.pt")
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_resume_after_a_crash_before_the_manifest_is_exact(runs):
+    root, _, results = runs
+    assert "simulated crash before the manifest" in results[0]["crash"]
+    assert "writing " in results[1]["crash"] and "failed on rank(s) [0]" in results[1]["crash"]
+    left = results[0]["after_crash"]
+    assert f"last-step{CRASH_STEP:09d}-rank00000-of00002.pt" in left  # orphaned: the manifest never named them
+    assert "last-step000000003-rank00001-of00002.pt" in left          # what the surviving manifest names
+    assert _metrics(root / "crashed" / "metrics.jsonl") == _metrics(root / "cp" / "metrics.jsonl")
+    assert json.loads((root / "crashed" / "results.json").read_text()) == json.loads((root / "cp" / "results.json").read_text())
+    assert not any(f"step{CRASH_STEP:09d}" in p.name for p in (root / "crashed" / "checkpoints" / "shards").iterdir())
+
+
+def test_evaluate_on_two_ranks_equals_single_rank(runs):
+    root, _, results = runs
+    assert [r["evaluate_rc"] for r in results] == [0, 0]
+    assert json.loads((root / "evaluated" / "results.json").read_text()) == json.loads(json.dumps(results[0]["single"]))
+    assert results[0]["same_embeddings"]
+
+
+def test_resume_checks_every_shard_against_the_manifest(runs, tmp_path):
+    root, _, _ = runs
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(root / "cp" / "checkpoints", checkpoints)
+    manifest_path = checkpoints / "last.pt"
+    manifest = torch.load(manifest_path, weights_only=True)
+    with pytest.raises(CheckpointError, match="holds classifier shards of 2 ranks but this run has 3; resume with "
+                                              "torchrun --nproc_per_node 2"):
+        sharded_checkpoint._read_shard(manifest_path, manifest, 0, 3)
+    shard = checkpoints / "shards" / "last-step000000006-rank00001-of00002.pt"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"rank00001-of00002.pt has \d+ bytes but .*last.pt lists \d+"):
+        sharded_checkpoint._read_shard(manifest_path, manifest, 1, 2)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="rank00001-of00002.pt listed in .*last.pt is missing"):
+        sharded_checkpoint.consolidate_checkpoint(manifest_path, tmp_path / "whole.pt")
+    with pytest.raises(ValueError, match="written by a --class-parallel run of 2 ranks"):
+        load_run(manifest_path, None, None, None, None)
+
+
+def test_class_parallel_needs_a_torchrun_job_and_a_fused_backend(runs, capsys):
+    root, data_root, _ = runs
+    argv = ["--data-root", str(data_root), *TINY, "--out", str(root / "single"), "--class-parallel"]
+    assert train_cli.main(argv) == 1
+    assert "--class-parallel shards the classifiers over the ranks of a torchrun job" in capsys.readouterr().err
+    assert train_cli.main([*argv, "--loss-backend", "reference"]) == 2
+    assert "--class-parallel needs a fused --loss-backend" in capsys.readouterr().err
