@@ -67,7 +67,7 @@ def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *
 
 
 def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batch_size: int, device: torch.device,
-                 teacher: bool, num_threads: int, decoder: str, progress: bool) -> Embedded | None:
+                 teacher: bool, num_threads: int, progress: bool, decoder: str = "dali") -> Embedded | None:
     """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
     lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
     part = Split(split.paths[lo:hi], split.labels[lo:hi], split.name)
