@@ -1,4 +1,5 @@
-"""Shared pytest setup: `gpu` tests skip cleanly without CUDA; every test starts seeded."""
+"""Shared pytest setup: `gpu` tests skip cleanly without CUDA; every test starts seeded; the tiny
+two-domain UnED dataset the trainer tests share."""
 import pytest
 import torch
 
@@ -24,3 +25,15 @@ def cli():
     from cli_process import CliRunner
 
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A tiny UnED layout (read-only for the tests that share it): "shops" with val/test queries searching
+    an index split, "birds" evaluated leave-one-out; 3 solid-colour JPEGs per class."""
+    from udon_fast.data.synthetic import write_tiny_uned
+
+    root = tmp_path_factory.mktemp("uned")
+    write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
+                           "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
+    return root

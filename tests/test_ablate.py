@@ -13,13 +13,6 @@ TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-s
         "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
-                           "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
-    return root
-
 
 def _error(capsys) -> str:
     err = capsys.readouterr().err.strip()

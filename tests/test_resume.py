@@ -15,7 +15,6 @@ import pytest
 import torch
 from cli_process import hit_kill_point
 
-from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.kill_points import ENV, kill_point
 
 COMMON = ["--batch-size", "8", "--update-every", "2", "--checkpoint-every", "3", "--eval-batch-size", "16",
@@ -37,13 +36,6 @@ CHAIN = [
     (None, "to the end"),
 ]
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
-                           "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
-    return root
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -11,7 +11,6 @@ import torch
 from udon_fast import train as train_cli
 from udon_fast.config import parse_args
 from udon_fast.data import load_domains
-from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model import UDONModel
 from udon_fast.trainer.loop import TrainingDiverged, train
 
@@ -19,13 +18,6 @@ TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-s
         "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--frozen-epochs", "1",
         "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1"]
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
-                           "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
-    return root
 
 
 def _args(data_root, out, *extra):
