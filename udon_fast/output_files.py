@@ -59,16 +59,6 @@ def writing(path: str | Path, what: str = "") -> Iterator[None]:
         raise OutputError(f"cannot write {what + ' ' if what else ''}{path}: {_reason(exc)}") from exc
 
 
-def ensure_writable_folder(path: str | Path, what: str = "") -> Path:
-    """Create folder `path` if needed and check that a file can be created in it (before any work is
-    done whose outputs would go there); raise `OutputError` naming it and the cause otherwise."""
-    path = Path(path)
-    with writing(path, what):
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    return path
-
-
 def check_writable_folder(path: str | Path, what: str = "") -> Path:
     """Check, without creating anything, that folder `path` exists and takes new files or could be
     created: its nearest existing ancestor must be a folder that takes new files.  Raise `OutputError`

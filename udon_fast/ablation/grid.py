@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig, build_parser, load_yaml, parse_args
-from ..data import ensure_builtin, load_domains
+from ..config import TrainConfig, build_parser, load_yaml, parse_args, parse_folders
+from ..data import ensure_builtin, load_domains_with_splits
+from ..output_files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def make_cells(out: Path, seeds: int) -> list[Cell]:
 
 def planned_steps(config: TrainConfig) -> int:
     """Training steps of one run (the trainer's rule for one process: epochs x train images // batch)."""
-    domains = load_domains(config.data_root or ensure_builtin(), config.domains)
+    folders = parse_folders(config.folder)
+    data_root = config.data_root or (None if folders else ensure_builtin())
+    domains, _ = load_domains_with_splits(data_root, config.domains, folders, config.split_seed)
     images = sum(len(d.train) for d in domains.values())
     return config.steps or config.epochs * max(1, images // config.batch_size)
 
@@ -137,10 +140,7 @@ def claim_folder(out: Path, train_args: Sequence[str]) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise GridError(f"--out {out} is not empty and holds no {STATE_FILE}; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"train_args": list(train_args)}, indent=2), encoding="utf-8")
-    os.replace(tmp, state)
+    atomic_write_text(state, json.dumps({"train_args": list(train_args)}, indent=2))
 
 
 def _last_line(log: Path) -> str:
