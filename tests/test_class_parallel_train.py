@@ -127,6 +127,24 @@ def test_checkpoint_is_a_manifest_of_shards_and_embeds(runs):
         assert model.embed(torch.randn(2, 3, 32, 32)).shape == (2, 64)
 
 
+def test_class_parallel_checkpoint_exports(runs, tmp_path):
+    """`python -m udon_fast.export` reads a class-parallel manifest (no classifier rows needed): the file it
+    writes embeds like `load_embedder` and like the model `load_model` rebuilds from the manifest."""
+    from udon_fast import export
+    from udon_fast.model import load_embedder
+
+    root, _, _ = runs
+    manifest = root / "cp" / "checkpoints" / "best.pt"
+    out = tmp_path / "embedder.ts.pt"
+    assert export.main(["--checkpoint", str(manifest), "--format", "torchscript", "--out", str(out)]) == 0
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model, _ = load_model(manifest)
+    with torch.no_grad():
+        expected = load_embedder(manifest)(images)
+        torch.testing.assert_close(torch.jit.load(str(out))(images), expected, rtol=0, atol=1e-4)
+        torch.testing.assert_close(model.embed(images), expected, rtol=0, atol=1e-5)
+
+
 def test_consolidated_classifiers_match_the_data_parallel_run(runs, tmp_path):
     root, _, _ = runs
     whole = sharded_checkpoint.consolidate_checkpoint(root / "cp" / "checkpoints" / "last.pt", tmp_path / "whole.pt")
