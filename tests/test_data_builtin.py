@@ -6,7 +6,7 @@ import pytest
 
 from udon_fast.data import TrainLoader, ensure_builtin, knn_pairs, load_domains
 from udon_fast.data.__main__ import main
-from udon_fast.data.builtin import MARKER, UNSEEN_CLASS_DOMAINS, VERSION, _faces, _glyphs, _terrain
+from udon_fast.data.builtin import MARKER, UNSEEN_CLASS_DOMAINS, VERSION, _faces, _glyphs, _landmarks
 from udon_fast.data.synthetic import write_tiny_uned
 
 
@@ -18,16 +18,16 @@ def builtin_root(tmp_path_factory):
 def test_builtin_structure(builtin_root):
     assert (builtin_root / MARKER).is_file() and builtin_root.name == VERSION == "builtin-v2"
     domains = load_domains(builtin_root)
-    assert sorted(domains) == ["faces", "glyphs", "landmarks", "terrain", "textures"]
+    assert sorted(domains) == ["faces", "glyphs", "landmarks", "textures"]
     classes = {name: d.num_classes for name, d in domains.items()}
-    assert classes == {"faces": 60, "glyphs": 300, "landmarks": 150, "terrain": 117, "textures": 24}
+    assert classes == {"faces": 60, "glyphs": 300, "landmarks": 205, "textures": 24}
     total = sum(len(s) for d in domains.values() for s in d.splits.values())
     assert 4000 <= total <= 8000
     for d in domains.values():
         assert {"train", "val", "test"} <= set(d.splits)
         assert np.bincount(d.train.labels, minlength=d.num_classes).min() >= 2
     landmark_counts = np.bincount(domains["landmarks"].train.labels)
-    assert landmark_counts.max() >= 5 and landmark_counts.min() == 2  # long tail
+    assert landmark_counts.max() >= 8 and landmark_counts.min() == 3  # long tail
     assert knn_pairs(domains["landmarks"], "test")[1] is domains["landmarks"].splits["index"]
     assert knn_pairs(domains["landmarks"], "val")[1] is domains["landmarks"].splits["small_index"]
 
@@ -61,7 +61,7 @@ def test_builtin_is_cached(builtin_root):
     assert not [p for p in builtin_root.parent.iterdir() if ".tmp-" in p.name]
 
 
-@pytest.mark.parametrize("make", [_faces, _terrain, _glyphs])
+@pytest.mark.parametrize("make", [_faces, _landmarks, _glyphs])
 def test_builtin_domain_is_deterministic(make, tmp_path):
     first = make(tmp_path / "a", np.random.default_rng([0, 3]))
     second = make(tmp_path / "b", np.random.default_rng([0, 3]))

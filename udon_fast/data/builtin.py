@@ -1,34 +1,32 @@
-"""The built-in dataset (builtin-v2): five small domains in the UnED layout, made from real pixels
+"""The built-in dataset (builtin-v2): four small domains in the UnED layout, made from real pixels
 that ship with pip-installed packages (scikit-image, matplotlib), deterministic from a seed
-(5,178 JPEGs, about 8 s of CPU; the domains are made in parallel processes).
+(5,963 JPEGs, about 6 s of CPU; the domains are made in parallel processes).
 
-Like UnED it mixes instance-level, fine-grained and category domains, and three of the five
+Like UnED it mixes instance-level, fine-grained and category domains, and two of the four
 evaluate on classes UNSEEN in training (disjoint train / val / test classes, as UnED's
 metric-learning domains cars, sop and inshop do), so a model must learn what makes two images
 the same instance rather than memorise the training classes.  Every evaluation class has at
 least two images in its kNN set, so no query lacks a positive.
 
-- landmarks (instance-level, 150 classes, seen at test, 96x120 px): each class is a region of
-  one of scikit-image's colour photos (astronaut, coffee, chelsea, rocket, motorcycle, hubble
-  deep field, retina, immunohistochemistry) or matplotlib's grace_hopper photo; its images are
-  views with shift, zoom, rotation, lighting and blur, like photos of one landmark.  2-6 train
-  images per class (long tail).  "index" (test vs index) and "small_index" (val vs small_index)
-  splits, like met and gldv2.
-- terrain (aerial instance retrieval, UNSEEN classes, 64 px): each class is a place on the real
-  elevation model of matplotlib's jacksboro_fault_dem sample, seen from above under a random sun
-  direction and height, relief exaggeration, colour map and rotation (hill shading).  Places on a
-  24 px grid; train, val and test places lie in separate bands of the map, never overlapping.
+- landmarks (instance-level, 205 classes, seen at test, 96x120 px): each class is one square of a
+  56 px grid laid over one of scikit-image's colour photos (astronaut, coffee, chelsea, rocket,
+  motorcycle, hubble deep field, retina, immunohistochemistry) or matplotlib's grace_hopper photo,
+  keeping the squares that show detail; the squares do not overlap, so no two classes share
+  content.  Its images are views with shift, zoom, rotation, perspective tilt, lighting and blur,
+  like photos of one landmark; 3-12 train images per class (long tail).  "index" (test: one query
+  per class against two index views of every class) and "small_index" (val: two thirds of the
+  classes against their own two views each plus 30 distractor classes) splits, like met and gldv2.
 - glyphs (fine-grained, UNSEEN classes, 64 px): each class is one character (Latin, IPA, Greek,
   Cyrillic, arrows, maths, box drawing, shapes, dingbats; look-alikes removed); its images are
   the character in different fonts (16 DejaVu and STIX faces: sans, serif, mono; regular, bold,
   italic), sizes, positions, rotations and ink/paper colours.  Train, val and test characters
   are disjoint: the model must learn what stays the same across typefaces.
 - faces (identity, UNSEEN classes, 64 px): scikit-image's 100 LFW face crops (25x25 gray), one
-  identity each; views with shift, zoom, rotation, lighting and blur.  60 train, 15 val and 25
-  test identities.
+  identity each; views with shift, zoom, rotation, perspective tilt, lighting and blur.  60 train
+  identities (10 views each), 15 val and 25 test identities (6 views each).
 - textures (category-level, 24 classes, seen at test, 80 px): scikit-image's grayscale images
   (brick, grass, gravel, moon, coins, page, camera, cell) at three zoom levels; a view is a
-  random rotated patch anywhere in the image.
+  random rotated patch anywhere in the image.  20 train, 6 val and 8 test views per class.
 
 Domains without an index split use query-is-index (leave-one-out).
 """
@@ -94,14 +92,28 @@ class _Writer:
         return {split: len(entries) for split, entries in self.entries.items()}
 
 
-def _view(source: Image.Image, center, region: float, out: tuple[int, int], angle: float) -> Image.Image:
-    """An (h, w) = `out` view of `source` centred at `center`, `region` source px wide, rotated by `angle` rad."""
+def _view(source: Image.Image, center, region: float, out: tuple[int, int], angle: float,
+          tilt: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+    """An (h, w) = `out` view of `source` centred at `center`, `region` source px wide, rotated by `angle` rad.
+
+    `tilt` = (tx, ty) turns it into a perspective view, as from a camera turned sideways / up: the
+    scale changes by a factor 1 + tx across the width (1 + ty across the height)."""
     h, w = out
     s = region / w
     a, b, d, e = s * np.cos(angle), -s * np.sin(angle), s * np.sin(angle), s * np.cos(angle)
-    c = center[0] - a * w / 2 - b * h / 2
-    f = center[1] - d * w / 2 - e * h / 2
-    return source.transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f), resample=Image.Resampling.BILINEAR)
+    if tilt == (0.0, 0.0):
+        c = center[0] - a * w / 2 - b * h / 2
+        f = center[1] - d * w / 2 - e * h / 2
+        return source.transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f),
+                                resample=Image.Resampling.BILINEAR)
+    # source = A (x - w/2, y - h/2) / q + center with q = 1 + g (x - w/2) + k (y - h/2), as a projective map
+    g, k = tilt[0] / w, tilt[1] / h
+    q0 = 1 - g * w / 2 - k * h / 2
+    cx, cy = center
+    coefficients = (a + cx * g, b + cx * k, cx * q0 - a * w / 2 - b * h / 2,
+                    d + cy * g, e + cy * k, cy * q0 - d * w / 2 - e * h / 2, g, k)
+    return source.transform((w, h), Image.Transform.PERSPECTIVE, tuple(v / q0 for v in coefficients),
+                            resample=Image.Resampling.BILINEAR)
 
 
 def _light(image: Image.Image, rng: np.random.Generator, colour: float = 0.08) -> Image.Image:
@@ -143,34 +155,42 @@ def _blur(image: Image.Image, rng: np.random.Generator, p: float = 0.3) -> Image
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5))) if rng.random() < p else image
 
 
+def _landmark_places(photos: list[Image.Image], cell: int) -> list[tuple[Image.Image, tuple[float, float]]]:
+    """Centres of the `cell` px squares of a grid over each photo that show detail (not flat sky or background);
+    the squares do not overlap, so no two classes share content."""
+    places = []
+    for photo in photos:
+        nx, ny = (photo.width - 8) // cell, (photo.height - 8) // cell
+        ox, oy = (photo.width - nx * cell) / 2, (photo.height - ny * cell) / 2
+        for i in range(nx):
+            for j in range(ny):
+                center = (ox + (i + 0.5) * cell, oy + (j + 0.5) * cell)
+                if np.asarray(_view(photo, center, cell, (24, 24), 0.0).convert("L"), dtype=np.float32).std() > 20:
+                    places.append((photo, center))
+    return places
+
+
 def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    photos = [_load(n, 256) for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
+    photos = [_load(n, 320) for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
                                        "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png")]
-    photos.append(_load_matplotlib("grace_hopper.jpg", 256))
-    ids = _class_ids(rng, 150)
-    classes = []
-    for k in range(len(ids)):
-        photo = photos[k % len(photos)]
-        while True:  # a region with detail (not flat sky or background)
-            region = rng.uniform(48, 110)
-            margin = 0.8 * region
-            center = (rng.uniform(margin, photo.width - margin), rng.uniform(margin, photo.height - margin))
-            if np.asarray(_view(photo, center, region, (24, 30), 0.0).convert("L"), dtype=np.float32).std() > 20:
-                break
-        classes.append((photo, center, region))
+    photos.append(_load_matplotlib("grace_hopper.jpg", 320))
+    cell = 56
+    places = _landmark_places(photos, cell)
+    ids = _class_ids(rng, len(places))
 
     def view(k):
-        photo, (cx, cy), region = classes[k]
-        jitter = rng.normal(0, 0.1 * region, 2)
-        image = _view(photo, (cx + jitter[0], cy + jitter[1]), region * rng.uniform(0.8, 1.25), (96, 120),
-                      rng.normal(0, 0.15))
+        photo, (cx, cy) = places[k]
+        jitter = rng.normal(0, 0.1 * cell, 2)
+        image = _view(photo, (cx + jitter[0], cy + jitter[1]), cell * np.exp(rng.uniform(-0.3, 0.3)), (96, 120),
+                      rng.normal(0, 0.25), tuple(rng.normal(0, 0.35, 2)))
         return _blur(_light(image, rng, colour=0.1), rng)
 
     w = _Writer(root, "landmarks")
     order = rng.permutation(len(ids))
-    val_classes, test_classes, extra = order[:100], order[50:], order[100:130]
+    n_val = 2 * len(ids) // 3
+    val_classes, extra = order[:n_val], order[n_val:n_val + 30]
     for k in range(len(ids)):
-        for _ in range(2 + int(5 * rng.random() ** 2)):
+        for _ in range(3 + int(10 * rng.random() ** 2)):
             w.add("train", ids[k], view(k))
         for _ in range(2):
             w.add("index", ids[k], view(k))
@@ -179,48 +199,8 @@ def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
     for k in np.concatenate([val_classes, extra]):
         for _ in range(2):
             w.add("small_index", ids[k], view(k))
-    for k in test_classes:
+    for k in range(len(ids)):
         w.add("test", ids[k], view(k))
-    return w.finish()
-
-
-def _terrain(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    import matplotlib
-    from matplotlib.colors import LightSource
-
-    with np.load(_sample_data("jacksboro_fault_dem.npz")) as dem:
-        elevation = dem["elevation"].astype(np.float32)
-    source = Image.fromarray(elevation, mode="F")
-    low, high = float(elevation.min()), float(elevation.max())
-    cmaps = [matplotlib.colormaps[name] for name in ("gist_earth", "terrain", "gray", "copper")]
-    region, spacing, margin = 32, 24, 27
-    xs = np.arange(margin, source.width - margin + 1, spacing)
-    ys = np.arange(margin, source.height - margin + 1, spacing)
-    # Separate bands of the map: columns 0..8 train; of columns 10.., rows 0..5 test and 7.. val
-    # (a skipped column/row between bands: regions of different splits never overlap).
-    bands = {"train": [(i, j) for i in range(9) for j in range(len(ys))],
-             "test": [(i, j) for i in range(10, len(xs)) for j in range(6)],
-             "val": [(i, j) for i in range(10, len(xs)) for j in range(7, len(ys))]}
-    ids = _class_ids(rng, sum(len(places) for places in bands.values()))
-    views = {"train": 5, "val": 4, "test": 4}
-
-    def view(i, j):
-        center = (xs[i] + rng.normal(0, 2), ys[j] + rng.normal(0, 2))
-        scale = rng.uniform(0.9, 1.1)
-        heights = np.asarray(_view(source, center, region * scale, (64, 64), rng.normal(0, 0.3)))
-        light = LightSource(azdeg=rng.uniform(0, 360), altdeg=rng.uniform(30, 60))
-        rgb = light.shade(heights, cmap=cmaps[rng.integers(len(cmaps))], vert_exag=rng.uniform(1, 4),
-                          blend_mode="soft", vmin=low, vmax=high, dx=90 * scale * region / 64,
-                          dy=90 * scale * region / 64)
-        return _light(Image.fromarray((255 * rgb[..., :3]).astype(np.uint8)), rng, colour=0.05)
-
-    w = _Writer(root, "terrain")
-    class_id = iter(ids)
-    for split, places in bands.items():
-        for i, j in places:
-            label = next(class_id)
-            for _ in range(views[split]):
-                w.add(split, label, view(i, j))
     return w.finish()
 
 
@@ -282,13 +262,14 @@ def _faces(root: Path, rng: np.random.Generator) -> dict[str, int]:
     ids = _class_ids(rng, len(sources))
 
     def view(k):
-        center = 12.5 + rng.normal(0, 1.0, 2)
-        image = _view(sources[k], center, 22 * rng.uniform(0.9, 1.1), (64, 64), rng.normal(0, 0.1))
-        return _light(_blur(image, rng), rng, colour=0.0)
+        center = 12.5 + rng.normal(0, 1.2, 2)
+        image = _view(sources[k], center, 22 * np.exp(rng.uniform(-0.15, 0.15)), (64, 64), rng.normal(0, 0.15),
+                      tuple(rng.normal(0, 0.3, 2)))
+        return _light(_blur(image, rng, 0.5), rng, colour=0.0)
 
     w = _Writer(root, "faces")
     order = iter(rng.permutation(len(sources)))
-    for split, classes, images in (("train", 60, 6), ("val", 15, 4), ("test", 25, 4)):
+    for split, classes, images in (("train", 60, 10), ("val", 15, 6), ("test", 25, 6)):
         for _ in range(classes):
             k = next(order)
             for _ in range(images):
@@ -311,16 +292,15 @@ def _textures(root: Path, rng: np.random.Generator) -> dict[str, int]:
 
     w = _Writer(root, "textures")
     for k in range(len(classes)):
-        for split, count in (("train", 20), ("val", 3), ("test", 4)):
+        for split, count in (("train", 20), ("val", 6), ("test", 8)):
             for _ in range(count):
                 w.add(split, ids[k], view(k))
     return w.finish()
 
 
-_DOMAINS = {"landmarks": _landmarks, "terrain": _terrain, "glyphs": _glyphs, "faces": _faces,
-            "textures": _textures}
+_DOMAINS = {"landmarks": _landmarks, "glyphs": _glyphs, "faces": _faces, "textures": _textures}
 # Domains whose val and test classes are disjoint from the train classes (and from each other).
-UNSEEN_CLASS_DOMAINS = ("terrain", "glyphs", "faces")
+UNSEEN_CLASS_DOMAINS = ("glyphs", "faces")
 
 
 def write_builtin(out: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, int]]:
