@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bench.suite import status_kib
+
 MODES = ("replicated", "class_parallel")
 DOMAIN = "classes"
 RANKS = 2
@@ -43,19 +45,12 @@ SHARED_BYTES = 512 << 20
 MEMORY_FRACTION = 0.95
 
 
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def meminfo_bytes(field: str) -> int:
+    """A field of /proc/meminfo (e.g. MemAvailable, MemTotal) in bytes."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def available_bytes() -> int:
-    """MemAvailable of /proc/meminfo."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("MemAvailable not in /proc/meminfo")
+    raise RuntimeError(f"{field} not in /proc/meminfo")
 
 
 def predicted_bytes(mode: str, classes: int) -> int:
@@ -73,7 +68,7 @@ def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: in
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS,
                             timeout=datetime.timedelta(minutes=30))
-    base = _status_bytes("VmRSS")
+    base = status_kib("VmRSS") * 1024
     torch.manual_seed(0)
     sharded = mode == "class_parallel"
     slices = class_slices({DOMAIN: classes}, rank, RANKS) if sharded else None
@@ -97,7 +92,7 @@ def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: in
             seconds.append(time.perf_counter() - start)
     dist.barrier()
     result = {"rank": rank, "classes_held": model.teacher_classifier(DOMAIN).shape[0], "base_rss": base,
-              "peak_rss": _status_bytes("VmHWM"), "step_s": statistics.median(seconds)}
+              "peak_rss": status_kib("VmHWM") * 1024, "step_s": statistics.median(seconds)}
     dist.destroy_process_group()
     (Path(out_dir) / f"{rank}.json").write_text(json.dumps(result))
 
@@ -117,7 +112,7 @@ def measure(mode: str, classes: int, batch: int = 32, steps: int = 3) -> dict:
     MemAvailable."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    need, free = predicted_bytes(mode, classes), available_bytes()
+    need, free = predicted_bytes(mode, classes), meminfo_bytes("MemAvailable")
     if need > MEMORY_FRACTION * free:
         raise MemoryError(f"{mode} at C = {classes:,} needs about {need / 2**30:.1f} GiB over {RANKS} ranks; "
                           f"{free / 2**30:.1f} GiB are available here: not started")

@@ -18,7 +18,8 @@ def quick() -> bool:
     return os.environ.get(QUICK_ENV) == "1"
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (e.g. VmRSS, VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -45,9 +46,9 @@ def peak_rss_extra_bytes(fn: Callable[[], object]) -> int | None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return None
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     fn()
-    return (_status_kib("VmHWM") - before) * 1024
+    return (status_kib("VmHWM") - before) * 1024
 
 
 def cpu_seconds_with_children() -> float:

@@ -15,7 +15,6 @@ the replicated need at C = 3M against this machine's memory; that run is never s
 predicted memory exceeds 85% of MemAvailable is skipped with the reason (the machine is shared).
 """
 import functools
-from pathlib import Path
 
 import pytest
 
@@ -55,13 +54,6 @@ def test_bench_class_parallel_step(benchmark, mode, classes):
                                 batch_per_rank=result["batch_per_rank"], **figures(result))
 
 
-def _mem_total_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("MemTotal not in /proc/meminfo")
-
-
 @pytest.mark.skipif(QUICK, reason="needs two replicated sizes")
 def test_replicated_would_not_fit(benchmark):
     """Heads bytes per class from the replicated cases, and the replicated need at C = 3M (not run)."""
@@ -71,7 +63,7 @@ def test_replicated_would_not_fit(benchmark):
     per_class = (heads[1] - heads[0]) / (BOTH[1] - BOTH[0])
     fixed = heads[0] - per_class * BOTH[0]
     need = class_parallel.RANKS * (base + fixed + per_class * LARGE)
-    total = _mem_total_bytes()
+    total = class_parallel.meminfo_bytes("MemTotal")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(replicated_bytes_per_class=round(per_class), classes=LARGE,
                                 replicated_need_gib_per_rank=round(need / class_parallel.RANKS / 2**30, 1),

@@ -150,12 +150,13 @@ def test_planned_steps_of_folder_domains_count_their_train_split(tmp_path, monke
     """With --folder only, the grid's step count comes from the folders' class-disjoint train split (the
     trainer's rule), and the built-in dataset is not touched."""
     from udon_fast.ablation import grid
+    from udon_fast.data import builtin
     from udon_fast.data.synthetic import write_image
 
     for c in range(10):
         for k in range(4):
             write_image(tmp_path / "shoes" / f"class{c}" / f"{k}.jpg", (20 * c, 10 * k, 0), size=(8, 8))
-    monkeypatch.setattr(grid, "ensure_builtin", lambda: pytest.fail("the built-in dataset was loaded"))
+    monkeypatch.setattr(builtin, "ensure_builtin", lambda: pytest.fail("the built-in dataset was loaded"))
     config = grid.check_train_args(["--folder", f"shoes={tmp_path / 'shoes'}", "--epochs", "3", "--batch-size", "4"])
     # 10 classes: 2 test (max(2, round(2.5))), 2 val, 6 train classes of 4 images -> 24 images, 6 steps an epoch
     assert grid.planned_steps(config) == 3 * 6

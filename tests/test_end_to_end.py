@@ -45,7 +45,7 @@ def approx(results: dict) -> dict:
 def test_folders_train_baseline_index_search_export(tmp_path, monkeypatch, capsys):
     photos = write_photo_folders(tmp_path / "photos")
     run = tmp_path / "run"
-    monkeypatch.setattr("udon_fast.trainer.loop.ensure_builtin",
+    monkeypatch.setattr("udon_fast.data.builtin.ensure_builtin",
                         lambda: pytest.fail("--folder alone must not load the built-in dataset"))
 
     # 1. train on the folder (default backbone, packaged weights); split seed 5, recorded

@@ -19,11 +19,11 @@ BatchNorm running statistics identical.
 """
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from distributed_helpers import free_port
 
 from udon_fast.config import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
@@ -91,12 +91,6 @@ def _rank_main(rank, port, data_root, out, results):
         torch.save(_run_steps(_config(data_root, out, 2)), results / f"rank{rank}.pt")
     finally:
         distributed.teardown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .ablation.grid import VARIANTS, GridError, check_train_args, claim_folder, make_cells, planned_steps, run_cell
+from .ablation.grid import (VARIANTS, GridError, check_train_args, claim_folder, make_cells, planned_steps, raising,
+                             run_cell)
 from .ablation.summary import write_outputs
 
 
-class _Parser(argparse.ArgumentParser):
-    """Raises GridError (one line for the CLI) instead of printing usage and exiting."""
-
-    def error(self, message: str):
-        raise GridError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m udon_fast.ablate", description=__doc__, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="Any other flag is a train flag (python -m udon_fast.train --help), e.g. --epochs 3.")
+    parser = raising(argparse.ArgumentParser(
+        prog="python -m udon_fast.ablate", description=__doc__, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other flag is a train flag (python -m udon_fast.train --help), e.g. --epochs 3."))
     parser.add_argument("--out", required=True, help="grid folder (new, or a grid folder to resume)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
     return parser

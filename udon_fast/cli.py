@@ -2,8 +2,9 @@
 import argparse
 
 
-def check_positive(args: argparse.Namespace, *names: str) -> None:
-    """Raise ValueError naming the flag when one of the integer options `names` is below 1."""
+def check_positive(args: argparse.Namespace | object, *names: str) -> None:
+    """Raise ValueError naming the flag when one of the integer options `names` of `args` (parsed
+    arguments or a config object) is below 1."""
     for name in names:
         value = getattr(args, name)
         if value < 1:

@@ -5,12 +5,13 @@ Precedence: dataclass defaults < `--preset` < `--config FILE.yaml` < explicit fl
 import argparse
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .cli import check_positive
 from .data.decoders import DECODERS
 from .losses.backends import BACKENDS
 from .losses.margins import MARGIN_TYPES, margin_in_range, margin_range_text
@@ -36,8 +37,9 @@ class TrainConfig:
     teacher_dim: int = 256
     student_dim: int = 64
     sampler: str = "dynamic"
-    # Built-in run: 200 steps (about two epochs) per window, so that even the smallest weight the rule
-    # gives there (~0.03) draws ~6 batches per window (docs/method.md, "The built-in dataset ...").
+    # Built-in run: 200 steps (about two epochs) per window, so that even the smallest weights the rule
+    # gives there (0.02-0.03) draw 4-6 batches per window (docs/method.md, section 7, "How the built-in
+    # defaults were chosen").
     update_every: int = 200
     distill: bool = True
     similarity: bool = True
@@ -69,11 +71,8 @@ class TrainConfig:
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
                                  f"got {getattr(self, name)!r}")
-        positive = ("epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
-                    "eval_batch_size", "checkpoint_every", "data_threads")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
+                       "eval_batch_size", "checkpoint_every", "data_threads")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if not margin_in_range(self.margin_type, self.margin):
@@ -91,6 +90,13 @@ class TrainConfig:
             raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
         parse_folders(self.folder)
         return self
+
+    def schedule(self, train_images: int, world_size: int = 1) -> tuple[int, int]:
+        """(steps per epoch, total steps) of a run over `train_images` training images on `world_size`
+        ranks: an epoch is train_images // (batch_size x world_size) steps (at least 1); --steps, when
+        given, overrides epochs x that."""
+        steps_per_epoch = max(1, train_images // (self.batch_size * world_size))
+        return steps_per_epoch, self.steps or self.epochs * steps_per_epoch
 
     def to_json(self, **extra: Any) -> str:
         """The options as JSON, plus `extra` top-level entries (e.g. the folder splits of a run)."""

@@ -15,6 +15,7 @@ from .cli import check_positive
 from .data import Split
 from .data.decoders import DECODERS
 from .evaluation import embed_split
+from .index import embeddings_meta_path as meta_path
 from .model import load_embedder
 from .output_files import atomic_write, atomic_write_text, check_writable_folder
 
@@ -37,10 +38,6 @@ def embed_paths(model, paths: list[str], *, device: torch.device, batch_size: in
     split = Split(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), name="images")
     return embed_split(model, split, None, batch_size=batch_size, device=device, teacher=False, num_threads=threads,
                        decoder=decoder, progress=progress).student
-
-
-def meta_path(embeddings: Path) -> Path:
-    return embeddings.with_suffix(".meta.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import torch
 
 from .cli import check_positive
 from .config import parse_folders
-from .data import ensure_builtin, load_domains_with_splits
+from .data import default_data_root, load_domains_with_splits
 from .data.decoders import DECODERS
 from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
 from .knn import NO_POSITIVE_MODES
@@ -81,7 +81,7 @@ def write_csv(path: Path, results: dict) -> None:
 def _load(args, device: torch.device):
     """(model, domains, embedding, title) for the arguments; ValueError/FileNotFoundError on bad input."""
     folders = parse_folders(args.folder)
-    data_root = args.data_root or (None if folders else ensure_builtin())
+    data_root = default_data_root(args.data_root, folders)
     if args.backbone:
         if args.embedding not in (None, "student"):
             raise ValueError("--backbone has no teacher embedding: use --embedding student (the default)")

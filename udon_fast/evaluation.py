@@ -30,7 +30,7 @@ from .data import DatasetError, Domain, EvalLoader, Split, knn_pairs
 from .data.domain import INDEX_SPLIT_FOR, split_source
 from .data.verify import check_decodable
 from .kill_points import kill_point
-from .knn import NO_POSITIVE_MODES, knn_metrics_by_domain
+from .knn import knn_metrics_by_domain, no_positive_mode
 from .model import Embedder, UDONModel
 
 INDEX_MODES = ("merged", "separate", "both")
@@ -192,8 +192,7 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     distributed: every rank of the initialised default process group calls; each embeds its share,
     rank 0 searches; all return rank 0's results.
     """
-    if not isinstance(no_positive, str) or no_positive not in NO_POSITIVE_MODES:
-        raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {no_positive!r}")
+    no_positive_mode(no_positive)
     if index not in INDEX_MODES:
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if embedding not in EMBEDDINGS:

@@ -115,7 +115,6 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", gpu: bool = False) -
     else:
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, info["parameters"]["nlist"], faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = info["parameters"]["nprobe"]
     if gpu:
         resources = _gpu_resources()
         on_gpu = faiss.index_cpu_to_gpu(resources, 0, index)
@@ -127,7 +126,7 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", gpu: bool = False) -
         if kind == "ivf":
             index.train(x)
         index.add(x)
-    if kind == "ivf":
+    if kind == "ivf":  # set on the final CPU index (a GPU round trip does not keep it)
         index.nprobe = info["parameters"]["nprobe"]
     return index, info
 
@@ -137,10 +136,15 @@ def meta_path(index_path: Path) -> Path:
     return index_path.with_name(index_path.name + ".meta.json")
 
 
+def embeddings_meta_path(embeddings: Path) -> Path:
+    """E.npy -> E.meta.json: the image paths and checkpoint `udon_fast.embed` writes beside E.npy."""
+    return embeddings.with_suffix(".meta.json")
+
+
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """(embeddings (N, D) float32, E.meta.json {"paths", "checkpoint"?}) written by `udon_fast.embed`;
     `IndexFileError` naming the file that is missing or malformed."""
-    meta_file = path.with_suffix(".meta.json")
+    meta_file = embeddings_meta_path(path)
     if not path.is_file() or not meta_file.is_file():
         raise IndexFileError(f"--embeddings: need {path} and {meta_file} (written by udon_fast.embed)")
     try:

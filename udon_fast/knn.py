@@ -112,7 +112,7 @@ def knn_metrics(
          "num_queries_without_positives": int, "no_positive": the rule used}, plus, when domains
         are given, "per_domain": {domain id: the first four keys for that domain's queries}.
     """
-    mode = _no_positive_mode(no_positive)
+    mode = no_positive_mode(no_positive)
     inputs = _validate(query_emb, query_labels, index_emb, index_labels, query_domains, index_domains,
                        k, query_is_index, query_self_rows)
     first_hit, precision, scored = _score_queries(
@@ -153,7 +153,7 @@ def knn_metrics_by_domain(
          f"mmp_at_{k}"}}.  "miss": the mean is over every domain (none can be NaN); "exclude": it
         skips domains whose metric is NaN (no query with a positive) and is NaN if every domain's is.
     """
-    mode = _no_positive_mode(no_positive)
+    mode = no_positive_mode(no_positive)
     if index not in INDEX_MODES:
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if query_domains is None or index_domains is None:
@@ -469,7 +469,8 @@ def _domains(value: Any, name: str, length: int) -> np.ndarray:
     return _integers(value, name, length, (1,))
 
 
-def _no_positive_mode(value: Any) -> str:
+def no_positive_mode(value: Any) -> str:
+    """`value` when it is one of NO_POSITIVE_MODES, else ValueError naming the argument `no_positive`."""
     if not isinstance(value, str) or value not in NO_POSITIVE_MODES:
         raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {value!r}")
     return value

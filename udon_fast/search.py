@@ -15,14 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from .cli import check_positive
 from .data.decoders import DECODERS
 from .embed import embed_paths, list_images
-from .index import Gallery, load_gallery, read_embeddings
+from .index import Gallery, build_index, load_gallery, read_embeddings
 from .model import load_embedder
 from .output_files import atomic_write_text
 
@@ -32,9 +31,8 @@ def open_gallery(index: str | None, embeddings: str | None) -> Gallery:
     if index is not None:
         return load_gallery(index)
     vectors, meta = read_embeddings(Path(embeddings))
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(np.ascontiguousarray(vectors))
-    return Gallery(flat, meta["paths"], {"kind": "flat", "checkpoint": meta.get("checkpoint")})
+    flat, info = build_index(vectors, "flat")
+    return Gallery(flat, meta["paths"], {**info, "checkpoint": meta.get("checkpoint")})
 
 
 def query_paths(query: str) -> list[str]:

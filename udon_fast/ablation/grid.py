@@ -13,6 +13,7 @@ writing to `<out>/runs/<variant>/seed<k>/`, with its stdout/stderr in `train.log
 whose `results.json` exists is complete and never redone; any other run is started with
 `--resume`, which continues from its last checkpoint (or starts fresh when it has none).
 """
+import argparse
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import TrainConfig, build_parser, load_yaml, parse_args, parse_folders
-from ..data import ensure_builtin, load_domains_with_splits
+from ..data import default_data_root, load_domains_with_splits
 from ..output_files import atomic_write_text
 
 
@@ -84,24 +85,19 @@ class Cell:
             return 0
 
 
-class _RaisingParser:
-    """The trainer's argument parser, raising GridError instead of printing usage and exiting."""
+def raising(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser`, made to raise GridError (one line for the CLI) instead of printing usage and exiting."""
 
-    def __init__(self):
-        self.parser = build_parser()
-        self.parser.error = self._error
-
-    @staticmethod
-    def _error(message: str):
+    def error(message: str):
         raise GridError(message)
 
-    def parse(self, argv: Sequence[str]):
-        return self.parser.parse_args(list(argv))
+    parser.error = error
+    return parser
 
 
 def check_train_args(train_args: Sequence[str]) -> TrainConfig:
     """Validate the pass-through flags with the trainer's own parser; refuse the grid's options."""
-    args = _RaisingParser().parse(train_args)
+    args = raising(build_parser()).parse_args(list(train_args))
     given = [name for name in GRID_OPTIONS if getattr(args, name) is not None]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -121,12 +117,11 @@ def make_cells(out: Path, seeds: int) -> list[Cell]:
 
 
 def planned_steps(config: TrainConfig) -> int:
-    """Training steps of one run (the trainer's rule for one process: epochs x train images // batch)."""
+    """Training steps of one run (one process: the trainer's `TrainConfig.schedule`)."""
     folders = parse_folders(config.folder)
-    data_root = config.data_root or (None if folders else ensure_builtin())
-    domains, _ = load_domains_with_splits(data_root, config.domains, folders, config.split_seed)
-    images = sum(len(d.train) for d in domains.values())
-    return config.steps or config.epochs * max(1, images // config.batch_size)
+    domains, _ = load_domains_with_splits(default_data_root(config.data_root, folders), config.domains, folders,
+                                          config.split_seed)
+    return config.schedule(sum(len(d.train) for d in domains.values()))[1]
 
 
 def claim_folder(out: Path, train_args: Sequence[str]) -> None:

@@ -13,7 +13,6 @@ Prints, per `update_every`: each domain's mean share of the steps, the mean numb
 is starved, and in how many seeds it is starved for more than half the run.
 """
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sampler import DomainSampler
+from ..trainer.report import read_metrics
 
 
 def loss_curves(metrics: Sequence[Mapping]) -> dict[str, list[float]]:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or min(args.update_every) < 1 or (args.steps is not None and args.steps < 1):
         print("udon_fast.ablation.replay: error: --seeds, --steps and --update-every must be >= 1", file=sys.stderr)
         return 2
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_metrics(path)
     curves = loss_curves(records)
     steps = args.steps or len(records)
     print(f"{path}: {len(records)} steps measured, {steps} replayed, domains {', '.join(curves)}; "

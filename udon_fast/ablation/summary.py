@@ -5,6 +5,7 @@ the mean over domains, as mean ± sample standard deviation over the seeds that 
 """
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from ..output_files import atomic_write_text, writing  # noqa: E402
+from ..trainer.report import read_metrics  # noqa: E402
 from .grid import Cell, Variant  # noqa: E402
 
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
@@ -34,14 +37,7 @@ def _merged(results: dict[str, Any], stage: str) -> dict[str, dict[str, float]]:
 
 def steps_per_domain(run: Path) -> dict[str, int]:
     """Training steps each domain got in a run (from its metrics.jsonl)."""
-    counts: dict[str, int] = {}
-    path = run / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                domain = json.loads(line)["domain"]
-                counts[domain] = counts.get(domain, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(record["domain"] for record in read_metrics(run / "metrics.jsonl")).items()))
 
 
 def summarize(cells: Sequence[Cell], variants: Sequence[Variant]) -> dict[str, Any]:
@@ -127,17 +123,19 @@ def chart(data: dict[str, Any], path: Path) -> Path:
     axes[0].set_ylabel("%")
     axes[0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def write_outputs(out: Path, cells: Sequence[Cell], variants: Sequence[Variant], header: str) -> dict[str, Any]:
-    """Write ablation.json, ablation.md and ablation.png into `out` (from whatever runs are complete)."""
+    """Write ablation.json and ablation.md (atomically) and ablation.png into `out` (from whatever runs
+    are complete)."""
     data = summarize(cells, variants)
     data["header"] = header
-    (out / "ablation.json").write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    (out / "ablation.md").write_text(markdown(data, header), encoding="utf-8")
+    atomic_write_text(out / "ablation.json", json.dumps(data, indent=2, sort_keys=True))
+    atomic_write_text(out / "ablation.md", markdown(data, header))
     if data["summary"]:
         chart(data, out / "ablation.png")
     return data

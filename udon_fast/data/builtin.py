@@ -36,6 +36,7 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -51,8 +52,9 @@ _GLYPH_RANGES = [(0x21, 0x7F), (0xA1, 0x250), (0x250, 0x2B0), (0x370, 0x530), (0
                  (0x2190, 0x2300), (0x2500, 0x2600), (0x2700, 0x27C0), (0x2800, 0x2900), (0x2A00, 0x2B00)]
 
 
-def _skimage_data() -> Path:
-    import skimage  # imported on use: generating the dataset is rare, importing udon_fast.data is not
+def skimage_data_dir() -> Path:
+    """scikit-image's folder of sample images (real photos, textures, LFW crops)."""
+    import skimage  # imported on use: generating images is rare, importing udon_fast.data is not
 
     return Path(skimage.__file__).parent / "data"
 
@@ -143,7 +145,7 @@ def _load_matplotlib(name: str, short_side: int | None = None) -> Image.Image:
 
 
 def _load(name: str, short_side: int | None = None) -> Image.Image:
-    return _resized(Image.open(_skimage_data() / name).convert("RGB"), short_side)
+    return _resized(Image.open(skimage_data_dir() / name).convert("RGB"), short_side)
 
 
 def _class_ids(rng: np.random.Generator, n: int) -> list[int]:
@@ -257,7 +259,7 @@ def _glyphs(root: Path, rng: np.random.Generator) -> dict[str, int]:
 
 
 def _faces(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    faces = np.load(_skimage_data() / "lfw_subset.npy")[:100]
+    faces = np.load(skimage_data_dir() / "lfw_subset.npy")[:100]
     sources = [Image.fromarray((f * 255).astype(np.uint8)).convert("RGB") for f in faces]
     ids = _class_ids(rng, len(sources))
 
@@ -313,6 +315,13 @@ def write_builtin(out: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, 
         jobs = {name: pool.submit(make, out, np.random.default_rng([seed, i]))
                 for i, (name, make) in enumerate(_DOMAINS.items())}
         return {name: job.result() for name, job in jobs.items()}
+
+
+def default_data_root(data_root: str | os.PathLike | None, folders: Mapping[str, str] | None
+                      ) -> str | os.PathLike | None:
+    """The UnED root a command reads: `data_root` when given; else the built-in dataset (generated on
+    first use), unless folder domains are given (then None: those folders alone)."""
+    return data_root or (None if folders else ensure_builtin())
 
 
 def default_cache_dir() -> Path:

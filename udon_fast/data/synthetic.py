@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .builtin import skimage_data_dir
+
 _PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 
 
@@ -53,10 +55,8 @@ def write_tiny_uned(root: str | os.PathLike, splits: dict[str, dict[str, int]], 
 def photo_like(rng: np.random.Generator, size: tuple[int, int], noise: float = 6.0) -> np.ndarray:
     """An RGB uint8 (h, w, 3) image, (h, w) = size: a random region (half to all of each side) of a
     random scikit-image photo, resized (bicubic, aspect not kept), plus Gaussian noise of `noise` levels."""
-    import skimage  # imported on use: only image generation needs it
-
     name = _PHOTOS[rng.integers(len(_PHOTOS))]
-    with Image.open(Path(skimage.__file__).parent / "data" / name) as source:
+    with Image.open(skimage_data_dir() / name) as source:
         source = source.convert("RGB")
         fraction = rng.uniform(0.5, 1.0, 2)
         w, h = int(source.width * fraction[0]), int(source.height * fraction[1])

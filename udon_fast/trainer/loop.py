@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .. import evaluation
 from ..config import TrainConfig, parse_folders
-from ..data import TrainLoader, ensure_builtin, load_domains_with_splits
+from ..data import TrainLoader, default_data_root, load_domains_with_splits
 from ..kill_points import kill_point
 from ..model import Embedder, UDONModel
 from ..model.checkpoint import read_checkpoint
@@ -35,11 +35,6 @@ def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
                        temperature=config.temperature, kl_weight=1.0 if config.distill else 0.0,
                        similarity_weight=1.0 if config.distill and config.similarity else 0.0,
                        backend=config.loss_backend, n_devices=world_size)
-
-
-def _weights_path(config: TrainConfig):
-    """--pretrained: a file, "packaged" (weights shipped by an installed package), or none."""
-    return resolve_pretrained(config.backbone, config.pretrained)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -64,23 +59,21 @@ class Run:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         folders = parse_folders(config.folder)
-        data_root = config.data_root or (None if folders else ensure_builtin())
-        self.domains, self.folder_splits = load_domains_with_splits(data_root, config.domains, folders,
-                                                                    config.split_seed)
+        self.domains, self.folder_splits = load_domains_with_splits(default_data_root(config.data_root, folders),
+                                                                    config.domains, folders, config.split_seed)
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
         classes = {n: d.num_classes for n, d in self.domains.items()}
         slices = (class_parallel.class_slices(classes, self.ranks.rank, self.ranks.world_size)
                   if config.class_parallel else None)
         self.model = UDONModel(config.backbone, classes, teacher_dim=config.teacher_dim,
-                               student_dim=config.student_dim, pretrained=_weights_path(config),
+                               student_dim=config.student_dim, pretrained=resolve_pretrained(config.backbone, config.pretrained),
                                image_size=config.image_size, class_slices=slices).to(self.ranks.device)
         if self.folder_splits:  # evaluate reuses them (data.folder_split)
             self.model.config["folder_splits"] = self.folder_splits
         self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
         self._check_eval_splits()
-        images = sum(len(d.train) for d in self.domains.values())
-        self.steps_per_epoch = max(1, images // (config.batch_size * self.ranks.world_size))
-        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        self.steps_per_epoch, self.total_steps = config.schedule(sum(len(d.train) for d in self.domains.values()),
+                                                                self.ranks.world_size)
         self.sampler = DomainSampler({n: len(d.train) for n, d in self.domains.items()}, self.total_steps,
                                      strategy=config.sampler, update_every=config.update_every, seed=config.seed)
         self.loader = TrainLoader(self.domains, batch_size=config.batch_size, image_size=config.image_size,
@@ -115,9 +108,11 @@ class Run:
             evaluation.check_eval_images(self.domains, [split for split, _, _ in splits],
                                          workers=self.config.data_threads, progress=self.config.progress)
 
-    def evaluate(self, split: str, **kwargs) -> dict[str, Any]:
-        """Every rank embeds its share of the sets (a collective); the same metrics on every rank."""
-        return evaluation.evaluate_model(self.model, self.domains if split == "test" else self.val_domains, split,
+    def evaluate(self, split: str, model: UDONModel | Embedder | None = None, **kwargs) -> dict[str, Any]:
+        """`model` (default: the run's) on `split`: every rank embeds its share of the sets (a collective);
+        the same metrics on every rank."""
+        domains = self.domains if split == "test" else self.val_domains
+        return evaluation.evaluate_model(self.model if model is None else model, domains, split,
                                          batch_size=self.config.eval_batch_size, device=self.ranks.device,
                                          num_threads=self.config.data_threads, decoder=self.config.decoder,
                                          progress=self.config.progress and self.ranks.is_main,
@@ -137,11 +132,7 @@ class Run:
         baseline = Embedder.of_backbone(self.model.backbone, self.config.image_size,
                                         {"backbone_name": self.config.backbone})
         try:
-            return evaluation.evaluate_model(baseline, self.domains, "test", embedding="student",
-                                             batch_size=self.config.eval_batch_size, device=self.ranks.device,
-                                             num_threads=self.config.data_threads, decoder=self.config.decoder,
-                                             progress=self.config.progress and self.ranks.is_main,
-                                             distributed=self.ranks.world_size > 1)
+            return self.evaluate("test", baseline, embedding="student")
         finally:
             self.model.train(was_training)
 
@@ -233,8 +224,8 @@ class Run:
             sharded_checkpoint.load_embedding_weights(self.model, best)
         elif self.ranks.is_main:
             self.model.load_state_dict(read_checkpoint(best)["model"])
-        embedding = [t for name, t in self.model.state_dict().items()
-                     if not name.startswith(("teacher_classifiers.", "student_classifiers."))]
+        classifiers = set(class_parallel.classifier_names(self.model))
+        embedding = [t for name, t in self.model.state_dict().items() if name not in classifiers]
         distributed.broadcast_from_main(embedding, self.ranks.world_size)
         results = {"initial": progress.initial, "final": self.evaluate("test"), "validation": progress.validations}
         if not self.ranks.is_main:
