@@ -11,7 +11,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .cli import check_positive
+from .cli import MAX_PIXELS_HELP, check_positive
+from .data.image_bytes import DEFAULT_MAX_PIXELS
 from .data.decoders import DECODERS
 from .losses.backends import BACKENDS
 from .losses.margins import MARGIN_TYPES, margin_in_range, margin_range_text
@@ -59,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     data_threads: int = 2
     decoder: str = "dali"
+    max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     deterministic: bool = False
     progress: bool = True
@@ -72,7 +74,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
                                  f"got {getattr(self, name)!r}")
         check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
-                       "eval_batch_size", "checkpoint_every", "data_threads")
+                       "eval_batch_size", "checkpoint_every", "data_threads", "max_pixels")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if not margin_in_range(self.margin_type, self.margin):
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "deterministic": "torch deterministic algorithms (bitwise resumable on CPU)",
         "decoder": "image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
                    "(torchvision.io, nvJPEG on a GPU; the fastest on CPUs); same batches either way",
+        "max_pixels": MAX_PIXELS_HELP,
         "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
                           "(for label spaces too large to replicate; docs/class_parallel.md)",
     }

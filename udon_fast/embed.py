@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import check_positive
+from .cli import add_max_pixels, check_positive
 from .data import Split
 from .data.decoders import DECODERS
+from .data.image_bytes import set_max_pixels
 from .evaluation import embed_split
 from .index import embeddings_meta_path as meta_path
 from .model import load_embedder
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
+    add_max_pixels(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.suffix != ".npy":
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         check_positive(args, "batch_size", "threads")
+        set_max_pixels(args.max_pixels)
         model = load_embedder(args.checkpoint, map_location=device)
         paths = list_images(Path(args.images))
         check_writable_folder(out.parent, "--out")

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .cli import check_positive
+from .cli import add_max_pixels, check_positive
 from .config import parse_folders
 from .data import default_data_root, load_domains_with_splits
 from .data.decoders import DECODERS
+from .data.image_bytes import set_max_pixels
 from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
 from .knn import NO_POSITIVE_MODES
 from .model import backbone_embedder, load_model
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
     parser.add_argument("--decoder", choices=DECODERS, default="dali",
                         help="image decoder (torchvision: without DALI; the fastest on CPUs)")
+    add_max_pixels(parser)
     return parser
 
 
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     try:
         check_positive(args, "batch_size", "threads")
+        set_max_pixels(args.max_pixels)
         model, domains, embedding, title = _load(args, ranks.device)
         out = check_writable_folder(args.out, "--out")
         results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import check_positive
+from .cli import add_max_pixels, check_positive
 from .data.decoders import DECODERS
+from .data.image_bytes import set_max_pixels
 from .embed import embed_paths, list_images
 from .index import Gallery, build_index, load_gallery, read_embeddings
 from .model import load_embedder
@@ -69,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="queries embedded per batch")
     parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
     parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
+    add_max_pixels(parser)
     args = parser.parse_args(argv)
     try:
         check_positive(args, "top", "batch_size", "threads")
+        set_max_pixels(args.max_pixels)
         gallery = open_gallery(args.index, args.embeddings)
         paths = query_paths(args.query)
         checkpoint = args.checkpoint or gallery.meta.get("checkpoint")

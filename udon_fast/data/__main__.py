@@ -3,10 +3,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import check_positive
+from ..cli import add_max_pixels, check_positive
 from ..output_files import OutputError, atomic_write_text
 from .builtin import write_builtin
 from .errors import DatasetError
+from .image_bytes import set_max_pixels
 from .verify import POLICIES, verify_dataset
 
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail: every missing or undecodable file fails (exit 1, 2 if any is missing); "
                              "warn: an undecodable file listed only by train splits is a warning (training "
                              "skips it); missing files and undecodable evaluation images still fail")
+    add_max_pixels(verify)
     builtin = commands.add_parser("builtin", help="write the built-in multi-domain dataset (UnED layout)")
     builtin.add_argument("--out", required=True, help="new or empty folder to write into")
     builtin.add_argument("--seed", type=int, default=0)
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.workers is not None:
             check_positive(args, "workers")
+        set_max_pixels(args.max_pixels)
         if args.report and Path(args.report).is_dir():
             raise ValueError(f"--report {args.report} is a folder; name a file")
         return _verify(args)

@@ -42,14 +42,14 @@ def max_pixels() -> int:
 def set_max_pixels(limit: int) -> None:
     """Refuse images of more than `limit` pixels (width x height) on every path of this process.
 
-    Also aligns PIL's own decompression-bomb check (an error above 2 x `Image.MAX_IMAGE_PIXELS`) with it,
-    so that PIL, where it decodes, refuses nothing this limit allows.
+    Also sets PIL's `Image.MAX_IMAGE_PIXELS` (a warning above it, an error above twice it) to `limit`,
+    so that PIL, where it decodes after this check, neither warns about nor refuses an allowed image.
     """
     global _max_pixels
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"--max-pixels must be an integer >= 1, got {limit!r}")
     _max_pixels = limit
-    Image.MAX_IMAGE_PIXELS = (limit + 1) // 2
+    Image.MAX_IMAGE_PIXELS = limit
 
 
 def _bytes_view(data: bytes | np.ndarray) -> np.ndarray:
@@ -133,8 +133,8 @@ def jpeg_end(data: bytes | np.ndarray, scan: int) -> int | None:
 def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     """(width, height) from the header of a JPEG, PNG, BMP, TIFF or WebP file; None when unreadable.
 
-    Raises PIL's `DecompressionBombError` for a BMP, TIFF or WebP file over PIL's own limit (which
-    `set_max_pixels` keeps at or above `max_pixels()`).
+    Raises PIL's `DecompressionBombError` for a BMP, TIFF or WebP file over PIL's own error limit
+    (never below `max_pixels()`: see `set_max_pixels`).
     """
     view = _bytes_view(data)
     head = bytes(view[:24])

@@ -2,8 +2,8 @@
 
 The check per file (`image_bytes.decode_check`) is the training one (`looks_complete`, which also
 walks the JPEG header the way DALI's parser does) plus a full PIL decode.  `find_undecodable` runs
-it in a thread pool (PIL releases the GIL) and remembers each verdict per (path, size, mtime) in
-this process, so evaluating the same splits again (every validation of a run) re-checks nothing
+it in a thread pool (PIL releases the GIL) and remembers each verdict per (path, size, mtime, pixel
+limit) in this process, so evaluating the same splits again (every validation of a run) re-checks nothing
 that did not change.  Evaluation validates every image this way before DALI sees it
 (`check_decodable`): DALI can crash the process on a damaged file instead of raising.
 
@@ -21,22 +21,22 @@ from tqdm import tqdm
 
 from .domain import Domain
 from .errors import CorruptImagesError
-from .image_bytes import decode_check
+from .image_bytes import decode_check, max_pixels
 from .uned import load_uned_domains
 
 POLICIES = ("fail", "warn")
-_verdicts: dict[str, tuple[int, int, str | None]] = {}  # path -> (size, mtime_ns, reason or None)
+_verdicts: dict[str, tuple[int, int, int, str | None]] = {}  # path -> (size, mtime_ns, pixel limit, reason or None)
 
 
-def _stat_key(path: str) -> tuple[int, int] | None:
+def _stat_key(path: str) -> tuple[int, int, int] | None:
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return stat.st_size, stat.st_mtime_ns, max_pixels()
 
 
-def _decode(path: str, key: tuple[int, int]) -> None:
+def _decode(path: str, key: tuple[int, int, int]) -> None:
     _verdicts[path] = (*key, decode_check(path))
 
 
@@ -44,11 +44,11 @@ def find_undecodable(paths: Iterable[str], workers: int | None = None, progress:
                      desc: str = "check images") -> dict[str, str]:
     """{path: reason} of the files among `paths` that are missing or do not fully decode (in order).
 
-    Decodes in `workers` threads (default: all cores); verdicts are cached per (path, size, mtime),
-    so a file is decoded again only when it changed.
+    Decodes in `workers` threads (default: all cores); verdicts are cached per (path, size, mtime,
+    pixel limit), so a file is decoded again only when it (or the limit) changed.
     """
     keys = {path: _stat_key(path) for path in paths}
-    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None, None))[:2] != key]
+    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None,))[:3] != key]
     if pending:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
@@ -56,7 +56,7 @@ def find_undecodable(paths: Iterable[str], workers: int | None = None, progress:
                 pass
     bad = {}
     for path, key in keys.items():
-        reason = "missing or unreadable" if key is None else _verdicts[path][2]
+        reason = "missing or unreadable" if key is None else _verdicts[path][3]
         if reason is not None:
             bad[path] = reason
     return bad

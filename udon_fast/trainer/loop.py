@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .. import evaluation
 from ..config import TrainConfig, parse_folders
 from ..data import TrainLoader, default_data_root, load_domains_with_splits
+from ..data.image_bytes import set_max_pixels
 from ..kill_points import kill_point
 from ..model import Embedder, UDONModel
 from ..model.checkpoint import read_checkpoint
@@ -58,6 +59,7 @@ class Run:
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
+        set_max_pixels(config.max_pixels)
         folders = parse_folders(config.folder)
         self.domains, self.folder_splits = load_domains_with_splits(default_data_root(config.data_root, folders),
                                                                     config.domains, folders, config.split_seed)
