@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from udon_fast import index as index_cli
+from udon_fast.embed import write_embeddings as write_pair
 from udon_fast.index import IndexFileError, build_index, hnsw_parameters, ivf_parameters, load_gallery, meta_path
 
 
@@ -19,9 +20,7 @@ def clustered(n: int, seed: int, dim: int = 32, clusters: int = 100) -> np.ndarr
 
 def write_embeddings(folder, vectors: np.ndarray, name: str = "gallery.npy"):
     path = folder / name
-    np.save(path, vectors)
-    paths = [f"/images/{i:05d}.jpg" for i in range(len(vectors))]
-    path.with_suffix(".meta.json").write_text(json.dumps({"checkpoint": "/runs/a/best.pt", "paths": paths}))
+    write_pair(path, vectors, [f"/images/{i:05d}.jpg" for i in range(len(vectors))], "/runs/a/best.pt")
     return path
 
 
@@ -90,7 +89,8 @@ def test_build_errors_are_one_line(tmp_path, capsys):
         assert "faiss sees no GPU" in error("--embeddings", str(embeddings), "--out", str(tmp_path / "g.faiss"), "--gpu")
     assert "no GPU HNSW" in error("--embeddings", str(embeddings), "--out", str(tmp_path / "h.faiss"), "--kind", "hnsw",
                                   "--gpu")
-    embeddings.with_suffix(".meta.json").write_text(json.dumps({"paths": ["only-one.jpg"]}))
+    meta = json.loads(embeddings.with_suffix(".meta.json").read_text())
+    embeddings.with_suffix(".meta.json").write_text(json.dumps({**meta, "paths": ["only-one.jpg"]}))
     assert "lists 1 paths" in error("--embeddings", str(embeddings), "--out", str(tmp_path / "y.faiss"))
     with pytest.raises(IndexFileError, match="y.faiss.meta.json"):
         load_gallery(tmp_path / "y.faiss")

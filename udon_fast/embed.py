@@ -1,10 +1,12 @@
 """`python -m udon_fast.embed`: universal 64-d descriptors for every image of a folder.
 
-Writes FILE.npy ((N, 64) float32, unit-norm rows) and FILE.meta.json ({"checkpoint", "paths"}:
-the model used and the N image paths in row order), which `python -m udon_fast.search` reads.
+Writes FILE.npy ((N, 64) float32, unit-norm rows) and FILE.meta.json ({"checkpoint", "paths",
+"shape", "dtype", "sha256", "bytes"}: the model used, the N image paths in row order, the array's
+shape and dtype, the .npy file's SHA-256 and size), written as a pair (`paired_files`: a failure
+leaves the old pair); `python -m udon_fast.index build` and `python -m udon_fast.search` read them
+and check that they belong together.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from .data.image_bytes import set_max_pixels
 from .evaluation import embed_split
 from .index import embeddings_meta_path as meta_path
 from .model import load_embedder
-from .output_files import atomic_write, atomic_write_text, check_writable_folder
+from .output_files import check_writable_folder
+from .paired_files import write_pair
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -39,6 +42,13 @@ def embed_paths(model, paths: list[str], *, device: torch.device, batch_size: in
     split = Split(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), name="images")
     return embed_split(model, split, None, batch_size=batch_size, device=device, teacher=False, num_threads=threads,
                        decoder=decoder, progress=progress).student
+
+
+def write_embeddings(out: Path, embeddings: np.ndarray, paths: list[str], checkpoint: str | None) -> dict:
+    """Write OUT.npy (`embeddings` (N, D)) and OUT.meta.json as a pair (module docstring); return the meta."""
+    meta = {"checkpoint": checkpoint, "paths": list(paths), "shape": list(embeddings.shape),
+            "dtype": str(embeddings.dtype)}
+    return write_pair(out, lambda f: np.save(f, embeddings), meta_path(out), meta, "--out")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         check_writable_folder(out.parent, "--out")
         embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
                                  decoder=args.decoder)
-        with atomic_write(out, "--out") as f:
-            np.save(f, embeddings)
-        meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "paths": paths}
-        atomic_write_text(meta_path(out), json.dumps(meta, ensure_ascii=False))
+        write_embeddings(out, embeddings, paths, str(Path(args.checkpoint).resolve()))
     except (OSError, ValueError) as exc:  # bad files (every undecodable image is named), options, --out
         print(f"udon_fast.embed: error: {exc}", file=sys.stderr)
         return 1

@@ -3,10 +3,13 @@
     python -m udon_fast.index build --embeddings E.npy --out GALLERY.faiss [--kind flat|ivf|hnsw] [--gpu]
 
 reads E.npy ((N, D) float32 unit-norm rows, from `python -m udon_fast.embed`) and E.meta.json (its
-image paths and checkpoint), builds an inner-product (= cosine) index and writes GALLERY.faiss
-(`faiss.write_index`) plus GALLERY.faiss.meta.json: {"format", "version", "kind", "requested_kind",
-"parameters", "dimension", "count", "metric", "checkpoint", "embeddings", "paths", "note"}, where
-paths[i] is the image of index row i.  `python -m udon_fast.search --index GALLERY.faiss` reads both.
+image paths, checkpoint, shape and the .npy's checksum: the pair is checked, and every row must be
+finite), builds an inner-product (= cosine) index and writes GALLERY.faiss (`faiss.write_index`'s
+bytes) plus GALLERY.faiss.meta.json: {"format", "version", "kind", "requested_kind", "parameters",
+"dimension", "count", "metric", "checkpoint", "embeddings", "paths", "note", "sha256", "bytes"},
+where paths[i] is the image of index row i and sha256/bytes describe GALLERY.faiss; both files are
+written as a pair (`paired_files`).  `python -m udon_fast.search --index GALLERY.faiss` reads and
+checks both.
 
 Kinds and the parameters chosen by gallery size N (recall against flat: `bench/test_bench_index.py`):
 - flat: `IndexFlatIP`, exact.
@@ -31,7 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .output_files import atomic_write, atomic_write_text
+from .paired_files import check_pair, write_pair
 
 KINDS = ("flat", "ivf", "hnsw")
 FORMAT, VERSION = "udon_fast.index", 1
@@ -141,9 +144,26 @@ def embeddings_meta_path(embeddings: Path) -> Path:
     return embeddings.with_suffix(".meta.json")
 
 
+def _read_meta(meta_file: Path) -> Any:
+    try:
+        return json.loads(meta_file.read_text(encoding="utf-8"))
+    except RecursionError as exc:
+        raise IndexFileError(f"{meta_file}: malformed JSON (nested too deeply)") from exc
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, malformed JSON
+        raise IndexFileError(f"{meta_file}: malformed JSON ({exc})") from exc
+
+
+def _check_pair(data: Path, meta_file: Path, meta: dict[str, Any], writer: str) -> None:
+    try:
+        check_pair(data, meta_file, meta, writer)
+    except ValueError as exc:
+        raise IndexFileError(str(exc)) from exc
+
+
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """(embeddings (N, D) float32, E.meta.json {"paths", "checkpoint"?}) written by `udon_fast.embed`;
-    `IndexFileError` naming the file that is missing or malformed."""
+    """(embeddings (N, D) float32, E.meta.json {"paths", "checkpoint"?, ...}) written by
+    `udon_fast.embed`; `IndexFileError` naming the file that is missing or malformed, the pair when
+    the two files do not belong together (`paired_files.check_pair`, shape), the row that is not finite."""
     meta_file = embeddings_meta_path(path)
     if not path.is_file() or not meta_file.is_file():
         raise IndexFileError(f"--embeddings: need {path} and {meta_file} (written by udon_fast.embed)")
@@ -154,43 +174,45 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     if embeddings.ndim != 2 or embeddings.dtype.kind != "f" or not len(embeddings):
         raise IndexFileError(f"--embeddings {path}: expected an (N, D) float array with N >= 1, got "
                              f"{embeddings.dtype} {embeddings.shape}")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, malformed JSON
-        raise IndexFileError(f"{meta_file}: malformed JSON ({exc})") from exc
+    meta = _read_meta(meta_file)
     if not (isinstance(meta, dict) and isinstance(meta.get("paths"), list)
             and isinstance(meta.get("checkpoint", ""), str)):
         raise IndexFileError(f"{meta_file}: expected {{\"paths\": [image paths], \"checkpoint\": path}} as written "
                              f"by udon_fast.embed")
-    if len(meta["paths"]) != len(embeddings):
-        raise IndexFileError(f"--embeddings: {path} has shape {embeddings.shape} but {meta_file} lists "
-                             f"{len(meta['paths'])} paths")
+    _check_pair(path, meta_file, meta, "python -m udon_fast.embed")
+    if len(meta["paths"]) != len(embeddings) or meta.get("shape") != list(embeddings.shape):
+        raise IndexFileError(f"--embeddings: {path} has shape {embeddings.shape} but {meta_file} records shape "
+                             f"{meta.get('shape')} and lists {len(meta['paths'])} paths")
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise IndexFileError(f"--embeddings {path}: row {row} ({meta['paths'][row]}) holds NaN or inf values "
+                             f"({int((~finite).sum())} such row(s))")
     return embeddings.astype(np.float32, copy=False), meta
 
 
 def write_gallery(out: Path, index: Any, info: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """Write the index file and its meta file, each atomically; return the meta written."""
-    with atomic_write(out, "--out") as f:
-        f.write(faiss.serialize_index(index).tobytes())
+    """Write the index file and its meta file as a pair (`paired_files.write_pair`); return the meta written."""
     record = {"format": FORMAT, "version": VERSION, **info, "dimension": index.d, "count": index.ntotal,
               "metric": "inner_product", **meta}
-    atomic_write_text(meta_path(out), json.dumps(record, ensure_ascii=False))
-    return record
+    return write_pair(out, lambda f: f.write(faiss.serialize_index(index).tobytes()), meta_path(out), record,
+                      "--out")
 
 
 def load_gallery(path: str | Path) -> Gallery:
-    """The index file `path` and its meta file, checked against each other."""
+    """The index file `path` and its meta file, checked against each other (checksum, count, dimension)."""
     path = Path(path)
     meta_file = meta_path(path)
     if not path.is_file() or not meta_file.is_file():
         raise IndexFileError(f"--index: need {path} and {meta_file} (written by python -m udon_fast.index build)")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        index = faiss.read_index(str(path))
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise IndexFileError(f"--index: cannot read {path} / {meta_file}: {type(exc).__name__}: {exc}") from exc
+    meta = _read_meta(meta_file)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("paths"), list):
         raise IndexFileError(f"--index: {meta_file} is not a udon_fast index meta file")
+    _check_pair(path, meta_file, meta, "python -m udon_fast.index build")
+    try:
+        index = faiss.read_index(str(path))
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise IndexFileError(f"--index: cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if len(meta["paths"]) != index.ntotal or meta.get("dimension") != index.d:
         raise IndexFileError(f"--index: {path} holds {index.ntotal} vectors of {index.d} dims but {meta_file} "
                              f"lists {len(meta['paths'])} paths of {meta.get('dimension')} dims")

@@ -92,7 +92,8 @@ def atomic_write(path: str | Path, what: str = "") -> Iterator[BinaryIO]:
     """Yield a binary file whose content atomically replaces `path` when the block ends without error.
 
     On any error the temporary file is removed and `path` is untouched; OSErrors (also wrapped ones,
-    see the module docstring) are raised as `OutputError` naming `path` (and `what` it is).
+    see the module docstring) are raised as `OutputError` naming `path` (and `what` it is), except an
+    `OutputError` from the block (e.g. another file written inside it), which keeps its own message.
     """
     path = Path(path)
     label = f"{what + ' ' if what else ''}{path}"
@@ -110,7 +111,7 @@ def atomic_write(path: str | Path, what: str = "") -> Iterator[BinaryIO]:
         _fsync_directory(path.parent)
     except BaseException as exc:
         temp.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and os_error_in(exc) is not None:
+        if isinstance(exc, Exception) and not isinstance(exc, OutputError) and os_error_in(exc) is not None:
             raise OutputError(f"cannot write {label}: {_reason(exc)}") from exc
         raise
 
