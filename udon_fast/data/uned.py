@@ -4,9 +4,17 @@ Each info file is a JSON list of {"path": "<path relative to images/>", "class_i
 `load_domains` parses every split found, remaps class ids per domain (see `domain.py`) and checks
 that every listed image exists and is readable, reporting all missing files in one error.
 Plain folder-per-class domains (`folder.py`) can be loaded alongside.
+
+Entries never reach outside `images/`: an absolute path, a path that climbs out with `..`, or one
+holding a NUL byte is refused, naming the info file and the entry (`check_entry_paths`).  Symbolic
+links inside `images/` are followed as they are: they are the user's own files (e.g. a domain kept
+on another disk), while the info file is the part that may come from elsewhere.  An entry listed
+twice in one info file is reported (a warning naming the file and the entry).
 """
 import json
+import logging
 import os
+import posixpath
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -16,6 +24,45 @@ from .folder import load_folder_domain
 
 INFO_DIR = "info_files"
 IMAGES_DIR = "images"
+log = logging.getLogger(__name__)
+
+
+def _entry_path_problem(path: str) -> str | None:
+    if "\0" in path:
+        return "holds a NUL byte"
+    if path.startswith("/"):
+        return f"is an absolute path (entries are paths relative to the data root's {IMAGES_DIR}/ folder)"
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../"):
+        return f"leads outside the data root's {IMAGES_DIR}/ folder ('..')"
+    return None
+
+
+def check_entry_paths(info_file: Path, paths: list[str]) -> None:
+    """Raise `InfoFileError` naming the info file and the first entry whose path is absolute, climbs
+    out of images/ or holds a NUL byte.  One scan of all paths joined (C speed); entries are looked at
+    one by one only when that scan finds a suspect character sequence."""
+    joined = "\n".join(paths)
+    if "\0" not in joined and ".." not in joined and not joined.startswith("/") and "\n/" not in joined:
+        return
+    for i, path in enumerate(paths):
+        problem = _entry_path_problem(path)
+        if problem is not None:
+            raise InfoFileError(f"{info_file}: entry {i} field 'path' {path!r} {problem}")
+
+
+def report_duplicates(info_file: Path, paths: list[str]) -> None:
+    """Log one warning naming the info file and its first repeated entry, if any entry is repeated."""
+    repeated = len(paths) - len(set(paths))
+    if not repeated:
+        return
+    first: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        if path in first:
+            log.warning("%s: %d duplicate entr%s; the first: entry %d (%r) repeats entry %d", info_file, repeated,
+                        "y" if repeated == 1 else "ies", i, path, first[path])
+            return
+        first[path] = i
 
 
 def read_info_file(info_file: Path) -> tuple[list[str], list[list[int]]]:
@@ -26,6 +73,8 @@ def read_info_file(info_file: Path) -> tuple[list[str], list[list[int]]]:
         raise InfoFileError(f"{info_file}: cannot read info file ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise InfoFileError(f"{info_file}: malformed JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise InfoFileError(f"{info_file}: malformed JSON (nested too deeply)") from exc
     if not isinstance(entries, list):
         raise InfoFileError(f"{info_file}: expected a JSON list of entries, got {type(entries).__name__}")
     paths, class_ids = [], []
@@ -45,6 +94,8 @@ def read_info_file(info_file: Path) -> tuple[list[str], list[list[int]]]:
                                 f"list of ints, got {entry['class_id']!r}")
         paths.append(path)
         class_ids.append(ids)
+    check_entry_paths(info_file, paths)
+    report_duplicates(info_file, paths)
     return paths, class_ids
 
 
