@@ -1,4 +1,4 @@
-"""`python -m udon_fast.embed`: universal 64-d descriptors for every image of a folder.
+"""`python -m udon_fast.embed`: universal 64-d descriptors for every image of a folder (or one image file).
 
 Writes FILE.npy ((N, 64) float32, unit-norm rows) and FILE.meta.json ({"checkpoint", "paths",
 "shape", "dtype", "sha256", "bytes"}: the model used, the N image paths in row order, the array's
@@ -16,6 +16,7 @@ import torch
 from .cli import add_max_pixels, check_positive
 from .data import Split
 from .data.decoders import DECODERS
+from .data.folder import IMAGE_SUFFIXES, image_files, warn_unsupported
 from .data.image_bytes import set_max_pixels
 from .evaluation import embed_split
 from .index import embeddings_meta_path as meta_path
@@ -23,17 +24,21 @@ from .model import load_embedder
 from .output_files import check_writable_folder
 from .paired_files import write_pair
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
 def list_images(folder: Path, flag: str = "--images") -> list[str]:
-    """Image files below `folder` (recursive, sorted), by suffix; errors name `flag`."""
+    """Image files below `folder` (recursive, sorted, by suffix, hidden files and folders skipped), or
+    `folder` itself when it is an image file; errors name `flag`, a warning names unsupported formats."""
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+    if folder.is_file():
+        if folder.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{flag} {folder} is not an image file ({suffixes})")
+        return [str(folder)]
     if not folder.is_dir():
-        raise FileNotFoundError(f"{flag} folder not found: {folder}")
-    paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise ValueError(f"{flag} {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
+        raise FileNotFoundError(f"{flag} image file or folder not found: {folder}")
+    images, unsupported = image_files(folder, recursive=True)
+    warn_unsupported(f"{flag} {folder}", unsupported)
+    if not images:
+        raise ValueError(f"{flag} {folder} holds no image files ({suffixes})")
+    return list(map(str, images))
 
 
 def embed_paths(model, paths: list[str], *, device: torch.device, batch_size: int = 128, threads: int = 2,
@@ -54,7 +59,7 @@ def write_embeddings(out: Path, embeddings: np.ndarray, paths: list[str], checkp
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m udon_fast.embed", description=__doc__)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    parser.add_argument("--images", required=True, help="folder of images (searched recursively), or one image file")
     parser.add_argument("--out", required=True, help="output .npy file")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
