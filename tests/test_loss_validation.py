@@ -44,6 +44,26 @@ def test_first_zero_row_is_named_and_tiny_but_normalisable_rows_pass():
     assert torch.isfinite(udon_fast.udon_loss(e_s, e_t, w_s, w, labels, backend="reference").total)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("argument", ["student_emb", "teacher_emb", "student_weight", "teacher_weight"])
+def test_finite_but_huge_rows_are_named_not_a_nan_loss(backend, argument):
+    inputs = dict(zip(["student_emb", "teacher_emb", "student_weight", "teacher_weight", "labels"], _inputs()))
+    original = inputs[argument]
+    inputs[argument] = original.clone()
+    inputs[argument][3] *= 1e20  # finite, but the loss's float32 terms overflow: the total was NaN
+    message = ("row 3 (class 3) is too large to normalise in float32" if argument.endswith("weight")
+               else "row 3 has norm 1e+20, too large for the loss in float32")
+    with pytest.raises(ValueError, match=rf"^{argument} {re.escape(message)}"):
+        udon_fast.udon_loss(*inputs.values(), backend=backend)
+    head = argument.split("_")[0]
+    with pytest.raises(ValueError, match=rf"^(emb|weight) {re.escape(message)}"):
+        udon_fast.normalized_softmax_ce(inputs[f"{head}_emb"], inputs[f"{head}_weight"], inputs["labels"],
+                                        backend=backend)
+    inputs[argument] = original.clone()
+    inputs[argument][3] *= 1e3 if argument.endswith("emb") else 1e18  # large, but the loss stays finite
+    assert torch.isfinite(udon_fast.udon_loss(*inputs.values(), backend=backend).total)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_rows_with_large_or_small_norms_are_not_rejected(dtype):
     weight = torch.randn(20, 64).to(dtype)

@@ -81,7 +81,7 @@ def check_pair(student_emb, teacher_emb, student_weight, teacher_weight) -> None
 
 
 def check_class_weights(name: str, weight: torch.Tensor) -> None:
-    """Every row (class) of a raw classifier weight (C, D) is finite and has a non-zero norm.
+    """Every row (class) of a raw classifier weight (C, D) is finite and has a non-zero norm that float32 holds.
 
     One pass over the weight (its row norms, a (C,) vector; no (C, D) temporary); only rows whose norm
     is 0 or not finite are looked at again, exactly.  A zero-norm row (all zeros, or values whose
@@ -100,18 +100,30 @@ def check_class_weights(name: str, weight: torch.Tensor) -> None:
     if len(zero):
         raise ValueError(f"{name} row {int(zero[0])} (class {int(zero[0])}) has norm 0 (all zeros, or values too "
                          f"small for a float32 norm): its cosine is undefined")
+    huge = rows[torch.isinf(exact)]
+    if len(huge):
+        raise ValueError(f"{name} row {int(huge[0])} (class {int(huge[0])}) is too large to normalise in float32 "
+                         f"(its squared norm overflows)")
 
 
 def check_values(embeddings: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], labels: torch.Tensor,
                  num_classes: int) -> None:
     """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces): labels in
-    range, finite embeddings, finite class weights without zero rows (`check_class_weights`)."""
+    range, finite embeddings not far beyond unit norm (the loss's float32 terms would overflow),
+    finite class weights without zero or overflowing rows (`check_class_weights`)."""
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low}, {high}]")
     for name, tensor in embeddings.items():
-        # A sum is non-finite iff some element is (barring fp32 overflow at ~1e38): no (C, D) temporary.
-        if not bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
-            raise ValueError(f"{name} contains NaN or inf values")
+        # ||E||_F^4 bounds the similarity term (sum_ij S_ij^2, S = E E^T): finite in float32 iff every
+        # value is finite and the rows are not far beyond unit norm (finite rows x1e20 made the loss NaN).
+        squared = torch.linalg.vector_norm(tensor, dtype=torch.float32).square()
+        if not bool(torch.isfinite(squared * squared)):
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name} contains NaN or inf values")
+            norms = torch.linalg.vector_norm(tensor, dim=1, dtype=torch.float64)
+            row = int(norms.argmax())
+            raise ValueError(f"{name} row {row} has norm {float(norms[row]):.3g}, too large for the loss in float32 "
+                             f"(it takes L2-normalised embeddings)")
     for name, weight in weights.items():
         check_class_weights(name, weight)
