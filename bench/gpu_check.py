@@ -6,7 +6,8 @@
 Parts (each writes its JSON after every case, so a timed-out part still leaves its results):
 - tests: the environment (versions, device, which loss backends are usable, whether importing
   udon_fast and the trainer step pulled in DALI or faiss), then pytest of tests/test_losses_gpu.py
-  (triton vs reference, fp32 and bf16/fp16), `-m "not slow"`.
+  (triton vs reference, fp32 and bf16/fp16), `-m "not slow"`, and of the GPU decoders (DALI mixed,
+  torchvision nvJPEG) on a JPEG followed by other bytes (tests/test_image_checks.py).
 - losses: udon_loss forward + backward, Ds = 64, Dt = 256, bf16: triton vs reference (eager) vs
   reference under torch.compile, B in {128, 1024, 4096} x C in {73182, 224408, 1000000}.  Time:
   median ms (triton.testing.do_bench); peak: torch.cuda.max_memory_allocated above the inputs (MiB).
@@ -149,7 +150,8 @@ def part_tests(part: Part, dry_run: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - recorded; the tests still run and show the failure
         part.add_error("environment", exc)
     junit = part.path.with_name("tests_junit.xml")
-    args = ["tests/test_losses_gpu.py", "-m", "not slow", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    args = ["tests/test_losses_gpu.py", "tests/test_image_checks.py::test_motion_photo_decodes_on_the_gpu", "-m",
+            "not slow", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     output = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):

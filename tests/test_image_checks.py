@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 import skimage.data
+import torch
 from PIL import Image
 
 from udon_fast.data import CorruptImageError, EvalLoader, Split, TrainLoader, load_domains
@@ -119,6 +120,19 @@ def test_motion_photo_decodes_on_every_path(tmp_path, decoder):
                        "--decoder", decoder, "--threads", "1"]) == 0
     embeddings = np.load(out)
     np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_motion_photo_decodes_on_the_gpu(tmp_path, decoder):
+    """DALI's mixed decoder (nvJPEG, the hardware decoder) and torchvision's batched nvJPEG decode
+    read the JPEG and ignore the bytes after it."""
+    plain = _photo(64)
+    (tmp_path / "plain.jpg").write_bytes(plain)
+    (tmp_path / "motion.jpg").write_bytes(plain + VIDEO)
+    split = Split([str(tmp_path / "plain.jpg"), str(tmp_path / "motion.jpg")], np.zeros(2, np.int64))
+    (images, _), = EvalLoader(split, batch_size=2, image_size=32, num_threads=1, device_id=0, decoder=decoder,
+                              **IDENTITY)
+    assert images.is_cuda and torch.equal(images[0], images[1])
 
 
 def test_pixel_limit_reads_the_header_of_every_format():
