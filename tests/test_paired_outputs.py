@@ -30,6 +30,20 @@ def gallery(tmp_path_factory):
     return folder, str(save_checkpoint(root / "model.pt", model))
 
 
+def _embed(checkpoint: str, images, out) -> None:
+    assert embed_main(["--checkpoint", checkpoint, "--images", str(images), "--out", str(out), *EMBED]) == 0
+
+
+@pytest.fixture
+def embedded(tmp_path, gallery, capsys):
+    """(the image folder, its E.npy written by embed)."""
+    folder, checkpoint = gallery
+    out = tmp_path / "e.npy"
+    _embed(checkpoint, folder, out)
+    capsys.readouterr()
+    return folder, out
+
+
 def _one_line(capsys, prefix: str) -> str:
     err = capsys.readouterr().err  # progress bars aside (\r), exactly one line: the error
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("udon_fast.")]
@@ -53,7 +67,7 @@ def _fail_fsync_of(monkeypatch, fragment: str) -> None:
 def test_a_full_disk_leaves_the_old_pair(tmp_path, gallery, capsys, monkeypatch, failing):
     folder, checkpoint = gallery
     out = tmp_path / "e.npy"
-    assert embed_main(["--checkpoint", checkpoint, "--images", str(folder), "--out", str(out), *EMBED]) == 0
+    _embed(checkpoint, folder, out)
     capsys.readouterr()
     old = out.read_bytes(), out.with_suffix(".meta.json").read_bytes()
     more = tmp_path / "more"
@@ -73,13 +87,12 @@ def test_files_from_two_writes_are_not_paired(tmp_path, gallery, capsys):
     """What a kill between the two renames would leave: one file of the new pair, one of the old."""
     folder, checkpoint = gallery
     first, second = tmp_path / "first.npy", tmp_path / "second.npy"
-    assert embed_main(["--checkpoint", checkpoint, "--images", str(folder), "--out", str(first), *EMBED]) == 0
+    _embed(checkpoint, folder, first)
     reversed_folder = tmp_path / "reversed"
     reversed_folder.mkdir()
     for k, image in enumerate(sorted(folder.iterdir(), reverse=True)):  # same count, other rows
         (reversed_folder / f"{k}.jpg").write_bytes(image.read_bytes())
-    assert embed_main(["--checkpoint", checkpoint, "--images", str(reversed_folder), "--out", str(second),
-                       *EMBED]) == 0
+    _embed(checkpoint, reversed_folder, second)
     capsys.readouterr()
     second.replace(first)  # new .npy, old .meta.json
     query = str(folder / "0.jpg")
@@ -97,10 +110,8 @@ def test_files_from_two_writes_are_not_paired(tmp_path, gallery, capsys):
     assert f"{meta} records no checksum of {first}" in _one_line(capsys, "search")
 
 
-def test_index_file_and_its_meta_file_are_checked(tmp_path, gallery, capsys):
-    folder, checkpoint = gallery
-    embeddings = tmp_path / "e.npy"
-    assert embed_main(["--checkpoint", checkpoint, "--images", str(folder), "--out", str(embeddings), *EMBED]) == 0
+def test_index_file_and_its_meta_file_are_checked(tmp_path, embedded, capsys):
+    folder, embeddings = embedded
     flat, hnsw = tmp_path / "flat.faiss", tmp_path / "hnsw.faiss"
     for out, kind in ((flat, "flat"), (hnsw, "hnsw")):
         assert index_cli.main(["build", "--embeddings", str(embeddings), "--out", str(out), "--kind", kind]) == 0
@@ -113,11 +124,8 @@ def test_index_file_and_its_meta_file_are_checked(tmp_path, gallery, capsys):
     assert f"{flat} and {flat}.meta.json are not a pair" in _one_line(capsys, "search")
 
 
-def test_a_row_that_is_not_finite_is_named(tmp_path, gallery, capsys):
-    folder, checkpoint = gallery
-    out = tmp_path / "e.npy"
-    assert embed_main(["--checkpoint", checkpoint, "--images", str(folder), "--out", str(out), *EMBED]) == 0
-    capsys.readouterr()
+def test_a_row_that_is_not_finite_is_named(tmp_path, embedded, capsys):
+    folder, out = embedded
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     vectors = np.load(out)
     vectors[2, 5] = np.nan
