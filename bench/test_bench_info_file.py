@@ -34,7 +34,8 @@ def test_entry_checks_against_reading_the_info_file(benchmark, info_file):
     times: dict[str, list[float]] = {"read": [], "path_check": [], "duplicates": []}
     paths = read_info_file(path)[0]
     for _ in range(ROUNDS):
-        for name, call in (("read", lambda: read_info_file(path)), ("path_check", lambda: check_entry_paths(path, paths)),
+        for name, call in (("read", lambda: read_info_file(path)),
+                           ("path_check", lambda: check_entry_paths(path, paths)),
                            ("duplicates", lambda: report_duplicates(path, paths))):
             start = time.perf_counter()
             call()
