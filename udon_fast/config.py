@@ -12,8 +12,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .cli import MAX_PIXELS_HELP, check_positive
-from .data.image_bytes import DEFAULT_MAX_PIXELS
 from .data.decoders import DECODERS
+from .data.image_bytes import DEFAULT_MAX_PIXELS
 from .losses.backends import BACKENDS
 from .losses.margins import MARGIN_TYPES, margin_in_range, margin_range_text
 from .sampler import STRATEGIES
@@ -27,6 +27,7 @@ class TrainConfig:
     domains: list[str] | None = None
     folder: list[str] | None = None
     split_seed: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
     out: str = "runs/udon"
     resume: bool = False
     epochs: int = 6
@@ -60,7 +61,6 @@ class TrainConfig:
     checkpoint_every: int = 50
     data_threads: int = 2
     decoder: str = "dali"
-    max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     deterministic: bool = False
     progress: bool = True
@@ -74,7 +74,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
                                  f"got {getattr(self, name)!r}")
         check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
-                       "eval_batch_size", "checkpoint_every", "data_threads", "max_pixels")
+                       "eval_batch_size", "checkpoint_every", "data_threads")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if not margin_in_range(self.margin_type, self.margin):
@@ -90,6 +90,7 @@ class TrainConfig:
                              "got reference")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
+        check_positive(self, "max_pixels")
         parse_folders(self.folder)
         return self
 
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "<image>); repeatable, combinable with --data-root.  Without test/ (val/) folders, a seeded "
                   "class-disjoint test (val) split is made and recorded in config.json and the checkpoints",
         "split_seed": "seed of the class split of --folder domains without test/val folders",
+        "max_pixels": MAX_PIXELS_HELP,
         "baseline": "evaluate the pretrained backbone's own features once at the start (results 'baseline')",
         "domains": "domains to train on (default: all found)", "out": "output folder",
         "resume": "continue the run in --out from its last checkpoint",
@@ -183,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
         "deterministic": "torch deterministic algorithms (bitwise resumable on CPU)",
         "decoder": "image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
                    "(torchvision.io, nvJPEG on a GPU; the fastest on CPUs); same batches either way",
-        "max_pixels": MAX_PIXELS_HELP,
         "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
                           "(for label spaces too large to replicate; docs/class_parallel.md)",
     }

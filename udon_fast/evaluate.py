@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-seed", type=int, default=0,
                         help="class split of --folder domains the checkpoint has no record of (default 0)")
     parser.add_argument("--split", choices=("test", "val"), default="test")
+    add_max_pixels(parser)
     parser.add_argument("--index", choices=INDEX_MODES, default="both")
     parser.add_argument("--embedding", choices=EMBEDDINGS,
                         help="default: both for a checkpoint (student only on domains it has no teacher for), "
@@ -62,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
     parser.add_argument("--decoder", choices=DECODERS, default="dali",
                         help="image decoder (torchvision: without DALI; the fastest on CPUs)")
-    add_max_pixels(parser)
     return parser
 
 
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     try:
-        check_positive(args, "batch_size", "threads")
         set_max_pixels(args.max_pixels)
+        check_positive(args, "batch_size", "threads")
         model, domains, embedding, title = _load(args, ranks.device)
         out = check_writable_folder(args.out, "--out")
         results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,
