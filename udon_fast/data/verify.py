@@ -48,7 +48,7 @@ def find_undecodable(paths: Iterable[str], workers: int | None = None, progress:
     pixel limit), so a file is decoded again only when it (or the limit) changed.
     """
     keys = {path: _stat_key(path) for path in paths}
-    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None,))[:3] != key]
+    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None,))[:-1] != key]
     if pending:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
@@ -56,7 +56,7 @@ def find_undecodable(paths: Iterable[str], workers: int | None = None, progress:
                 pass
     bad = {}
     for path, key in keys.items():
-        reason = "missing or unreadable" if key is None else _verdicts[path][3]
+        reason = "missing or unreadable" if key is None else _verdicts[path][-1]
         if reason is not None:
             bad[path] = reason
     return bad
