@@ -6,9 +6,11 @@ all splits of the domain while `num_classes` (C) sizes the classifiers.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import numpy as np
+
+from .image_bytes import decode_check, decode_check_bytes, read_encoded
 
 # Evaluation split -> the split that serves as its kNN index when the domain has it.
 INDEX_SPLIT_FOR = {"val": "small_index", "test": "index"}
@@ -18,14 +20,17 @@ INDEX_SPLIT_FOR = {"val": "small_index", "test": "index"}
 class Split:
     """One split of a domain.
 
-    paths: absolute image paths (str), N of them.
+    paths: absolute image paths (str), N of them; for a split stored in tar shards, the names of its
+        samples ("<tar file>:<member>"), which every message about an image uses.
     labels: int64, shape (N,) for single-label splits, or (N, L) padded with -1 when any entry
         carries several labels (multi-label); contiguous ids from the domain's `class_map`.
+    members: None (images are files), or where the samples lie in tar shards (`shards.ShardMembers`).
     """
 
     paths: list[str]
     labels: np.ndarray
     name: str = ""
+    members: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.labels.dtype != np.int64 or self.labels.ndim not in (1, 2) or len(self.labels) != len(self.paths):
@@ -38,6 +43,25 @@ class Split:
     @property
     def multi_label(self) -> bool:
         return self.labels.ndim == 2
+
+    def read(self, i: int) -> np.ndarray:
+        """Image i's encoded bytes, uint8 (n,) (OSError when unreadable)."""
+        return read_encoded(self.paths[i]) if self.members is None else self.members.read(i)
+
+    def check(self, i: int) -> str | None:
+        """None when image i passes `image_bytes.decode_check` (a full decode), else the reason."""
+        if self.members is None:
+            return decode_check(self.paths[i])
+        try:
+            data = self.members.read(i)
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return decode_check_bytes(data)
+
+    def part(self, lo: int, hi: int) -> "Split":
+        """Images lo..hi-1 as a split of the same name."""
+        members = None if self.members is None else self.members[lo:hi]
+        return Split(self.paths[lo:hi], self.labels[lo:hi], self.name, members)
 
     def first_labels(self) -> np.ndarray:
         """int64 (N,): the first label of each entry (the training target of multi-label entries)."""

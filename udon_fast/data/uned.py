@@ -13,6 +13,7 @@ from typing import Iterable, Mapping
 from .domain import Domain, Split, build_class_map, labels_array
 from .errors import DatasetError, InfoFileError, MissingFilesError
 from .folder import load_folder_domain
+from .shards import is_shard_root, load_shard_domains
 
 INFO_DIR = "info_files"
 IMAGES_DIR = "images"
@@ -101,7 +102,8 @@ def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | N
                  folders: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Domain]:
     """Domains by name, validated: UnED domains under `data_root` plus folder-per-class `folders`.
 
-    data_root: a UnED root (`info_files/`, `images/`), or None when only `folders` are used.
+    data_root: a UnED root (`info_files/`, `images/`), a shard root (`index.json` and tar shards, see
+        shards.py), or None when only `folders` are used.
     domains: the UnED domain names to load (default: all under `info_files/`).
     folders: {domain name: folder} for user domains in the `<class>/<image>` layout (see folder.py).
     Raises `MissingFilesError` (one error for all missing/unreadable images), `InfoFileError` for
@@ -109,7 +111,8 @@ def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | N
     """
     out, missing = {}, {}
     if data_root is not None:
-        out, missing = load_uned_domains(Path(data_root), domains)
+        load = load_shard_domains if is_shard_root(data_root) else load_uned_domains
+        out, missing = load(Path(data_root), domains)
     elif domains is not None:
         raise DatasetError("domains= needs a data_root to read the UnED domains from")
     for name, folder in (folders or {}).items():
