@@ -80,19 +80,17 @@ def test_writer_and_index_round_trip(roots):
                 with tarfile.open(tar_path) as tar:
                     members = tar.getmembers()
                     keys = [f"{i:09d}" for i in rows]
-                    assert [m.name for m in members] == [f"{key}.{ext}" for key in keys for ext in ("jpg", "cls", "json")]
+                    assert [m.name for m in members] == [f"{key}.{ext}" for key in keys for ext in ("jpg", "cls")]
                     for i, key in zip(rows, keys):
                         assert tar.extractfile(f"{key}.jpg").read() == Path(split.paths[i]).read_bytes()
                         assert int(tar.extractfile(f"{key}.cls").read()) == split.labels[i]
-                        meta = json.loads(tar.extractfile(f"{key}.json").read())
-                        assert meta == {"class_id": [100 + 7 * (i // 3)], "source": split.paths[i]}
                         image = next(m for m in members if m.name == f"{key}.jpg")
                         assert (table["offset"][i], table["size"][i]) == (image.offset_data, image.size)
                 dali_index = (shards / entry_shard["index"]).read_text().splitlines()
                 assert dali_index[0] == f"v1.2 {len(rows)}"
                 first = dali_index[1].split()
                 assert first[:4] == ["jpg", str(table["offset"][rows[0]]), str(table["size"][rows[0]]),
-                                     f"{keys[0]}.jpg"] and first[4] == "cls" and first[8] == "json"
+                                     f"{keys[0]}.jpg"] and first[4] == "cls" and len(first) == 8
             for i in range(len(split)):
                 assert np.array_equal(read_back.read(i), np.fromfile(split.paths[i], dtype=np.uint8))
                 tar_name, member = read_back.paths[i].rsplit(":", 1)
@@ -112,6 +110,21 @@ def test_folder_domains_keep_their_class_split(tmp_path):
     for name, split in expected["tags"].splits.items():
         assert np.array_equal(loaded.splits[name].labels, split.labels)
     assert json.loads((tmp_path / "s" / INDEX_FILE).read_text())["domains"]["tags"]["folder_split"] == records["tags"]
+
+
+def test_multi_label_splits_keep_every_label(tmp_path):
+    root = write_tiny_uned(tmp_path / "uned", {"tags": {"train": 4, "test": 3}}, per_class=2)
+    info = root / "info_files" / "tags" / "test.json"
+    entries = json.loads(info.read_text())
+    entries[1]["class_id"], entries[4]["class_id"] = [100, 107, 114], [121, 100]
+    info.write_text(json.dumps(entries))
+    expected = load_domains(root)["tags"]
+    loaded = load_domains(shard(root, tmp_path / "shards"))["tags"]
+    assert loaded.splits["test"].multi_label and np.array_equal(loaded.splits["test"].labels,
+                                                                 expected.splits["test"].labels)
+    assert loaded.class_map == expected.class_map and 121 in loaded.class_map  # an id seen only in test
+    with tarfile.open(tmp_path / "shards" / "tags" / "test-000000.tar") as tar:
+        assert int(tar.extractfile("000000001.cls").read()) == expected.splits["test"].labels[1, 0]
 
 
 def _train_loader(domains, decoder, **kw):

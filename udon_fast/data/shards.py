@@ -7,11 +7,13 @@ Layout of a shard root (`python -m udon_fast.data shard ... --out SHARDS`):
     SHARDS/<domain>/<split>-000000.tar     webdataset shards, at most --shard-size bytes each
     SHARDS/<domain>/<split>-000000.idx     DALI's index of that shard (`wds2idx` format v1.2)
 
-Every image is one webdataset sample of three members, written next to each other: `<key>.<ext>` (the
-file's bytes, unchanged; ext: jpg, png, bmp, tiff, webp or img), `<key>.cls` (its contiguous class id,
-ASCII: the training label) and `<key>.json` ({"class_id": [original ids], "source": the file it came
-from}).  Keys are the sample's position in its split, 9 digits ("000001234"), so members sort in split
-order and the shards hold the split's images in the order the dataset lists them.
+Every image is one webdataset sample of two members, written next to each other: `<key>.<ext>` (the
+file's bytes, unchanged; ext: jpg, png, bmp, tiff, webp or img) and `<key>.cls` (its contiguous class
+id in ASCII: the training label, the first one of a multi-label entry).  Keys are the sample's
+position in its split, 9 digits ("000001234"), so members sort in split order and the shards hold the
+split's images in the order the dataset lists them.  What else a sample has (all its labels, the file
+it came from) is in the member table, not in the tar: a tar member costs a 512-byte header and pads
+its data to 512 bytes, as much again as a small JPEG.
 
 index.json: {"format": "udon_fast-shards", "version": 1, "shard_size": bytes, "domains": {name:
 {"num_classes": C, "class_map": [[original id, contiguous id], ...], "folder_split": the record of a
@@ -157,21 +159,22 @@ def _closed_size(offset: int) -> int:
     return _padded(offset + 2 * _BLOCK, tarfile.RECORDSIZE)
 
 
-def _sample(split: Split, i: int, originals: Mapping[int, Any]) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
-    """Sample i of `split` as its tar members [(name, bytes)] (image, .cls, .json) and its member-table row."""
+def _sample(split: Split, i: int) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """Sample i of `split` as its tar members [(name, bytes)] (image, .cls) and its member-table row."""
     label = split.labels[i].tolist()
-    labels = label if isinstance(label, list) else [label]
+    first = label[0] if isinstance(label, list) else label
     key, ext = f"{i:09d}", _image_ext(split.paths[i])
-    meta = {"class_id": [originals[c] for c in labels if c >= 0], "source": split.paths[i]}
-    members = [(f"{key}.{ext}", split.read(i).tobytes()), (f"{key}.cls", str(labels[0]).encode("ascii")),
-               (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+    try:
+        image = split.read(i).tobytes()
+    except OSError as exc:  # an input, not an output, error
+        raise DatasetError(f"{split.paths[i]}: cannot read image ({exc})") from None
+    members = [(f"{key}.{ext}", image), (f"{key}.cls", str(first).encode("ascii"))]
     return members, {"key": key, "ext": ext, "label": label, "source": split.paths[i]}
 
 
-def _write_split(folder: Path, domain: Domain, split_name: str, split: Split, shard_size: int, bar) -> dict:
+def _write_split(folder: Path, split_name: str, split: Split, shard_size: int, bar) -> dict:
     """Write one split's tars (each at most `shard_size` bytes, at least one sample), their DALI indexes
     and its member table, each atomically; returns the split's entry of index.json."""
-    originals = {label: original for original, label in domain.class_map.items()}
     columns: dict[str, list] = {k: [] for k in ("key", "ext", "shard", "offset", "size", "label", "source")}
     shards: list[dict[str, Any]] = []
     i, pending = 0, None
@@ -182,7 +185,7 @@ def _write_split(folder: Path, domain: Domain, split_name: str, split: Split, sh
         with atomic_write(folder / f"{name}.tar", "shard") as f:
             tar = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)
             while i < len(split):
-                members, row = pending or _sample(split, i, originals)
+                members, row = pending or _sample(split, i)
                 grows = sum(_BLOCK + _padded(len(data)) for _, data in members)
                 if shard["count"] and _closed_size(tar.offset + grows) > shard_size:
                     pending = members, row
@@ -246,7 +249,7 @@ def write_shards(domains: Mapping[str, Domain], out: str | os.PathLike, shard_si
                 folder = temp / name
                 with writing(folder, "folder"):
                     folder.mkdir(parents=True)
-                splits = {s: _write_split(folder, domain, s, split, shard_size, bar) for s, split in domain.splits.items()}
+                splits = {s: _write_split(folder, s, split, shard_size, bar) for s, split in domain.splits.items()}
                 index["domains"][name] = {
                     "num_classes": domain.num_classes, "class_map": [[k, v] for k, v in domain.class_map.items()],
                     "folder_split": (folder_splits or {}).get(name), "splits": splits}
