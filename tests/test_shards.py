@@ -178,12 +178,12 @@ def test_loader_resume_from_shards_is_exact(roots, decoder):
 
 
 def test_evaluation_from_shards_equals_evaluation_from_files(roots, decoder):
+    """The test split: "shops" queries search its index split, "birds" is evaluated leave-one-out."""
     by_file, by_shard = load_domains(roots[0]), load_domains(roots[1])
     torch.manual_seed(0)
     model = UDONModel("tf_efficientnet_lite0", {n: d.num_classes for n, d in by_file.items()}, image_size=32)
-    for split in ("val", "test"):
-        options = dict(batch_size=4, num_threads=1, decoder=decoder, progress=False)
-        assert evaluate_model(model, by_shard, split, **options) == evaluate_model(model, by_file, split, **options)
+    options = dict(batch_size=4, num_threads=1, decoder=decoder, progress=False)
+    assert evaluate_model(model, by_shard, "test", **options) == evaluate_model(model, by_file, "test", **options)
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -275,6 +275,11 @@ def test_bad_arguments_and_broken_shard_roots_give_one_line(roots, tmp_path, cap
     tars[1].unlink()
     with pytest.raises(MissingFilesError, match=rf"{broken / 'shops' / 'train.json'}: 1 missing, first: {tars[1]}"):
         load_domains(broken)
+    index = json.loads((broken / INDEX_FILE).read_text())
+    del index["domains"]["birds"]["splits"]["test"]["shards"]
+    (broken / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(DatasetError, match=r"index.json: malformed entry of domain 'birds' \(KeyError: 'shards'\)"):
+        load_domains(broken, ["birds"])
     (broken / INDEX_FILE).write_text(json.dumps({"format": "something else"}))
     with pytest.raises(DatasetError, match="not a udon_fast shard index"):
         load_domains(broken)

@@ -6,10 +6,11 @@ all splits of the domain while `num_classes` (C) sizes the classifiers.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from .errors import DatasetError
 from .image_bytes import decode_check, decode_check_bytes, read_encoded
 
 # Evaluation split -> the split that serves as its kNN index when the domain has it.
@@ -86,6 +87,15 @@ class Domain:
     def class_map_json(self) -> dict[str, int]:
         """The class mapping with string keys, ready for `json.dump` (checkpoints, reports)."""
         return {str(original): new for original, new in self.class_map.items()}
+
+
+def select_domains(root: Path, available: list[str], domains: Iterable[str] | None) -> list[str]:
+    """`domains` (default: every one `available` under `root`); `DatasetError` names unknown ones."""
+    wanted = list(available if domains is None else domains)
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise DatasetError(f"{root}: unknown domain(s) {unknown}; available: {available}")
+    return wanted
 
 
 def build_class_map(train_ids: Sequence[Sequence[Hashable]], other_ids: Sequence[Sequence[Hashable]]

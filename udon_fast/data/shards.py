@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..output_files import atomic_write, atomic_write_text, writing
-from .domain import Domain, Split
+from .domain import Domain, Split, select_domains
 from .errors import DatasetError
 
 FORMAT, VERSION = "udon_fast-shards", 1
@@ -323,17 +323,20 @@ def load_shard_domains(root: str | os.PathLike, domains: Iterable[str] | None = 
     """The domains of a shard root (all, or `domains`), plus {member table: missing tar files}."""
     root = Path(root)
     index = read_index(root)
-    available = sorted(index["domains"])
-    wanted = list(available if domains is None else domains)
-    unknown = sorted(set(wanted) - set(available))
-    if unknown:
-        raise DatasetError(f"{root}: unknown domain(s) {unknown}; available: {available}")
+    if not isinstance(index.get("domains"), dict):
+        raise DatasetError(f"{root / INDEX_FILE}: no \"domains\" object")
     out, missing = {}, {}
-    for name in wanted:
-        spec = index["domains"][name]
-        if "train" not in spec["splits"]:
-            raise DatasetError(f"{root / INDEX_FILE}: domain {name!r} has no train split")
-        splits = {s: _load_split(root, sp, s, missing) for s, sp in spec["splits"].items()}
-        class_map = {original: label for original, label in spec["class_map"]}
-        out[name] = Domain(name, splits["train"], splits, int(spec["num_classes"]), class_map, root / name)
+    for name in select_domains(root, sorted(index["domains"]), domains):
+        try:
+            spec = index["domains"][name]
+            if "train" not in spec["splits"]:
+                raise DatasetError(f"{root / INDEX_FILE}: domain {name!r} has no train split")
+            splits = {s: _load_split(root, sp, s, missing) for s, sp in spec["splits"].items()}
+            class_map = {original: label for original, label in spec["class_map"]}
+            out[name] = Domain(name, splits["train"], splits, int(spec["num_classes"]), class_map, root / name)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, DatasetError):
+                raise
+            raise DatasetError(f"{root / INDEX_FILE}: malformed entry of domain {name!r} "
+                               f"({type(exc).__name__}: {exc})") from None
     return out, missing

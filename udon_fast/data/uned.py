@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .domain import Domain, Split, build_class_map, labels_array
+from .domain import Domain, Split, build_class_map, labels_array, select_domains
 from .errors import DatasetError, InfoFileError, MissingFilesError
 from .folder import load_folder_domain
 from .shards import is_shard_root, load_shard_domains
@@ -86,13 +86,8 @@ def load_uned_domain(data_root: Path, name: str) -> tuple[Domain, dict[str, list
 def load_uned_domains(data_root: Path, domains: Iterable[str] | None = None
                       ) -> tuple[dict[str, Domain], dict[str, list[str]]]:
     """The UnED domains under `data_root` (all, or `domains`), plus {info file: missing image paths}."""
-    available = domain_names(data_root)
-    wanted = list(available if domains is None else domains)
-    unknown = sorted(set(wanted) - set(available))
-    if unknown:
-        raise DatasetError(f"{data_root}: unknown domain(s) {unknown}; available: {available}")
     out, missing = {}, {}
-    for name in wanted:
+    for name in select_domains(data_root, domain_names(data_root), domains):
         out[name], domain_missing = load_uned_domain(data_root, name)
         missing.update(domain_missing)
     return out, missing
