@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from test_bad_inputs import garbage_in_middle
+
 from udon_fast.data import (CorruptImageError, DatasetError, EvalLoader, MissingFilesError, TrainLoader, load_domains,
                             load_domains_with_splits)
 from udon_fast.data.__main__ import main as data_main
@@ -243,6 +245,21 @@ def test_a_damaged_member_is_named(roots, tmp_path, decoder, caplog):
     assert data_main(["verify", "--data-root", str(shards), "--report", str(report)]) == 1
     bad = [line for line in report.read_text().splitlines() if line.startswith("BAD ")]
     assert sorted(line.split(": ", 1)[0] for line in bad) == [f"BAD {test_bad}", f"BAD {train_bad}"]
+
+
+def test_a_member_only_the_decoder_rejects_is_found_and_skipped(tmp_path):
+    """Garbage over a photo's scan data passes the cheap checks; torchvision's decoder fails on it
+    mid-batch, and the loader's recovery finds the member by decoding the batch's members with PIL.
+    (DALI's libjpeg-turbo decodes that file with warnings, from files as from shards.)"""
+    root = write_tiny_uned(tmp_path / "uned", {"c": {"train": 12}}, per_class=1)
+    (root / "images" / "c" / "train" / "c4_0.jpg").write_bytes(garbage_in_middle())
+    domains = load_domains(shard(root, tmp_path / "shards"))
+    loader = _train_loader(domains, "torchvision", batch_size=4)
+    labels = {i for _ in range(6) for i in loader.next_batch("c")[1].tolist()}
+    loader.close()
+    name = domains["c"].train.paths[4]
+    assert name.endswith(".tar:000000004.jpg") and list(loader.skipped["c"]) == [name]
+    assert labels == set(range(12)) - {4}
 
 
 def _one_line(capsys) -> str:

@@ -25,7 +25,7 @@ and "size" (the image member's bytes inside its tar), "label" (contiguous ids: i
 with -1 for multi-label splits), "source" (original file)}: the files each shard holds, in order.
 
 Reading: `load_shard_domains` gives ordinary `Domain`s whose splits carry a `ShardMembers`: sample i of
-a split is read from its tar by offset (`os.preadv`, no extraction, one open file per shard and thread),
+a split is read from its tar by offset (`os.preadv`, no extraction; each thread keeps shard files open),
 so the samplers, resume positions and batches are those of the same split read from files.  A
 sample's name (`Split.paths[i]`, used in every error and skip message) is "<tar file>:<key>.<ext>".
 """
@@ -33,6 +33,7 @@ import io
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import tarfile
@@ -55,7 +56,9 @@ _SUFFIX_EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".bmp": "bmp", ".ti
                ".webp": "webp"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _BLOCK = 512  # tar block size
-_OPEN_PER_THREAD = 16  # shard files each reading thread keeps open
+# Shard files each reading thread keeps open: 1/64 of the process's open-file limit, at least 16
+# (all of UnED's ~1,100 256 MB shards where the limit is the usual container 1,048,576).
+_OPEN_PER_THREAD = max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 64)
 
 
 def parse_size(text: str, flag: str = "--shard-size") -> int:
