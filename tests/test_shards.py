@@ -130,8 +130,8 @@ def test_multi_label_splits_keep_every_label(tmp_path):
 
 
 def _train_loader(domains, decoder, **kw):
-    return TrainLoader(domains, batch_size=5, image_size=32, num_threads=1, device_id=None, seed=0, decoder=decoder,
-                       **IDENTITY, **kw)
+    options = dict(batch_size=5, image_size=32, num_threads=1, device_id=None, seed=0, decoder=decoder, **IDENTITY)
+    return TrainLoader(domains, **{**options, **kw})
 
 
 def _eval(split, decoder, batch_size=4):
