@@ -74,7 +74,7 @@ def find_undecodable(items: Iterable[str | Split], workers: int | None = None, p
     """
     entries = _entries(items)
     pending = [(name, key, check) for name, (key, check) in entries.items()
-               if key is not None and _verdicts.get(name, (None, None))[:2] != key]
+               if key is not None and _verdicts.get(name, (None,))[:-1] != key]
     if pending:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
@@ -82,7 +82,7 @@ def find_undecodable(items: Iterable[str | Split], workers: int | None = None, p
                 pass
     bad = {}
     for name, (key, _) in entries.items():
-        reason = "missing or unreadable" if key is None else _verdicts[name][2]
+        reason = "missing or unreadable" if key is None else _verdicts[name][-1]
         if reason is not None:
             bad[name] = reason
     return bad
