@@ -70,7 +70,7 @@ def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batc
                  teacher: bool, num_threads: int, progress: bool, decoder: str = "dali") -> Embedded | None:
     """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
     lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
-    part = Split(split.paths[lo:hi], split.labels[lo:hi], split.name)
+    part = split.part(lo, hi)
     if hi > lo:
         mine = embed_split(model, part, domain, batch_size=batch_size, device=device, teacher=teacher,
                            num_threads=num_threads, decoder=decoder, progress=progress)
@@ -170,12 +170,12 @@ def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, w
     """Decode every query and index image that evaluating `splits` of `domains` uses (domains without a
     split are skipped), before any reaches DALI; raise `CorruptImagesError` naming all that fail
     (verdicts are cached: checking again is cheap)."""
-    paths = []
+    parts = []
     for domain in domains.values():
         for split in splits:
             if split in domain.splits:
-                paths += [p for part in knn_pairs(domain, split) if part is not None for p in part.paths]
-    check_decodable(paths, f"in the {'/'.join(splits)} splits", workers=workers, progress=progress)
+                parts += [part for part in knn_pairs(domain, split) if part is not None]
+    check_decodable(parts, f"in the {'/'.join(splits)} splits", workers=workers, progress=progress)
 
 
 def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], split: str, *, index: str = "both",

@@ -7,10 +7,12 @@
   train batches (`TrainLoader`) and in-order eval batches (`EvalLoader`), decoded and augmented
   (`augment.py` defines how) by `decoders.py`'s choice: `dali_pipelines.py` (DALI, imported only
   when used) or `torchvision_pipelines.py`.
-- `image_bytes.py`, `verify.py`: broken-file checks (skip while training, refuse before any
+- `image_bytes.py`, `verify.py`: broken-file (and broken tar member) checks (skip while training, refuse before any
   evaluation reaches a decoder, `verify` up front).
+- `shards.py`: a dataset as webdataset tar shards plus an index, read back in place (a shard root
+  is a `data_root` like a UnED root).
 - `builtin.py`: the small built-in multi-domain dataset; `pil_baseline.py`: the benchmark baseline.
-CLI: `python -m udon_fast.data {verify,builtin}`.
+CLI: `python -m udon_fast.data {verify,builtin,shard}`.
 """
 from .builtin import default_data_root, ensure_builtin, write_builtin
 from .domain import Domain, Split, knn_pairs

@@ -7,9 +7,16 @@ computing the other 23% of the S x S image), flip when drawn and normalise
 (`fn.crop_mirror_normalize`, CHW float32).  Eval: decode, resize the shorter side, centre crop,
 normalise.  Crop positions and flips come from the source (`sampling.py`), not from
 DALI's RNG, so batches are reproducible and resumable.  With `device_id=None` only CPU operators
-are used.  This module imports DALI: only `decoders.py` imports it, when the DALI decoder is used.
+are used.
+
+A split stored in tar shards (`shards.py`) is evaluated with DALI's own `fn.readers.webdataset`
+(sequential reads of whole shards, in split order, through each shard's DALI index).  Training keeps
+the Python source: the sampler picks every sample (a seeded global order, the same on any number
+of ranks, resumable to the sample) and skips damaged ones, which DALI's reader, with its own
+shuffle buffer and per-rank contiguous ranges, cannot do; the source reads each member by offset.  This module imports DALI: only `decoders.py` imports it, when the DALI decoder is used.
 """
-from typing import Callable, Sequence
+import tempfile
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +25,10 @@ from nvidia.dali.backend import TensorGPU
 from nvidia.dali.pipeline import Pipeline
 
 from .augment import check_norm, train_resize
+from .shards import IMAGE_EXTS
+
+if TYPE_CHECKING:
+    from .sources import EvalSource
 
 
 def _normalise(images, mean, std, **options):
@@ -56,30 +67,51 @@ def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: 
     return DaliPipeline(graph())
 
 
-def eval_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
+def _shard_reader(members, folder: str):
+    """`fn.readers.webdataset` over exactly the samples of `members` (`shards.ShardMembers`), in order;
+    the last batch is padded by repeating the last sample."""
+    paths, index_paths = members.dali_input(folder)
+    return fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=[";".join(IMAGE_EXTS)],
+                                 missing_component_behavior="error", pad_last_batch=True, random_shuffle=False,
+                                 name="shards")
+
+
+def eval_pipeline(source: "EvalSource", *, batch_size: int, image_size: int, mean: Sequence[float],
                   std: Sequence[float], num_threads: int, device_id: int | None,
                   prefetch_depth: int = 2) -> "DaliPipeline":
     """A built eval pipeline; `source()` returns a batch of encoded uint8 arrays (at most batch_size);
-    output images (b,3,s,s) float32."""
+    output images (b,3,s,s) float32.  When `source.split` lies in tar shards, DALI's webdataset reader
+    reads it instead (full batches: the last one ends with copies of the last image)."""
     check_norm(mean, std)
+    members = source.split.members
+    folder = tempfile.TemporaryDirectory(prefix="udon-wds-") if members is not None else None
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=prefetch_depth, exec_dynamic=True)
     def graph():
-        encoded = fn.external_source(source=source, batch=True)
+        if members is None:
+            encoded = fn.external_source(source=source, batch=True)
+        else:
+            encoded = _shard_reader(members, folder.name)
         images = fn.decoders.image(encoded, device=_decode_device(device_id), output_type=types.RGB)
         images = fn.resize(images, resize_shorter=image_size, subpixel_scale=False)
         return _normalise(images, mean, std, crop=(image_size, image_size))
 
-    return DaliPipeline(graph())
+    return DaliPipeline(graph(), folder)
 
 
 class DaliPipeline:
     """A built DALI pipeline behind the decoders' interface: `schedule_run()` starts the next batch,
-    `outputs()` returns the oldest started one as torch tensors (a decode failure raises RuntimeError)."""
+    `outputs()` returns the oldest started one as torch tensors (a decode failure raises RuntimeError).
+    `folder`: a temporary folder the pipeline reads from (index files), removed by `close()`."""
 
-    def __init__(self, pipe: Pipeline):
-        pipe.build()
+    def __init__(self, pipe: Pipeline, folder: tempfile.TemporaryDirectory | None = None):
+        self._folder = folder
+        try:
+            pipe.build()
+        except BaseException:
+            self.close()
+            raise
         self.pipe = pipe
 
     def schedule_run(self) -> None:
@@ -90,6 +122,8 @@ class DaliPipeline:
 
     def close(self) -> None:
         self.pipe = None
+        if self._folder is not None:
+            self._folder.cleanup()
 
 
 def to_torch(batch) -> torch.Tensor:

@@ -6,9 +6,12 @@ all splits of the domain while `num_classes` (C) sizes the classifiers.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
+
+from .errors import DatasetError
+from .image_bytes import decode_check, decode_check_bytes, read_encoded
 
 # Evaluation split -> the split that serves as its kNN index when the domain has it.
 INDEX_SPLIT_FOR = {"val": "small_index", "test": "index"}
@@ -18,14 +21,17 @@ INDEX_SPLIT_FOR = {"val": "small_index", "test": "index"}
 class Split:
     """One split of a domain.
 
-    paths: absolute image paths (str), N of them.
+    paths: absolute image paths (str), N of them; for a split stored in tar shards, the names of its
+        samples ("<tar file>:<member>"), which every message about an image uses.
     labels: int64, shape (N,) for single-label splits, or (N, L) padded with -1 when any entry
         carries several labels (multi-label); contiguous ids from the domain's `class_map`.
+    members: None (images are files), or where the samples lie in tar shards (`shards.ShardMembers`).
     """
 
     paths: list[str]
     labels: np.ndarray
     name: str = ""
+    members: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.labels.dtype != np.int64 or self.labels.ndim not in (1, 2) or len(self.labels) != len(self.paths):
@@ -38,6 +44,25 @@ class Split:
     @property
     def multi_label(self) -> bool:
         return self.labels.ndim == 2
+
+    def read(self, i: int) -> np.ndarray:
+        """Image i's encoded bytes, uint8 (n,) (OSError when unreadable)."""
+        return read_encoded(self.paths[i]) if self.members is None else self.members.read(i)
+
+    def check(self, i: int) -> str | None:
+        """None when image i passes `image_bytes.decode_check` (a full decode), else the reason."""
+        if self.members is None:
+            return decode_check(self.paths[i])
+        try:
+            data = self.members.read(i)
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return decode_check_bytes(data)
+
+    def part(self, lo: int, hi: int) -> "Split":
+        """Images lo..hi-1 as a split of the same name."""
+        members = None if self.members is None else self.members[lo:hi]
+        return Split(self.paths[lo:hi], self.labels[lo:hi], self.name, members)
 
     def first_labels(self) -> np.ndarray:
         """int64 (N,): the first label of each entry (the training target of multi-label entries)."""
@@ -62,6 +87,15 @@ class Domain:
     def class_map_json(self) -> dict[str, int]:
         """The class mapping with string keys, ready for `json.dump` (checkpoints, reports)."""
         return {str(original): new for original, new in self.class_map.items()}
+
+
+def select_domains(root: Path, available: list[str], domains: Iterable[str] | None) -> list[str]:
+    """`domains` (default: every one `available` under `root`); `DatasetError` names unknown ones."""
+    wanted = list(available if domains is None else domains)
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise DatasetError(f"{root}: unknown domain(s) {unknown}; available: {available}")
+    return wanted
 
 
 def build_class_map(train_ids: Sequence[Sequence[Hashable]], other_ids: Sequence[Sequence[Hashable]]

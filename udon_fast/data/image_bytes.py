@@ -198,10 +198,19 @@ def read_encoded(path: str) -> np.ndarray:
 def decode_check(path: str) -> str | None:
     """None when `path` passes `looks_complete` and fully decodes with PIL, else the reason (str)."""
     try:
-        reason = looks_complete(read_encoded(path))
+        data = read_encoded(path)
+    except Exception as exc:  # an I/O failure is a verdict on this file
+        return f"{type(exc).__name__}: {exc}"
+    return decode_check_bytes(data)
+
+
+def decode_check_bytes(data: np.ndarray) -> str | None:
+    """`decode_check` of an encoded image already read (uint8 (n,), e.g. a tar shard's member)."""
+    try:
+        reason = looks_complete(data)
         if reason is None:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data.tobytes())) as image:
                 image.load()
-    except Exception as exc:  # any decoder or I/O failure is a verdict on this file
+    except Exception as exc:  # any decoder failure is a verdict on this image
         return f"{type(exc).__name__}: {exc}"
     return reason

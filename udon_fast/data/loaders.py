@@ -15,7 +15,6 @@ import torch
 
 from .decoders import eval_pipeline, resolve_decoder, train_pipeline
 from .domain import Domain, Split
-from .image_bytes import decode_check
 from .sampling import EpochStream, Position, stream_id
 from .sources import EvalSource, TrainSource
 from .verify import check_decodable
@@ -53,8 +52,9 @@ class DomainTrainIterator:
 
     def _recover(self, error: RuntimeError) -> None:
         """Find the in-flight files PIL cannot decode, skip them and restart at `self.position`."""
-        suspects = [p for _, paths in self.source.in_flight for p in paths]
-        bad = {p: reason for p in suspects if (reason := decode_check(p)) is not None}
+        train = self.domain.train
+        suspects = [i for _, indices in self.source.in_flight for i in indices]
+        bad = {train.paths[i]: reason for i in suspects if (reason := train.check(i)) is not None}
         if not bad:
             raise error
         self.close()
@@ -182,7 +182,7 @@ class EvalLoader:
         batches = len(self)
         if batches == 0:
             return
-        check_decodable(self.split.paths, f"in split {self.split.name!r}" if self.split.name else "",
+        check_decodable([self.split], f"in split {self.split.name!r}" if self.split.name else "",
                         workers=self._options["num_threads"])
         pipe = eval_pipeline(self.decoder, EvalSource(self.split, self.batch_size), **self._options)
         try:
@@ -195,6 +195,7 @@ class EvalLoader:
                 if scheduled < batches:
                     pipe.schedule_run()
                     scheduled += 1
-                yield images, labels[b * self.batch_size:(b + 1) * self.batch_size]
+                chunk = labels[b * self.batch_size:(b + 1) * self.batch_size]
+                yield images[:len(chunk)], chunk  # a reader of tar shards pads the last batch
         finally:
             pipe.close()

@@ -4,7 +4,8 @@
 batches of files ahead (so DALI's call never waits on the disk), skips (logs and records) files
 that fail `looks_complete` or cannot be read, and remembers which batches are in flight so the
 loader knows the position of the last batch it handed out.  `EvalSource` feeds a split in order;
-a broken file there is an error (evaluation must see every image).
+a broken file there is an error (evaluation must see every image).  Images are read with
+`Split.read`: from their files, or by offset from the tar shards of a shard root (`shards.py`).
 """
 import logging
 import queue
@@ -15,7 +16,7 @@ import numpy as np
 
 from .domain import Split
 from .errors import CorruptImageError, DatasetError
-from .image_bytes import looks_complete, read_encoded
+from .image_bytes import looks_complete
 from .sampling import EpochStream, Position
 
 log = logging.getLogger(__name__)
@@ -26,16 +27,16 @@ class TrainSource:
     crop_x float32 (B,), crop_y float32 (B,), flip int32 (B,)).
 
     skipped: shared {path: reason} of files skipped so far (also used to skip them without reading).
-    in_flight: deque of (position after the batch, paths of the batch) handed to DALI, oldest first.
+    in_flight: deque of (position after the batch, split indices of the batch) handed to DALI, oldest first.
     Call `close()` to stop the reader thread.
     """
 
     def __init__(self, domain: str, split: Split, stream: EpochStream, batch_size: int, position: Position,
                  skipped: dict[str, str], read_ahead: int = 2):
-        self.domain, self.paths, self.labels = domain, split.paths, split.first_labels()
+        self.domain, self.split, self.labels = domain, split, split.first_labels()
         self.stream, self.batch_size, self.skipped = stream, batch_size, skipped
         self._read_position = position  # advanced by the reader thread only
-        self.in_flight: deque[tuple[Position, list[str]]] = deque()
+        self.in_flight: deque[tuple[Position, list[int]]] = deque()
         self._ready: queue.Queue = queue.Queue(maxsize=read_ahead)
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_ahead, name=f"udon-data-{domain}", daemon=True)
@@ -61,11 +62,12 @@ class TrainSource:
         self._stop.set()
         self._reader.join()
 
-    def _read(self, path: str) -> np.ndarray | None:
+    def _read(self, index: int) -> np.ndarray | None:
+        path = self.split.paths[index]
         if path in self.skipped:
             return None
         try:
-            data = read_encoded(path)
+            data = self.split.read(index)
             reason = looks_complete(data)
         except OSError as exc:
             data, reason = None, f"unreadable: {exc}"
@@ -84,17 +86,17 @@ class TrainSource:
         item = self._ready.get()
         if isinstance(item, Exception):
             raise item
-        position, paths, batch = item
-        self.in_flight.append((position, paths))
+        position, indices, batch = item
+        self.in_flight.append((position, indices))
         return batch
 
     def _read_batch(self):
-        """(position after the batch, its paths, the DALI batch) for the next `batch_size` good files."""
-        encoded, draws, paths = [], [], []
+        """(position after the batch, its split indices, the DALI batch) for the next `batch_size` good files."""
+        encoded, draws = [], []
         misses = 0
         while len(encoded) < self.batch_size:
             draw, self._read_position = self.stream.draw(self._read_position)
-            data = self._read(self.paths[draw.index])
+            data = self._read(draw.index)
             if data is None:
                 misses += 1
                 if misses > self.stream.shard_size():
@@ -103,30 +105,33 @@ class TrainSource:
                 continue
             encoded.append(data)
             draws.append(draw)
-            paths.append(self.paths[draw.index])
         labels = self.labels[[d.index for d in draws]][:, None]
         crop_x = np.array([d.crop_x for d in draws], dtype=np.float32)
         crop_y = np.array([d.crop_y for d in draws], dtype=np.float32)
         flip = np.array([d.flip for d in draws], dtype=np.int32)
-        return self._read_position, paths, (encoded, labels, crop_x, crop_y, flip)
+        return self._read_position, [d.index for d in draws], (encoded, labels, crop_x, crop_y, flip)
 
 
 class EvalSource:
-    """Callable returning the next batch of a split's encoded images, in order (the last one partial)."""
+    """Callable returning the next batch of a split's encoded images, in order (the last one partial).
+
+    `split` is public: the DALI decoder reads a split stored in tar shards with DALI's own webdataset
+    reader instead of calling the source (`dali_pipelines.eval_pipeline`).
+    """
 
     def __init__(self, split: Split, batch_size: int):
-        self.paths, self.batch_size, self.next_index = split.paths, batch_size, 0
+        self.split, self.batch_size, self.next_index = split, batch_size, 0
 
     def __call__(self):
-        chunk = self.paths[self.next_index:self.next_index + self.batch_size]
+        chunk = range(self.next_index, min(self.next_index + self.batch_size, len(self.split)))
         if not chunk:
             raise StopIteration
         self.next_index += len(chunk)
         encoded = []
-        for path in chunk:
-            data = read_encoded(path)
+        for i in chunk:
+            data = self.split.read(i)
             reason = looks_complete(data)
             if reason is not None:
-                raise CorruptImageError(path, reason)
+                raise CorruptImageError(self.split.paths[i], reason)
             encoded.append(data)
         return encoded

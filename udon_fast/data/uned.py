@@ -18,9 +18,10 @@ import posixpath
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .domain import Domain, Split, build_class_map, labels_array
+from .domain import Domain, Split, build_class_map, labels_array, select_domains
 from .errors import DatasetError, InfoFileError, MissingFilesError
 from .folder import load_folder_domain
+from .shards import is_shard_root, load_shard_domains
 
 INFO_DIR = "info_files"
 IMAGES_DIR = "images"
@@ -136,13 +137,8 @@ def load_uned_domain(data_root: Path, name: str) -> tuple[Domain, dict[str, list
 def load_uned_domains(data_root: Path, domains: Iterable[str] | None = None
                       ) -> tuple[dict[str, Domain], dict[str, list[str]]]:
     """The UnED domains under `data_root` (all, or `domains`), plus {info file: missing image paths}."""
-    available = domain_names(data_root)
-    wanted = list(available if domains is None else domains)
-    unknown = sorted(set(wanted) - set(available))
-    if unknown:
-        raise DatasetError(f"{data_root}: unknown domain(s) {unknown}; available: {available}")
     out, missing = {}, {}
-    for name in wanted:
+    for name in select_domains(data_root, domain_names(data_root), domains):
         out[name], domain_missing = load_uned_domain(data_root, name)
         missing.update(domain_missing)
     return out, missing
@@ -152,7 +148,8 @@ def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | N
                  folders: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Domain]:
     """Domains by name, validated: UnED domains under `data_root` plus folder-per-class `folders`.
 
-    data_root: a UnED root (`info_files/`, `images/`), or None when only `folders` are used.
+    data_root: a UnED root (`info_files/`, `images/`), a shard root (`index.json` and tar shards, see
+        shards.py), or None when only `folders` are used.
     domains: the UnED domain names to load (default: all under `info_files/`).
     folders: {domain name: folder} for user domains in the `<class>/<image>` layout (see folder.py).
     Raises `MissingFilesError` (one error for all missing/unreadable images), `InfoFileError` for
@@ -160,7 +157,8 @@ def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | N
     """
     out, missing = {}, {}
     if data_root is not None:
-        out, missing = load_uned_domains(Path(data_root), domains)
+        load = load_shard_domains if is_shard_root(data_root) else load_uned_domains
+        out, missing = load(Path(data_root), domains)
     elif domains is not None:
         raise DatasetError("domains= needs a data_root to read the UnED domains from")
     for name, folder in (folders or {}).items():

@@ -7,21 +7,26 @@ limit) in this process, so evaluating the same splits again (every validation of
 that did not change.  Evaluation validates every image this way before DALI sees it
 (`check_decodable`): DALI can crash the process on a damaged file instead of raising.
 
+Splits read from tar shards (`shards.py`) are checked member by member, each named
+"<tar file>:<member>", with verdicts cached per (member size, tar mtime).
+
 `verify_dataset` is `python -m udon_fast.data verify`: every missing and every undecodable file of
-a UnED root, with the splits that list it.
+a UnED root (or member of a shard root), with the splits that list it.
 """
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from tqdm import tqdm
 
-from .domain import Domain
+from .domain import Domain, Split
 from .errors import CorruptImagesError
 from .image_bytes import decode_check, max_pixels
+from .shards import is_shard_root, load_shard_domains
 from .uned import load_uned_domains
 
 POLICIES = ("fail", "warn")
@@ -36,35 +41,64 @@ def _stat_key(path: str) -> tuple[int, int, int] | None:
     return stat.st_size, stat.st_mtime_ns, max_pixels()
 
 
-def _decode(path: str, key: tuple[int, int, int]) -> None:
-    _verdicts[path] = (*key, decode_check(path))
+Check = Callable[[], "str | None"]
 
 
-def find_undecodable(paths: Iterable[str], workers: int | None = None, progress: bool = False,
+def _member_key(members, i: int) -> tuple[int, int, int] | None:
+    key = members.stat_key(i)
+    return None if key is None else (*key, max_pixels())
+
+
+def _entries(items: Iterable[str | Split]) -> dict[str, tuple[tuple[int, int, int] | None, Check]]:
+    """{name: (cache key or None when missing, check)} of image files (paths) and of the images of
+    splits (files, or tar shard members keyed by (member size, tar mtime)), each key ending with the
+    pixel limit; first occurrence wins."""
+    entries: dict[str, tuple[tuple[int, int, int] | None, Check]] = {}
+    for item in items:
+        if isinstance(item, str):
+            if item not in entries:
+                entries[item] = _stat_key(item), partial(decode_check, item)
+            continue
+        for i, name in enumerate(item.paths):
+            if name not in entries:
+                key = _stat_key(name) if item.members is None else _member_key(item.members, i)
+                entries[name] = key, partial(decode_check, name) if item.members is None else partial(item.check, i)
+    return entries
+
+
+def _decode(name: str, key: tuple[int, int, int], check: Check) -> None:
+    _verdicts[name] = (*key, check())
+
+
+def find_undecodable(items: Iterable[str | Split], workers: int | None = None, progress: bool = False,
                      desc: str = "check images") -> dict[str, str]:
-    """{path: reason} of the files among `paths` that are missing or do not fully decode (in order).
+    """{name: reason} of the images among `items` (image paths, or splits: files or tar shard members)
+    that are missing or do not fully decode (in order).
 
-    Decodes in `workers` threads (default: all cores); verdicts are cached per (path, size, mtime,
-    pixel limit), so a file is decoded again only when it (or the limit) changed.
+    Decodes in `workers` threads (default: all cores); verdicts are cached per (name, size, mtime,
+    pixel limit), so an image is decoded again only when it (its tar, or the limit) changed.
     """
-    keys = {path: _stat_key(path) for path in paths}
-    pending = [(p, key) for p, key in keys.items() if key is not None and _verdicts.get(p, (None,))[:-1] != key]
+    entries = _entries(items)
+    pending = [(name, key, check) for name, (key, check) in entries.items()
+               if key is not None and _verdicts.get(name, (None,))[:-1] != key]
     if pending:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
                           disable=not progress):
                 pass
     bad = {}
-    for path, key in keys.items():
-        reason = "missing or unreadable" if key is None else _verdicts[path][-1]
+    for name, (key, _) in entries.items():
+        reason = "missing or unreadable" if key is None else _verdicts[name][-1]
         if reason is not None:
-            bad[path] = reason
+            bad[name] = reason
     return bad
 
 
-def check_decodable(paths: Iterable[str], what: str = "", workers: int | None = None, progress: bool = False) -> None:
-    """Raise `CorruptImagesError` naming every file of `paths` that is missing or does not decode."""
-    bad = find_undecodable(paths, workers, progress)
+def check_decodable(items: Iterable[str | Split], what: str = "", workers: int | None = None,
+                    progress: bool = False) -> None:
+    """Raise `CorruptImagesError` naming every image of `items` (paths or splits) that is missing or
+    does not decode."""
+    bad = find_undecodable(items, workers, progress)
     if bad:
         raise CorruptImagesError(bad, what)
 
@@ -176,15 +210,19 @@ def verify_domains(domains: Mapping[str, Domain], workers: int | None = None, pr
         for split_name, split in domain.splits.items():
             for path in split.paths:
                 listed.setdefault(path, []).append(f"{name}/{split_name}")
-    present = [p for p in listed if p not in report.missing]
-    report.undecodable = find_undecodable(present, workers, progress, desc="verify")
+    found = find_undecodable([split for d in domains.values() for split in d.splits.values()], workers, progress,
+                             desc="verify")
+    # a missing file, or every member of a missing tar shard ("<tar>:<member>"), is reported once, as missing
+    report.undecodable = {p: reason for p, reason in found.items()
+                          if p not in report.missing and p.rpartition(":")[0] not in report.missing}
     report.listed_in = {p: sorted(set(listed[p])) for p in [*report.missing, *report.undecodable]}
     return report
 
 
 def verify_dataset(data_root: str | os.PathLike, domains: list[str] | None = None, *, workers: int | None = None,
                    policy: str = "fail", progress: bool = True) -> VerifyReport:
-    """Check every image of every split of the UnED root `data_root`; missing files do not stop the
-    check (every present file is still decoded)."""
-    loaded, missing = load_uned_domains(Path(data_root), domains)
+    """Check every image of every split of the UnED root or shard root `data_root`; missing files (or
+    tar shards) do not stop the check (every present image is still decoded)."""
+    load = load_shard_domains if is_shard_root(data_root) else load_uned_domains
+    loaded, missing = load(Path(data_root), domains)
     return verify_domains(loaded, workers, progress, policy=policy, missing=missing)
