@@ -62,7 +62,7 @@ def _angular(cos: torch.Tensor, m1: float, m2: float, m3: float) -> tuple[torch.
 class MarginType:
     """One margin type.  argument: the keyword its parameters come in ("margin": one number,
     "margins": a tuple of len(names)); valid(*params) and rule (the same in words) give the valid
-    values; f(cos (B,) f32, *params) -> (f(cos), f'(cos)), both (B,) f32, unscaled."""
+    values; f(cos, *params) -> (f(cos), f'(cos)), elementwise on a float tensor, unscaled."""
 
     argument: str
     names: tuple[str, ...]
@@ -134,7 +134,7 @@ def resolve(margin_type: str, margin: float = 0.0, margins: Sequence[float] | No
 
 
 def transform(margin: Margin, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(cos) and f'(cos) of `margin`, unscaled: cos (B,) float -> two (B,) of cos's dtype."""
+    """f(cos) and f'(cos) of `margin`, unscaled, elementwise: two tensors of cos's shape and dtype."""
     return MARGIN_TYPES[margin.type].f(cos, *margin.params)
 
 
@@ -156,9 +156,7 @@ def target_terms(margin: Margin, scale: float, labels: torch.Tensor,
     (B, H) f32 (H = len(heads), column h for head h), 0 in the rows labelled NO_TARGET.  They are
     constants to autograd: the backends' backward applies dz_y to the target cosine themselves.
     """
+    cos_y = torch.stack([target_cosines(emb, weight, labels) for emb, weight in heads], dim=1)
+    value, slope = transform(margin, cos_y)  # both heads in one pass of elementwise ops
     has_target = (labels != NO_TARGET)[:, None]
-    values, slopes = zip(*(transform(margin, target_cosines(emb, weight, labels)) for emb, weight in heads))
-    z_y = torch.stack(values, dim=1) * scale
-    dz_y = torch.stack(slopes, dim=1) * scale
-    zero = torch.zeros_like(z_y)
-    return torch.where(has_target, z_y, zero), torch.where(has_target, dz_y, zero)
+    return torch.where(has_target, scale * value, 0.0), torch.where(has_target, scale * slope, 0.0)
