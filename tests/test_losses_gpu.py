@@ -105,7 +105,8 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
 
 def test_triton_cuda_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(128, 30001, 64, 256, device="cuda"))
-    args = (*target_terms(margin_of("arcface", {"margin": 0.5}), 16.0, labels, [(e_t, w_t), (e_s, w_s)]), 16.0, 0.1, 0.1)
+    terms = target_terms(margin_of("arcface", {"margin": 0.5}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = (*terms, 16.0, 0.1, 0.1)
     *_, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
     rows = torch.linspace(0.5, 1.5, 128, device="cuda")
     first, second = [

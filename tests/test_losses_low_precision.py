@@ -16,8 +16,8 @@ import os
 import pytest
 import torch
 
-from loss_cases import (MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference, fused_backends, make_inputs,
-                        margin_of)
+from loss_cases import (MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference, fused_backends,
+                        make_inputs, margin_of)
 
 DTYPES = [torch.bfloat16, torch.float16]
 

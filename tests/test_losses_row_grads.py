@@ -8,8 +8,8 @@ gradients are compared with torch.autograd through `reference.head_loss_rows` we
 """
 import pytest
 
-from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_inputs, margin_of,
-                        upstream_grads)
+from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_inputs,
+                        margin_of, upstream_grads)
 
 # (margin_type, options, B, C): every margin once with one class tile and with several (C = 3001).
 CASES = [(margin_type, options, batch, classes) for batch, classes in ((7, 1000), (33, 3001))

@@ -66,7 +66,8 @@ def test_triton_single_head_matches_reference(margin_type, options, batch, class
 def test_triton_mixed_dtypes_promote():
     """fp16 embeddings with fp32 weights run in fp32; gradients come back in each input's dtype."""
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(7, 300, 48, 96))
-    args = (*target_terms(margin_of("cosface", {"margin": 0.35}), 16.0, labels, [(e_t, w_t), (e_s, w_s)]), 16.0, 0.1, 0.1)
+    terms = target_terms(margin_of("cosface", {"margin": 0.35}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = (*terms, 16.0, 0.1, 0.1)
     rows = torch.linspace(0.5, 1.5, 7)
     got = triton_backend.forward(e_t.half(), w_t, e_s.half(), w_s, labels, *args)
     want = triton_backend.forward(e_t.half().float(), w_t, e_s.half().float(), w_s, labels, *args)
@@ -78,7 +79,8 @@ def test_triton_mixed_dtypes_promote():
 
 def test_triton_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(64, 3001, 48, 96))
-    args = (*target_terms(margin_of("arcface", {"margin": 0.5}), 64.0, labels, [(e_t, w_t), (e_s, w_s)]), 64.0, 0.1, 0.1)
+    terms = target_terms(margin_of("arcface", {"margin": 0.5}), 64.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = (*terms, 64.0, 0.1, 0.1)
     ce_t, ce_s, kl, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
     rows = torch.linspace(0.5, 1.5, 64)
     first, second = [

@@ -3,8 +3,9 @@
 forward = forward_kernel (per-split online softmax states over class tiles) + a (splits, B)-sized
 torch epilogue merging the splits.  backward = grad_weight_kernel (dW, one program per class tile) +
 grad_emb_kernel (per-split dE partials, summed here in a fixed order).  The target logits z_y and
-their derivatives dz_y come in (head_op.py's contract), the same tensors in both passes.  Nothing of size (B, C) is allocated; no atomics, so results are
-deterministic.  Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow).
+their derivatives dz_y come in (head_op.py's contract), the same tensors in both passes.  Nothing
+of size (B, C) is allocated; no atomics, so results are deterministic.  Runs on CUDA tensors, or
+on CPU tensors under TRITON_INTERPRET=1 (slow).
 """
 import functools
 import os
