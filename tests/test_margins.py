@@ -7,7 +7,7 @@
   reduces to arcface (1, m, 0) and cosface (1, 0, m).
 - theta near 0 and near pi, the clamp, and the non-monotone tail below cos((pi - m2) / m1), where we
   apply the formula as written (no easy margin, no threshold fallback): every fused backend against
-  the reference there, rows and all gradients, fp32.
+  the reference there, rows and all gradients, fp32; B = 1; torch.compile(fullgraph=True).
 - One-line errors naming the argument (`margins`, `margin`, `--margins`), and the trainer's
   `--margin-type combined --margins m1,m2,m3` reaching udon_loss.
 """
@@ -142,6 +142,21 @@ def test_combined_batch_of_one_matches_reference(backend):
                 continue
             scale = b.abs().max()
             torch.testing.assert_close(a / scale, b / scale, rtol=2e-4, atol=2e-5)
+
+
+def test_combined_margin_traces_under_torch_compile_fullgraph():
+    """target_terms is plain PyTorch: the combined margin compiles with the fused op, no graph break."""
+    inputs = _rows_at([-0.9, 0.3, 0.7], 50, 13, 37)
+
+    def loss_fn(e_s, e_t, w_s, w_t, labels):
+        return udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, margin_type="combined", margins=COMBINED).total
+
+    eager = loss_fn(*inputs)
+    eager_grads = torch.autograd.grad(eager, inputs[:4])
+    compiled = torch.compile(loss_fn, fullgraph=True)(*inputs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for got, want in zip(torch.autograd.grad(compiled, inputs[:4]), eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---- arguments ----------------------------------------------------------------------------------------
