@@ -1,11 +1,11 @@
 """Triton kernels of the fused UDON head loss (launched by `udon_fast.losses.triton_backend`).
 
-The math is `udon_fast/losses/chunked.py`'s, regrouped per (batch tile, class tile); the margin is
-`udon_fast/losses/margins.py`'s (codes `MARGIN_CODES`, arcface expanded as
-cos_y*cos(m) - sqrt(1 - cos_y^2)*sin(m) with cos_y clamped by `ARCFACE_EPS`).  Per (b, c):
+The math is `udon_fast/losses/chunked.py`'s, regrouped per (batch tile, class tile); the kernels
+know nothing of margins: each row's target logit z_y and its derivative dz_y in the target cosine
+come in from `udon_fast/losses/margins.py` (`target_terms`).  Per (b, c):
 
     n_c = ||W_c||,  cos_bc = e_b . W_c / n_c                      (fp32 accumulation)
-    z_bc = s * cos_bc off target, z_y = target_logit(cos_y) on target      (CE logits, per head)
+    z_bc = s * cos_bc off target, z_y (given) on target            (CE logits, per head)
     a_bc = cos_t / tau_t,  b_bc = cos_s / tau_s                   (KL logits, raw cosines)
 
 forward: online log-sum-exp of z_t, z_s, a, b (running max m in natural units, exponentials as
@@ -17,7 +17,8 @@ backward: G = dL/dcos, per head (chunked._ce_grad, plus the KL term on the stude
     dE_b = sum_c G_bc W_c / n_c,   dW_c = sum_b G_bc e_b / n_c - (sum_b G_bc cos_bc) W_c / n_c^2
 
 Layouts: e (B, D) and W (C, D) row-major, all four in one of fp32/bf16/fp16, labels (B,) int64
-(NO_TARGET = -1: no class of this launch is the row's target, see margins.py);
+(NO_TARGET = -1: no class of this launch is the row's target, see margins.py), z_y and dz_y
+(B, HEADS) f32 row-major (column 0 teacher, 1 student; HEADS = 2 with TWO_HEADS, else 1);
 every buffer the kernels write is fp32 except dW, stored in W's dtype.  Dots take the inputs as
 stored (fp32 ones with DOT_PRECISION "ieee"); the backward dots take G in GRAD_DTYPE: bf16 for bf16
 inputs, else fp32 (tf32 for fp16 inputs: G ~ g * s / C underflows fp16 at UnED sizes).  D blocks
@@ -28,12 +29,6 @@ results are deterministic.
 import triton
 import triton.language as tl
 
-from ..losses.margins import ARCFACE_EPS, MARGIN_CODES, NO_TARGET as _NO_TARGET
-
-NORMFACE = tl.constexpr(MARGIN_CODES["normface"])
-COSFACE = tl.constexpr(MARGIN_CODES["cosface"])
-EPS = tl.constexpr(ARCFACE_EPS)
-NO_TARGET = tl.constexpr(_NO_TARGET)
 LOG2E = tl.constexpr(1.4426950408889634)
 
 # Fields of the forward partial state, one (B,) row each per class split: running max and running
@@ -65,52 +60,6 @@ def _cosines(e, w, norm, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _target_terms(e_ptr, w_ptr, labels, rows, row_mask, D, scale, margin, cos_m, sin_m,
-                  MARGIN: tl.constexpr, BLOCK_D: tl.constexpr):
-    """margins.target_logit and target_logit_grad of each row's target cosine: two (BLOCK_B,) f32."""
-    e = _load_rows(e_ptr, rows, row_mask, D, BLOCK_D).to(tl.float32)
-    w = _load_rows(w_ptr, labels, row_mask, D, BLOCK_D).to(tl.float32)
-    norm_y = tl.where(row_mask, tl.sqrt(tl.sum(w * w, axis=1)), 1.0)
-    cos_y = tl.sum(e * w, axis=1) / norm_y
-    if MARGIN == NORMFACE:
-        z_y = scale * cos_y
-        dz_y = tl.full(cos_y.shape, 1.0, tl.float32) * scale
-    elif MARGIN == COSFACE:
-        z_y = scale * (cos_y - margin)
-        dz_y = tl.full(cos_y.shape, 1.0, tl.float32) * scale
-    else:
-        clamped = tl.minimum(tl.maximum(cos_y, -1.0 + EPS), 1.0 - EPS)
-        sin_theta = tl.sqrt(1.0 - clamped * clamped)
-        z_y = scale * (clamped * cos_m - sin_theta * sin_m)
-        inside = (cos_y >= -1.0 + EPS) & (cos_y <= 1.0 - EPS)
-        dz_y = tl.where(inside, scale * (cos_m + clamped * sin_m / sin_theta), 0.0)
-    return z_y, dz_y
-
-
-@triton.jit
-def target_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_y_ptr,
-                  B, DT, DS, scale, margin, cos_m, sin_m,
-                  MARGIN: tl.constexpr, TWO_HEADS: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
-    """z_y and dz_y/dcos_y of each row, (B, 2) f32 each: column 0 teacher, 1 student; both 0 for a
-    NO_TARGET (-1) row.  Grid: (cdiv(B, BLOCK_B),)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < B
-    labels = tl.load(labels_ptr + rows, mask=row_mask, other=0)
-    has_target = labels != NO_TARGET
-    labels = tl.where(has_target, labels, 0)
-    z_y, dz_y = _target_terms(e_t_ptr, w_t_ptr, labels, rows, row_mask, DT, scale, margin, cos_m, sin_m,
-                              MARGIN, BLOCK_DT)
-    tl.store(z_y_ptr + rows * 2, tl.where(has_target, z_y, 0.0), mask=row_mask)
-    tl.store(dz_y_ptr + rows * 2, tl.where(has_target, dz_y, 0.0), mask=row_mask)
-    if TWO_HEADS:
-        z_y, dz_y = _target_terms(e_s_ptr, w_s_ptr, labels, rows, row_mask, DS, scale, margin, cos_m,
-                                  sin_m, MARGIN, BLOCK_DS)
-        tl.store(z_y_ptr + rows * 2 + 1, tl.where(has_target, z_y, 0.0), mask=row_mask)
-        tl.store(dz_y_ptr + rows * 2 + 1, tl.where(has_target, dz_y, 0.0), mask=row_mask)
-
-
-@triton.jit
 def _online_lse(m, l, x):
     """Merge a (BLOCK_B, BLOCK_C) tile of logits (-inf where masked, >= 1 finite per row) into the
     running (max, sum): returns new max, new sum, rescale factor and exp(x - new max)."""
@@ -123,27 +72,27 @@ def _online_lse(m, l, x):
 @triton.jit
 def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part_ptr,
                    B, C, DT, DS, tiles_per_split, scale, inv_tau_t, inv_tau_s,
-                   TWO_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   TWO_HEADS: tl.constexpr, HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
     """Partial softmax states of one batch tile over one class split.
 
     Grid: (cdiv(B, BLOCK_B), splits); split j covers class tiles [j*tiles_per_split, ...) and holds
     at least one.  part (splits, FORWARD_FIELDS, B) f32: m_zt, l_zt, m_zs, l_zs, m_a, l_a, m_b, l_b,
-    kl_num (single head: the first two only).  z_y (B, 2) f32 from `target_kernel`.
+    kl_num (single head: the first two only).  z_y (B, HEADS) f32: the target logits.
     """
     pid_b, split = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1).to(tl.int32)
     e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
-    z_y_t = tl.load(z_y_ptr + rows * 2, mask=row_mask, other=0.0)
+    z_y_t = tl.load(z_y_ptr + rows * HEADS, mask=row_mask, other=0.0)
     neg_inf = tl.full((BLOCK_B,), float("-inf"), tl.float32)
     zeros = tl.zeros((BLOCK_B,), tl.float32)
     m_zt, l_zt = neg_inf, zeros
     if TWO_HEADS:
         e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
-        z_y_s = tl.load(z_y_ptr + rows * 2 + 1, mask=row_mask, other=0.0)
+        z_y_s = tl.load(z_y_ptr + rows * HEADS + 1, mask=row_mask, other=0.0)
         m_zs, l_zs, m_a, l_a, m_b, l_b, kl_num = neg_inf, zeros, neg_inf, zeros, neg_inf, zeros, zeros
     c_start = split * tiles_per_split * BLOCK_C
     c_end = tl.minimum(c_start + tiles_per_split * BLOCK_C, C)
@@ -179,11 +128,12 @@ def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part
 
 
 @triton.jit
-def _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_ptr, rows, row_mask, HEAD: tl.constexpr):
-    """Per-row backward inputs of one head (HEAD 0 teacher, 1 student): z_y, dz_y, the CE
-    log-sum-exp and the CE row gradient, each (BLOCK_B,) f32 (zero where masked)."""
-    z_y = tl.load(z_y_ptr + rows * 2 + HEAD, mask=row_mask, other=0.0)
-    dz_y = tl.load(dz_y_ptr + rows * 2 + HEAD, mask=row_mask, other=0.0)
+def _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_ptr, rows, row_mask, HEAD: tl.constexpr,
+                    HEADS: tl.constexpr):
+    """Per-row backward inputs of one head (HEAD 0 teacher, 1 student, of HEADS columns): z_y, dz_y,
+    the CE log-sum-exp and the CE row gradient, each (BLOCK_B,) f32 (zero where masked)."""
+    z_y = tl.load(z_y_ptr + rows * HEADS + HEAD, mask=row_mask, other=0.0)
+    dz_y = tl.load(dz_y_ptr + rows * HEADS + HEAD, mask=row_mask, other=0.0)
     lse_z = tl.load(stats_ptr + rows * 4 + HEAD, mask=row_mask, other=0.0)
     g_ce = tl.load(g_ce_ptr + rows, mask=row_mask, other=0.0)
     return z_y, dz_y, lse_z, g_ce
@@ -209,13 +159,13 @@ def _kl_grad(cos_t, cos_s, valid, lse_a, lse_b, g_kl_over_tau, inv_tau_t, inv_ta
 def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_y_ptr, stats_ptr,
                        g_ce_t_ptr, g_ce_s_ptr, g_kl_ptr, d_w_t_ptr, d_w_s_ptr,
                        B, C, DT, DS, scale, inv_tau_t, inv_tau_s,
-                       TWO_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr, GRAD_DTYPE: tl.constexpr,
-                       BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+                       TWO_HEADS: tl.constexpr, HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       GRAD_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
                        BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
     """dW_t (C, DT) and dW_s (C, DS) rows of one class tile, in W's dtype, written once.
 
     Grid: (cdiv(C, BLOCK_C),); loops over all batch tiles, recomputing the cosines and G.
-    stats (B, 4) f32 of the forward; g_* (B,) f32; z_y, dz_y (B, 2) f32 from `target_kernel`.
+    stats (B, 4) f32 of the forward; g_* (B,) f32; z_y, dz_y (B, HEADS) f32.
     """
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
@@ -236,7 +186,8 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
         valid = row_mask[:, None] & col_mask[None, :]
         e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
         cos_t = _cosines(e_t, w_t, norm_t, DOT_PRECISION)
-        z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, 0)
+        z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, 0,
+                                                 HEADS)
         g_t = _ce_grad(cos_t, is_target, valid, z_y, dz_y, lse_z, g_ce, scale)
         acc_t += tl.dot(tl.trans(g_t / norm_t[None, :]).to(GRAD_DTYPE), e_t.to(GRAD_DTYPE),
                         input_precision=DOT_PRECISION)
@@ -244,7 +195,8 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
         if TWO_HEADS:
             e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
             cos_s = _cosines(e_s, w_s, norm_s, DOT_PRECISION)
-            z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask, 1)
+            z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask, 1,
+                                                     HEADS)
             lse_a = tl.load(stats_ptr + rows * 4 + 2, mask=row_mask, other=0.0)
             lse_b = tl.load(stats_ptr + rows * 4 + 3, mask=row_mask, other=0.0)
             g_kl_over_tau = tl.load(g_kl_ptr + rows, mask=row_mask, other=0.0) * inv_tau_s
@@ -267,8 +219,8 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
 def grad_emb_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_y_ptr, stats_ptr,
                     g_ce_t_ptr, g_ce_s_ptr, g_kl_ptr, d_e_t_ptr, d_e_s_ptr,
                     B, C, DT, DS, tiles_per_split, scale, inv_tau_t, inv_tau_s,
-                    TWO_HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr, GRAD_DTYPE: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+                    TWO_HEADS: tl.constexpr, HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    GRAD_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
                     BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
     """Partial dE of one batch tile over one class split: d_e_t (splits, B, DT), d_e_s (splits, B, DS) f32.
 
@@ -279,13 +231,14 @@ def grad_emb_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_
     row_mask = rows < B
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1).to(tl.int32)
     e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
-    z_y_t, dz_y_t, lse_zt, g_ce_t = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, 0)
+    z_y_t, dz_y_t, lse_zt, g_ce_t = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, 0,
+                                                    HEADS)
     acc_t = tl.zeros((BLOCK_B, BLOCK_DT), tl.float32)
     acc_s = tl.zeros((BLOCK_B, BLOCK_DS), tl.float32)
     if TWO_HEADS:
         e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
         z_y_s, dz_y_s, lse_zs, g_ce_s = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr,
-                                                        rows, row_mask, 1)
+                                                        rows, row_mask, 1, HEADS)
         lse_a = tl.load(stats_ptr + rows * 4 + 2, mask=row_mask, other=0.0)
         lse_b = tl.load(stats_ptr + rows * 4 + 3, mask=row_mask, other=0.0)
         g_kl_over_tau = tl.load(g_kl_ptr + rows, mask=row_mask, other=0.0) * inv_tau_s

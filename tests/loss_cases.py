@@ -6,9 +6,12 @@ import torch
 
 import udon_fast
 from udon_fast.losses import backends, reference
-from udon_fast.losses.margins import ARCFACE_EPS, margin_code, target_logit_grad
+from udon_fast.losses.margins import ANGLE_EPS, Margin, resolve, target_terms, transform
 
-MARGINS = [("normface", 0.0), ("cosface", 0.35), ("arcface", 0.5)]
+# (margin_type, its keyword arguments): every margin type of margins.MARGIN_TYPES.  The combined one
+# has m1 != 1, m2 and m3 all active.
+MARGINS = [("normface", {}), ("cosface", {"margin": 0.35}), ("arcface", {"margin": 0.5}),
+           ("combined", {"margins": (1.2, 0.3, 0.15)})]
 EXTREME = dict(scale=64.0, teacher_temperature=0.02, student_temperature=0.02)
 
 
@@ -96,22 +99,34 @@ def upstream_grads(batch, *, seed=1, device="cpu"):
     return tuple(g.to(device) for g in (g_ce_t, g_ce_s, g_kl))
 
 
-def head_rows_and_grads(backend, inputs, upstream, *, code, margin, scale, tau_t=0.1, tau_s=0.1,
-                        single_head=False):
+def margin_of(margin_type: str, options: dict) -> Margin:
+    """The Margin of one MARGINS entry."""
+    return resolve(margin_type, **options)
+
+
+def fused_rows(backend, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
+    """A fused backend's registered op on the target terms of `margin` (as `udon_loss` calls it):
+    (ce_t, ce_s, kl, stats)."""
+    heads = [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)]
+    z_y, dz_y = target_terms(margin, scale, labels, heads)
+    return backends.fused_op(backend)(e_t, w_t, e_s, w_s, labels, z_y, dz_y, float(scale), float(tau_t), float(tau_s))
+
+
+def head_rows_and_grads(backend, inputs, upstream, *, margin, scale, tau_t=0.1, tau_s=0.1, single_head=False):
     """Per-row (CE_t, CE_s, KL) and the gradients of sum_b g_ce_t*CE_t + g_ce_s*CE_s + g_kl*KL.
 
     backend "reference": torch.autograd through `reference.head_loss_rows`; a fused backend: its
-    registered op `backends.fused_op(name)`, whose backward receives `upstream` row by row.
-    inputs as `make_inputs`; upstream: three (B,) f32.  Returns ([3 x (B,) f32], [d_e_t, d_w_t] or
-    [d_e_t, d_w_t, d_e_s, d_w_s]).
+    registered op `backends.fused_op(name)` on `margins.target_terms`, whose backward receives
+    `upstream` row by row.  inputs as `make_inputs`; margin a `margins.Margin`; upstream: three (B,)
+    f32.  Returns ([3 x (B,) f32], [d_e_t, d_w_t] or [d_e_t, d_w_t, d_e_s, d_w_s]).
     """
     e_s, e_t, w_s, w_t, labels = inputs
     student = (None, None) if single_head else (e_s, w_s)
-    args = (e_t, w_t, *student, labels, code, float(margin), float(scale), float(tau_t), float(tau_s))
+    args = (e_t, w_t, *student, labels, margin, float(scale), float(tau_t), float(tau_s))
     if backend == "reference":
         rows = reference.head_loss_rows(*args)
     else:
-        rows = backends.fused_op(backend)(*args)[:3]
+        rows = fused_rows(backend, *args)[:3]
     leaves = (e_t, w_t) if single_head else (e_t, w_t, e_s, w_s)
     terms = 1 if single_head else 3
     grads = torch.autograd.grad(rows[:terms], leaves, grad_outputs=upstream[:terms])
@@ -147,7 +162,7 @@ def rounded_inputs(inputs, dtype):
     return (*low, labels), (*[t.detach().float().requires_grad_() for t in low], labels)
 
 
-def row_error_bounds(inputs, dtype, *, code, margin, scale, tau_t, tau_s):
+def row_error_bounds(inputs, dtype, *, margin, scale, tau_t, tau_s):
     """Per-row bounds (3 x (B,) f32) on |row(fl(x)) - row(x)| for CE_t, CE_s and KL, where x are the
     fp32 `inputs` (unit-norm embeddings) and fl rounds them to `dtype` (unit roundoff u).
 
@@ -156,8 +171,8 @@ def row_error_bounds(inputs, dtype, *, code, margin, scale, tau_t, tau_s):
     delta = 3u, plus the fp32 evaluation of both sides, 2 (D + 4) 2^-24.
     CE = lse(z) - z_y with z_c = s cos_c off target and z_y = f(cos_y) (the margin).  lse is
     1-Lipschitz in the max norm, so |dCE| <= max(s, L_y) delta + L_y delta, where L_y = sup |f'| on
-    [cos_y - delta, cos_y + delta] (s for normface and cosface; arcface's f' is monotone: its
-    endpoints).
+    [cos_y - delta, cos_y + delta] (s for normface and cosface; for the angular margins the sup of
+    |f'| over the endpoints and the centre, as |f'| is monotone over so short an interval).
     KL(p || q), p = softmax(a), q = softmax(b), a = cos_t / tau_t, b = cos_s / tau_s moved by at most
     alpha = delta_t / tau_t and beta = delta_s / tau_s: each log p_c moves by <= 2 alpha, each log q_c
     by <= 2 beta, and sum_c |p'_c - p_c| <= exp(2 alpha) - 1, so
@@ -172,12 +187,12 @@ def row_error_bounds(inputs, dtype, *, code, margin, scale, tau_t, tau_s):
     delta_t = 3 * u + 2 * (e_t.shape[1] + 4) * FP32_ROUNDOFF
     delta_s = 3 * u + 2 * (e_s.shape[1] + 4) * FP32_ROUNDOFF
     cos_t, cos_s = reference.cosine_logits(e_t, w_t), reference.cosine_logits(e_s, w_s)
-    rows = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
+    rows = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, margin, scale, tau_t, tau_s)
 
     def ce_bound(cos, delta):
         cos_y = cos.gather(1, labels[:, None])[:, 0]
-        ends = [(cos_y + shift).clamp(-1 + ARCFACE_EPS, 1 - ARCFACE_EPS) for shift in (-delta, 0.0, delta)]
-        lipschitz = torch.stack([target_logit_grad(c, code, margin, scale).abs() for c in ends]).amax(dim=0)
+        ends = [(cos_y + shift).clamp(-1 + ANGLE_EPS, 1 - ANGLE_EPS) for shift in (-delta, 0.0, delta)]
+        lipschitz = torch.stack([scale * transform(margin, c)[1].abs() for c in ends]).amax(dim=0)
         return (torch.clamp(lipschitz, min=scale) + lipschitz) * delta
 
     alpha, beta = delta_t / tau_t, delta_s / tau_s
@@ -187,7 +202,7 @@ def row_error_bounds(inputs, dtype, *, code, margin, scale, tau_t, tau_s):
     return [bound + 1e-4 * (1 + row.abs()) for bound, row in zip((ce_bound(cos_t, delta_t), ce_bound(cos_s, delta_s), kl), rows)]
 
 
-def grad_error_bounds(inputs, upstream, ref_grads, *, grad_roundoff, out_roundoff, code, margin, scale, tau_t, tau_s):
+def grad_error_bounds(inputs, upstream, ref_grads, *, grad_roundoff, out_roundoff, margin, scale, tau_t, tau_s):
     """Per-element bounds on a backend's (d_e_t, d_w_t, d_e_s, d_w_s) at the rounded point `inputs`
     (fp32 leaves holding bf16/fp16 values) against `ref_grads`, the fp32 reference's there.
 
@@ -204,8 +219,8 @@ def grad_error_bounds(inputs, upstream, ref_grads, *, grad_roundoff, out_roundof
     e_s, e_t, w_s, w_t = (t.detach().float() for t in tensors)
     cos_t = reference.cosine_logits(e_t, w_t).requires_grad_()
     cos_s = reference.cosine_logits(e_s, w_s).requires_grad_()
-    rows = (reference.softmax_ce_rows(cos_t, labels, code, margin, scale),
-            reference.softmax_ce_rows(cos_s, labels, code, margin, scale),
+    rows = (reference.softmax_ce_rows(cos_t, labels, margin, scale),
+            reference.softmax_ce_rows(cos_s, labels, margin, scale),
             reference.kl_rows(cos_t, cos_s, tau_t, tau_s))
     g_t, g_s = torch.autograd.grad(rows, (cos_t, cos_s), grad_outputs=upstream)
     gamma = (w_t.shape[0] + e_t.shape[0] + 4 * scale * max(e_t.shape[1], e_s.shape[1]) + 64) * FP32_ROUNDOFF
@@ -231,7 +246,7 @@ def assert_within(name, got, want, bound):
     return float(ratio.max())
 
 
-def assert_low_precision_matches_reference(backend, inputs32, dtype, *, margin_type, margin, scale=16.0,
+def assert_low_precision_matches_reference(backend, inputs32, dtype, *, margin: Margin, scale=16.0,
                                            tau_t=0.1, tau_s=0.07, grad_roundoff=0.0):
     """`backend` on `inputs32` rounded to `dtype`, through its op with non-uniform row gradients:
     rows against the fp32 reference on the original inputs within `row_error_bounds`, and against
@@ -239,7 +254,7 @@ def assert_low_precision_matches_reference(backend, inputs32, dtype, *, margin_t
     on the stored values: products of two bf16/fp16 numbers are exact in fp32); gradients in
     `dtype`, within `grad_error_bounds` of the reference at the rounded point.  Returns the largest
     error / bound ratios (rows, gradients)."""
-    options = dict(code=margin_code(margin_type), margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
+    options = dict(margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
     low, upcast = rounded_inputs(inputs32, dtype)
     upstream = upstream_grads(inputs32[0].shape[0], device=inputs32[0].device)
     rows, grads = head_rows_and_grads(backend, low, upstream, **options)

@@ -1,6 +1,6 @@
 """The class-parallel loss (`udon_loss(..., class_shard=ClassShard(...))`) on 2 and 3 gloo ranks against the
 single-process reference of the concatenated batch with the full weights: the loss terms and all four
-gradients to 1e-5 in fp32, for the three margins, uneven row counts and class slices, a rank whose
+gradients to 1e-5 in fp32, for every margin type (loss_cases.MARGINS), uneven row counts and class slices, a rank whose
 slice holds none of the batch's labels, an empty slice, the single-head CE, every fused CPU backend;
 plus the errors every rank raises together.  One process group of 3 ranks for the module; the 2-rank
 cases run on a subgroup (ClassShard.group)."""
@@ -12,13 +12,14 @@ import torch.distributed as dist
 
 import udon_fast
 from distributed_helpers import run_ranks
+from loss_cases import MARGINS as MARGIN_CASES
 from udon_fast.losses import backends
 from udon_fast.losses.similarity import similarity_loss
 
 D_S, D_T = 13, 24
 TOL = 1e-5
 NATIVE = "native" if backends.status()["native"][0] else "chunked"
-MARGINS = {"normface": 0.0, "cosface": 0.35, "arcface": 0.5}
+MARGINS = dict(MARGIN_CASES)  # margin_type -> its keyword arguments
 
 
 def _case(name, rows, counts, margin_type, backend, labels="random", single_head=False):
@@ -31,8 +32,11 @@ CASES = {
     + [_case("2-chunked-rank1-owns-no-label", (4, 4), (9, 28), "arcface", "chunked", labels="first_slice"),
        _case("2-empty-slice-one-row", (1, 6), (37, 0), "cosface", NATIVE),
        _case("2-single-head", (3, 5), (11, 26), "arcface", NATIVE, single_head=True),
-       _case("2-single-head-chunked", (3, 5), (11, 26), "cosface", "chunked", single_head=True)]
-    + ([_case("2-triton", (5, 3), (20, 17), "arcface", "triton")]
+       _case("2-single-head-chunked", (3, 5), (11, 26), "cosface", "chunked", single_head=True),
+       _case("2-combined-empty-slice-chunked", (1, 6), (37, 0), "combined", "chunked"),
+       _case("2-combined-single-head", (3, 5), (11, 26), "combined", NATIVE, single_head=True)]
+    + ([_case("2-triton", (5, 3), (20, 17), "arcface", "triton"),
+        _case("2-triton-combined", (5, 3), (20, 17), "combined", "triton")]
        if os.environ.get("TRITON_INTERPRET") == "1" and backends.status()["triton"][0] else []),
     3: [_case(f"3-{m}", (4, 1, 6), (10, 25, 15), m, NATIVE) for m in MARGINS]
     + [_case("3-chunked-only-rank0-owns-labels", (2, 2, 2), (30, 10, 10), "normface", "chunked",
@@ -55,7 +59,7 @@ def _inputs(case, seed):
 
 
 def _loss(case, e_s, e_t, w_s, w_t, labels, **kwargs):
-    options = dict(margin_type=case["margin_type"], margin=MARGINS[case["margin_type"]], **kwargs)
+    options = dict(margin_type=case["margin_type"], **MARGINS[case["margin_type"]], **kwargs)
     if case["single_head"]:
         ce = udon_fast.normalized_softmax_ce(e_t, w_t, labels, **options)
         return {"total": ce}, ce

@@ -4,8 +4,8 @@ labels on tile boundaries, odd embedding widths.
 - Scale 128 and temperature 0.005 with embeddings close to their target (cos ~ 0.9) or to another
   class: CE logits reach ~128 and KL logits ~200, beyond fp32 exp's overflow at 88.7, so only a
   max-subtracted (online) log-sum-exp survives.
-- ArcFace rows with cos_y = +1 and -1 exactly (embedding = +/- the normalised target weight row):
-  the clamp to [-1 + eps, 1 - eps] and its zero-gradient branch run.
+- Rows with cos_y = +1 and -1 exactly (embedding = +/- the normalised target weight row): the
+  angular margins' (arcface, combined) clamp to [-1 + eps, 1 - eps] and its zero-gradient branch run.
 - Labels 0 and C - 1 and on both sides of every tile boundary (and Triton's split boundaries),
   with several tiles and a ragged last one; widths D = 13 (student) and 37 (teacher), which are
   not multiples of the native 8-lane vectors or of Triton's power-of-two D blocks.
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_head_inputs,
-                        upstream_grads)
-from udon_fast.losses.margins import margin_code, target_logit_grad
+                        margin_of, upstream_grads)
+from udon_fast.losses.margins import transform
 
 EXTREME = dict(scale=128.0, tau_t=0.005, tau_s=0.005)
 
@@ -47,9 +47,9 @@ def _extreme_inputs(batch, classes, d_s, d_t, *, seed=0):
     return (*(t.requires_grad_() for t in (e_s, e_t, w_s, w_t)), labels)
 
 
-def _compare(backend, inputs, margin_type, margin, *, scale, tau_t, tau_s, rtol=2e-4, atol=2e-5):
+def _compare(backend, inputs, margin_type, options, *, scale, tau_t, tau_s, rtol=2e-4, atol=2e-5):
     upstream = upstream_grads(inputs[0].shape[0])
-    options = dict(code=margin_code(margin_type), margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
+    options = dict(margin=margin_of(margin_type, options), scale=scale, tau_t=tau_t, tau_s=tau_s)
     got = head_rows_and_grads(backend, inputs, upstream, **options)
     want = head_rows_and_grads("reference", inputs, upstream, **options)
     assert_rows_and_grads_close(got, want, rtol=rtol, atol=atol)
@@ -57,16 +57,16 @@ def _compare(backend, inputs, margin_type, margin, *, scale, tau_t, tau_s, rtol=
 
 
 @pytest.mark.parametrize("backend", fused_backends())
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_extreme_logits_and_arcface_clamp_match_reference(backend, margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_extreme_logits_and_angular_clamp_match_reference(backend, margin_type, options):
     inputs = _extreme_inputs(16, 2000, 48, 96)
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in inputs)
     cos_y = (e_t * F.normalize(w_t[labels], dim=1)).sum(dim=1)
     assert cos_y[:8].min() > 0.85 and 128 * cos_y[:8].min() > 88.8, "CE logits must overflow a plain fp32 exp"
     assert cos_y[-2] > 1 - 1e-6 and cos_y[-1] < -1 + 1e-6
-    if margin_type == "arcface":  # the clamp's zero-gradient branch runs on the last two rows
-        assert not target_logit_grad(cos_y[-2:], margin_code("arcface"), margin, 128.0).any()
-    (ce_t, ce_s, kl), _ = _compare(backend, inputs, margin_type, margin, **EXTREME)
+    if margin_type in ("arcface", "combined"):  # the clamp's zero-gradient branch runs on the last two rows
+        assert not transform(margin_of(margin_type, options), cos_y[-2:])[1].any()
+    (ce_t, ce_s, kl), _ = _compare(backend, inputs, margin_type, options, **EXTREME)
     assert kl[4:8].min() > 50, "the student disagrees with the teacher: KL logits far apart"
 
 
@@ -102,11 +102,11 @@ def tiles(monkeypatch, request):
 
 
 @pytest.mark.parametrize("backend", fused_backends())
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_labels_on_tile_boundaries_and_odd_widths_match_reference(tiles, backend, margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_labels_on_tile_boundaries_and_odd_widths_match_reference(tiles, backend, margin_type, options):
     classes = 300
     tile = tiles(backend)
     assert classes % tile, "the last tile must be ragged"
     labels = _boundary_labels(tile, classes)
     inputs = make_head_inputs(labels, 13, 37, classes)
-    _compare(backend, inputs, margin_type, margin, scale=16.0, tau_t=0.1, tau_s=0.07)
+    _compare(backend, inputs, margin_type, options, scale=16.0, tau_t=0.1, tau_s=0.07)

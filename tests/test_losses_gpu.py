@@ -7,7 +7,8 @@ import torch
 
 import udon_fast
 from loss_cases import (EXTREME, MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference,
-                        assert_results_close, make_inputs, run)
+                        assert_results_close, make_inputs, margin_of, run)
+from udon_fast.losses.margins import target_terms
 
 pytest.importorskip("triton", reason="triton is not installed")
 from udon_fast.losses import reference, triton_backend  # noqa: E402
@@ -17,27 +18,27 @@ pytestmark = pytest.mark.gpu
 MET_CLASSES = 224408
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("classes", [1, 3, 1000, 3001])
 @pytest.mark.parametrize("d_s,d_t", [(64, 256), (48, 96)])
-def test_triton_cuda_fp32_matches_reference(margin_type, margin, batch, classes, d_s, d_t):
+def test_triton_cuda_fp32_matches_reference(margin_type, options, batch, classes, d_s, d_t):
     inputs = make_inputs(batch, classes, d_s, d_t, device="cuda")
-    kwargs = dict(margin_type=margin_type, margin=margin)
+    kwargs = dict(margin_type=margin_type, **options)
     assert_results_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_triton_cuda_extreme_scale_and_temperature(margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_triton_cuda_extreme_scale_and_temperature(margin_type, options):
     inputs = make_inputs(64, 3001, 48, 96, device="cuda")
-    kwargs = dict(margin_type=margin_type, margin=margin, **EXTREME)
+    kwargs = dict(margin_type=margin_type, **options, **EXTREME)
     assert_results_close(run("triton", inputs, **kwargs), run("reference", inputs, **kwargs), rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
 @pytest.mark.parametrize("batch,classes,d_s,d_t", [(7, 1000, 48, 96), (64, 3001, 64, 256), (130, 30001, 64, 256)])
-def test_triton_cuda_low_precision_matches_fp32_reference(dtype, margin_type, margin, batch, classes, d_s, d_t):
+def test_triton_cuda_low_precision_matches_fp32_reference(dtype, margin_type, options, batch, classes, d_s, d_t):
     """bf16/fp16 inputs against the fp32 reference, per row and per gradient element, through the op
     with non-uniform row gradients (`loss_cases.assert_low_precision_matches_reference`).
 
@@ -57,16 +58,16 @@ def test_triton_cuda_low_precision_matches_fp32_reference(dtype, margin_type, ma
     (test_losses_low_precision.py), which checks their logic there.
     """
     inputs = make_inputs(batch, classes, d_s, d_t, device="cuda")
-    assert_low_precision_matches_reference("triton", inputs, dtype, margin_type=margin_type, margin=margin,
+    assert_low_precision_matches_reference("triton", inputs, dtype, margin=margin_of(margin_type, options),
                                            grad_roundoff=TRITON_GRAD_ROUNDOFF[dtype])
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_triton_cuda_single_head(margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_triton_cuda_single_head(margin_type, options):
     _, emb, _, weight, labels = make_inputs(64, 3001, 48, 96, device="cuda")
     results = []
     for backend in ("reference", "triton"):
-        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, margin=margin,
+        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, **options,
                                                backend=backend)
         results.append(([loss.detach()], list(torch.autograd.grad(loss, (emb, weight)))))
     assert_results_close(results[1], results[0], rtol=2e-4, atol=2e-5)
@@ -79,7 +80,8 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
     batch = 128
     inputs = make_inputs(batch, MET_CLASSES, 64, 256, dtype=torch.bfloat16, device="cuda")
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in inputs)
-    args = (0, 0.0, 16.0, 0.1, 0.1)
+    normface = margin_of("normface", {})
+    args = (*target_terms(normface, 16.0, labels, [(e_t, w_t), (e_s, w_s)]), 16.0, 0.1, 0.1)
     rows = torch.full((batch,), 1.0 / batch, device="cuda")
 
     def step():
@@ -95,14 +97,16 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base - sum(g.numel() * g.element_size() for g in grads)
     assert extra < batch * MET_CLASSES * 4 // 4, f"extra peak {extra / 2**20:.1f} MiB"
-    ref_rows = reference.head_loss_rows(e_t.float(), w_t.float(), e_s.float(), w_s.float(), labels, *args)
+    ref_rows = reference.head_loss_rows(e_t.float(), w_t.float(), e_s.float(), w_s.float(), labels, normface,
+                                        *args[2:])
     for got, want in zip(head_rows, ref_rows):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 def test_triton_cuda_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(128, 30001, 64, 256, device="cuda"))
-    args = (2, 0.5, 16.0, 0.1, 0.1)
+    terms = target_terms(margin_of("arcface", {"margin": 0.5}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = (*terms, 16.0, 0.1, 0.1)
     *_, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
     rows = torch.linspace(0.5, 1.5, 128, device="cuda")
     first, second = [

@@ -16,22 +16,23 @@ import os
 import pytest
 import torch
 
-from loss_cases import MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference, fused_backends, make_inputs
+from loss_cases import (MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference, fused_backends,
+                        make_inputs, margin_of)
 
 DTYPES = [torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("backend", fused_backends(triton=False))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp16"])
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_cpu_backends_low_precision_match_fp32_reference(backend, dtype, margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_cpu_backends_low_precision_match_fp32_reference(backend, dtype, margin_type, options):
     inputs = make_inputs(64, 3001, 48, 96)  # chunked: 2 chunks; native: 3 tiles of 1024 classes
-    assert_low_precision_matches_reference(backend, inputs, dtype, margin_type=margin_type, margin=margin)
+    assert_low_precision_matches_reference(backend, inputs, dtype, margin=margin_of(margin_type, options))
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_triton_interpreter_fp16_matches_fp32_reference(margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_triton_interpreter_fp16_matches_fp32_reference(margin_type, options):
     assert_low_precision_matches_reference("triton", make_inputs(64, 3001, 48, 96), torch.float16,
-                                           margin_type=margin_type, margin=margin,
+                                           margin=margin_of(margin_type, options),
                                            grad_roundoff=TRITON_GRAD_ROUNDOFF[torch.float16])

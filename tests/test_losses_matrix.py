@@ -12,15 +12,15 @@ BACKENDS = [pytest.param("chunked"),
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("classes", [1, 3, 1000, 3001])
 @pytest.mark.parametrize("d_s,d_t", [(64, 256), (48, 96)])
-def test_matches_reference(backend, margin_type, margin, batch, classes, d_s, d_t):
-    assert_matches_reference(backend, batch, classes, d_s, d_t, margin_type=margin_type, margin=margin)
+def test_matches_reference(backend, margin_type, options, batch, classes, d_s, d_t):
+    assert_matches_reference(backend, batch, classes, d_s, d_t, margin_type=margin_type, **options)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_extreme_scale_and_temperature(backend, margin_type, margin):
-    assert_matches_reference(backend, 64, 3001, 48, 96, margin_type=margin_type, margin=margin, **EXTREME)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_extreme_scale_and_temperature(backend, margin_type, options):
+    assert_matches_reference(backend, 64, 3001, 48, 96, margin_type=margin_type, **options, **EXTREME)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import udon_fast
-from loss_cases import MARGINS, assert_matches_reference, make_inputs, run
+from loss_cases import MARGINS, assert_matches_reference, make_inputs, margin_of, run
+from udon_fast.losses.margins import target_terms
 from udon_fast.losses import backends
 
 pytestmark = pytest.mark.skipif(not backends.status()["native"][0], reason="native library not built")
@@ -37,12 +38,12 @@ def test_native_bitwise_deterministic(tile_classes, tile):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_native_single_head(margin_type, margin):
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_native_single_head(margin_type, options):
     _, e_t, _, w_t, labels = make_inputs(7, 1000, 48, 96)
     results = {}
     for backend in ("reference", "native"):
-        loss = udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, margin=margin,
+        loss = udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, **options,
                                                backend=backend)
         loss.backward()
         results[backend] = (loss.detach(), e_t.grad.clone(), w_t.grad.clone())
@@ -55,12 +56,14 @@ def test_native_single_head_stats():
     from udon_fast.losses import native_backend
 
     _, e_t, _, w_t, labels = make_inputs(7, 100, 48, 96)
-    ce_t, ce_s, kl, stats = native_backend.forward(e_t.detach(), w_t.detach(), None, None, labels, 0, 0.0, 16.0,
+    z_y, dz_y = target_terms(margin_of("normface", {}), 16.0, labels, [(e_t, w_t)])
+    ce_t, ce_s, kl, stats = native_backend.forward(e_t.detach(), w_t.detach(), None, None, labels, z_y, dz_y, 16.0,
                                                    0.1, 0.1)
     assert stats.shape == (7, 4) and torch.isinf(stats[:, 1:]).all() and (stats[:, 1:] < 0).all()
     assert not ce_s.any() and not kl.any()
     grads = torch.ops.udon_fast_native.head_backward(torch.ones(7), torch.zeros(7), torch.zeros(7), e_t.detach(),
-                                                     w_t.detach(), None, None, labels, stats, 0, 0.0, 16.0, 0.1, 0.1)
+                                                     w_t.detach(), None, None, labels, stats, z_y, dz_y, 16.0, 0.1,
+                                                     0.1)
     assert grads[2].shape == (0,) and grads[3].shape == (0,)
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import udon_fast
-from loss_cases import MARGINS, make_inputs
+from loss_cases import MARGINS, fused_rows, make_inputs, margin_of
 from udon_fast.losses import backends, reference
-from udon_fast.losses.margins import NO_TARGET, margin_code
+from udon_fast.losses.margins import NO_TARGET, resolve
 
 FUSED = [pytest.param("chunked"),
          pytest.param("native", marks=pytest.mark.skipif(not backends.status()["native"][0],
@@ -31,31 +31,30 @@ def _labels(batch, classes, pattern, seed=3):
     return labels
 
 
-def _reference(e_s, e_t, w_s, w_t, labels, code, margin):
+def _reference(e_s, e_t, w_s, w_t, labels, margin):
     """Per-row (ce_t, ce_s, kl) and the (B, 4) log-sum-exps, eagerly from `reference`."""
-    rows = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, code, margin, SCALE, TAU_T, TAU_S)
+    rows = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, margin, SCALE, TAU_T, TAU_S)
     cos_t = reference.cosine_logits(e_t, w_t)
     cos_s = reference.cosine_logits(e_s, w_s)
     stats = torch.stack([
-        torch.logsumexp(reference.margin_logits(cos_t, labels, code, margin, SCALE), dim=1),
-        torch.logsumexp(reference.margin_logits(cos_s, labels, code, margin, SCALE), dim=1),
+        torch.logsumexp(reference.margin_logits(cos_t, labels, margin, SCALE), dim=1),
+        torch.logsumexp(reference.margin_logits(cos_s, labels, margin, SCALE), dim=1),
         torch.logsumexp(cos_t / TAU_T, dim=1), torch.logsumexp(cos_s / TAU_S, dim=1)], dim=1)
     return rows, stats
 
 
 @pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
 @pytest.mark.parametrize("batch,classes,pattern", [(1, 1, "all"), (7, 300, "mixed"), (24, 1000, "mixed"),
                                                    (33, 5, "all")])
-def test_no_target_rows_match_reference(backend, margin_type, margin, batch, classes, pattern):
+def test_no_target_rows_match_reference(backend, margin_type, options, batch, classes, pattern):
     e_s, e_t, w_s, w_t, _ = make_inputs(batch, classes, 48, 96)
     labels = _labels(batch, classes, pattern)
-    code = margin_code(margin_type)
+    margin = margin_of(margin_type, options)
     probe = [torch.linspace(0.5, 1.5, batch), torch.linspace(1.2, -0.3, batch), torch.linspace(0.2, 0.9, batch)]
-    (ref_rows, ref_stats) = _reference(e_s, e_t, w_s, w_t, labels, code, margin)
+    (ref_rows, ref_stats) = _reference(e_s, e_t, w_s, w_t, labels, margin)
     ref_grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip(ref_rows, probe)), (e_s, e_t, w_s, w_t))
-    op = backends.fused_op(backend)
-    ce_t, ce_s, kl, stats = op(e_t, w_t, e_s, w_s, labels, code, margin, SCALE, TAU_T, TAU_S)
+    ce_t, ce_s, kl, stats = fused_rows(backend, e_t, w_t, e_s, w_s, labels, margin, SCALE, TAU_T, TAU_S)
     grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip((ce_t, ce_s, kl), probe)), (e_s, e_t, w_s, w_t))
     for name, got, want in zip(("ce_t", "ce_s", "kl", "stats"), (ce_t, ce_s, kl, stats), (*ref_rows, ref_stats)):
         torch.testing.assert_close(got.detach(), want.detach(), rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}: {m}")
@@ -69,8 +68,9 @@ def test_no_target_row_is_the_log_sum_exp_of_its_logits():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(6, 40, 48, 96))
     mixed = labels.clone()
     mixed[::2] = NO_TARGET
-    ce_t, _, _ = reference.head_loss_rows(e_t, w_t, e_s, w_s, mixed, 2, 0.5, SCALE, TAU_T, TAU_S)
-    full, _, _ = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, 2, 0.5, SCALE, TAU_T, TAU_S)
+    arcface = resolve("arcface", 0.5)
+    ce_t, _, _ = reference.head_loss_rows(e_t, w_t, e_s, w_s, mixed, arcface, SCALE, TAU_T, TAU_S)
+    full, _, _ = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, arcface, SCALE, TAU_T, TAU_S)
     lse = torch.logsumexp(SCALE * reference.cosine_logits(e_t, w_t), dim=1)
     torch.testing.assert_close(ce_t[::2], lse[::2])
     torch.testing.assert_close(ce_t[1::2], full[1::2])

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import udon_fast
-from loss_cases import EXTREME, MARGINS, assert_matches_reference, make_inputs
+from loss_cases import EXTREME, MARGINS, assert_matches_reference, make_inputs, margin_of
+from udon_fast.losses.margins import target_terms
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("runs the Triton kernels on CPU tensors: set TRITON_INTERPRET=1 (CUDA runs: test_losses_gpu.py)",
@@ -27,15 +28,15 @@ SHAPES = ([(batch, classes, 48, 96) for batch in (1, 7, 64) for classes in (1, 3
           + [(1, 1, 64, 256), (64, 3001, 64, 256)])
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
 @pytest.mark.parametrize("batch,classes,d_s,d_t", SHAPES)
-def test_triton_matches_reference(margin_type, margin, batch, classes, d_s, d_t):
-    assert_matches_reference("triton", batch, classes, d_s, d_t, margin_type=margin_type, margin=margin)
+def test_triton_matches_reference(margin_type, options, batch, classes, d_s, d_t):
+    assert_matches_reference("triton", batch, classes, d_s, d_t, margin_type=margin_type, **options)
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
-def test_triton_extreme_scale_and_temperature(margin_type, margin):
-    assert_matches_reference("triton", 64, 3001, 48, 96, margin_type=margin_type, margin=margin, **EXTREME)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
+def test_triton_extreme_scale_and_temperature(margin_type, options):
+    assert_matches_reference("triton", 64, 3001, 48, 96, margin_type=margin_type, **options, **EXTREME)
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -46,13 +47,13 @@ def test_triton_many_small_tiles(monkeypatch, batch):
     assert_matches_reference("triton", batch, 300, 48, 96, margin_type="arcface", margin=0.5)
 
 
-@pytest.mark.parametrize("margin_type,margin", MARGINS)
+@pytest.mark.parametrize("margin_type,options", MARGINS)
 @pytest.mark.parametrize("batch,classes", [(1, 1), (7, 1000), (64, 3001)])
-def test_triton_single_head_matches_reference(margin_type, margin, batch, classes):
+def test_triton_single_head_matches_reference(margin_type, options, batch, classes):
     _, emb, _, weight, labels = make_inputs(batch, classes, 48, 96)
     losses, grads = [], []
     for backend in ("reference", "triton"):
-        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, margin=margin,
+        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, **options,
                                                backend=backend)
         losses.append(loss.detach())
         grads.append(torch.autograd.grad(loss, (emb, weight)))
@@ -65,7 +66,8 @@ def test_triton_single_head_matches_reference(margin_type, margin, batch, classe
 def test_triton_mixed_dtypes_promote():
     """fp16 embeddings with fp32 weights run in fp32; gradients come back in each input's dtype."""
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(7, 300, 48, 96))
-    args = (1, 0.35, 16.0, 0.1, 0.1)
+    terms = target_terms(margin_of("cosface", {"margin": 0.35}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = (*terms, 16.0, 0.1, 0.1)
     rows = torch.linspace(0.5, 1.5, 7)
     got = triton_backend.forward(e_t.half(), w_t, e_s.half(), w_s, labels, *args)
     want = triton_backend.forward(e_t.half().float(), w_t, e_s.half().float(), w_s, labels, *args)
@@ -77,7 +79,8 @@ def test_triton_mixed_dtypes_promote():
 
 def test_triton_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(64, 3001, 48, 96))
-    args = (2, 0.5, 64.0, 0.1, 0.1)
+    terms = target_terms(margin_of("arcface", {"margin": 0.5}), 64.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = (*terms, 64.0, 0.1, 0.1)
     ce_t, ce_s, kl, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
     rows = torch.linspace(0.5, 1.5, 64)
     first, second = [

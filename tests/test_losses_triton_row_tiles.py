@@ -10,33 +10,32 @@ import os
 
 import pytest
 
-from loss_cases import MARGINS, assert_rows_and_grads_close, head_rows_and_grads, make_inputs, upstream_grads
-from udon_fast.losses.margins import margin_code
+from loss_cases import MARGINS, assert_rows_and_grads_close, head_rows_and_grads, make_inputs, margin_of, upstream_grads
 
 pytest.importorskip("triton", reason="triton is not installed")
 
 # The interpreter is slow (~1-3 s a case): each B once, the margins rotated; CUDA runs the product.
-INTERPRETER_CASES = [(65, "normface", 0.0), (128, "cosface", 0.35), (130, "arcface", 0.5)]
-CUDA_CASES = [(batch, margin_type, margin) for batch in (65, 128, 130) for margin_type, margin in MARGINS]
+INTERPRETER_CASES = [(65, *MARGINS[0]), (128, *MARGINS[1]), (130, *MARGINS[2]), (65, *MARGINS[3])]
+CUDA_CASES = [(batch, margin_type, options) for batch in (65, 128, 130) for margin_type, options in MARGINS]
 
 
-def _check(device, batch, margin_type, margin, classes, d_s, d_t):
+def _check(device, batch, margin_type, options, classes, d_s, d_t):
     inputs = make_inputs(batch, classes, d_s, d_t, device=device)
     upstream = upstream_grads(batch, device=device)
-    options = dict(code=margin_code(margin_type), margin=margin, scale=16.0, tau_t=0.1, tau_s=0.07)
+    options = dict(margin=margin_of(margin_type, options), scale=16.0, tau_t=0.1, tau_s=0.07)
     assert_rows_and_grads_close(head_rows_and_grads("triton", inputs, upstream, **options),
                                 head_rows_and_grads("reference", inputs, upstream, **options))
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
-@pytest.mark.parametrize("batch,margin_type,margin", INTERPRETER_CASES)
-def test_interpreter_several_row_tiles_match_reference(batch, margin_type, margin):
-    _check("cpu", batch, margin_type, margin, 3001, 48, 96)
+@pytest.mark.parametrize("batch,margin_type,options", INTERPRETER_CASES)
+def test_interpreter_several_row_tiles_match_reference(batch, margin_type, options):
+    _check("cpu", batch, margin_type, options, 3001, 48, 96)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch,margin_type,margin", CUDA_CASES)
+@pytest.mark.parametrize("batch,margin_type,options", CUDA_CASES)
 @pytest.mark.parametrize("classes,d_s,d_t", [(3001, 48, 96), (30001, 64, 256)])
-def test_cuda_several_row_tiles_match_reference(batch, margin_type, margin, classes, d_s, d_t):
-    _check("cuda", batch, margin_type, margin, classes, d_s, d_t)
+def test_cuda_several_row_tiles_match_reference(batch, margin_type, options, classes, d_s, d_t):
+    _check("cuda", batch, margin_type, options, classes, d_s, d_t)

@@ -38,8 +38,12 @@ def test_missing_library_is_a_clear_error(monkeypatch):
 def test_op_rejects_bad_arguments():
     native_library.load()
     e, w = torch.randn(3, 8), torch.randn(5, 8)
+    z_y = torch.zeros(3, 1)
     with pytest.raises(RuntimeError, match="label"):
-        torch.ops.udon_fast_native.head_forward(e, w, None, None, torch.tensor([0, 1, 5]), 0, 0.0, 16.0, 0.1, 0.1)
+        torch.ops.udon_fast_native.head_forward(e, w, None, None, torch.tensor([0, 1, 5]), z_y, z_y, 16.0, 0.1, 0.1)
     with pytest.raises(RuntimeError, match="disagree"):
-        torch.ops.udon_fast_native.head_forward(e, w[:, :4], None, None, torch.tensor([0, 1, 2]), 0, 0.0, 16.0,
+        torch.ops.udon_fast_native.head_forward(e, w[:, :4], None, None, torch.tensor([0, 1, 2]), z_y, z_y, 16.0,
+                                                0.1, 0.1)
+    with pytest.raises(RuntimeError, match=r"z_y and dz_y must be \(B, 1\) float32"):
+        torch.ops.udon_fast_native.head_forward(e, w, None, None, torch.tensor([0, 1, 2]), z_y[:, 0], z_y, 16.0,
                                                 0.1, 0.1)

@@ -15,7 +15,7 @@ from .cli import MAX_PIXELS_HELP, check_positive
 from .data.decoders import DECODERS
 from .data.image_bytes import DEFAULT_MAX_PIXELS
 from .losses.backends import BACKENDS
-from .losses.margins import MARGIN_TYPES, margin_in_range, margin_range_text
+from .losses.margins import MARGIN_TYPES, resolve as resolve_margin
 from .sampler import STRATEGIES
 
 
@@ -47,6 +47,7 @@ class TrainConfig:
     similarity: bool = True
     margin_type: str = "normface"
     margin: float = 0.0
+    margins: tuple[float, float, float] | None = None  # --margin-type combined: M1,M2,M3
     scale: float = 16.0
     temperature: float = 0.1
     lr: float = 1e-3
@@ -77,9 +78,7 @@ class TrainConfig:
                        "eval_batch_size", "checkpoint_every", "data_threads")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        if not margin_in_range(self.margin_type, self.margin):
-            raise ValueError(f"--margin {self.margin} is outside the valid range for --margin-type {self.margin_type}: "
-                             f"{margin_range_text(self.margin_type)}")
+        resolve_margin(self.margin_type, self.margin, self.margins, flags=True)
         for name in ("scale", "temperature", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -195,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=help_text.get(name))
         elif f.type is bool:
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text.get(name))
+        elif name == "margins":
+            parser.add_argument(flag, dest=name, type=_margins_flag, metavar="M1,M2,M3",
+                                help="the (m1, m2, m3) of --margin-type combined: cos(m1*theta + m2) - m3")
         elif name == "domains":
             parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text.get(name))
         elif name == "folder":
@@ -204,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
             kind = {int: int, float: float, int | None: int, float | None: float}.get(f.type, str)
             parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text.get(name))
     return parser
+
+
+def _margins_flag(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers M1,M2,M3, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

@@ -2,9 +2,10 @@
 //
 // A tile holds classes [start, start + K) of every batch row.  Its GEMM products are (B, K) row-major
 // fp32 buffers of raw dot products e_b . w_c (teacher and, for two heads, student); the epilogue
-// walks each row in 8-lane vectors.  Forward: cosines, the margin on the target logit, and the
-// online log-sum-exp of the four softmax families (teacher CE, student CE, cos_t / tau_t,
-// cos_s / tau_s) plus the KL numerator, merged into per-row running states.  Backward: the
+// walks each row in 8-lane vectors.  Forward: cosines, the given target logit z_y in place of the
+// target's s * cos (the margin is applied before, in margins.target_terms), and the online
+// log-sum-exp of the four softmax families (teacher CE, student CE, cos_t / tau_t, cos_s / tau_s)
+// plus the KL numerator, merged into per-row running states.  Backward: the
 // gradient dL/dcos of the tile, written back pre-divided by ||w_c|| for the dE and dW GEMMs, and
 // the per-class column sums sum_b dL/dcos * cos needed for the ||w_c|| part of dW.
 //

@@ -1,13 +1,15 @@
 // udon_fast_native::head_forward / head_backward: the fused UDON head loss on CPU (backend="native").
 //
 // Same contract as udon_fast/losses/head_op.py and the same math as chunked.py:
-//   head_forward(e_t (B, Dt), w_t (C, Dt), e_s (B, Ds)?, w_s (C, Ds)?, labels (B,) int64, code,
-//                margin, scale, tau_t, tau_s) -> ce_t (B,) f32, ce_s (B,) f32, kl (B,) f32, stats (B, 4) f32
-//   head_backward(g_ce_t, g_ce_s, g_kl (B,) f32, e_t, w_t, e_s?, w_s?, labels, stats, ...)
+//   head_forward(e_t (B, Dt), w_t (C, Dt), e_s (B, Ds)?, w_s (C, Ds)?, labels (B,) int64, z_y (B, H) f32,
+//                dz_y (B, H) f32, scale, tau_t, tau_s) -> ce_t (B,) f32, ce_s (B,) f32, kl (B,) f32, stats (B, 4) f32
+//   head_backward(g_ce_t, g_ce_s, g_kl (B,) f32, e_t, w_t, e_s?, w_s?, labels, stats, z_y, dz_y, ...)
 //                -> d_e_t (B, Dt), d_w_t (C, Dt), d_e_s (B, Ds), d_w_s (C, Ds) in the input dtypes
 // (single head when e_s / w_s are absent: ce_s = kl = 0, stats columns 1..3 = -inf, student
-// gradients are empty (0,) tensors).  A label of -1 (margins.NO_TARGET) marks a row whose target is not
-// among these classes: no logit gets the margin, z_y = dz_y = 0, so its CE rows are log-sum-exps.
+// gradients are empty (0,) tensors).  z_y and dz_y are each row's margin-transformed target logit and its
+// derivative in the target cosine (margins.target_terms), column 0 teacher, 1 student (H = 2, or 1 for a
+// single head): the margin itself never reaches C++.  A label of -1 (margins.NO_TARGET) marks a row whose
+// target is not among these classes: no logit is replaced, and its z_y = dz_y = 0 make its CE rows log-sum-exps.
 //
 // Design: classes are cut into tiles of K classes; consecutive tiles form a fixed number of work
 // groups that threads take dynamically.  Per tile, ATen's BLAS (single-threaded inside the
@@ -39,7 +41,6 @@ using at::Tensor;
 constexpr int64_t kTileElements = 1 << 16;  // (B, K) elements of one automatic GEMM tile (256 KiB)
 constexpr int64_t kMaxTileClasses = 2048;
 constexpr int64_t kGroupsPerThread = 4;     // work groups per thread: dynamic load balance
-constexpr double kArcfaceEps = 1e-6;        // margins.ARCFACE_EPS
 constexpr int64_t kNoTarget = -1;           // margins.NO_TARGET
 
 std::atomic<int64_t> tile_classes_override{0};
@@ -93,42 +94,19 @@ struct Head {
   Tensor emb;     // (B, D) f32 contiguous
   Tensor weight;  // (C, D) input dtype, contiguous
   int64_t dim = 0;
-  std::vector<float> z_y;   // (B,) margin-transformed scaled target logit
-  std::vector<float> dz_y;  // (B,) d z_y / d cos_y (margins.target_logit_grad)
+  std::vector<float> z_y;   // (B,) margin-transformed scaled target logit (margins.target_terms)
+  std::vector<float> dz_y;  // (B,) d z_y / d cos_y
 };
 
-Head make_head(const Tensor& emb, const Tensor& weight, const Tensor& labels, int64_t code, double margin,
-               double scale) {
+// Head `column` of the (B, H) target terms z_y and dz_y.
+Head make_head(const Tensor& emb, const Tensor& weight, const Tensor& z_y, const Tensor& dz_y, int64_t column) {
   Head h;
   h.emb = emb.detach().to(at::kFloat).contiguous();
   h.weight = weight.detach().contiguous();
   h.dim = emb.size(1);
-  const Tensor target_w = h.weight.index_select(0, labels.clamp_min(0)).to(at::kFloat);
-  const Tensor cos_y = (h.emb * target_w).sum(1) / target_w.norm(2, {1});
-  const float* cos = cos_y.const_data_ptr<float>();
-  const int64_t batch = emb.size(0);
-  h.z_y.resize(batch);
-  h.dz_y.resize(batch);
-  const int64_t* y = labels.const_data_ptr<int64_t>();
-  const double cos_m = std::cos(margin), sin_m = std::sin(margin);
-  for (int64_t b = 0; b < batch; ++b) {
-    const double c = cos[b];
-    if (y[b] == kNoTarget) {
-      h.z_y[b] = h.dz_y[b] = 0.0f;
-    } else if (code == 0) {
-      h.z_y[b] = static_cast<float>(scale * c);
-      h.dz_y[b] = static_cast<float>(scale);
-    } else if (code == 1) {
-      h.z_y[b] = static_cast<float>(scale * (c - margin));
-      h.dz_y[b] = static_cast<float>(scale);
-    } else {
-      const bool inside = c >= -1.0 + kArcfaceEps && c <= 1.0 - kArcfaceEps;
-      const double clamped = std::clamp(c, -1.0 + kArcfaceEps, 1.0 - kArcfaceEps);
-      const double sin_theta = std::sqrt(1.0 - clamped * clamped);
-      h.z_y[b] = static_cast<float>(scale * (clamped * cos_m - sin_theta * sin_m));
-      h.dz_y[b] = inside ? static_cast<float>(scale * (cos_m + clamped * sin_m / sin_theta)) : 0.0f;
-    }
-  }
+  const Tensor z = z_y.select(1, column).contiguous(), dz = dz_y.select(1, column).contiguous();
+  h.z_y.assign(z.const_data_ptr<float>(), z.const_data_ptr<float>() + z.numel());
+  h.dz_y.assign(dz.const_data_ptr<float>(), dz.const_data_ptr<float>() + dz.numel());
   return h;
 }
 
@@ -153,13 +131,18 @@ struct Problem {
 };
 
 Problem make_problem(const Tensor& e_t, const Tensor& w_t, const std::optional<Tensor>& e_s,
-                     const std::optional<Tensor>& w_s, const Tensor& labels, int64_t code, double margin,
+                     const std::optional<Tensor>& w_s, const Tensor& labels, const Tensor& z_y, const Tensor& dz_y,
                      double scale, double tau_t, double tau_s) {
   check_pair("e_t", e_t, "w_t", w_t);
   TORCH_CHECK(e_s.has_value() == w_s.has_value(), "udon_fast_native: pass both e_s and w_s, or neither");
   TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == e_t.size(0),
               "udon_fast_native: labels must be (B,) int64 with B = ", e_t.size(0));
-  TORCH_CHECK(0 <= code && code <= 2, "udon_fast_native: margin code must be 0, 1 or 2, got ", code);
+  const int64_t heads = e_s.has_value() ? 2 : 1;
+  for (const Tensor* t : {&z_y, &dz_y}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == e_t.size(0) &&
+                    t->size(1) == heads,
+                "udon_fast_native: z_y and dz_y must be (B, ", heads, ") float32 CPU tensors, got ", t->sizes());
+  }
   TORCH_CHECK(scale > 0 && tau_t > 0 && tau_s > 0, "udon_fast_native: scale and temperatures must be > 0");
   TORCH_CHECK(w_t.size(0) > 0, "udon_fast_native: w_t has no classes");
   Problem p;
@@ -171,12 +154,12 @@ Problem make_problem(const Tensor& e_t, const Tensor& w_t, const std::optional<T
     TORCH_CHECK((0 <= y[b] && y[b] < p.classes) || y[b] == kNoTarget, "udon_fast_native: label ", y[b],
                 " outside [0, ", p.classes, ") and not -1 (no target)");
   }
-  p.teacher = make_head(e_t, w_t, p.labels, code, margin, scale);
+  p.teacher = make_head(e_t, w_t, z_y, dz_y, 0);
   if (e_s.has_value()) {
     check_pair("e_s", *e_s, "w_s", *w_s);
     TORCH_CHECK(e_s->size(0) == p.batch && w_s->size(0) == p.classes,
                 "udon_fast_native: student shapes ", e_s->sizes(), ", ", w_s->sizes(), " do not match the teacher's");
-    p.student = make_head(*e_s, *w_s, p.labels, code, margin, scale);
+    p.student = make_head(*e_s, *w_s, z_y, dz_y, 1);
   }
   p.scale = static_cast<float>(scale);
   p.inv_tau_t = static_cast<float>(1.0 / tau_t);
@@ -279,9 +262,9 @@ TileRows tile_rows(const Problem& p, const std::vector<float>* z_y_s, int64_t st
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> head_forward(
     const Tensor& e_t, const Tensor& w_t, const std::optional<Tensor>& e_s, const std::optional<Tensor>& w_s,
-    const Tensor& labels, int64_t code, double margin, double scale, double tau_t, double tau_s) {
+    const Tensor& labels, const Tensor& z_y, const Tensor& dz_y, double scale, double tau_t, double tau_s) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s);
+  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s);
   const Layout l = make_layout(p.batch, p.classes);
   const bool dual = p.student.has_value();
   std::vector<RowState> states(l.groups * p.batch);
@@ -342,9 +325,9 @@ void accumulate_grads(const Head& h, const Tensor& w, const Tensor& grad, const 
 std::tuple<Tensor, Tensor, Tensor, Tensor> head_backward(
     const Tensor& g_ce_t, const Tensor& g_ce_s, const Tensor& g_kl, const Tensor& e_t, const Tensor& w_t,
     const std::optional<Tensor>& e_s, const std::optional<Tensor>& w_s, const Tensor& labels, const Tensor& stats,
-    int64_t code, double margin, double scale, double tau_t, double tau_s) {
+    const Tensor& z_y, const Tensor& dz_y, double scale, double tau_t, double tau_s) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s);
+  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s);
   for (const Tensor* t : {&g_ce_t, &g_ce_s, &g_kl}) {
     TORCH_CHECK(t->dim() == 1 && t->size(0) == p.batch, "udon_fast_native: upstream gradients must be (B,)");
   }
@@ -410,11 +393,11 @@ std::string head_kernel_info() {
 
 TORCH_LIBRARY_FRAGMENT(udon_fast_native, m) {
   m.def(
-      "head_forward(Tensor e_t, Tensor w_t, Tensor? e_s, Tensor? w_s, Tensor labels, int code, float margin, "
+      "head_forward(Tensor e_t, Tensor w_t, Tensor? e_s, Tensor? w_s, Tensor labels, Tensor z_y, Tensor dz_y, "
       "float scale, float tau_t, float tau_s) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "head_backward(Tensor g_ce_t, Tensor g_ce_s, Tensor g_kl, Tensor e_t, Tensor w_t, Tensor? e_s, Tensor? w_s, "
-      "Tensor labels, Tensor stats, int code, float margin, float scale, float tau_t, float tau_s) "
+      "Tensor labels, Tensor stats, Tensor z_y, Tensor dz_y, float scale, float tau_t, float tau_s) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("set_tile_classes(int classes) -> int", &udon_native::set_tile_classes);
   m.def("head_kernel_info() -> str", &udon_native::head_kernel_info);

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import backends, class_parallel, reference, validate
 from .class_parallel import ClassShard
-from .margins import margin_code
+from .margins import Margin, resolve, target_terms
 from .similarity import similarity_loss
 
 
@@ -24,19 +24,22 @@ class UDONLossOutput(NamedTuple):
     similarity: torch.Tensor
 
 
-def _head_rows(backend, e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
+def _head_rows(backend, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
     if backend == "reference":
-        return reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
+        return reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, margin, scale, tau_t, tau_s)
+    z_y, dz_y = target_terms(margin, scale, labels, [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)])
     op = backends.fused_op(backend)
     ce_t, ce_s, kl, _ = op(e_t.contiguous(), w_t.contiguous(),
                            None if e_s is None else e_s.contiguous(),
                            None if w_s is None else w_s.contiguous(),
-                           labels.contiguous(), code, float(margin), float(scale), float(tau_t), float(tau_s))
+                           labels.contiguous(), z_y, dz_y, float(scale), float(tau_t), float(tau_s))
     return ce_t, ce_s, kl
 
 
-def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin_type, margin, scale, tau_t, tau_s):
-    """Per-row CE_t, CE_s, KL over all ranks' rows for class-parallel weights (class_parallel.py)."""
+def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin_args: tuple, scale, tau_t, tau_s):
+    """Per-row CE_t, CE_s, KL over all ranks' rows for class-parallel weights (class_parallel.py).
+
+    margin_args: (margin_type, margin, margins), resolved once every rank's `check` has passed."""
     if not isinstance(shard, ClassShard):
         raise TypeError(f"class_shard must be a udon_fast.ClassShard, got {type(shard).__name__}")
 
@@ -49,14 +52,14 @@ def _sharded_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margi
 
     plan = class_parallel.plan(shard, check_all, e_t, w_t, e_s, what)
     return class_parallel.head_rows(plan, backends.resolve(backend, e_t.device), e_t, w_t, e_s, w_s, labels,
-                                    margin_code(margin_type), margin, scale, tau_t, tau_s)
+                                    resolve(*margin_args), scale, tau_t, tau_s)
 
 
 def udon_loss(
     student_emb: torch.Tensor, teacher_emb: torch.Tensor,
     student_weight: torch.Tensor, teacher_weight: torch.Tensor, labels: torch.Tensor,
-    *, margin_type: str = "normface", margin: float = 0.0, scale: float = 16.0,
-    teacher_temperature: float = 0.1, student_temperature: float = 0.1,
+    *, margin_type: str = "normface", margin: float = 0.0, margins: tuple[float, float, float] | None = None,
+    scale: float = 16.0, teacher_temperature: float = 0.1, student_temperature: float = 0.1,
     teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0, kl_weight: float = 1.0,
     similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
     class_shard: ClassShard | None = None,
@@ -66,8 +69,10 @@ def udon_loss(
     student_emb (B, Ds), teacher_emb (B, Dt): L2-normalised embeddings (fp32, bf16 or fp16).
     student_weight (C, Ds), teacher_weight (C, Dt): raw class weights (rows normalised inside).
     labels (B,) int64 in [0, C).  n_devices scales SIM as the release does per device.
-    margin: normface takes none (0); cosface 0 <= margin < 1; arcface 0 <= margin < pi/2 (see
-    `margins.py` for why).
+    margin: normface takes none (0); cosface 0 <= margin < 1; arcface 0 <= margin < pi/2.
+    margins: (m1, m2, m3) of margin_type="combined", insightface's cos(m1*theta + m2) - m3 (then
+    margin stays 0): m1 >= 1, m2 >= 0, m3 >= 0, m1*pi/2 + m2 < pi, cos(m2) - m3 > 0.  `margins.py`
+    says why these ranges.
     Returns UDONLossOutput of 0-d float32 tensors; total = weighted sum / sum of weights.
     Raises ValueError/TypeError naming the argument before any kernel runs: among the value checks
     (skipped under torch.compile), NaN/inf inputs and a class-weight row of norm 0, named by its
@@ -86,7 +91,7 @@ def udon_loss(
                "kl_weight": kl_weight, "similarity_weight": similarity_weight}
 
     def check():
-        validate.check_head_scalars(margin_type, margin, scale)
+        validate.check_head_scalars(margin_type, margin, margins, scale)
         validate.check_positive("teacher_temperature", teacher_temperature)
         validate.check_positive("student_temperature", student_temperature)
         validate.check_loss_weights(weights)
@@ -100,15 +105,15 @@ def udon_loss(
                                   {"student_weight": student_weight, "teacher_weight": teacher_weight},
                                   labels, teacher_weight.shape[0] if class_shard is None else class_shard.num_classes)
 
-    params = (margin, scale, teacher_temperature, student_temperature)
+    margin_args, params = (margin_type, margin, margins), (scale, teacher_temperature, student_temperature)
     if class_shard is None:
         check()
         name = backends.resolve(backend, teacher_emb.device)
         ce_t, ce_s, kl = _head_rows(name, teacher_emb, teacher_weight, student_emb, student_weight, labels,
-                                    margin_code(margin_type), *params)
+                                    resolve(*margin_args), *params)
     else:
         ce_t, ce_s, kl = _sharded_rows("udon_loss", class_shard, check, backend, teacher_emb, teacher_weight,
-                                       student_emb, student_weight, labels, margin_type, *params)
+                                       student_emb, student_weight, labels, margin_args, *params)
     teacher_ce, student_ce, kl = ce_t.mean(), ce_s.mean(), kl.mean()
     sim = similarity_loss(student_emb, teacher_emb, n_devices)
     total = (teacher_ce_weight * teacher_ce + student_ce_weight * student_ce + kl_weight * kl
@@ -118,19 +123,19 @@ def udon_loss(
 
 def normalized_softmax_ce(
     emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-    *, margin_type: str = "normface", margin: float = 0.0, scale: float = 16.0, backend: str = "auto",
-    class_shard: ClassShard | None = None,
+    *, margin_type: str = "normface", margin: float = 0.0, margins: tuple[float, float, float] | None = None,
+    scale: float = 16.0, backend: str = "auto", class_shard: ClassShard | None = None,
 ) -> torch.Tensor:
     """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw (no row of
     norm 0), labels (B,) int64 -> 0-d float32 tensor.  Margins as in `udon_loss` (normface: 0;
-    cosface [0, 1); arcface [0, pi/2)).
+    cosface [0, 1); arcface [0, pi/2); combined: margins=(m1, m2, m3)).
 
     class_shard: as in `udon_loss`: weight is this rank's slice, labels global, the mean runs over all
     ranks' rows (the same value on every rank).
     """
 
     def check():
-        validate.check_head_scalars(margin_type, margin, scale)
+        validate.check_head_scalars(margin_type, margin, margins, scale)
         validate.check_head("emb", emb, "weight", weight, labels, backend == "reference",
                             allow_no_classes=class_shard is not None)
         if not torch.compiler.is_compiling():
@@ -140,10 +145,11 @@ def normalized_softmax_ce(
     if class_shard is None:
         check()
         name = backends.resolve(backend, emb.device)
-        ce, _, _ = _head_rows(name, emb, weight, None, None, labels, margin_code(margin_type), margin, scale, 1.0, 1.0)
+        ce, _, _ = _head_rows(name, emb, weight, None, None, labels, resolve(margin_type, margin, margins), scale,
+                              1.0, 1.0)
     else:
         ce, _, _ = _sharded_rows("normalized_softmax_ce", class_shard, check, backend, emb, weight, None, None, labels,
-                                 margin_type, margin, scale, 1.0, 1.0)
+                                 (margin_type, margin, margins), scale, 1.0, 1.0)
     return ce.mean()
 
 
@@ -157,7 +163,8 @@ class UDONLoss(nn.Module):
         if unknown:
             raise TypeError(f"UDONLoss got unknown arguments {unknown}; valid ones: {sorted(allowed)}")
         self.options = {**udon_loss.__kwdefaults__, **kwargs}
-        validate.check_head_scalars(self.options["margin_type"], self.options["margin"], self.options["scale"])
+        validate.check_head_scalars(self.options["margin_type"], self.options["margin"], self.options["margins"],
+                                    self.options["scale"])
         if self.options["backend"] not in backends.BACKENDS:
             raise ValueError(f"backend must be one of {backends.BACKENDS}, got {self.options['backend']!r}")
 

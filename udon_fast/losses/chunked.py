@@ -1,12 +1,10 @@
 """Chunked pure-PyTorch backend: classes in chunks, online log-sum-exp, recompute in backward.
 
 Runs on any device.  Peak extra memory is O(B * chunk) (a handful of (B, chunk) fp32 tiles), never
-O(B * C).  The math is `reference.py`'s, regrouped per class chunk; the margin is `margins.py`'s.
-See `head_op.py` for the forward/backward contract.
+O(B * C).  The math is `reference.py`'s, regrouped per class chunk; the target logits and their
+derivatives come in from `margins.target_terms`.  See `head_op.py` for the forward/backward contract.
 """
 import torch
-
-from .margins import NO_TARGET, target_logit, target_logit_grad
 
 TILE_ELEMENTS = 1 << 17
 
@@ -19,18 +17,9 @@ def chunk_size(batch: int, num_classes: int) -> int:
 class _Head:
     """One cosine-classifier head: (B, D) embeddings against (C, D) raw class weights, in fp32."""
 
-    def __init__(self, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, emb: torch.Tensor, weight: torch.Tensor):
         self.emb = emb.float()
         self.weight = weight
-        self.has_target = labels != NO_TARGET
-        target_w = weight[labels.clamp_min(0)].float()
-        self.cos_y = (self.emb * target_w).sum(dim=1) / target_w.norm(dim=1)
-
-    def target(self, code: int, margin: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_y and dz_y/dcos_y (B,) f32; both 0 for NO_TARGET rows."""
-        zero = torch.zeros_like(self.cos_y)
-        return (torch.where(self.has_target, target_logit(self.cos_y, code, margin, scale), zero),
-                torch.where(self.has_target, target_logit_grad(self.cos_y, code, margin, scale), zero))
 
     def tile(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Weights (K, D) f32, their row norms (K,) and the cosines (B, K) of classes [start, stop)."""
@@ -48,13 +37,13 @@ def _merge_lse(lse: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(lse, torch.logsumexp(tile, dim=1))
 
 
-def forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
+def forward(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
     """Per-row CE_t, CE_s, KL (B,) f32 and stats (B, 4) f32; see head_op.py."""
     batch, num_classes = e_t.shape[0], w_t.shape[0]
-    teacher = _Head(e_t, w_t, labels)
-    student = None if e_s is None else _Head(e_s, w_s, labels)
-    z_y_t, _ = teacher.target(code, margin, scale)
-    z_y_s = None if student is None else student.target(code, margin, scale)[0]
+    teacher = _Head(e_t, w_t)
+    student = None if e_s is None else _Head(e_s, w_s)
+    z_y_t = z_y[:, 0]
+    z_y_s = None if student is None else z_y[:, 1]
     neg_inf = torch.full((batch,), float("-inf"), device=e_t.device)
     lse_zt, lse_zs, lse_a, lse_b = neg_inf, neg_inf.clone(), neg_inf.clone(), neg_inf.clone()
     kl_mean = torch.zeros(batch, device=e_t.device)
@@ -99,16 +88,16 @@ def _ce_grad(cos, target_mask, z_y, lse, g_rows, dz_y, scale):
     return grad * g_rows[:, None]
 
 
-def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, scale, tau_t, tau_s):
+def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
     """Gradients of sum_b (g_ce_t*CE_t + g_ce_s*CE_s + g_kl*KL) w.r.t. e_t, w_t, e_s, w_s."""
     batch, num_classes = e_t.shape[0], w_t.shape[0]
-    teacher = _Head(e_t, w_t, labels)
-    student = None if e_s is None else _Head(e_s, w_s, labels)
-    z_y_t, dz_y_t = teacher.target(code, margin, scale)
+    teacher = _Head(e_t, w_t)
+    student = None if e_s is None else _Head(e_s, w_s)
+    z_y_t, dz_y_t = z_y[:, 0], dz_y[:, 0]
     d_e_t = torch.zeros(batch, e_t.shape[1], device=e_t.device)
     d_w_t = torch.empty_like(w_t)
     if student is not None:
-        z_y_s, dz_y_s = student.target(code, margin, scale)
+        z_y_s, dz_y_s = z_y[:, 1], dz_y[:, 1]
         d_e_s = torch.zeros(batch, e_s.shape[1], device=e_s.device)
         d_w_s = torch.empty_like(w_s)
     step = chunk_size(batch, num_classes)

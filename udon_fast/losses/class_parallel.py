@@ -11,8 +11,10 @@ Forward, per call:
    are bad (no rank is left waiting in a collective);
 2. `_GatherRows`: all-gather of the embeddings (one buffer, both heads, padded to max B_r), and an
    all-gather of the labels: the global batch (B rows in rank order) on every rank;
-3. the fused backend on the slice, with labels start-relative where this slice owns the class and
-   NO_TARGET elsewhere: per row the slice's four log-sum-exps and its KL numerator;
+3. the target logits z_y and their derivatives of the rows whose class this slice owns
+   (`margins.target_terms`, 0 elsewhere), then the fused backend on the slice, with labels
+   start-relative where this slice owns the class and NO_TARGET elsewhere: per row the slice's four
+   log-sum-exps and its KL numerator;
 4. all-reduce MAX of the (B, 4) log-sum-exps, then one all-reduce SUM of (B, 7): the four rescaled
    sums exp(lse_r - max), the KL numerator riding with the teacher softmax, and the target logits
    z_y of both heads (non-zero only on the owning rank).  lse = max + log(sum); CE = lse - z_y;
@@ -32,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from . import backends
-from .margins import NO_TARGET, target_logit
+from .margins import NO_TARGET, Margin, target_terms
 
 # The torch >= 2.14 names, else the older ones (deprecated there) for the torch 2.6 .. 2.13 supported.
 all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -200,16 +202,13 @@ def gather_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
     return torch.cat([gathered[r, :n] for r, n in enumerate(plan.rows)])
 
 
-def _target_logits(emb: torch.Tensor, weight: torch.Tensor, local: torch.Tensor, code: int, margin: float,
-                   scale: float) -> torch.Tensor:
-    """z_y (B,) f32 of the rows this slice owns (local label != NO_TARGET), 0 elsewhere."""
-    z_y = torch.zeros(emb.shape[0], device=emb.device)
-    owned = local != NO_TARGET
-    if bool(owned.any()):
-        target_w = weight[local[owned]].float()
-        cos_y = (emb[owned].float() * target_w).sum(dim=1) / target_w.norm(dim=1)
-        z_y[owned] = target_logit(cos_y, code, margin, scale)
-    return z_y
+def _slice_targets(e_t, w_t, e_s, w_s, local, margin: Margin, scale: float):
+    """z_y, dz_y (B, H) f32 of the rows this slice owns (local label != NO_TARGET), 0 elsewhere."""
+    heads = [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)]
+    if w_t.shape[0] == 0:
+        zeros = torch.zeros(e_t.shape[0], len(heads), device=e_t.device)
+        return zeros, zeros.clone()
+    return target_terms(margin, scale, local, heads)
 
 
 def _merge(plan: Plan, stats: torch.Tensor, kl_mean: torch.Tensor, z_y: torch.Tensor):
@@ -233,45 +232,43 @@ class _ShardedHead(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, e_t, w_t, e_s, w_s, local, plan: Plan, backend: str, params: tuple):
-        code, margin, scale, _, _ = params
+    def forward(ctx, e_t, w_t, e_s, w_s, local, plan: Plan, backend: str, margin: Margin, params: tuple):
         batch, two_heads = e_t.shape[0], e_s is not None
+        z_y, dz_y = _slice_targets(e_t, w_t, e_s, w_s, local, margin, params[0])
         if w_t.shape[0] > 0:
-            _, _, kl, stats = backends.fused_functions(backend)[0](e_t, w_t, e_s, w_s, local, *params)
+            _, _, kl, stats = backends.fused_functions(backend)[0](e_t, w_t, e_s, w_s, local, z_y, dz_y, *params)
             kl_mean = kl + stats[:, 2] - stats[:, 3] if two_heads else torch.zeros_like(kl)
         else:
             stats = torch.full((batch, 4), float("-inf"), device=e_t.device)
             kl_mean = torch.zeros(batch, device=e_t.device)
-        z_y = torch.stack([_target_logits(e_t, w_t, local, code, margin, scale),
-                           _target_logits(e_s, w_s, local, code, margin, scale) if two_heads
-                           else torch.zeros(batch, device=e_t.device)], dim=1)
-        lse, kl_mean, z_y = _merge(plan, stats, torch.where(torch.isfinite(kl_mean), kl_mean, 0.0), z_y)
-        ce_t = lse[:, 0] - z_y[:, 0]
+        owner_z_y = z_y if two_heads else torch.cat([z_y, torch.zeros_like(z_y)], dim=1)
+        lse, kl_mean, global_z_y = _merge(plan, stats, torch.where(torch.isfinite(kl_mean), kl_mean, 0.0), owner_z_y)
+        ce_t = lse[:, 0] - global_z_y[:, 0]
         if two_heads:
-            ce_s, kl = lse[:, 1] - z_y[:, 1], kl_mean - lse[:, 2] + lse[:, 3]
+            ce_s, kl = lse[:, 1] - global_z_y[:, 1], kl_mean - lse[:, 2] + lse[:, 3]
         else:
             ce_s, kl = torch.zeros_like(ce_t), torch.zeros_like(ce_t)
-        ctx.save_for_backward(e_t, w_t, e_s, w_s, local, lse)
+        ctx.save_for_backward(e_t, w_t, e_s, w_s, local, lse, z_y, dz_y)
         ctx.backend, ctx.params = backend, params
         return ce_t, ce_s, kl
 
     @staticmethod
     def backward(ctx, g_ce_t, g_ce_s, g_kl):
-        e_t, w_t, e_s, w_s, local, lse = ctx.saved_tensors
+        e_t, w_t, e_s, w_s, local, lse, z_y, dz_y = ctx.saved_tensors
         if w_t.shape[0] == 0:
             d_e_s = None if e_s is None else torch.zeros_like(e_s)
             d_w_s = None if w_s is None else torch.zeros_like(w_s)
-            return torch.zeros_like(e_t), torch.zeros_like(w_t), d_e_s, d_w_s, None, None, None, None
+            return torch.zeros_like(e_t), torch.zeros_like(w_t), d_e_s, d_w_s, None, None, None, None, None
         rows = [torch.zeros_like(lse[:, 0]) if g is None else g.float().contiguous() for g in (g_ce_t, g_ce_s, g_kl)]
         d_e_t, d_w_t, d_e_s, d_w_s = backends.fused_functions(ctx.backend)[1](
-            *rows, e_t, w_t, e_s, w_s, local, lse, *ctx.params)
+            *rows, e_t, w_t, e_s, w_s, local, lse, z_y, dz_y, *ctx.params)
         if e_s is None:
             d_e_s = d_w_s = None
-        return d_e_t, d_w_t, d_e_s, d_w_s, None, None, None, None
+        return d_e_t, d_w_t, d_e_s, d_w_s, None, None, None, None, None
 
 
 def head_rows(plan: Plan, backend: str, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None,
-              w_s: torch.Tensor | None, labels: torch.Tensor, code: int, margin: float, scale: float, tau_t: float,
+              w_s: torch.Tensor | None, labels: torch.Tensor, margin: Margin, scale: float, tau_t: float,
               tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global per-row teacher CE, student CE and KL, each (B,) float32 (B = all ranks' rows), the same on
     every rank; differentiable w.r.t. this rank's e_t, w_t, e_s, w_s (see the module docstring)."""
@@ -282,4 +279,4 @@ def head_rows(plan: Plan, backend: str, e_t: torch.Tensor, w_t: torch.Tensor, e_
     owned = (all_labels >= start) & (all_labels < start + count)
     local = torch.where(owned, all_labels - start, torch.full_like(all_labels, NO_TARGET))
     return _ShardedHead.apply(all_e_t, w_t.contiguous(), all_e_s, None if w_s is None else w_s.contiguous(),
-                              local, plan, backend, (code, float(margin), float(scale), float(tau_t), float(tau_s)))
+                              local, plan, backend, margin, (float(scale), float(tau_t), float(tau_s)))

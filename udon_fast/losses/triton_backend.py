@@ -1,13 +1,13 @@
 """Triton backend: launches `udon_fast.kernels.triton_head` (see head_op.py for the contract).
 
-forward = target_kernel (z_y, dz_y per row) + forward_kernel (per-split online softmax states over
-class tiles) + a (splits, B)-sized torch epilogue merging the splits.  backward = target_kernel +
-grad_weight_kernel (dW, one program per class tile) + grad_emb_kernel (per-split dE partials, summed
-here in a fixed order).  Nothing of size (B, C) is allocated; no atomics, so results are
-deterministic.  Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (slow).
+forward = forward_kernel (per-split online softmax states over class tiles) + a (splits, B)-sized
+torch epilogue merging the splits.  backward = grad_weight_kernel (dW, one program per class tile) +
+grad_emb_kernel (per-split dE partials, summed here in a fixed order).  The target logits z_y and
+their derivatives dz_y come in (head_op.py's contract), the same tensors in both passes.  Nothing
+of size (B, C) is allocated; no atomics, so results are deterministic.  Runs on CUDA tensors, or
+on CPU tensors under TRITON_INTERPRET=1 (slow).
 """
 import functools
-import math
 import os
 
 import torch
@@ -48,8 +48,8 @@ class _Launch:
     holding >= 1 class tile.  The interpreter uses INTERPRETER_BLOCK_C and INTERPRETER_PROGRAMS.
     """
 
-    def __init__(self, e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
-        for t in (e_t, w_t, labels) + (() if e_s is None else (e_s, w_s)):
+    def __init__(self, e_t, w_t, e_s, w_s, labels, z_y, dz_y):
+        for t in (e_t, w_t, labels, z_y, dz_y) + (() if e_s is None else (e_s, w_s)):
             _check_device(t)
         self.batch, self.classes = e_t.shape[0], w_t.shape[0]
         self.d_t = e_t.shape[1]
@@ -58,6 +58,7 @@ class _Launch:
         heads = (e_t, w_t) * 2 if e_s is None else (e_t, w_t, e_s, w_s)   # single head: dummy student
         dtype = functools.reduce(torch.promote_types, [t.dtype for t in heads])
         self.tensors = (*(t.to(dtype).contiguous() for t in heads), labels.contiguous())
+        self.z_y, self.dz_y = z_y.float().contiguous(), dz_y.float().contiguous()
         self.block_b = min(64, max(16, triton.next_power_of_2(self.batch)))
         self.block_dt, self.block_ds = _block_d(self.d_t), _block_d(self.d_s)
         if labels.is_cuda:
@@ -70,30 +71,17 @@ class _Launch:
         wanted = min(self.class_tiles, max(1, triton.cdiv(programs, self.row_tiles)))
         self.tiles_per_split = triton.cdiv(self.class_tiles, wanted)
         self.splits = triton.cdiv(self.class_tiles, self.tiles_per_split)
-        self.params = (code, margin, scale, tau_t, tau_s)
-        self.meta = dict(TWO_HEADS=self.two_heads,
+        self.meta = dict(TWO_HEADS=self.two_heads, HEADS=2 if self.two_heads else 1,
                          DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
                          BLOCK_B=self.block_b, BLOCK_C=self.block_c,
                          BLOCK_DT=self.block_dt, BLOCK_DS=self.block_ds)
         self.num_warps = NUM_WARPS
 
-    def targets(self):
-        """z_y and dz_y/dcos_y, (B, 2) f32 each (column 0 teacher, 1 student)."""
-        code, margin, scale, _, _ = self.params
-        device = self.tensors[0].device
-        z_y = torch.zeros(self.batch, 2, device=device)
-        dz_y = torch.zeros(self.batch, 2, device=device)
-        kernels.target_kernel[(self.row_tiles,)](
-            *self.tensors, z_y, dz_y, self.batch, self.d_t, self.d_s, scale, margin,
-            math.cos(margin), math.sin(margin), MARGIN=code, TWO_HEADS=self.two_heads,
-            BLOCK_B=self.block_b, BLOCK_DT=self.block_dt, BLOCK_DS=self.block_ds)
-        return z_y, dz_y
 
-
-def forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
+def forward(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
     """Per-row CE_t, CE_s, KL (B,) f32 and stats (B, 4) f32; see head_op.py."""
-    launch = _Launch(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
-    z_y, _ = launch.targets()
+    launch = _Launch(e_t, w_t, e_s, w_s, labels, z_y, dz_y)
+    z_y = launch.z_y
     batch = launch.batch
     part = torch.empty(launch.splits, kernels.FORWARD_FIELDS.value, batch, device=e_t.device)
     kernels.forward_kernel[(launch.row_tiles, launch.splits)](
@@ -115,13 +103,12 @@ def forward(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s):
     return ce_t, lse[1] - z_y[:, 1], kl, lse.t().contiguous()
 
 
-def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, code, margin, scale, tau_t, tau_s):
+def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
     """Gradients of sum_b (g_ce_t*CE_t + g_ce_s*CE_s + g_kl*KL) w.r.t. e_t, w_t, e_s, w_s (input dtypes)."""
-    launch = _Launch(e_t, w_t, e_s, w_s, labels, code, margin, scale, tau_t, tau_s)
-    z_y, dz_y = launch.targets()
+    launch = _Launch(e_t, w_t, e_s, w_s, labels, z_y, dz_y)
     batch, device = launch.batch, e_t.device
     row_grads = [g.float().contiguous() for g in (g_ce_t, g_ce_s, g_kl)]
-    common = (*launch.tensors, z_y, dz_y, stats.float().contiguous(), *row_grads)
+    common = (*launch.tensors, launch.z_y, launch.dz_y, stats.float().contiguous(), *row_grads)
     shapes = (batch, launch.classes, launch.d_t, launch.d_s)
     scalars = (scale, 1.0 / tau_t, 1.0 / tau_s)
     grad_dtype = tl.bfloat16 if launch.tensors[0].dtype == torch.bfloat16 else tl.float32

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from .margins import MARGIN_TYPES, margin_in_range, margin_range_text
+from .margins import resolve
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -13,15 +13,9 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-def check_head_scalars(margin_type: str, margin: float, scale: float) -> None:
-    """margin_type known, margin finite and in its type's range (`margins.MARGIN_RANGES`), scale > 0."""
-    if margin_type not in MARGIN_TYPES:
-        raise ValueError(f"margin_type must be one of {MARGIN_TYPES}, got {margin_type!r}")
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin)):
-        raise ValueError(f"margin must be a finite number, got {margin!r}")
-    if not margin_in_range(margin_type, margin):
-        raise ValueError(f"margin {margin!r} is outside the valid range for {margin_type}: "
-                         f"{margin_range_text(margin_type)}")
+def check_head_scalars(margin_type: str, margin: float, margins, scale: float) -> None:
+    """The margin arguments (`margins.resolve`: type known, parameters in their range) and scale > 0."""
+    resolve(margin_type, margin, margins)
     check_positive("scale", scale)
 
 

@@ -35,7 +35,8 @@ def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
     return LossOptions(margin_type=config.margin_type, margin=config.margin, scale=config.scale,
                        temperature=config.temperature, kl_weight=1.0 if config.distill else 0.0,
                        similarity_weight=1.0 if config.distill and config.similarity else 0.0,
-                       backend=config.loss_backend, n_devices=world_size)
+                       backend=config.loss_backend, n_devices=world_size,
+                       margins=None if config.margins is None else tuple(config.margins))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

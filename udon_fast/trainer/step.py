@@ -21,9 +21,10 @@ class LossOptions:
     similarity_weight: float
     backend: str
     n_devices: int
+    margins: tuple[float, ...] | None = None
 
     def kwargs(self) -> dict:
-        return dict(margin_type=self.margin_type, margin=self.margin, scale=self.scale,
+        return dict(margin_type=self.margin_type, margin=self.margin, margins=self.margins, scale=self.scale,
                     teacher_temperature=self.temperature, student_temperature=self.temperature,
                     kl_weight=self.kl_weight, similarity_weight=self.similarity_weight, backend=self.backend,
                     n_devices=self.n_devices)
