@@ -71,8 +71,8 @@ def _write_torchscript(embedder: Embedder, out: Path, metadata: str) -> None:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format asked for
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape asserts at the fixed S; checked after
         traced = torch.jit.trace(embedder, _example(embedder, 2), check_trace=False)
-    buffer = io.BytesIO()  # libtorch's file writer aborts the process on a full disk; Python's write raises
-    torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: metadata})
+        buffer = io.BytesIO()  # libtorch's file writer aborts the process on a full disk; Python's write raises
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: metadata})
     out.write_bytes(buffer.getbuffer())
 
 

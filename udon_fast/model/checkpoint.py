@@ -77,8 +77,8 @@ def verify_checksums(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"checkpoint {path} is damaged (its zip structure is unreadable: {exc}); use "
-                              f"another checkpoint or rerun") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or damaged ({exc}); use another "
+                              f"checkpoint or rerun") from None
     if damaged is not None:
         raise CheckpointError(f"checkpoint {path} is damaged: record {damaged!r} does not match its CRC-32 checksum "
                               f"(flipped or overwritten bytes); use another checkpoint or rerun")
