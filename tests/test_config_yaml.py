@@ -24,7 +24,8 @@ from udon_fast.config import parse_args
 def test_bad_yaml_values_are_one_line_naming_the_key(text, message, tmp_path, capsys):
     options = tmp_path / "options.yaml"
     options.write_text(text)
-    assert train_cli.main(["--config", str(options)]) == 2
+    # A missing --data-root: were the file accepted, the run would stop at once instead of training.
+    assert train_cli.main(["--config", str(options), "--data-root", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err == f"udon_fast.train: error: {options}: {message}\n"
 
