@@ -6,7 +6,8 @@ seeds 0..N-1, every run with the same train flags (passed through to `python -m 
 the grid sets --sampler, --distill/--no-distill, --seed and --out itself).  Writes
 `ablation.json`, `ablation.md` and `ablation.png` into DIR; each run lives in
 DIR/runs/<variant>/seed<k>/.  Rerunning the same command resumes a partly finished grid: complete
-runs are kept, an interrupted one continues from its last checkpoint.
+runs are kept, an interrupted one continues from its last checkpoint.  While a grid runs, DIR is locked
+(and each run's folder by its run): a second grid on DIR exits at once, naming the running process.
 """
 import argparse
 import sys
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from .ablation.grid import (VARIANTS, GridError, check_train_args, claim_folder, make_cells, planned_steps, raising,
                              run_cell)
 from .ablation.summary import write_outputs
+from .run_lock import lock_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,16 +40,22 @@ def parse(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit code: 0 done, 1 a run failed, 2 bad flags or an unusable --out, 130 interrupted."""
     try:
         args, train_args, config = parse(argv)
         out = Path(args.out)
         per_run = planned_steps(config)
-        claim_folder(out, train_args)
-    except (ValueError, FileNotFoundError) as exc:
+        with lock_folder(out, "--out"):  # one grid per folder; each run also locks its own folder
+            claim_folder(out, train_args)
+            return _run_grid(out, args.seeds, train_args, config, per_run)
+    except (ValueError, OSError) as exc:
         print(f"udon_fast.ablate: error: {exc}", file=sys.stderr)
         return 2
-    cells = make_cells(out, args.seeds)
-    header = (f"{len(VARIANTS)} variants x {args.seeds} seed(s), {per_run} steps per run; "
+
+
+def _run_grid(out: Path, seeds: int, train_args: list[str], config, per_run: int) -> int:
+    cells = make_cells(out, seeds)
+    header = (f"{len(VARIANTS)} variants x {seeds} seed(s), {per_run} steps per run; "
               f"train flags: {' '.join(train_args) or '(defaults)'}")
     runs_bar = tqdm(total=len(cells), desc="runs", unit="run", position=0, disable=not config.progress)
     steps_bar = tqdm(total=per_run * len(cells), desc="steps", unit="step", position=1, disable=not config.progress)
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             finished += per_run
             runs_bar.update()
             write_outputs(out, cells, VARIANTS, header)
-    except GridError as exc:
+    except (GridError, OSError) as exc:
         failure = (f"udon_fast.ablate: error: {exc}", 1)
     except KeyboardInterrupt:
         failure = (f"udon_fast.ablate: interrupted; rerun the same command to resume the grid in {out}", 130)
@@ -78,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         print(failure[0], file=sys.stderr)
         return failure[1]
-    write_outputs(out, cells, VARIANTS, header)
+    try:
+        write_outputs(out, cells, VARIANTS, header)
+    except OSError as exc:
+        print(f"udon_fast.ablate: error: {exc}", file=sys.stderr)
+        return 1
     print((out / "ablation.md").read_text(encoding="utf-8"))
     return 0
 

@@ -5,6 +5,9 @@ Precedence: dataclass defaults < `--preset` < `--config FILE.yaml` < explicit fl
 import argparse
 import dataclasses
 import json
+import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -69,8 +72,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the flag, with the valid values where they are a list."""
-        choices = {"sampler": STRATEGIES, "margin_type": MARGIN_TYPES, "loss_backend": BACKENDS, "decoder": DECODERS}
-        for name, valid in choices.items():
+        for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
                                  f"got {getattr(self, name)!r}")
@@ -103,6 +105,40 @@ class TrainConfig:
     def to_json(self, **extra: Any) -> str:
         """The options as JSON, plus `extra` top-level entries (e.g. the folder splits of a run)."""
         return json.dumps({**dataclasses.asdict(self), **extra}, indent=2, sort_keys=True)
+
+    def differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """The options that change what a run computes and differ from `saved` (a run's config.json), as
+        "--flag SAVED -> GIVEN"; RESUME_MAY_DIFFER are not compared.  An option `saved` lacks (written
+        before the option existed) is compared with its default."""
+        given, defaults = json.loads(self.to_json()), json.loads(TrainConfig().to_json())
+        changed = []
+        for name in _FIELDS:
+            if name in RESUME_MAY_DIFFER:
+                continue
+            before = saved.get(name, defaults[name])
+            if before != given[name]:
+                changed.append(f"--{name.replace('_', '-')} {_shown(before)} -> {_shown(given[name])}")
+        return changed
+
+
+CHOICES = {"sampler": STRATEGIES, "margin_type": MARGIN_TYPES, "loss_backend": BACKENDS, "decoder": DECODERS}
+# Options that cannot change what a run computes (its weights, metrics and checkpoints' contents), so a
+# --resume may set them differently from config.json (docs/reliability.md, "Resume"): where the run
+# lives, how it reports, how many threads decode (the same pixels), which decoder (the same batches),
+# how often last.pt is written, the evaluation batch size (per-image embeddings in eval mode) and the
+# off-the-shelf backbone's evaluation, which only a fresh run does.  Every other option is compared.
+RESUME_MAY_DIFFER = ("out", "resume", "progress", "data_threads", "decoder", "checkpoint_every", "eval_batch_size",
+                     "baseline")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "(none)"
+    return str(value)
 
 
 # The paper's full setup on UnED (docs/method.md, sections 1 and 4); needs --data-root.
@@ -140,22 +176,66 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _NEGATABLE = ("distill", "similarity", "compile", "progress", "baseline")
 
 
+# A float written without a dot (1e-3): YAML 1.1 (PyYAML) reads it as a string, YAML 1.2 as a number.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list[str]: "a list of strings"}
+
+
+def _typed(name: str, value: Any, where: str) -> Any:
+    """`value` for the TrainConfig field `name`, checked against the field's type and choices (a float
+    field also takes an int, or a number YAML 1.1 left as text such as 1e-3); ValueError naming `where`."""
+    kinds = typing.get_args(_FIELDS[name].type) if isinstance(_FIELDS[name].type, types.UnionType) \
+        else (_FIELDS[name].type,)
+    if value is None and type(None) in kinds:
+        return None
+    kind = next(k for k in kinds if k is not type(None))
+    if name == "folder" and isinstance(value, Mapping):  # NAME: DIR (parse_folders)
+        value = [f"{k}={v}" for k, v in value.items()]
+    if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
+        value = float(value)
+    fits = {bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            str: lambda v: isinstance(v, str),
+            list[str]: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[kind]
+    if not fits(value):
+        expected = _KIND_NAMES[kind] + (" or null" if type(None) in kinds else "")
+        raise ValueError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"{where}: must be one of {', '.join(CHOICES[name])}; got {value!r}")
+    return float(value) if kind is float else value
+
+
 def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check a YAML/preset mapping's keys against TrainConfig's fields."""
-    unknown = sorted(set(values) - set(_FIELDS))
+    """Check a YAML mapping against TrainConfig's fields: known keys (- or _), each value of its field's
+    type and among its choices; ValueError (one line naming `source` and the key) otherwise."""
+    bad_keys = [k for k in values if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(f"{source}: option names must be text, got {bad_keys[0]!r}")
+    names = {key: key.replace("-", "_") for key in values}
+    unknown = sorted(key for key, name in names.items() if name not in _FIELDS)
     if unknown:
         raise ValueError(f"{source}: unknown option(s) {unknown}; valid: {sorted(_FIELDS)}")
-    return dict(values)
+    return {names[key]: _typed(names[key], value, f"{source}: {key}") for key, value in values.items()}
 
 
 def load_yaml(path: str) -> dict[str, Any]:
+    """The options of a YAML file, typed (`from_mapping`); one-line errors for unreadable or malformed files."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config file not found: {file}")
-    values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{file}: not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{file}: a YAML mapping of option: value is expected")
-    return from_mapping({k.replace("-", "_"): v for k, v in values.items()}, str(file))
+    return from_mapping(values, str(file))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from pathlib import Path
 from ..config import TrainConfig, build_parser, load_yaml, parse_args, parse_folders
 from ..data import default_data_root, load_domains_with_splits
 from ..output_files import atomic_write_text
+from ..run_lock import LOCK_FILE
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def planned_steps(config: TrainConfig) -> int:
 
 
 def claim_folder(out: Path, train_args: Sequence[str]) -> None:
-    """Create `out` with grid.json, or check that an existing grid there used the same train flags."""
+    """Create `out` with grid.json, or check that an existing grid there used the same train flags (the
+    caller holds `out`'s lock, `run_lock.lock_folder`)."""
     state = out / STATE_FILE
     if state.is_file():
         saved = json.loads(state.read_text(encoding="utf-8"))["train_args"]
@@ -133,7 +135,7 @@ def claim_folder(out: Path, train_args: Sequence[str]) -> None:
             raise GridError(f"--out {out} holds a grid run with the train flags {saved!r}, not {list(train_args)!r}; "
                             f"repeat those flags to resume it or choose another --out")
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise GridError(f"--out {out} is not empty and holds no {STATE_FILE}; choose a new folder")
     atomic_write_text(state, json.dumps({"train_args": list(train_args)}, indent=2))
 

@@ -41,6 +41,8 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from ..output_files import writing
+
 VERSION = "builtin-v2"
 MARKER = ".complete"
 _FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
@@ -306,15 +308,32 @@ UNSEEN_CLASS_DOMAINS = ("glyphs", "faces")
 
 
 def write_builtin(out: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, int]]:
-    """Write the built-in dataset into `out` (created; must not hold files); returns {domain: {split: images}}."""
+    """Write the built-in dataset into `out` (created; must not hold files); returns {domain: {split: images}}.
+
+    A write that fails (a full disk, a read-only folder) raises `OutputError` naming `out` and the cause,
+    after removing everything written (and `out` itself if it was created here), so a rerun starts clean.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new folder for the built-in dataset")
-    out.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max_workers=min(len(_DOMAINS), os.cpu_count() or 1)) as pool:
-        jobs = {name: pool.submit(make, out, np.random.default_rng([seed, i]))
-                for i, (name, make) in enumerate(_DOMAINS.items())}
-        return {name: job.result() for name, job in jobs.items()}
+    created = not out.exists()
+    try:
+        with writing(out, "the built-in dataset to"):
+            out.mkdir(parents=True, exist_ok=True)
+            with ProcessPoolExecutor(max_workers=min(len(_DOMAINS), os.cpu_count() or 1)) as pool:
+                jobs = {name: pool.submit(make, out, np.random.default_rng([seed, i]))
+                        for i, (name, make) in enumerate(_DOMAINS.items())}
+                return {name: job.result() for name, job in jobs.items()}  # the pool waits for every job
+    except BaseException:
+        if out.is_dir():
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+            if created:
+                out.rmdir()
+        raise
 
 
 def default_data_root(data_root: str | os.PathLike | None, folders: Mapping[str, str] | None

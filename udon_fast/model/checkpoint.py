@@ -5,8 +5,14 @@ Layout (a dict saved with `torch.save`, read back with `weights_only=True`):
 "model": state_dict, "optimizer": state_dict or None, "extra": dict}`.
 `extra` must hold only what `torch.load(weights_only=True)` accepts (tensors, numbers, strings,
 lists, tuples, dicts), e.g. step, epoch, metrics, `DomainSampler.state_dict()`.
+
+Checksums: `torch.save` writes a zip archive in which every record (the pickle, each tensor's bytes)
+carries the CRC-32 of its content; `torch.load` does not check them, `read_checkpoint` does (with
+`zipfile`, before loading), so a flipped or overwritten byte anywhere in a record's content is
+refused with one line naming the file and the record.
 """
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +70,23 @@ def atomic_save(path: str | Path, payload: Any) -> Path:
     return path
 
 
+def verify_checksums(path: Path) -> None:
+    """Check every record of the zip archive `path` against its stored CRC-32; `CheckpointError` naming
+    the file and the first damaged record otherwise."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or damaged ({exc}); use another "
+                              f"checkpoint or rerun") from None
+    if damaged is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: record {damaged!r} does not match its CRC-32 checksum "
+                              f"(flipped or overwritten bytes); use another checkpoint or rerun")
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at `path`, checked for the udon_fast layout (no model is built)."""
+    """The checkpoint dict at `path`, its checksums verified (`verify_checksums`) and checked for the
+    udon_fast layout (no model is built)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -74,6 +95,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if magic != ZIP_MAGIC:
         raise CheckpointError(f"{path} is not a udon_fast checkpoint (not a file written by torch.save; "
                               f"checkpoints are the .pt files in a run's checkpoints/ folder)")
+    verify_checksums(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # objects a safe load refuses: not ours (torch's advice does not apply)

@@ -12,14 +12,21 @@ Formats (chosen by content, then by extension):
   `B_16-i21k-300ep-...-res_224.npz`): timm's own npz reader (`VisionTransformer.load_pretrained`,
   i.e. `_load_weights`), which also resizes the position embedding;
 - the official UDON release's CLIP start `vit_b16.npy`: a NumPy file holding a pickled dict of torch
-  tensors, the OpenAI CLIP ViT-B/16 state dict (`visual.*` plus the text tower).  It is read with
-  `np.load(allow_pickle=True)` (for this format only: unpickling runs code from the file, so load
-  only files you trust), the CLIP image-text projection `visual.proj` and the text tower are
+  tensors, the OpenAI CLIP ViT-B/16 state dict (`visual.*` plus the text tower).  Its pickle is read
+  by a restricted unpickler (`_SafeUnpickler`) that builds only NumPy arrays and dtypes, torch
+  tensors and their storages (themselves read with `torch.load(weights_only=True)`), ordered dicts
+  and the plain containers and scalars pickle makes itself; any other object in the file (a class, a
+  function such as `os.system`) is refused, naming the file and the object, before it is called, so
+  no code from the file runs.  The CLIP image-text projection `visual.proj` and the text tower are
   dropped, and the visual tower goes through the OpenAI CLIP converter above.  Use it with the
   QuickGELU CLIP ViT, `--backbone vit_base_patch16_clip_quickgelu_224` (CLIP's mean/std).
 The classifier head of the file (timm's `pretrained_cfg["classifier"]`) is dropped; every other
 tensor must match the backbone exactly, or a `WeightsError` names the file and the keys.
 """
+import codecs
+import collections
+import io
+import pickle
 import sys
 from pathlib import Path
 
@@ -57,21 +64,66 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+def _storage_from_bytes(data: bytes) -> torch.UntypedStorage:
+    """A tensor storage pickled by `torch.Tensor.__reduce_ex__` (bytes of a `torch.save`), loaded safely."""
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError:  # torch's message spans many lines
+        raise pickle.UnpicklingError("a tensor storage in it holds objects other than tensors") from None
+
+
+_NUMPY_ARRAY, _NUMPY_SCALAR = np.empty(0).__reduce__()[0], np.float32(0).__reduce__()[0]
+# (module, name) -> what `_SafeUnpickler` may build: NumPy arrays and scalars (their module was renamed in
+# NumPy 2) and dtypes, torch tensors and storages, ordered dicts (a tensor's backward hooks) and the bytes
+# codec of Python 2 pickles.
+_ALLOWED = {
+    **{(module, name): function for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name, function in (("_reconstruct", _NUMPY_ARRAY), ("scalar", _NUMPY_SCALAR))},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): codecs.encode,
+}
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds only the objects in `_ALLOWED`; `pickle.UnpicklingError` naming any other one."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it holds a {module}.{name} object, which weights files never need "
+                                         f"(only arrays, tensors, containers and numbers are read)") from None
+
+
 def _read_pickled_npy(path: Path) -> dict[str, torch.Tensor]:
     """The visual-tower tensors of a `vit_b16.npy`-style file: `np.save` of {name: torch tensor}.
 
-    `allow_pickle=True` is used here and nowhere else (see the module docstring); NumPy arrays among
-    the values are accepted as well.  The OpenAI CLIP converter maps `visual.proj` (CLIP's projection
-    into the text space) to `head.*`, which is dropped with the classifier.
+    The file's header is read by NumPy, its pickle by `_SafeUnpickler` (see the module docstring);
+    NumPy arrays among the values are accepted as well.  The OpenAI CLIP converter maps `visual.proj`
+    (CLIP's projection into the text space) to `head.*`, which is dropped with the classifier.
     """
     try:
-        array = np.load(path, allow_pickle=True)
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in _NPY_HEADERS:
+                raise ValueError(f".npy format version {version} (this reader takes 1.0 and 2.0)")
+            shape, _, dtype = _NPY_HEADERS[version](f)
+            if dtype != object or shape != ():
+                found = f"an array {dtype} {shape}"
+            else:
+                array = _SafeUnpickler(f).load()
+                found = None if isinstance(array, np.ndarray) and isinstance(array.item(), dict) \
+                    else type(array).__name__
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"weights file {path} refused: {exc}") from None
     except Exception as exc:  # a bad header or pickle raises many types
         raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
-    holds_dict = isinstance(array, np.ndarray) and array.dtype == object and array.shape == () \
-        and isinstance(array.item(), dict)
-    if not holds_dict:
-        found = f"an array {array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+    if found is not None:
         raise WeightsError(f"weights file {path}: expected a .npy holding a pickled dict name -> tensor (the UDON "
                            f"release's CLIP vit_b16.npy), found {found}")
     state_dict = {}

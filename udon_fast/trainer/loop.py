@@ -19,9 +19,10 @@ from ..kill_points import kill_point
 from ..model import Embedder, UDONModel
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
-from ..output_files import atomic_write_text, check_writable_folder, remove_stale_temp_files
+from ..output_files import atomic_write_text, remove_stale_temp_files
 from ..sampler import DomainSampler
 from . import class_parallel, distributed, report, sharded_checkpoint
+from .out_folder import claimed_out
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep
@@ -29,6 +30,10 @@ from .step import LossOptions, UDONStep
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the step and domain are named; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT): the message names the step reached and the checkpoint a --resume continues from."""
 
 
 def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
@@ -89,17 +94,10 @@ class Run:
                                  compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
 
     def _prepare_out(self) -> None:
-        """Refuse a bad --out before any work: an existing run without --resume, --resume of nothing, a
-        folder that cannot be written; remove temporary files a killed run left there."""
-        if self.config.resume and not self.out.is_dir():
-            raise FileNotFoundError(f"--resume: --out {self.out} does not exist, so there is no run to continue "
-                                    f"(drop --resume to start a new run there)")
-        if not self.config.resume and (self.checkpoints / "last.pt").exists():
-            raise FileExistsError(f"--out {self.out} already holds a run; pass --resume to continue it or choose "
-                                  f"another --out")
+        """Remove temporary files a killed run left in --out (which `train` has checked and locked:
+        `out_folder.claimed_out`)."""
         if self.ranks.is_main:
             for folder in (self.out, self.checkpoints):
-                check_writable_folder(folder, "--out")
                 remove_stale_temp_files(folder)
 
     def _check_eval_splits(self) -> None:
@@ -177,6 +175,8 @@ class Run:
             if score > progress.best_score:
                 progress.best_score, progress.best_step = score, progress.step
                 self.save("best.pt", progress)
+        elif validate:  # no val split, nothing to select on: best.pt is the model at the end of the latest epoch
+            self.save("best.pt", progress)
         self.save("last.pt", progress)
         kill_point("checkpoint")
         distributed.barrier(self.ranks.world_size)
@@ -248,10 +248,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Run a whole training job (docs/method.md) and return {"initial": ..., "final": ...[, "baseline": ...]}
     metrics ("baseline": the pretrained backbone's own features, student embedding only)."""
     started = time.perf_counter()
-    run = Run(config)
+    progress = None
     try:
-        progress = run.start()
-        run.train(progress)
-        return run.finish(progress, started)
+        with claimed_out(config, distributed.setup()):
+            run = Run(config)
+            progress = run.start()
+            run.train(progress)
+            return run.finish(progress, started)
+    except KeyboardInterrupt:
+        last = Path(config.out) / "checkpoints" / "last.pt"
+        raise TrainingInterrupted(
+            (f"interrupted at step {progress.step}; " if progress else "interrupted while starting; ")
+            + (f"--resume continues from the last checkpoint, {last}" if last.exists()
+               else "no checkpoint was written yet, so --resume starts the run again")) from None
     finally:
         distributed.teardown()
