@@ -24,7 +24,7 @@ def check_upload(name: str, data: bytes, limit: int = MAX_UPLOAD_BYTES) -> np.nd
         raise UploadError(400, f"{name}: empty file")
     if len(data) > limit:
         raise UploadError(413, f"{name}: larger than the {limit}-byte limit")
-    encoded = np.frombuffer(data, dtype=np.uint8)
+    encoded = np.frombuffer(bytearray(data), dtype=np.uint8)  # writable: torch wraps it without a copy
     reason = looks_complete(encoded)
     if reason is None:
         try:
