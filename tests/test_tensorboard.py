@@ -5,6 +5,7 @@ import csv
 import signal
 from pathlib import Path
 
+from cli_process import kill_chain
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from udon_fast.losses.api import UDONLossOutput
@@ -39,12 +40,7 @@ def test_events_and_summary_survive_kills_and_resumes(cli, data_root, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "killed"
     run = cli("train", [*args, "--out", reference], tmp_path / "reference.log")
     assert run.code == 0, run.output[-3000:]
-    killed = []
-    for stage, (kill_at, where) in enumerate(CHAIN):
-        run = cli("train", [*args, "--out", out] + (["--resume"] if stage else []), tmp_path / f"{stage}.log", kill_at)
-        assert run.code in (0, -signal.SIGKILL), f"{where}: exit code {run.code}\n{run.output[-3000:]}"
-        if run.code == -signal.SIGKILL:
-            killed.append(kill_at)
+    killed = [kill_at for _, kill_at, run in kill_chain(cli, args, out, CHAIN, tmp_path) if run.code == -signal.SIGKILL]
     assert len(killed) == 3, killed
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 4  # one file per process
 
