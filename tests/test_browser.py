@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from served_gallery import ServerThread, service, trained_gallery
+from served_gallery import ServerThread, service
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -31,18 +31,13 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def served(data_root, tmp_path_factory):
-    return trained_gallery(data_root, tmp_path_factory.mktemp("browser"))
-
-
 def _rendered(page, selector: str, count: int) -> int:
     page.wait_for_function(f"({RENDERED})({selector!r}) >= {count}", timeout=60_000)
     return page.evaluate(f"({RENDERED})({selector!r})")
 
 
-def test_served_page_uploads_and_shows_the_top_k(browser, served, tmp_path):
-    run, index = served
+def test_served_page_uploads_and_shows_the_top_k(browser, served_gallery, tmp_path):
+    run, index = served_gallery
     app, gallery = service(index, top=5)
     query = gallery.paths[5]
     with ServerThread(app) as server:
@@ -65,8 +60,8 @@ def test_served_page_uploads_and_shows_the_top_k(browser, served, tmp_path):
         page.close()
 
 
-def test_gallery_page_renders_its_thumbnails(browser, served, tmp_path):
-    run, _ = served
+def test_gallery_page_renders_its_thumbnails(browser, served_gallery, tmp_path):
+    run, _ = served_gallery
     folder = tmp_path / "moved_gallery"  # a moved copy: relative links only
     shutil.copytree(run / "gallery", folder)
     page = browser.new_page(viewport={"width": 1200, "height": 900})

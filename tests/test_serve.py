@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from served_gallery import ServerThread, service, trained_gallery
+from served_gallery import ServerThread, service
 
 from bench.load_test import load
 from udon_fast.serve import MicroBatcher
@@ -17,8 +17,8 @@ from udon_fast.serve.__main__ import main as serve_main
 
 
 @pytest.fixture(scope="module")
-def gallery_index(data_root, tmp_path_factory):
-    return trained_gallery(data_root, tmp_path_factory.mktemp("served"))[1]
+def gallery_index(served_gallery):
+    return served_gallery[1]
 
 
 @pytest.fixture(scope="module")
