@@ -1,4 +1,4 @@
-"""--tensorboard event files and summary.csv, and both across kills and resumes: the resumed run's
+"""--tensorboard event files and summary.csv, and both across four kills and resumes: the resumed run's
 events, read back with TensorBoard's own EventAccumulator, hold every step once, equal to the
 uninterrupted run's (images/s aside)."""
 import csv
@@ -17,6 +17,7 @@ ARGS = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-s
 # 48 train images / batch 8 = 6 steps per epoch; checkpoints after steps 3, 6 (validation) and 8
 # (validation).  The kills leave logged steps and a logged validation past the last checkpoint.
 CHAIN = [
+    ("step:2", "before the first checkpoint: the next run starts from step 0"),
     ("step:5", "two steps after the checkpoint of step 3"),
     ("checkpoint_write:2", "while last.pt of step 6 is written: validation of step 6 already logged"),
     ("checkpoint:1", "right after last.pt of step 6"),
@@ -41,8 +42,8 @@ def test_events_and_summary_survive_kills_and_resumes(cli, data_root, tmp_path):
     run = cli("train", [*args, "--out", reference], tmp_path / "reference.log")
     assert run.code == 0, run.output[-3000:]
     killed = [kill_at for _, kill_at, run in kill_chain(cli, args, out, CHAIN, tmp_path) if run.code == -signal.SIGKILL]
-    assert len(killed) == 3, killed
-    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 4  # one file per process
+    assert len(killed) == 4, killed
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 5  # one file per process
 
     expected = _scalars(reference)
     domains = ("birds", "shops")

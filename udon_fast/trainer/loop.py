@@ -199,7 +199,7 @@ class Run:
         self.summary.validation(progress.validations)
         listeners = [self.summary.rows]
         if self.config.tensorboard:
-            self.tensorboard = TensorBoardLog(self.out, purge_step=progress.step if progress.step else None)
+            self.tensorboard = TensorBoardLog(self.out, purge_step=progress.step)
             listeners.append(self.tensorboard.rows)
         return report.MetricsLog(path, listeners)
 

@@ -9,9 +9,10 @@ epoch's validation.  Tags:
     images_per_s                  training throughput of the step
     val/p_at_1/<domain|mean>      merged-index validation P@1 at the epoch's last step
     val/mmp_at_5/<domain|mean>    and mMP@5
-A row of step s is logged at step s; an epoch's validation at the index of its last step.  A resumed
-run opens its writer with purge_step = the step it resumes from, so TensorBoard drops whatever the
-interrupted run logged from there on (rows and validations after last.pt) and nothing is doubled.
+A row of step s is logged at step s; an epoch's validation at the index of its last step.  The writer
+opens with purge_step = the step the run starts from (0, or where a resumed run continues), so
+TensorBoard drops whatever an interrupted run logged from there on (rows and validations after its
+last.pt, everything when it stopped before its first checkpoint) and nothing is doubled.
 """
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,9 +27,10 @@ FOLDER = "tb"
 
 
 class TensorBoardLog:
-    """Event files under `out`/tb; `purge_step`: the step a resumed run continues from (None: new run)."""
+    """Event files under `out`/tb; `purge_step`: the step the run starts from (events of earlier
+    processes at or after it are dropped)."""
 
-    def __init__(self, out: Path, purge_step: int | None = None):
+    def __init__(self, out: Path, purge_step: int):
         self.writer = SummaryWriter(log_dir=str(Path(out) / FOLDER), purge_step=purge_step)
 
     def rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
