@@ -71,7 +71,7 @@ def test_page_and_health(client):
 @pytest.mark.parametrize("path", [
     "/image/../../../etc/passwd", "/image/..%2F..%2F..%2Fetc%2Fpasswd", "/image/%2e%2e/%2e%2e/etc/passwd",
     "/image/-1", "/image/999999", "/image/1.0", "/image/%2Fetc%2Fpasswd", "/etc/passwd", "/../../etc/passwd",
-    "/image//etc/passwd", "/static/../udon_fast/__init__.py",
+    "/image//etc/passwd", "/static/../udon_fast/__init__.py", "/image/%C2%B2", "/image/%D9%A1",
 ])
 def test_only_gallery_images_are_served(client, path):
     http, _ = client

@@ -59,7 +59,7 @@ def create_app(gallery: Gallery, embed_fn, *, top: int = 5, max_batch: int = 32,
 
     @app.get("/image/{row}")
     async def image(row: str) -> FileResponse:
-        if not row.isdigit() or int(row) >= len(gallery.paths) or not Path(gallery.paths[int(row)]).is_file():
+        if not (row.isascii() and row.isdigit()) or int(row) >= len(gallery.paths) or not Path(gallery.paths[int(row)]).is_file():
             raise HTTPException(404, "no such gallery image")
         return FileResponse(gallery.paths[int(row)])
 
