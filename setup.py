@@ -17,6 +17,10 @@ Dependency choice (deliberate):
 - onnx, onnxscript, onnxruntime: `python -m udon_fast.export --format onnx` is a product command:
   torch's ONNX exporter needs onnx and onnxscript, and export checks the written file with
   onnxruntime (CPU wheel, ~15 MB) before it keeps it.
+- jinja2 (the result galleries' templates), fastapi + uvicorn + python-multipart (`python -m
+  udon_fast.serve`), tensorboard (`train --tensorboard` writes through torch.utils.tensorboard).
+- [test]: httpx (FastAPI's TestClient, bench/load_test.py) and playwright, whose Python API drives
+  Debian's Chromium (.ci/run installs it with apt-get; `playwright install` is never run).
 """
 import os
 import shutil
@@ -90,7 +94,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["udon_fast", "udon_fast.*"]) + ["udon_fast.kernels"],
     package_dir={"udon_fast.kernels": "kernels"},
-    package_data={"udon_fast.kernels": ["native/*.cpp", "native/*.h"]},
+    package_data={"udon_fast.kernels": ["native/*.cpp", "native/*.h"], "udon_fast.gallery": ["templates/*.html"]},
     ext_modules=[CMakeExtension("udon_fast._native", target="udon_fast_native")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
@@ -111,6 +115,12 @@ setup(
         "onnx>=1.17",
         "onnxscript>=0.5",
         "onnxruntime>=1.20",
+        "jinja2>=3.1",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "python-multipart>=0.0.9",
+        "tensorboard>=2.16",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2"]},
+    extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2", "httpx>=0.27",
+                             "playwright>=1.45"]},
 )

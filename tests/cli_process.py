@@ -9,6 +9,7 @@ process with it: it shows as a negative exit code.
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -78,3 +79,13 @@ class CliRunner:
         process.start()
         process.join()
         return process.exitcode
+
+
+def kill_chain(cli: "CliRunner", argv: list, out: Path, chain: list[tuple[str | None, str]], logs: Path):
+    """Run `python -m udon_fast.train ARGV --out OUT` once per (kill point, description) of `chain`, each
+    run after the first with --resume; yields (stage, kill point, Result) after checking that the run
+    finished or was killed at its point (SIGKILL)."""
+    for stage, (kill_at, where) in enumerate(chain):
+        run = cli("train", [*argv, "--out", out] + (["--resume"] if stage else []), logs / f"{stage}.log", kill_at)
+        assert run.code in (0, -signal.SIGKILL), f"{where}: exit code {run.code}\n{run.output[-3000:]}"
+        yield stage, kill_at, run

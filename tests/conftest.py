@@ -37,3 +37,12 @@ def data_root(tmp_path_factory):
     write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
                            "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def served_gallery(data_root, tmp_path_factory):
+    """(run folder, index file) shared by the service and browser tests: a 4-step run on `data_root`
+    (its gallery pages included) and a flat index of every image (tests/served_gallery.py)."""
+    from served_gallery import trained_gallery
+
+    return trained_gallery(data_root, tmp_path_factory.mktemp("served"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_process import hit_kill_point
+from cli_process import hit_kill_point, kill_chain
 
 from udon_fast.kill_points import ENV, kill_point
 
@@ -67,9 +67,7 @@ def test_resume_after_kills_matches_the_uninterrupted_run(backbone, cli, data_ro
     run = cli("train", [*args, "--out", reference], tmp_path / "reference.log")
     assert run.code == 0, run.output[-3000:]
     killed = []
-    for stage, (kill_at, where) in enumerate(CHAIN):
-        run = cli("train", [*args, "--out", out] + (["--resume"] if stage else []), tmp_path / f"{stage}.log", kill_at)
-        assert run.code in (0, -signal.SIGKILL), f"{where}: exit code {run.code}\n{run.output[-3000:]}"
+    for stage, kill_at, run in kill_chain(cli, args, out, CHAIN, tmp_path):
         if run.code == -signal.SIGKILL:
             killed.append(kill_at)
             assert not (out / "results.json").exists()

@@ -69,6 +69,8 @@ class TrainConfig:
     deterministic: bool = False
     progress: bool = True
     baseline: bool = True
+    gallery: int = 8
+    tensorboard: bool = False
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the flag, with the valid values where they are a list."""
@@ -78,6 +80,8 @@ class TrainConfig:
                                  f"got {getattr(self, name)!r}")
         check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
                        "eval_batch_size", "checkpoint_every", "data_threads")
+        if self.gallery < 0:
+            raise ValueError(f"--gallery must be >= 0 (0: no gallery), got {self.gallery}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         resolve_margin(self.margin_type, self.margin, self.margins, flags=True)
@@ -128,7 +132,7 @@ CHOICES = {"sampler": STRATEGIES, "margin_type": MARGIN_TYPES, "loss_backend": B
 # how often last.pt is written, the evaluation batch size (per-image embeddings in eval mode) and the
 # off-the-shelf backbone's evaluation, which only a fresh run does.  Every other option is compared.
 RESUME_MAY_DIFFER = ("out", "resume", "progress", "data_threads", "decoder", "checkpoint_every", "eval_batch_size",
-                     "baseline")
+                     "baseline", "gallery", "tensorboard")
 
 
 def _shown(value: Any) -> str:
@@ -264,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         "deterministic": "torch deterministic algorithms (bitwise resumable on CPU)",
         "decoder": "image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
                    "(torchvision.io, nvJPEG on a GPU; the fastest on CPUs); same batches either way",
+        "gallery": "K: write --out/gallery/ at the end, per domain K sampled test queries with their top-5 "
+                   "neighbours in the merged index, and where the trained model and the off-the-shelf backbone "
+                   "disagree (default 8; 0: none)",
+        "tensorboard": "write TensorBoard event files to --out/tb (per-step losses per domain, sampler weights, "
+                       "learning rates, images/s, per-epoch validation P@1 and mMP@5)",
         "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
                           "(for label spaces too large to replicate; docs/class_parallel.md)",
     }

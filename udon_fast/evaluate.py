@@ -1,6 +1,7 @@
 """`python -m udon_fast.evaluate`: UnED kNN evaluation; writes results.json/.csv/.md.
 
     python -m udon_fast.evaluate --checkpoint CKPT [--data-root DIR] [--folder NAME=DIR ...] --out DIR
+                                 [--gallery K [--gallery-baseline FILE|packaged]]
     python -m udon_fast.evaluate --backbone NAME --pretrained FILE|packaged [--image-size S]
                                  [--data-root DIR] [--folder NAME=DIR ...] --out DIR
 
@@ -13,6 +14,12 @@ baseline, the pretrained backbone's own L2-normalised pooled features, as the "s
 `torchrun --nproc_per_node N -m udon_fast.evaluate ...` embeds on all N ranks (results identical).
 A class-parallel checkpoint (its manifest, checkpoints/last.pt or best.pt) evaluates like any other:
 embedding needs no classifier rows.
+
+--gallery K also writes OUT/gallery/index.html and a page per domain: a seeded sample of K queries
+with their top-5 in the merged index, marked correct or wrong (`udon_fast.gallery`).  With
+--gallery-baseline the checkpoint's backbone off the shelf (with those weights) searches the same
+queries, and each page adds the queries the trained model gets right at rank 1 and the backbone wrong,
+and the reverse.
 """
 import argparse
 import csv
@@ -28,6 +35,7 @@ from .data import default_data_root, load_domains_with_splits
 from .data.decoders import DECODERS
 from .data.image_bytes import set_max_pixels
 from .evaluation import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
+from .gallery import merged_search, write_gallery
 from .knn import NO_POSITIVE_MODES
 from .model import backbone_embedder, load_model
 from .output_files import atomic_write_text, check_writable_folder, writing
@@ -63,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
     parser.add_argument("--decoder", choices=DECODERS, default="dali",
                         help="image decoder (torchvision: without DALI; the fastest on CPUs)")
+    parser.add_argument("--gallery", type=int, metavar="K",
+                        help="write OUT/gallery/: per domain K sampled queries with their top-5 neighbours")
+    parser.add_argument("--gallery-seed", type=int, default=0, help="seed of the gallery's query sample")
+    parser.add_argument("--gallery-baseline", metavar="FILE|packaged",
+                        help="with --checkpoint and --gallery: weights of the checkpoint's backbone off the shelf; "
+                             "the pages then show where the trained model and the backbone disagree at rank 1")
     return parser
 
 
@@ -106,6 +120,40 @@ def _load(args, device: torch.device):
     return model, domains, embedding, args.checkpoint
 
 
+def _check_gallery(args) -> None:
+    """The --gallery options go together (ValueError naming them)."""
+    if args.gallery is None:
+        if args.gallery_baseline:
+            raise ValueError("--gallery-baseline goes with --gallery K")
+        return
+    check_positive(args, "gallery")
+    if args.embedding == "teacher":
+        raise ValueError("--gallery shows the universal (student) embedding's search: drop --embedding teacher")
+    if args.gallery_baseline and not args.checkpoint:
+        raise ValueError("--gallery-baseline compares a --checkpoint with its backbone off the shelf; --backbone "
+                         "already evaluates the backbone itself")
+
+
+def _gallery(args, model, domains, sets, title: str, ranks: distributed.Ranks) -> None:
+    """OUT/gallery (see the module docstring); with --gallery-baseline the backbone is embedded too
+    (every rank takes part; rank 0 writes)."""
+    baseline = None
+    if args.gallery_baseline:
+        config = model.config
+        backbone = backbone_embedder(config["backbone_name"], args.gallery_baseline,
+                                     config["image_size"]).to(ranks.device)
+        baseline_sets = {}
+        evaluate_model(backbone, domains, args.split, index="merged", embedding="student",
+                       batch_size=args.batch_size, device=ranks.device, num_threads=args.threads,
+                       progress=ranks.is_main, distributed=ranks.world_size > 1, no_positive=args.no_positive,
+                       decoder=args.decoder, embeddings=baseline_sets)
+        if ranks.is_main:
+            baseline = merged_search(domains, args.split, baseline_sets)
+    if ranks.is_main:
+        write_gallery(Path(args.out) / "gallery", merged_search(domains, args.split, sets), args.gallery,
+                      title=f"{title} ({args.split} split)", baseline=baseline, seed=args.gallery_seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Under `torchrun --nproc_per_node N` every rank embeds a share of each set; rank 0 searches and writes."""
     args = build_parser().parse_args(argv)
@@ -120,12 +168,16 @@ def _evaluate(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     try:
         set_max_pixels(args.max_pixels)
         check_positive(args, "batch_size", "threads")
+        _check_gallery(args)
         model, domains, embedding, title = _load(args, ranks.device)
         out = check_writable_folder(args.out, "--out")
+        sets = {}
         results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,
                                  batch_size=args.batch_size, device=ranks.device, num_threads=args.threads,
                                  progress=ranks.is_main, distributed=ranks.world_size > 1,
-                                 no_positive=args.no_positive, decoder=args.decoder)
+                                 no_positive=args.no_positive, decoder=args.decoder, embeddings=sets)
+        if args.gallery:
+            _gallery(args, model, domains, sets, title, ranks)
         if not ranks.is_main:
             return 0
         atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))

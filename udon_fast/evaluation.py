@@ -181,7 +181,8 @@ def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, w
 def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], split: str, *, index: str = "both",
                    embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
                    num_threads: int = 2, decoder: str = "dali", progress: bool = True,
-                   no_positive: str = "miss", distributed: bool = False) -> dict:
+                   no_positive: str = "miss", distributed: bool = False,
+                   embeddings: dict[str, tuple[Embedded, Embedded | None]] | None = None) -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
 
     no_positive: "miss" (default, the official metric: a query without a relevant index item scores 0
@@ -191,6 +192,8 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     (`check_evaluable`) and `CorruptImagesError` naming every image that does not decode.
     distributed: every rank of the initialised default process group calls; each embeds its share,
     rank 0 searches; all return rank 0's results.
+    embeddings: a dict to receive {domain: (query set's Embedded, index set's or None)} (on rank 0;
+    `gallery.merged_search` reads it).
     """
     no_positive_mode(no_positive)
     if index not in INDEX_MODES:
@@ -212,6 +215,8 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
         sets[name] = (embed(model, query, name, **options),
                       None if index_split is None else embed(model, index_split, name, **options))
     model.train(was_training)
+    if embeddings is not None:
+        embeddings.update(sets)
     kill_point("evaluation")
     results = None
     if not distributed or dist.get_rank() == 0:

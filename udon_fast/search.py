@@ -1,6 +1,7 @@
 """`python -m udon_fast.search`: the gallery images nearest to query images.
 
     python -m udon_fast.search --index GALLERY.faiss --query IMG|DIR [--checkpoint CKPT] [--top K] [--json OUT]
+                               [--html OUT]
     python -m udon_fast.search --embeddings E.npy --query IMG|DIR [--checkpoint CKPT] [--top K] [--json OUT]
 
 The gallery is an index file from `python -m udon_fast.index build` (flat, ivf or hnsw) or the
@@ -9,6 +10,8 @@ images (recursive); queries are embedded in batches with CKPT (default: the chec
 with the gallery) and searched together.  stdout: per query, lines `rank  score  path` (for a
 folder, each block starts with `query: PATH`).  --json OUT: {"gallery", "checkpoint", "top",
 "results": [{"query": path, "neighbours": [{"rank", "score", "path"}, ...]}, ...]}.
+--html OUT: OUT/index.html, each query with its hits as thumbnails copied into OUT (the gallery pages'
+layout, `udon_fast.gallery`); a hit's class is shown as the folder its image is in.
 """
 import argparse
 import json
@@ -22,6 +25,7 @@ from .cli import add_max_pixels, check_positive
 from .data.decoders import DECODERS
 from .data.image_bytes import set_max_pixels
 from .embed import embed_paths, list_images
+from .gallery import Hit, QueryResult, write_search_page
 from .index import Gallery, build_index, load_gallery, read_embeddings
 from .model import load_embedder
 from .output_files import atomic_write_text
@@ -57,6 +61,12 @@ def ranked(gallery: Gallery, queries: np.ndarray, paths: list[str], top: int) ->
     return results
 
 
+def html_results(results: list[dict]) -> list[QueryResult]:
+    """`ranked`'s results as gallery rows: each image's class shown as its folder's name."""
+    return [QueryResult(r["query"], "", "", [Hit(h["path"], "", Path(h["path"]).parent.name, h["score"])
+                                             for h in r["neighbours"]]) for r in results]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m udon_fast.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--checkpoint", help="model to embed the queries (default: the one recorded with the gallery)")
     parser.add_argument("--json", help="also write the ranked lists to this JSON file")
+    parser.add_argument("--html", metavar="OUT", help="also write OUT/index.html: the hits as thumbnails")
     parser.add_argument("--batch-size", type=int, default=128, help="queries embedded per batch")
     parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
     parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
@@ -92,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,
                       "results": results}
             atomic_write_text(Path(args.json), json.dumps(record, indent=1, ensure_ascii=False))
+        if args.html:
+            write_search_page(args.html, html_results(results), title=f"udon_fast search of {args.query}")
     except (OSError, ValueError) as exc:  # bad files (named), options, an undecodable query image, --json
         print(f"udon_fast.search: error: {exc}", file=sys.stderr)
         return 1

@@ -11,21 +11,23 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import evaluation
+from .. import evaluation, gallery
 from ..config import TrainConfig, parse_folders
 from ..data import TrainLoader, default_data_root, load_domains_with_splits
 from ..data.image_bytes import set_max_pixels
 from ..kill_points import kill_point
-from ..model import Embedder, UDONModel
+from ..model import Embedder, UDONModel, backbone_embedder
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
 from ..output_files import atomic_write_text, remove_stale_temp_files
 from ..sampler import DomainSampler
 from . import class_parallel, distributed, report, sharded_checkpoint
+from .epoch_summary import EpochSummary
 from .out_folder import claimed_out
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep
+from .tensorboard import TensorBoardLog
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,6 +94,9 @@ class Run:
         step_type = class_parallel.ClassParallelStep if config.class_parallel else UDONStep
         self.step_fn = step_type(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
                                  compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
+        self.baseline_sets: dict[str, Any] = {}  # the off-the-shelf backbone's test embeddings, for the gallery
+        self.tensorboard: TensorBoardLog | None = None
+        self.summary: EpochSummary | None = None
 
     def _prepare_out(self) -> None:
         """Remove temporary files a killed run left in --out (which `train` has checked and locked:
@@ -133,7 +138,7 @@ class Run:
         baseline = Embedder.of_backbone(self.model.backbone, self.config.image_size,
                                         {"backbone_name": self.config.backbone})
         try:
-            return self.evaluate("test", baseline, embedding="student")
+            return self.evaluate("test", baseline, embedding="student", embeddings=self.baseline_sets)
         finally:
             self.model.train(was_training)
 
@@ -171,7 +176,13 @@ class Run:
             merged = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]
             score = merged["mean"]["p_at_1"]
             progress.validations.append({"step": progress.step, "mean_p_at_1": score,
-                                         "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"}})
+                                         "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"},
+                                         "mean_mmp_at_5": merged["mean"]["mmp_at_5"],
+                                         "mmp_at_5": {d: m["mmp_at_5"] for d, m in merged.items() if d != "mean"}})
+            if self.tensorboard is not None:
+                self.tensorboard.validation(progress.validations[-1])
+            if self.summary is not None:
+                self.summary.validation(progress.validations[-1:])
             if score > progress.best_score:
                 progress.best_score, progress.best_step = score, progress.step
                 self.save("best.pt", progress)
@@ -181,9 +192,29 @@ class Run:
         kill_point("checkpoint")
         distributed.barrier(self.ranks.world_size)
 
+    def open_logs(self, progress: Progress) -> report.MetricsLog:
+        """metrics.jsonl for appending, feeding summary.csv and (--tensorboard) the event files; a resumed
+        run's summary starts from the kept rows and the checkpoint's validations."""
+        path = self.out / "metrics.jsonl"
+        self.summary = EpochSummary(self.out, self.steps_per_epoch, self.total_steps, list(self.val_domains),
+                                    list(learning_rates(self.optimizer)))
+        self.summary.rows(report.read_metrics(path))
+        self.summary.validation(progress.validations)
+        listeners = [self.summary.rows]
+        if self.config.tensorboard:
+            self.tensorboard = TensorBoardLog(self.out, purge_step=progress.step)
+            listeners.append(self.tensorboard.rows)
+        return report.MetricsLog(path, listeners)
+
+    def close_logs(self, metrics: report.MetricsLog | None) -> None:
+        if metrics is not None:
+            metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
     def train(self, progress: Progress) -> None:
         config, ranks = self.config, self.ranks
-        metrics = report.MetricsLog(self.out / "metrics.jsonl") if ranks.is_main else None
+        metrics = self.open_logs(progress) if ranks.is_main else None
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
                    disable=not (config.progress and ranks.is_main))
         tick = time.perf_counter()
@@ -217,8 +248,7 @@ class Run:
             if end_of_epoch or progress.step % config.checkpoint_every == 0:
                 self.checkpoint(progress, validate=end_of_epoch)
         bar.close()
-        if metrics is not None:
-            metrics.close()
+        self.close_logs(metrics)
 
     def finish(self, progress: Progress, started: float) -> dict[str, Any]:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""
@@ -230,9 +260,17 @@ class Run:
         classifiers = set(class_parallel.classifier_names(self.model))
         embedding = [t for name, t in self.model.state_dict().items() if name not in classifiers]
         distributed.broadcast_from_main(embedding, self.ranks.world_size)
-        results = {"initial": progress.initial, "final": self.evaluate("test"), "validation": progress.validations}
+        sets: dict[str, Any] = {}
+        results = {"initial": progress.initial, "final": self.evaluate("test", embeddings=sets),
+                   "validation": progress.validations}
+        baseline_sets = self.gallery_baseline() if self.config.gallery else {}
         if not self.ranks.is_main:
             return {}
+        if self.config.gallery:
+            gallery.write_gallery(self.out / "gallery", gallery.merged_search(self.domains, "test", sets),
+                                  self.config.gallery, title=f"UDON run {self.out} (test split)",
+                                  baseline=gallery.merged_search(self.domains, "test", baseline_sets)
+                                  if baseline_sets else None, seed=self.config.seed)
         if progress.baseline:
             results["baseline"] = progress.baseline
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
@@ -242,6 +280,17 @@ class Run:
         report.plot_metrics(self.out, report.read_metrics(self.out / "metrics.jsonl"))
         print(markdown)
         return results
+
+    def gallery_baseline(self) -> dict[str, Any]:
+        """The off-the-shelf backbone's test embeddings for the gallery's comparison: those of the start
+        (--baseline), or, in a resumed run, the backbone rebuilt from --pretrained and embedded again;
+        {} without --baseline."""
+        if not self.config.baseline or self.baseline_sets:
+            return self.baseline_sets
+        backbone = backbone_embedder(self.config.backbone, self.config.pretrained,
+                                     self.config.image_size).to(self.ranks.device)
+        self.evaluate("test", backbone, embedding="student", index="merged", embeddings=self.baseline_sets)
+        return self.baseline_sets
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

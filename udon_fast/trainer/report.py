@@ -1,5 +1,6 @@
 """Run outputs: results.json / results.md, the printed per-domain table, and PNG plots."""
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,12 @@ def write_results(out: Path, results: dict[str, Any], header: str) -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl opened for appending: one JSON line per step, flushed; errors name the file."""
+    """metrics.jsonl opened for appending: one JSON line per step, flushed; errors name the file.
+    `listeners`: callables given each list of records as it is written (TensorBoard, summary.csv)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, listeners: Sequence[Callable[[list[dict[str, Any]]], None]] = ()):
         self.path = path
+        self.listeners = list(listeners)
         with writing(path):
             self.file = path.open("a", encoding="utf-8")
 
@@ -88,6 +91,8 @@ class MetricsLog:
         with writing(self.path):
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        for listener in self.listeners:
+            listener([record])
 
     def close(self) -> None:
         with writing(self.path):
