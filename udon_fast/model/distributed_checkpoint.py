@@ -17,6 +17,7 @@ flat key:
 returns it under "model", so `load_model`, `load_embedder`, `evaluate`, `embed` and `export` read these
 checkpoints as they read a single file.  Writing and resuming: `udon_fast.trainer.distributed_checkpoint`.
 """
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def read_model_state(manifest: Path, checkpoint: dict[str, Any], map_location: s
              for key, meta in metadata.state_dict_metadata.items()
              if key.startswith(MODEL) and isinstance(meta, TensorStorageMetadata)}
     try:
-        dcp.load(state, storage_reader=reader, no_dist=True)
+        with warnings.catch_warnings():  # DCP warns that it loads in one process: what no_dist asks for
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            dcp.load(state, storage_reader=reader, no_dist=True)
     except CheckpointException as exc:
         raise CheckpointError(f"cannot read checkpoint folder {where}: {failure(exc)}") from None
     model = {key[len(MODEL):]: value.to(map_location) for key, value in state.items()}
