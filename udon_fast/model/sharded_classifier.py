@@ -74,7 +74,8 @@ class DomainClassifier(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Refuse the rows of another slice (same shapes but other classes would load silently)."""
         found = state_dict.get(prefix + "layout")
-        if found is not None and not torch.equal(found[[0, 3, 4]].cpu(), self.layout[[0, 3, 4]].cpu()):
+        if (isinstance(found, torch.Tensor) and found.shape == self.layout.shape
+                and not torch.equal(found[[0, 3, 4]].cpu(), self.layout[[0, 3, 4]].cpu())):
             mine, theirs = (dict(zip(LAYOUT, t.tolist())) for t in (self.layout, found))
             raise ValueError(f"{prefix or 'classifier '}rows {theirs} do not match this module's slice {mine}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
