@@ -1,5 +1,6 @@
 """Sharded classifiers in the model (`DomainClassifier`): slices drawn equal to the unsharded initialisation,
-torch.chunk's rank partition, the shard metadata in the state dict, logits and loss, argument errors (single process; the distributed runs are in test_class_parallel_train.py)."""
+torch.chunk's rank partition, the shard metadata in the state dict, logits and loss, argument errors
+(single process; the distributed runs are in test_class_parallel_train.py)."""
 import pytest
 import torch
 import torch.nn.functional as F

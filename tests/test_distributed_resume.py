@@ -65,7 +65,8 @@ def _worker(rank, world, data_root, root, ports, resume_from):
 
 
 def _metrics(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in path.read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+            for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,8 @@ class EpochStream:
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Epoch `epoch` of the global stream: (indices int64, crop_x float32, crop_y float32, flip int32), (n,) each."""
+        """Epoch `epoch` of the global stream: (indices int64, crop_x float32, crop_y float32, flip int32),
+        (n,) each."""
         if epoch not in self._epochs:
             order = np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)
             aug = np.random.default_rng([self.seed, self.stream, epoch, 1])

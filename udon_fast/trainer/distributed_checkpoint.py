@@ -58,7 +58,8 @@ def _model_tensors(model: UDONModel, ranks: Ranks) -> dict[str, torch.Tensor]:
     modules compute it), classifier slices as DTensors."""
     sharded = _sharded_classes(model)
     return {MODEL + name: _global(value, value, sharded[name], ranks) if name in sharded else value
-            for name, value in model.state_dict(keep_vars=True).items() if not (name.startswith("classifiers.") and name.endswith(".layout"))}
+            for name, value in model.state_dict(keep_vars=True).items()
+            if not (name.startswith("classifiers.") and name.endswith(".layout"))}
 
 
 def _optimizer_tensors(model: UDONModel, moments: dict[str, dict[str, torch.Tensor]], ranks: Ranks
@@ -116,7 +117,8 @@ def _manifest(path: Path, model: UDONModel) -> dict[str, Any]:
     if manifest["config"] != model.config:
         raise CheckpointError(f"--resume: {path} was written for a different model "
                               f"({manifest['config'].get('backbone_name')}, domains "
-                              f"{sorted(manifest['config'].get('domains', {}))}); use the same options or another --out")
+                              f"{sorted(manifest['config'].get('domains', {}))}); use the same options or "
+                              f"another --out")
     return manifest
 
 
