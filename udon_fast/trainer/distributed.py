@@ -54,10 +54,10 @@ def data_parallel(module: nn.Module, ignore: Iterable[str] = (), reduce: str = "
 
     ignore: names of parameters (in `module`) DDP leaves alone: neither broadcast at the start nor reduced.
     reduce: "mean" (data parallel) or "sum" (the replicated gradients of a class-parallel run).
-    Buffers are not broadcast (broadcast_buffers=False): the only ones that could change, the BatchNorm
-    running statistics, are frozen in training (`UDONModel.train`) and every rank builds them alike, so
-    DDP's per-forward broadcast from rank 0 would send identical values every step.  The gradients are views into DDP's buckets (no second
-    copy of them).
+    Buffers are broadcast from rank 0 once, at construction, not before every forward
+    (forward_sync_buffers=False): the only ones that could change, the BatchNorm running statistics, are
+    frozen in training (`UDONModel.train`), so a per-forward broadcast would resend identical values every
+    step.  The gradients are views into DDP's buckets (no second copy of them).
     """
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
@@ -65,7 +65,7 @@ def data_parallel(module: nn.Module, ignore: Iterable[str] = (), reduce: str = "
     group = dist.new_group(backend=dist.get_backend())
     device = next(module.parameters()).device
     wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                      process_group=group, find_unused_parameters=True, broadcast_buffers=False,
+                                      process_group=group, find_unused_parameters=True, forward_sync_buffers=False,
                                       gradient_as_bucket_view=True)
     if reduce == "sum":
         wrapped.register_comm_hook(group, _sum_hook)
