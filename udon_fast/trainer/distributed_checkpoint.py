@@ -29,7 +29,7 @@ from ..data import TrainLoader
 from ..model import UDONModel
 from ..model.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from ..model.distributed_checkpoint import DISTRIBUTED, MODEL, OPTIMIZER, failure, folder
-from ..output_files import OutputError
+from ..output_files import OutputError, writing
 from ..sampler import DomainSampler
 from .distributed import Ranks
 from .state import Progress
@@ -81,9 +81,13 @@ def save_distributed_run(path: Path, model: UDONModel, optimizer: torch.optim.Op
     """Write `path` (the manifest) and its DCP folder from every rank (a collective)."""
     path = Path(path)
     target = path.parent / f"{path.stem}-step{progress.step:09d}"
-    if ranks.is_main and target.exists():  # left by a save that was killed before its manifest
-        shutil.rmtree(target)
-    dist.barrier()
+
+    def clear() -> None:  # a folder left by a save killed before its manifest
+        if ranks.is_main and target.exists():
+            with writing(target, "checkpoint folder"):
+                shutil.rmtree(target)
+
+    _collectively(clear, ranks)
     try:
         dcp.save({**_model_tensors(model, ranks), **_optimizer_tensors(model, _named_state(model, optimizer), ranks)},
                  checkpoint_id=target)
