@@ -4,8 +4,8 @@ per step against the number of classes C (Ds = 64, Dt = 256, fp32 weights, gradi
 Each measurement is a fresh 2-process gloo job (`measure`), one CPU thread per rank.  Every rank builds a
 `UDONModel` with one domain of C classes and a 1-block vit_tiny at 32 px (the backbone is a few MiB; the
 heads are what grows with C), the trainer's fused AdamW (`build_optimizer`) and the trainer's step:
-`UDONStep` (replicated classifiers, gradients averaged with one all-reduce) or `ClassParallelStep`
-(`--class-parallel`: C / 2 classes per rank), then runs a warm-up step (AdamW states exist after it) and
+`UDONStep` with replicated classifiers (DDP averages the gradients) or with class-parallel ones
+(`--class-parallel`: C / 2 classes per rank, `classifier_shard`), then runs a warm-up step (AdamW states exist after it) and
 `steps` timed steps (`step(...)` + `apply()`, a barrier before each), on its own random batch of `batch`
 images with labels in [0, C).  Per rank: peak resident memory of the process (VmHWM), the resident memory
 before the model was built (imports, gloo), and the median step time.
@@ -61,7 +61,6 @@ def predicted_bytes(mode: str, classes: int) -> int:
 
 def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: int, out_dir: str) -> None:
     from udon_fast.model import UDONModel
-    from udon_fast.trainer.class_parallel import ClassParallelStep, class_slices
     from udon_fast.trainer.optimizer import build_optimizer
     from udon_fast.trainer.step import LossOptions, UDONStep
 
@@ -71,14 +70,12 @@ def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: in
     base = status_kib("VmRSS") * 1024
     torch.manual_seed(0)
     sharded = mode == "class_parallel"
-    slices = class_slices({DOMAIN: classes}, rank, RANKS) if sharded else None
     model = UDONModel("vit_tiny_patch16_224", {DOMAIN: classes}, teacher_dim=D_T, student_dim=D_S, image_size=32,
-                      backbone_kwargs={"depth": 1}, class_slices=slices)
+                      backbone_kwargs={"depth": 1}, classifier_shard=(rank, RANKS) if sharded else (0, 1))
     optimizer = build_optimizer(model, lr=1e-3, backbone_lr_mult=1e-2, weight_decay=1e-6)
     options = LossOptions(margin_type="arcface", margin=0.2, scale=16.0, temperature=0.1, kl_weight=1.0,
                           similarity_weight=1.0, backend="auto", n_devices=RANKS)
-    step_type = ClassParallelStep if sharded else UDONStep
-    step = step_type(model, optimizer, options, compile=False, grad_clip=None, world_size=RANKS)
+    step = UDONStep(model, optimizer, options, compile=False, grad_clip=None, world_size=RANKS)
     gen = torch.Generator().manual_seed(rank)
     images = torch.randn(batch, 3, 32, 32, generator=gen)
     labels = torch.randint(0, classes, (batch,), generator=gen)

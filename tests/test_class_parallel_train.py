@@ -1,6 +1,7 @@
-"""`--class-parallel` training on 2 gloo ranks: the losses of a data-parallel 2-rank run to 1e-4, the sharded
-checkpoint layout, an exact resume after a crash between the shards and the manifest, evaluation and export
-from the manifest, and `evaluate` embedding on both ranks with the single-rank results."""
+"""`--class-parallel` training on 2 gloo ranks: the losses of a data-parallel 2-rank run to 1e-4, the DCP
+checkpoint layout (a manifest and its folder), whole classifiers read back equal to the data-parallel run's,
+an exact resume after a crash between the DCP folder and the manifest, evaluation and export from the
+manifest, and `evaluate` embedding on both ranks with the single-rank results."""
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,8 @@ from udon_fast import train as train_cli
 from udon_fast.config import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model import CheckpointError, load_model
-from udon_fast.trainer import sharded_checkpoint
+from udon_fast.model.checkpoint import read_checkpoint
+from udon_fast.trainer import distributed_checkpoint
 from udon_fast.trainer.state import load_run
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
@@ -25,7 +27,7 @@ CRASH_STEP = 4
 
 
 def _crash_on_manifest(real):
-    """write_checkpoint that fails for the manifest of step CRASH_STEP: the shards of that step are on disk."""
+    """write_checkpoint that fails for the manifest of step CRASH_STEP: its DCP folder is on disk."""
 
     def write(path, config, state, optimizer, extra):
         if extra["progress"]["step"] == CRASH_STEP and Path(path).name == "last.pt":
@@ -48,16 +50,16 @@ def _worker(rank, world, root, data_root, ports):
     train(parse_args([*base, "--out", str(root / "dp")]))
     use_port(ports[1])
     train(parse_args([*base, "--out", str(root / "cp"), "--class-parallel"]))
-    real = sharded_checkpoint.write_checkpoint
-    sharded_checkpoint.write_checkpoint = _crash_on_manifest(real)
+    real = distributed_checkpoint.write_checkpoint
+    distributed_checkpoint.write_checkpoint = _crash_on_manifest(real)
     use_port(ports[2])
     try:
         train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel"]))
         out["crash"] = "no error"
     except (OSError, ValueError) as exc:
         out["crash"] = f"{type(exc).__name__}: {exc}"
-    sharded_checkpoint.write_checkpoint = real
-    out["after_crash"] = sorted(p.name for p in (root / "crashed" / "checkpoints" / "shards").iterdir())
+    distributed_checkpoint.write_checkpoint = real
+    out["after_crash"] = sorted(p.name for p in (root / "crashed" / "checkpoints").iterdir() if p.is_dir())
     use_port(ports[3])
     train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel", "--resume"]))
     use_port(ports[4])
@@ -108,21 +110,24 @@ def test_losses_match_a_data_parallel_run(runs):
             assert abs(a[term] - b[term]) <= 1e-4, (a["step"], term, a[term], b[term])
 
 
-def test_checkpoint_is_a_manifest_of_shards_and_embeds(runs):
+def test_checkpoint_is_a_manifest_of_a_dcp_folder_with_the_whole_classifiers(runs):
     root, _, _ = runs
     checkpoints = root / "cp" / "checkpoints"
-    model, manifest = load_model(checkpoints / "last.pt")
-    assert manifest["config"]["class_slices"] == {"shops": [0, 0], "birds": [0, 0]}
-    assert all(model.teacher_classifier(d).shape[0] == 0 == model.student_classifier(d).shape[0]
-               for d in ("shops", "birds"))
-    info = manifest["extra"]["class_parallel"]
-    assert (info["world_size"], info["step"]) == (2, 6)
-    assert [e["class_slices"] for e in info["shards"]] == [{"shops": [0, 3], "birds": [0, 5]},
-                                                          {"shops": [3, 6], "birds": [5, 10]}]
-    best_step = torch.load(checkpoints / "best.pt", weights_only=True)["extra"]["class_parallel"]["step"]
-    assert sorted(p.name for p in (checkpoints / "shards").iterdir()) == sorted(
-        [f"best-step{best_step:09d}-rank{r:05d}-of00002.pt" for r in range(2)]
-        + [f"last-step000000006-rank{r:05d}-of00002.pt" for r in range(2)])
+    manifest = read_checkpoint(checkpoints / "last.pt", model_state=False)
+    assert manifest["model"] == {} and "class_slices" not in manifest["config"]
+    info = manifest["extra"]["distributed_checkpoint"]
+    assert (info["world_size"], info["step"], info["global_batch"], info["dir"]) == (2, 6, 16, "last-step000000006")
+    assert len(info["data"]) == len(info["rng"]) == 2
+    best_step = read_checkpoint(checkpoints / "best.pt", model_state=False)["extra"]["distributed_checkpoint"]["step"]
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == sorted(
+        [f"best-step{best_step:09d}", "last-step000000006"])
+    assert sorted(p.name for p in (checkpoints / "last-step000000006").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+    model, _ = load_model(checkpoints / "last.pt")
+    assert model.teacher_classifier("shops").shape == (6, 256) and model.student_classifier("birds").shape == (10, 64)
+    reference, _ = load_model(root / "dp" / "checkpoints" / "last.pt")
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=1e-4, msg=lambda m: f"{name}: {m}")
     with torch.no_grad():
         assert model.embed(torch.randn(2, 3, 32, 32)).shape == (2, 64)
 
@@ -145,25 +150,16 @@ def test_class_parallel_checkpoint_exports(runs, tmp_path):
         torch.testing.assert_close(model.embed(images), expected, rtol=0, atol=1e-5)
 
 
-def test_consolidated_classifiers_match_the_data_parallel_run(runs, tmp_path):
-    root, _, _ = runs
-    whole = sharded_checkpoint.consolidate_checkpoint(root / "cp" / "checkpoints" / "last.pt", tmp_path / "whole.pt")
-    model, _ = load_model(whole)
-    reference, _ = load_model(root / "dp" / "checkpoints" / "last.pt")
-    for name, value in reference.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=1e-4, msg=lambda m: f"{name}: {m}")
-
-
 def test_resume_after_a_crash_before_the_manifest_is_exact(runs):
     root, _, results = runs
     assert "simulated crash before the manifest" in results[0]["crash"]
-    assert "writing " in results[1]["crash"] and "failed on rank(s) [0]" in results[1]["crash"]
+    assert "rank 0 failed to write " in results[1]["crash"] and "simulated crash" in results[1]["crash"]
     left = results[0]["after_crash"]
-    assert f"last-step{CRASH_STEP:09d}-rank00000-of00002.pt" in left  # orphaned: the manifest never named them
-    assert "last-step000000003-rank00001-of00002.pt" in left          # what the surviving manifest names
+    assert f"last-step{CRASH_STEP:09d}" in left  # orphaned: the manifest never named it
+    assert "last-step000000003" in left          # what the surviving manifest names
     assert _metrics(root / "crashed" / "metrics.jsonl") == _metrics(root / "cp" / "metrics.jsonl")
     assert json.loads((root / "crashed" / "results.json").read_text()) == json.loads((root / "cp" / "results.json").read_text())
-    assert not any(f"step{CRASH_STEP:09d}" in p.name for p in (root / "crashed" / "checkpoints" / "shards").iterdir())
+    assert not any(f"step{CRASH_STEP:09d}" in p.name for p in (root / "crashed" / "checkpoints").iterdir())
 
 
 def test_evaluate_on_two_ranks_equals_single_rank(runs):
@@ -173,24 +169,19 @@ def test_evaluate_on_two_ranks_equals_single_rank(runs):
     assert results[0]["same_embeddings"]
 
 
-def test_resume_checks_every_shard_against_the_manifest(runs, tmp_path):
+def test_a_distributed_checkpoint_names_what_is_wrong(runs, tmp_path):
     root, _, _ = runs
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(root / "cp" / "checkpoints", checkpoints)
-    manifest_path = checkpoints / "last.pt"
-    manifest = torch.load(manifest_path, weights_only=True)
-    with pytest.raises(CheckpointError, match="holds classifier shards of 2 ranks but this run has 3; resume with "
-                                              "torchrun --nproc_per_node 2"):
-        sharded_checkpoint._read_shard(manifest_path, manifest, 0, 3)
-    shard = checkpoints / "shards" / "last-step000000006-rank00001-of00002.pt"
-    shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(CheckpointError, match=r"rank00001-of00002.pt has \d+ bytes but .*last.pt lists \d+"):
-        sharded_checkpoint._read_shard(manifest_path, manifest, 1, 2)
-    shard.unlink()
-    with pytest.raises(CheckpointError, match="rank00001-of00002.pt listed in .*last.pt is missing"):
-        sharded_checkpoint.consolidate_checkpoint(manifest_path, tmp_path / "whole.pt")
-    with pytest.raises(ValueError, match="written by a --class-parallel run of 2 ranks"):
-        load_run(manifest_path, None, None, None, None)
+    with pytest.raises(ValueError, match="was written by a run on 2 ranks; resume it with torchrun"):
+        load_run(checkpoints / "last.pt", None, None, None, None)
+    (checkpoints / "last-step000000006" / "__1_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint folder .*last-step000000006: rank\(s\) \[0\]"):
+        load_model(checkpoints / "last.pt")
+    shutil.rmtree(checkpoints / "last-step000000006")
+    with pytest.raises(CheckpointError, match=r"last.pt names the checkpoint folder .*last-step000000006, which "
+                                              r"cannot be read"):
+        load_model(checkpoints / "last.pt")
 
 
 def test_class_parallel_needs_a_torchrun_job_and_a_fused_backend(runs, capsys):

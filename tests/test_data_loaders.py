@@ -105,6 +105,26 @@ def test_two_ranks_partition_each_epoch(unique, decoder):
         loader(unique, decoder, rank=2, world_size=2)
 
 
+def test_global_batches_do_not_depend_on_the_rank_count(unique, decoder):
+    """Global batch 6 over 20 samples on 1, 2 and 3 ranks (crossing epoch boundaries): rank r's rows are rows
+    r, r + W, ... of the same global batches; a position saved on 2 ranks resumes on 3 at the same batch."""
+    def global_batches(world, steps, state=None):
+        ranks = [loader(unique, decoder, batch_size=6 // world, rank=r, world_size=world) for r in range(world)]
+        if state is not None:
+            for train in ranks:
+                train.load_state_dict(state)
+        batches = []
+        for _ in range(steps):
+            rows = [train.next_batch("u")[1] for train in ranks]
+            batches.append(torch.stack(rows, dim=1).reshape(-1).tolist())
+        return batches, ranks[0].state_dict()
+
+    single, _ = global_batches(1, 8)
+    assert global_batches(2, 8)[0] == single == global_batches(3, 8)[0]
+    _, saved = global_batches(2, 3)
+    assert global_batches(3, 5, saved)[0] == single[3:]
+
+
 def test_resume_sees_the_same_batches(unique, decoder):
     steps = ["u", "v", "u", "u", "v", "v", "u", "v", "u", "u", "v", "u"]
     reference = loader(unique, decoder, batch_size=6)
@@ -118,8 +138,8 @@ def test_resume_sees_the_same_batches(unique, decoder):
     for d, (x, y) in zip(steps[5:], expected[5:]):
         x2, y2 = resumed.next_batch(d)
         assert torch.equal(x, x2) and torch.equal(y, y2)
-    with pytest.raises(ValueError, match="world_size"):
-        loader(unique, decoder, batch_size=6).load_state_dict({**state, "world_size": 2})
+    with pytest.raises(ValueError, match="seed"):
+        loader(unique, decoder, batch_size=6).load_state_dict({**state, "seed": 1})
 
 
 def test_batches_are_copies_not_dali_buffers(unique, decoder):

@@ -72,9 +72,9 @@ def test_refuses_to_overwrite_a_run(finished_run, data_root):
 
 
 def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeypatch):
-    from udon_fast.trainer import step as step_module
+    from udon_fast.model import sharded_classifier
 
-    real = step_module.udon_loss
+    real = sharded_classifier.udon_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeyp
             return type(out)(out.total * float("nan"), *out[1:])
         return out
 
-    monkeypatch.setattr(step_module, "udon_loss", poisoned)
+    monkeypatch.setattr(sharded_classifier, "udon_loss", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 3 \(domain '(shops|birds)'\)"):
         train(parse_args(_args(data_root, out, "--steps", "8")))
@@ -178,6 +178,9 @@ def test_compiled_step_matches_eager(finished_run, data_root, tmp_path):
     want = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)["model"]
     got = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
     for name, value in want.items():
+        if not value.is_floating_point():  # the classifiers' layout
+            assert torch.equal(got[name], value), name
+            continue
         change = (value.float() - initial[name].float()).norm()
         assert change > 0 or name.startswith("teacher_projections"), f"{name} did not train"
         assert (got[name].float() - value.float()).norm() <= 0.05 * change + 1e-12, (name, float(change))

@@ -20,6 +20,7 @@ import torch
 
 from ..kill_points import kill_point
 from ..output_files import atomic_write
+from . import distributed_checkpoint
 from .udon import UDONModel
 
 FORMAT = "udon_fast.checkpoint"
@@ -84,9 +85,13 @@ def verify_checksums(path: Path) -> None:
                               f"(flipped or overwritten bytes); use another checkpoint or rerun")
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", model_state: bool = True
+                    ) -> dict[str, Any]:
     """The checkpoint dict at `path`, its checksums verified (`verify_checksums`) and checked for the
-    udon_fast layout (no model is built)."""
+    udon_fast layout (no model is built).
+
+    The manifest of a multi-rank run's checkpoint (`distributed_checkpoint`) comes back with the whole
+    model's state dict under "model", read from its DCP folder (model_state=False: as stored, empty)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -110,6 +115,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("config", "model") if not isinstance(checkpoint.get(k), dict)]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    if model_state and distributed_checkpoint.DISTRIBUTED in checkpoint.get("extra", {}):
+        checkpoint["model"] = distributed_checkpoint.read_model_state(path, checkpoint, map_location)
     return checkpoint
 
 

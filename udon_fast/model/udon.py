@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import check_image_size, create_backbone, feature_dim, normalization
-from .heads import lecun_uniform_classifier, output_dim, projection
+from .heads import output_dim, projection
+from .sharded_classifier import HEADS, DomainClassifier
 from .weights import load_backbone_weights
 
 
@@ -26,20 +27,6 @@ def _check_domains(domains: Mapping[str, int]) -> dict[str, int]:
     return dict(domains)
 
 
-def _check_slices(slices: Mapping[str, Sequence[int]], domains: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-    if not isinstance(slices, Mapping) or set(slices) != set(domains):
-        raise ValueError(f"class_slices must map every domain {sorted(domains)} to (start, stop), got {slices!r}")
-    out = {}
-    for name, value in slices.items():
-        pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
-        if not (len(pair) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
-                and 0 <= pair[0] <= pair[1] <= domains[name]):
-            raise ValueError(f"class_slices[{name!r}] must be (start, stop) with 0 <= start <= stop <= "
-                             f"{domains[name]}, got {value!r}")
-        out[name] = pair
-    return out
-
-
 class UDONModel(nn.Module):
     """UDON (docs/method.md, section 1): a shared timm backbone, one teacher head per domain, one universal student head.
 
@@ -54,10 +41,10 @@ class UDONModel(nn.Module):
             backbone cannot use raise ValueError (`backbone.image_size_rule`: at least its total
             stride, a multiple of a ViT's patch size).
         backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `drop_path_rate`).
-        class_slices: domain -> (start, stop): hold only rows [start, stop) of that domain's teacher and
-            student classifiers (class-parallel training: one slice per rank; (0, 0): no rows, a model
-            that embeds without classifiers).  Drawn so that the slices equal the rows of the unsharded
-            initialisation.  None (default): every row.  Recorded in `config` when given.
+        classifier_shard: (rank, world_size): every domain's classifiers (`classifiers[d]`, a
+            `DomainClassifier`) hold only rank's slice of the classes (class-parallel training), drawn so
+            that the slices equal the rows of the unsharded initialisation.  (0, 1) (default): every row.
+            Not part of `config`: a checkpoint describes the whole model, whatever its training layout.
 
     Attributes: `mean`, `std` (per-channel input normalisation of the backbone), `num_features` (F),
     `teacher_dim_out`, `student_dim_out`, `domains`, `config` (everything `from_config` needs).
@@ -81,12 +68,10 @@ class UDONModel(nn.Module):
         pretrained: str | Path | None = None,
         image_size: int = 224,
         backbone_kwargs: Mapping[str, Any] | None = None,
-        class_slices: Mapping[str, Sequence[int]] | None = None,
+        classifier_shard: tuple[int, int] = (0, 1),
     ):
         super().__init__()
         self.domains = _check_domains(domains)
-        self.class_slices = None if class_slices is None else _check_slices(class_slices, self.domains)
-        rows = (lambda d: None) if self.class_slices is None else self.class_slices.get
         backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone = create_backbone(backbone_name, image_size, **backbone_kwargs)
         check_image_size(self.backbone, backbone_name, image_size)
@@ -99,10 +84,11 @@ class UDONModel(nn.Module):
         self.student_projection = projection(self.num_features, student_dim, "student_dim")
         self.teacher_dim_out = output_dim(teacher_dim)
         self.student_dim_out = output_dim(student_dim)
-        self.teacher_classifiers = nn.ParameterDict(
-            {d: lecun_uniform_classifier(c, self.teacher_dim_out, rows(d)) for d, c in self.domains.items()})
-        self.student_classifiers = nn.ParameterDict(
-            {d: lecun_uniform_classifier(c, self.student_dim_out, rows(d)) for d, c in self.domains.items()})
+        self.classifiers = nn.ModuleDict({d: DomainClassifier(c, self.teacher_dim_out, self.student_dim_out,
+                                                              *classifier_shard) for d, c in self.domains.items()})
+        for head in HEADS:  # every teacher, then every student: the draw order of the unsharded model
+            for classifier in self.classifiers.values():
+                classifier.reset_parameters(head)
         self.config = {
             "backbone_name": backbone_name,
             "domains": dict(self.domains),
@@ -113,15 +99,13 @@ class UDONModel(nn.Module):
             "mean": list(self.mean),
             "std": list(self.std),
         }
-        if self.class_slices is not None:
-            self.config["class_slices"] = {d: list(v) for d, v in self.class_slices.items()}
         self.train()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "UDONModel":
         """A randomly initialised model of the architecture described by `config` (see `config`)."""
         args = {k: config[k] for k in ("backbone_name", "domains", "teacher_dim", "student_dim", "image_size")}
-        return cls(**args, backbone_kwargs=config.get("backbone_kwargs"), class_slices=config.get("class_slices"))
+        return cls(**args, backbone_kwargs=config.get("backbone_kwargs"))
 
     def train(self, mode: bool = True) -> "UDONModel":
         super().train(mode)
@@ -166,17 +150,25 @@ class UDONModel(nn.Module):
     def teacher_classifier(self, domain: str) -> nn.Parameter:
         """Raw teacher cosine-classifier weight W_t^d, (C_d, 256) float32 (rows not normalised)."""
         self._check_domain(domain)
-        return self.teacher_classifiers[domain]
+        return self.classifiers[domain].teacher
 
     def student_classifier(self, domain: str) -> nn.Parameter:
         """Raw student cosine-classifier weight W_s^d, (C_d, 64) float32 (rows not normalised)."""
         self._check_domain(domain)
-        return self.student_classifiers[domain]
+        return self.classifiers[domain].student
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the classifiers are class-parallel slices."""
+        return any(c.sharded for c in self.classifiers.values())
+
+    def sharded_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the class-parallel classifier slices (none when not sharded)."""
+        return ((n, p) for n, p in self.named_parameters() if n.startswith("classifiers.") and self.sharded)
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Projections and classifiers (AdamW LR 1e-3; docs/method.md, section 4)."""
-        for module in (self.teacher_projections, self.student_projection, self.teacher_classifiers,
-                       self.student_classifiers):
+        for module in (self.teacher_projections, self.student_projection, self.classifiers):
             yield from module.parameters()
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:

@@ -1,6 +1,6 @@
-"""The UDON trainer, one component a module: `distributed` (ranks, gradient all-reduce),
-`optimizer` (AdamW groups, frozen backbone), `step` (the compiled UDON step), `state`
-(atomic checkpoints, exact resume), `class_parallel` (`--class-parallel`: sharded classifiers, its step),
-`sharded_checkpoint` (its per-rank shards and manifest), `report` (tables, results files, plots), `loop`
-(the run: `loop.train(config)`).  Nothing is imported here, so `step`, `class_parallel` and `optimizer`
-load without DALI."""
+"""The UDON trainer, one component a module: `distributed` (ranks, DDP), `optimizer` (AdamW groups, frozen
+backbone), `step` (the compiled UDON step), `class_parallel` (`--class-parallel`: the gradient bookkeeping of
+sharded classifiers), `state` (single-process checkpoints, exact resume), `distributed_checkpoint` (multi-rank
+checkpoints through torch.distributed.checkpoint, resumable on another number of ranks), `report` (tables,
+results files, plots), `loop` (the run: `loop.train(config)`).  Nothing is imported here, so `step`,
+`class_parallel` and `optimizer` load without DALI."""

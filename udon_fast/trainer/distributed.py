@@ -1,13 +1,21 @@
-"""Data parallelism for `torchrun`: every rank trains on the same domain each step, on its own shard.
+"""Data parallelism for `torchrun`: every rank trains on the same domain each step, on its rows of the global batch.
 
-Gradients are averaged with one all-reduce per step over the parameters that received a gradient
-(the same set on every rank, since all ranks share the step's domain); nccl on CUDA, gloo on CPU.
+The replicated parameters are synchronised by `torch.nn.parallel.DistributedDataParallel`
+(`data_parallel`): bucketed all-reduces that start while the backward pass is still running.  UDON trains
+one domain per step (the other domains' heads get no gradient) and freezes the backbone in the first
+epochs (no gradient at all), so DDP looks for the unused parameters every step; those without a gradient
+on every rank keep none.  Class-parallel classifier slices stay out of DDP (each rank owns different
+rows); their runs sum the replicated gradients instead of averaging them (`trainer/class_parallel.py`).
+nccl on CUDA, gloo on CPU.
 """
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -34,30 +42,34 @@ def setup() -> Ranks:
     return Ranks(rank, world_size, device)
 
 
-def average_gradients(parameters, world_size: int) -> None:
-    """All-reduce (mean) the gradients of `parameters` that have one, as one flat buffer."""
-    _all_reduce_gradients(parameters, world_size, mean=True)
+def _sum_hook(group: dist.ProcessGroup, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: all-reduce SUM of the bucket (DDP's default divides by the world size)."""
+    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
 
 
-def sum_gradients(parameters, world_size: int) -> None:
-    """All-reduce (sum) the gradients of `parameters` that have one, as one flat buffer."""
-    _all_reduce_gradients(parameters, world_size, mean=False)
+def data_parallel(module: nn.Module, ignore: Iterable[str] = (), reduce: str = "mean") -> DistributedDataParallel:
+    """`module` under DDP with a process group of its own (so its gradient all-reduces never interleave with
+    the class-parallel loss's collectives on the default group).
 
-
-def _all_reduce_gradients(parameters, world_size: int, mean: bool) -> None:
-    if world_size == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    if mean:
-        flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    ignore: names of parameters (in `module`) DDP leaves alone: neither broadcast at the start nor reduced.
+    reduce: "mean" (data parallel) or "sum" (the replicated gradients of a class-parallel run).
+    Buffers are broadcast from rank 0 once, at construction, not before every forward
+    (forward_sync_buffers=False): the only ones that could change, the BatchNorm running statistics, are
+    frozen in training (`UDONModel.train`), so a per-forward broadcast would resend identical values every
+    step.  The gradients are views into DDP's buckets (no second copy of them).
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
+    group = dist.new_group(backend=dist.get_backend())
+    device = next(module.parameters()).device
+    wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                      process_group=group, find_unused_parameters=True, forward_sync_buffers=False,
+                                      gradient_as_bucket_view=True)
+    if reduce == "sum":
+        wrapped.register_comm_hook(group, _sum_hook)
+    return wrapped
 
 
 def mean_over_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -69,11 +81,11 @@ def mean_over_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
     return value
 
 
-def broadcast_from_main(tensors, world_size: int) -> None:
-    """Overwrite `tensors` in place with rank 0's values (the same list, in the same order, on every rank)."""
+def all_reduce_sum(value: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Sum of a tensor over ranks (in place; returned)."""
     if world_size > 1:
-        for tensor in tensors:
-            dist.broadcast(tensor, src=0)
+        dist.all_reduce(value)
+    return value
 
 
 def barrier(world_size: int) -> None:

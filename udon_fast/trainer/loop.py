@@ -21,7 +21,8 @@ from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
 from ..output_files import atomic_write_text, remove_stale_temp_files
 from ..sampler import DomainSampler
-from . import class_parallel, distributed, report, sharded_checkpoint
+from . import distributed, report
+from .distributed_checkpoint import load_distributed_run, load_distributed_weights, save_distributed_run
 from .epoch_summary import EpochSummary
 from .out_folder import claimed_out
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
@@ -73,15 +74,15 @@ class Run:
                                                                     config.domains, folders, config.split_seed)
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
         classes = {n: d.num_classes for n, d in self.domains.items()}
-        slices = (class_parallel.class_slices(classes, self.ranks.rank, self.ranks.world_size)
-                  if config.class_parallel else None)
+        shard = (self.ranks.rank, self.ranks.world_size) if config.class_parallel else (0, 1)
         self.model = UDONModel(config.backbone, classes, teacher_dim=config.teacher_dim,
                                student_dim=config.student_dim, pretrained=resolve_pretrained(config.backbone, config.pretrained),
-                               image_size=config.image_size, class_slices=slices).to(self.ranks.device)
+                               image_size=config.image_size, classifier_shard=shard).to(self.ranks.device)
         if self.folder_splits:  # evaluate reuses them (data.folder_split)
             self.model.config["folder_splits"] = self.folder_splits
         self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
         self._check_eval_splits()
+        self.global_batch = config.batch_size * self.ranks.world_size
         self.steps_per_epoch, self.total_steps = config.schedule(sum(len(d.train) for d in self.domains.values()),
                                                                 self.ranks.world_size)
         self.sampler = DomainSampler({n: len(d.train) for n, d in self.domains.items()}, self.total_steps,
@@ -91,8 +92,7 @@ class Run:
                                   world_size=self.ranks.world_size, num_threads=config.data_threads,
                                   decoder=config.decoder)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
-        step_type = class_parallel.ClassParallelStep if config.class_parallel else UDONStep
-        self.step_fn = step_type(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
+        self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
                                  compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
         self.baseline_sets: dict[str, Any] = {}  # the off-the-shelf backbone's test embeddings, for the gallery
         self.tensorboard: TensorBoardLog | None = None
@@ -125,10 +125,10 @@ class Run:
                                          distributed=self.ranks.world_size > 1, **kwargs)
 
     def save(self, name: str, progress: Progress) -> None:
-        """checkpoints/<name>: rank 0's single file, or with --class-parallel every rank's shard + the manifest."""
-        if self.config.class_parallel:
-            sharded_checkpoint.save_sharded_run(self.checkpoints / name, self.model, self.optimizer, self.sampler,
-                                                self.loader, progress, self.ranks)
+        """checkpoints/<name>: one file, or on several ranks a manifest and its DCP folder (every rank writes)."""
+        if self.ranks.world_size > 1:
+            save_distributed_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader,
+                                 progress, self.ranks, self.global_batch)
         elif self.ranks.is_main:
             save_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader, progress)
 
@@ -148,9 +148,9 @@ class Run:
         the off-the-shelf backbone and the untrained model."""
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
-            if self.config.class_parallel:
-                progress = sharded_checkpoint.load_sharded_run(last, self.model, self.optimizer, self.sampler,
-                                                               self.loader, self.ranks)
+            if self.ranks.world_size > 1:
+                progress = load_distributed_run(last, self.model, self.optimizer, self.sampler, self.loader,
+                                                self.ranks, self.global_batch)
             else:
                 progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
             self.model.train()  # the training state is part of what is restored
@@ -253,13 +253,10 @@ class Run:
     def finish(self, progress: Progress, started: float) -> dict[str, Any]:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""
         best = self.checkpoints / ("best.pt" if progress.best_step >= 0 else "last.pt")
-        if self.ranks.is_main and self.config.class_parallel:
-            sharded_checkpoint.load_embedding_weights(self.model, best)
-        elif self.ranks.is_main:
+        if self.ranks.world_size > 1:
+            load_distributed_weights(best, self.model, self.ranks)
+        else:
             self.model.load_state_dict(read_checkpoint(best)["model"])
-        classifiers = set(class_parallel.classifier_names(self.model))
-        embedding = [t for name, t in self.model.state_dict().items() if name not in classifiers]
-        distributed.broadcast_from_main(embedding, self.ranks.world_size)
         sets: dict[str, Any] = {}
         results = {"initial": progress.initial, "final": self.evaluate("test", embeddings=sets),
                    "validation": progress.validations}

@@ -5,6 +5,7 @@ states, the step reached, the best validation score so far, the untrained model'
 backbone's results;
 `best.pt` the model of the best validation epoch.  Both are written through
 `model.save_checkpoint` (temp file, fsync, rename), so a kill at any point leaves the previous file.
+These are the single-process checkpoints; runs on several ranks write `distributed_checkpoint`'s.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from ..data import TrainLoader
 from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint, save_checkpoint
+from ..model.distributed_checkpoint import DISTRIBUTED
 from ..sampler import DomainSampler
 
 
@@ -40,11 +42,10 @@ def save_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sam
 def load_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sampler: DomainSampler,
              loader: TrainLoader) -> Progress:
     """Restore everything `save_run` wrote into the given (freshly built) objects; return the counters."""
-    checkpoint = read_checkpoint(path, map_location="cpu")
-    if "class_parallel" in checkpoint["extra"]:
-        raise ValueError(f"--resume: {path} was written by a --class-parallel run of "
-                         f"{checkpoint['extra']['class_parallel']['world_size']} ranks; resume it with --class-parallel "
-                         f"on as many ranks")
+    checkpoint = read_checkpoint(path, map_location="cpu", model_state=False)
+    if DISTRIBUTED in checkpoint["extra"]:
+        raise ValueError(f"--resume: {path} was written by a run on {checkpoint['extra'][DISTRIBUTED]['world_size']} "
+                         f"ranks; resume it with torchrun (on any number of ranks)")
     if checkpoint["config"] != model.config:
         raise ValueError(f"--resume: {path} was written for a different model "
                          f"({checkpoint['config'].get('backbone_name')}, domains "
