@@ -57,8 +57,11 @@ class ClassParallelStep(UDONStep):
         total_weight = 2.0 + loss.kl_weight + loss.similarity_weight  # udon_loss's two CE weights are 1
         self.similarity_correction = (1.0 - 1.0 / world_size) * loss.similarity_weight / total_weight
 
-    def _loss(self, student, teacher, labels, domain):
+        self.embeddings = self._compiled(self._embeddings)  # the sharded loss runs collectives: eagerly
+
+    def _forward(self, images, labels, domain):
         model = self.model
+        student, teacher = self.embeddings(images, self.teacher_params[domain])
         return udon_loss(student, teacher, model.student_classifier(domain), model.teacher_classifier(domain),
                          labels, class_shard=self.shards[domain], **self.loss.kwargs())
 

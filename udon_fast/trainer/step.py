@@ -1,12 +1,31 @@
-"""The UDON training step (docs/method.md, section 2), its backbone pass under torch.compile."""
-import warnings
+"""The UDON training step (docs/method.md, section 2): one compiled forward, no host synchronisation.
+
+The compiled region is the whole forward: backbone, student and teacher heads and the fused loss (a
+custom op with a fake implementation, so dynamo traces it without a graph break; `fullgraph=True`
+makes any break an error).  The domain enters it only through tensors: the domain's teacher-projection
+parameters (applied with `torch.func.functional_call` to one projection of the same structure) and its
+two classifiers, whose class dimension is marked dynamic.  So every domain runs the same graph: no
+recompilation on a domain switch (docs/method.md, "Training at full speed", has the measurement).
+
+A non-finite step is skipped on the device: `apply` turns the step's loss terms into the fused
+AdamW's `found_inf` flag, which makes the optimizer leave weights, moments and step counts untouched.
+The flag is sticky: after a first bad step no later step is applied either, so the weights stay those
+of the last good step until the loop reads the terms at its next log point and stops.
+"""
 from dataclasses import dataclass
 
 import torch
+from torch.func import functional_call
 
 from ..losses import udon_loss
+from ..losses.validate import check_class_weights
 from ..model import UDONModel
+from ..model.udon import head_embedding
 from .distributed import average_gradients
+
+
+class CompileError(RuntimeError):
+    """torch.compile could not compile the step (one line; `--compile off` trains without it)."""
 
 
 @dataclass(frozen=True)
@@ -26,53 +45,80 @@ class LossOptions:
         return dict(margin_type=self.margin_type, margin=self.margin, scale=self.scale,
                     teacher_temperature=self.temperature, student_temperature=self.temperature,
                     kl_weight=self.kl_weight, similarity_weight=self.similarity_weight, backend=self.backend,
-                    n_devices=self.n_devices)
+                    n_devices=self.n_devices, check_inputs=False)
+
+
+def check_classifiers(model: UDONModel) -> None:
+    """The data checks the step leaves out (`udon_loss(check_inputs=False)`), done once on the weights the
+    run builds or loads: every classifier row finite with a non-zero norm.  ValueError naming the domain."""
+    for kind, classifiers in (("teacher", model.teacher_classifiers), ("student", model.student_classifiers)):
+        for domain, weight in classifiers.items():
+            check_class_weights(f"the {kind} classifier of domain {domain!r}", weight.detach())
+
+
+def compile_failure(exc: BaseException) -> CompileError:
+    """The one-line error for a torch.compile failure (the first line of dynamo's message)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return CompileError(f"torch.compile failed ({type(exc).__name__}: {first}); train without it with --compile off")
 
 
 class UDONStep:
     """One optimisation step on a single-domain batch.
 
-    images (B, 3, s, s) float32 on the model's device, labels (B,) int64, domain name ->
-    the loss terms (UDONLossOutput of detached 0-d float32 tensors).  The shared backbone pass
-    (domain independent) is compiled once; heads and the fused loss (a custom op) run eagerly,
-    so switching domains (and class counts) never recompiles.  bf16 autocast on CUDA.
+    `step(images, labels, domain)`: images (B, 3, s, s) float32 on the model's device, labels (B,) int64
+    -> the loss terms (UDONLossOutput of detached 0-d float32 tensors), gradients computed (averaged over
+    the data-parallel ranks, clipped).  `step.apply(terms)` then updates the weights, unless `terms` (the
+    (5,) stacked loss terms, the same on every rank) or an earlier step's are not finite.  Neither call
+    reads a value on the host.  bf16 autocast on CUDA.
     """
 
     def __init__(self, model: UDONModel, optimizer: torch.optim.Optimizer, loss: LossOptions, *,
                  compile: bool, grad_clip: float | None, world_size: int):
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.grad_clip, self.world_size = grad_clip, world_size
-        self.features = torch.compile(model.features) if compile else model.features
         self.compiled = compile
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=next(model.parameters()).is_cuda)
+        # Every domain's teacher projection has the structure of the first one (same widths).
+        self.projection = next(iter(model.teacher_projections.values()))
+        self.teacher_params = {d: dict(p.named_parameters()) for d, p in model.teacher_projections.items()}
+        if compile:
+            for weight in (*model.teacher_classifiers.values(), *model.student_classifiers.values()):
+                torch._dynamo.maybe_mark_dynamic(weight, 0)
+        self.forward_loss = self._compiled(self._forward_loss)
+        self.skipped = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
+        optimizer.found_inf = self.skipped  # read by the fused AdamW: 1 skips the update
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
-        try:
-            return self.features(images)
-        except Exception as exc:  # torch.compile unavailable here (no compiler, unsupported platform)
-            if not self.compiled:
-                raise
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", RuntimeWarning)
-            self.features, self.compiled = self.model.features, False
-            return self.features(images)
+    def _compiled(self, function):
+        return torch.compile(function, fullgraph=True) if self.compiled else function
+
+    def _embeddings(self, images: torch.Tensor, teacher_params: dict[str, torch.Tensor]):
+        """(student (B, Ds), teacher (B, Dt)) float32 unit-norm: one backbone pass, the domain's teacher
+        projection given by its parameters."""
+        with self.autocast:
+            features = self.model.features(images)
+            student = self.model.student_embedding(features)
+            teacher = head_embedding(lambda x: functional_call(self.projection, teacher_params, (x,)), features)
+        return student, teacher
+
+    def _forward_loss(self, images, labels, teacher_params, student_weight, teacher_weight):
+        student, teacher = self._embeddings(images, teacher_params)
+        return udon_loss(student, teacher, student_weight, teacher_weight, labels, **self.loss.kwargs())
+
+    def _forward(self, images: torch.Tensor, labels: torch.Tensor, domain: str):
+        model = self.model
+        return self.forward_loss(images, labels, self.teacher_params[domain], model.student_classifier(domain),
+                                 model.teacher_classifier(domain))
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, domain: str):
-        model = self.model
-        with self.autocast:
-            features = self._features(images)
-            student = model.student_embedding(features)
-            teacher = model.teacher_embedding(features, domain)
-        out = self._loss(student, teacher, labels, domain)
-        self.optimizer.zero_grad(set_to_none=True)
-        self._backward(out)
+        try:
+            out = self._forward(images, labels, domain)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward(out)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            raise compile_failure(exc) from None
         if self.grad_clip is not None:
             self._clip_gradients()
         return type(out)(*(t.detach() for t in out))
-
-    def _loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, domain: str):
-        model = self.model
-        return udon_loss(student, teacher, model.student_classifier(domain), model.teacher_classifier(domain),
-                         labels, **self.loss.kwargs())
 
     def _backward(self, out) -> None:
         """Gradients of the step, averaged over the data-parallel ranks."""
@@ -82,6 +128,8 @@ class UDONStep:
     def _clip_gradients(self) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.grad_clip)
 
-    def apply(self) -> None:
-        """The optimizer update, once the step's loss has been checked finite."""
+    def apply(self, terms: torch.Tensor) -> None:
+        """The optimizer update of the step whose loss terms are `terms` ((5,), the same on every rank),
+        skipped on the device when they, or those of any earlier step, are not all finite."""
+        torch.maximum(torch.isfinite(terms).all().logical_not().float(), self.skipped, out=self.skipped)
         self.optimizer.step()
