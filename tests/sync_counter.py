@@ -7,7 +7,7 @@ A value leaves the device in two ways, and both are caught:
 - every operator that reads a value on the host or sizes its output by the data: a
   `TorchDispatchMode` sees each aten call, including those made from C++ (`item()` of a C++ `int(t)`),
   and counts `_local_scalar_dense` (behind every scalar read), `nonzero`, `masked_select`, `unique*`,
-  `repeat_interleave` without an output size, and copies to the CPU.
+  `repeat_interleave`, indexing with a boolean mask (reads or writes) and copies to the CPU.
 
 `phase` labels each sync with the phase the test says the code is in (`SyncCounter.phase(name)`);
 `paused()` stops counting (the data loader, which works on host tensors by design).  Counting is
@@ -25,6 +25,8 @@ READERS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__",
 DATA_DEPENDENT = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique_dim",
                   "aten::_unique", "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave"}
 
+MASK_INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}
+
 
 class _Ops(TorchDispatchMode):
     def __init__(self, counter: "SyncCounter"):
@@ -34,6 +36,9 @@ class _Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func._schema.name
+        if name in MASK_INDEXING and any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1]):
+            self.counter.hit(name)
+            return func(*args, **kwargs)
         if name == "aten::_to_copy":
             to_cpu = str(kwargs.get("device")) == "cpu" and args[0].device.type != "cpu"
         else:

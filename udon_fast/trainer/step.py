@@ -12,6 +12,7 @@ AdamW's `found_inf` flag, which makes the optimizer leave weights, moments and s
 The flag is sticky: after a first bad step no later step is applied either, so the weights stay those
 of the last good step until the loop reads the terms at its next log point and stops.
 """
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +58,11 @@ def check_classifiers(model: UDONModel) -> None:
 
 
 def compile_failure(exc: BaseException) -> CompileError:
-    """The one-line error for a torch.compile failure (the first line of dynamo's message)."""
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return CompileError(f"torch.compile failed ({type(exc).__name__}: {first}); train without it with --compile off")
+    """The one-line error for a torch.compile failure: the failing backend's own error when there is one,
+    else the first line of dynamo's message."""
+    cause = getattr(exc, "inner_exception", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0][:300]
+    return CompileError(f"torch.compile failed ({type(cause).__name__}: {first}); train without it with --compile off")
 
 
 class UDONStep:
@@ -78,8 +81,9 @@ class UDONStep:
         self.grad_clip, self.world_size = grad_clip, world_size
         self.compiled = compile
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=next(model.parameters()).is_cuda)
-        # Every domain's teacher projection has the structure of the first one (same widths).
-        self.projection = next(iter(model.teacher_projections.values()))
+        # Every domain's teacher projection has the structure of the first one (same widths); a weightless
+        # copy of it runs each domain's parameters (an alias of one domain's own would be a guard).
+        self.projection = copy.deepcopy(next(iter(model.teacher_projections.values()))).to("meta")
         self.teacher_params = {d: dict(p.named_parameters()) for d, p in model.teacher_projections.items()}
         if compile:
             for weight in (*model.teacher_classifiers.values(), *model.student_classifiers.values()):
@@ -89,7 +93,18 @@ class UDONStep:
         optimizer.found_inf = self.skipped  # read by the fused AdamW: 1 skips the update
 
     def _compiled(self, function):
-        return torch.compile(function, fullgraph=True) if self.compiled else function
+        """`function` under torch.compile (fullgraph) when compiling.  Dynamo treats parameter shapes as
+        static unless told otherwise; the classifiers' class dimension is marked dynamic, so the call
+        lets it be (only where marked: the backbone's shapes stay static)."""
+        if not self.compiled:
+            return function
+        compiled = torch.compile(function, fullgraph=True)
+
+        def call(*args):
+            with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+                return compiled(*args)
+
+        return call
 
     def _embeddings(self, images: torch.Tensor, teacher_params: dict[str, torch.Tensor]):
         """(student (B, Ds), teacher (B, Dt)) float32 unit-norm: one backbone pass, the domain's teacher
