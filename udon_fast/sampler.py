@@ -163,7 +163,7 @@ class DomainSampler:
         if isinstance(teacher_ce, torch.Tensor):
             ce = teacher_ce.detach()
             if self._window_sum.device != ce.device:
-                self._window_sum = self._window_sum.to(ce.device)
+                self._window_sum = self._window_sum.to(ce.device, non_blocking=True)
         else:
             ce = float(teacher_ce)
             if not math.isfinite(ce) or ce < 0:

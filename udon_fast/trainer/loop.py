@@ -198,7 +198,8 @@ class Run:
             set_backbone_frozen(self.model, self.optimizer, frozen=epoch < config.frozen_epochs)
             domain = self.sampler.domain_at(step)
             images, labels = self.loader.next_batch(domain)
-            out = self.step_fn(images.to(ranks.device, non_blocking=True), labels.to(ranks.device), domain)
+            images, labels = (t.to(ranks.device, non_blocking=True) for t in (images, labels))
+            out = self.step_fn(images, labels, domain)
             terms = distributed.mean_over_ranks(torch.stack(list(out)), ranks.world_size)
             self.step_fn.apply(terms)
             rows.add(terms, images.shape[0] * ranks.world_size, step=step, epoch=epoch, domain=domain,
