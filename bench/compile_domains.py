@@ -1,13 +1,13 @@
 """Domain switches under torch.compile: the trainer's graph (class dimension dynamic, the domain passed as
 tensors) against one graph per domain (the domain name a constant of the graph, static shapes).
 
-    python -m bench.compile_domains [--backbone NAME] [--image-size S] [--batch B] [--out FILE.json]
+    python -m bench.compile_domains [--backbone NAME] [--depth N] [--image-size S] [--batch B] [--out FILE.json]
 
 Both variants run the same UDONStep steps (forward, backward, AdamW) on three domains of 5, 7 and 3
 classes: two rounds over the domains.  Reported per variant: the graphs compiled (forward graphs counted
 by dynamo's `unique_graphs`), the seconds of each step (the first step of a domain includes its
 compilation) and the first round's total.  The default is the trainer's default backbone
-(EfficientNet-Lite0) at 32 px, B = 8, on CPU with inductor.
+(EfficientNet-Lite0) at 32 px, B = 8, on CPU with inductor; `--depth N` builds a ViT with N blocks.
 """
 import argparse
 import json
@@ -39,10 +39,11 @@ class PerDomainStep(UDONStep):
         return self.per_domain(images, labels, domain)
 
 
-def run(variant: str, backbone: str, image_size: int, batch: int) -> dict:
+def run(variant: str, backbone: str, image_size: int, batch: int, depth: int | None) -> dict:
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = UDONModel(backbone, DOMAINS, image_size=image_size, pretrained=None)
+    model = UDONModel(backbone, DOMAINS, image_size=image_size, pretrained=None,
+                      backbone_kwargs=None if depth is None else {"depth": depth})
     optimizer = build_optimizer(model, lr=1e-3, backbone_lr_mult=1e-2, weight_decay=1e-6)
     options = LossOptions(margin_type="normface", margin=0.0, scale=16.0, temperature=0.1, kl_weight=1.0,
                           similarity_weight=1.0, backend="auto", n_devices=1)
@@ -65,12 +66,16 @@ def run(variant: str, backbone: str, image_size: int, batch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compile_domains", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--depth", type=int, help="ViT blocks (a ViT backbone only)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--variants", nargs="+", default=["dynamic_classes", "per_domain"],
+                        choices=["dynamic_classes", "per_domain"], help="in this order (the first pays one-off warm-up)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    results = [run(v, args.backbone, args.image_size, args.batch) for v in ("dynamic_classes", "per_domain")]
-    text = json.dumps({"backbone": args.backbone, "image_size": args.image_size, "batch": args.batch,
+    results = [run(v, args.backbone, args.image_size, args.batch, args.depth)
+               for v in args.variants]
+    text = json.dumps({"backbone": args.backbone, "depth": args.depth, "image_size": args.image_size, "batch": args.batch,
                        "threads": torch.get_num_threads(), "results": results}, indent=2)
     print(text)
     if args.out:

@@ -219,3 +219,23 @@ def test_a_compile_failure_is_one_line_naming_compile_off(data_root, tmp_path, m
     assert code == 1
     assert len(err) == 1 and err[0].startswith("udon_fast.train: error: torch.compile failed (")
     assert "no C++ compiler found" in err[0] and err[0].endswith("train without it with --compile off")
+
+
+def test_check_inputs_false_skips_the_data_checks_and_reads_nothing():
+    """The library checks values by default; check_inputs=False (the trainer's) reads nothing on the host."""
+    from udon_fast import udon_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=1)
+    teacher = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=1)
+    w_s, w_t = torch.randn(5, 8, generator=gen), torch.randn(5, 16, generator=gen)
+    labels = torch.tensor([0, 4, 2, 1])
+    with SyncCounter() as syncs:
+        udon_loss(student, teacher, w_s, w_t, labels, check_inputs=False)
+    assert syncs.events == []
+    with SyncCounter() as syncs:
+        udon_loss(student, teacher, w_s, w_t, labels)
+    assert len(syncs.events) >= 6  # labels min, max; two embeddings; two classifiers
+    w_t[3] = 0.0
+    with pytest.raises(ValueError, match="teacher_weight row 3 .* has norm 0"):
+        udon_loss(student, teacher, w_s, w_t, labels)
