@@ -10,12 +10,12 @@ compilation) and the first round's total.  The default is the trainer's default 
 (EfficientNet-Lite0) at 32 px, B = 8, on CPU with inductor; `--depth N` builds a ViT with N blocks.
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from bench.suite import emit_json
 from udon_fast.model import UDONModel
 from udon_fast.trainer.optimizer import build_optimizer
 from udon_fast.trainer.step import LossOptions, UDONStep
@@ -75,11 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = [run(v, args.backbone, args.image_size, args.batch, args.depth)
                for v in args.variants]
-    text = json.dumps({"backbone": args.backbone, "depth": args.depth, "image_size": args.image_size, "batch": args.batch,
-                       "threads": torch.get_num_threads(), "results": results}, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit_json({"backbone": args.backbone, "depth": args.depth, "image_size": args.image_size, "batch": args.batch,
+               "threads": torch.get_num_threads(), "results": results}, args.out)
     return 0
 
 

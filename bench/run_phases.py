@@ -10,13 +10,13 @@ the checkpoints, and the end (`Run.finish`, which holds the final test evaluatio
 """
 import argparse
 import functools
-import json
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench.suite import emit_json
 from udon_fast import evaluation
 from udon_fast.config import parse_args
 from udon_fast.trainer import loop
@@ -74,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"argv": train_args, "steps": config.steps, "compile": config.compile, "total_s": round(total, 1),
               "phases": {k: {"seconds": round(v, 1), "calls": calls[k]} for k, v in sorted(seconds.items(),
                                                                                           key=lambda kv: -kv[1])}}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit_json(report, args.out)
     return 0
 
 
