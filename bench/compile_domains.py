@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--variants", nargs="+", default=["dynamic_classes", "per_domain"],
-                        choices=["dynamic_classes", "per_domain"], help="in this order (the first pays one-off warm-up)")
+                        choices=["dynamic_classes", "per_domain"],
+                        help="in this order (the first pays one-off warm-up)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     results = [run(v, args.backbone, args.image_size, args.batch, args.depth)

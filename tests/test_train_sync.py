@@ -84,7 +84,8 @@ def test_default_configuration_makes_no_sync_between_log_points(data_root, tmp_p
 def test_the_counter_misses_no_reader():
     readers = [lambda t: t.item(), lambda t: bool(t), lambda t: float(t), lambda t: int(t), lambda t: t.tolist(),
                lambda t: t.numpy(), lambda t: f"{t:.1f}", lambda t: [1, 2][t], lambda t: t.nonzero(),
-               lambda t: torch.zeros(3)[t.bool().expand(3)], lambda t: torch.zeros(3).index_put_((t.bool().expand(3),), t),
+               lambda t: torch.zeros(3)[t.bool().expand(3)],
+               lambda t: torch.zeros(3).index_put_((t.bool().expand(3),), t),
                lambda t: t.cpu()]
     x = torch.tensor(1.0)
     for reader in readers:
