@@ -7,8 +7,9 @@ off-the-shelf, initial evaluations) and runs `Run.train` with checkpoints only a
 (`--checkpoint-every` large, unless given).  Every batch request is timestamped; steps/s is measured
 from the batch request of step K (default 10: the first steps hold torch.compile) to that of the last
 step, less the time spent in checkpoints (validation) in between: (steps - 1 - K) / that time.
-Written so that it runs against older checkouts of the trainer too (only `Run`, `Run.train` and `Progress` are used): compare two versions by running this module
-with each on PYTHONPATH, alternately, on the same machine.
+Written so that it runs against older checkouts of the trainer too (only `Run`, `Run.train` and
+`Progress` are used): compare two versions by running this module with each on PYTHONPATH,
+alternately, on the same machine.
 """
 import argparse
 import json
