@@ -83,8 +83,7 @@ def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: in
     for i in range(steps + 1):
         dist.barrier()
         start = time.perf_counter()
-        step(images, labels, DOMAIN)
-        step.apply()
+        step.apply(torch.stack(list(step(images, labels, DOMAIN))))
         if i:
             seconds.append(time.perf_counter() - start)
     dist.barrier()

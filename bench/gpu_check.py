@@ -22,10 +22,17 @@ Parts (each writes its JSON after every case, so a timed-out part still leaves i
   compiled.
 - train: a ViT-B/16, 224 px, B = 128 UDONStep + apply() on one domain of C = 224,408 classes:
   eager + reference loss vs compiled backbone + fused loss (backend "auto"); images/s and peak MiB.
+- sync: the trainer's own loop (`Run.train`) on a generated two-domain dataset, the default backbone
+  (EfficientNet-Lite0, packaged weights) at 64 px, B = 32, compiled, 13 steps with a log point every 5
+  steps and a dynamic-sampler update every 6: every step runs under
+  torch.cuda.set_sync_debug_mode("error"), which turns any device-to-host synchronisation into an
+  error; the log points, the sampler's window reads, the checkpoint and the data loader run with it
+  off.  Records the steps done, the log points and the first error.
 - report: merges the parts and the exit statuses gpu_check.sh recorded (DIR/status_<part>) into
   gpu_report.json and prints a table.
 
---dry-run: the same code on CPU with tiny shapes (B = 4, C = 100, fp32: the Triton interpreter
+--dry-run: the same code on CPU with tiny shapes (the sync part: the loop of a vit_tiny at 32 px, eager,
+without the debug mode, which needs CUDA) (B = 4, C = 100, fp32: the Triton interpreter
 computes bf16 dots wrongly), TRITON_INTERPRET=1 (set by gpu_check.sh), perf_counter timing, peak RSS
 instead of CUDA memory, a 1-block vit_tiny at 32 px, and torch.compile with backend="eager" (dynamo
 traces the graphs, no inductor code generation) so that it fits a CI test.
@@ -45,7 +52,7 @@ import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-PARTS = ("tests", "losses", "train")
+PARTS = ("tests", "losses", "train", "sync")
 LIMITS = {"bf16_tflops": 989.0, "hbm_gbs": 4800.0}  # H200 SXM datasheet: dense bf16, HBM3e (docs/kernels.md)
 D_S, D_T = 64, 256
 REFERENCE_MEMORY_FRACTION = 0.7
@@ -285,11 +292,10 @@ def part_train(part: Part, dry_run: bool) -> None:
                                            kl_weight=1.0, similarity_weight=1.0, backend=backend, n_devices=1)
             step = step_mod.UDONStep(model, optimizer, options, compile=use_compile, grad_clip=None, world_size=1)
             if use_compile and dry_run:  # dynamo without inductor code generation: fits CI time
-                step.features = torch.compile(model.features, backend="eager")
+                step.forward_loss = torch.compile(step._forward_loss, backend="eager", fullgraph=True)
 
             def one_step():
-                step(images, labels, "met")
-                step.apply()
+                step.apply(torch.stack(list(step(images, labels, "met"))))
 
             start = time.perf_counter()
             for _ in range(warmup):
@@ -318,6 +324,68 @@ def part_train(part: Part, dry_run: bool) -> None:
         speedup = rates["compiled_fused"] / rates["eager_reference"]
         part.doc["speedup_compiled_fused_vs_eager_reference"] = round(speedup, 2)
         part.save()
+
+
+def part_sync(part: Part, dry_run: bool) -> None:
+    import tempfile
+
+    import torch
+    from udon_fast.config import parse_args
+    from udon_fast.data.synthetic import write_tiny_uned
+    from udon_fast.trainer.loop import Run
+    from udon_fast.trainer.state import Progress
+
+    cuda = use_cuda(dry_run)
+    model_args = (["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size",
+                   "8", "--no-compile"] if dry_run else
+                  ["--backbone", "tf_efficientnet_lite0", "--pretrained", "packaged", "--image-size", "64",
+                   "--batch-size", "32", "--compile", "on"])
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        write_tiny_uned(root / "data", {"shops": {"train": 20, "test": 3}, "birds": {"train": 24, "test": 3}},
+                        per_class=4)
+        argv = ["--data-root", str(root / "data"), "--out", str(root / "run"), *model_args, "--steps", "13",
+                "--log-every", "5", "--update-every", "6", "--checkpoint-every", "1000", "--frozen-epochs", "0",
+                "--no-progress", "--data-threads", "2", "--no-baseline"]
+        part.doc.update(argv=argv[4:], sync_debug_mode="error" if cuda else None)
+        run = Run(parse_args(argv))
+        counts = {"steps": 0, "log_points": 0}
+
+        def debug_mode(mode):
+            if cuda:
+                torch.cuda.set_sync_debug_mode(mode)
+
+        def allowed(function, count=None):  # runs with the debug mode off
+            def call(*args, **kwargs):
+                if count:
+                    counts[count] += 1
+                debug_mode(0)
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    debug_mode("error")
+            return call
+
+        run.loader.next_batch = allowed(run.loader.next_batch, "steps")  # one batch a step
+        run._log_point = allowed(run._log_point, "log_points")
+        run._check_finite = allowed(run._check_finite)
+        run.sampler._update = allowed(run.sampler._update)
+        run.checkpoint = allowed(run.checkpoint)
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "metrics.jsonl").write_text("")
+        start = time.perf_counter()
+        try:
+            debug_mode("error")
+            run.train(Progress())
+            case = {"ok": True}
+        except Exception as exc:  # noqa: BLE001 - the first synchronising call, recorded
+            case = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            part.add_error("sync", exc)
+        finally:
+            debug_mode(0)
+            run.loader.close()
+        case.update(counts, seconds=round(time.perf_counter() - start, 1))
+        part.add_case(case)
 
 
 def sync(cuda: bool) -> None:
@@ -376,6 +444,10 @@ def table(parts: dict) -> str:
     speedup = train.get("speedup_compiled_fused_vs_eager_reference")
     if speedup is not None:
         lines.append(f"speedup compiled+fused vs eager+reference: {speedup}x")
+    sync_part = parts["sync"]
+    for c in sync_part["cases"]:
+        lines.append(f"sync check (debug mode {sync_part.get('sync_debug_mode')}): {c['steps']} steps, "
+                     f"{c['log_points']} log points, " + ("no sync between log points" if c["ok"] else c["error"]))
     errors = [f"{name}: {e['where']}: {e['error']}" for name, doc in parts.items() for e in doc["errors"]]
     lines += ["", "errors:" if errors else "errors: none", *errors]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Helpers shared by the bench files: quick mode, peak resident memory, CPU time, machine facts."""
+"""Helpers shared by the bench files: quick mode, peak resident memory, CPU time, machine facts, JSON output."""
 import ctypes
 import ctypes.util
 import datetime
+import json
 import os
 import platform
 import time
@@ -91,3 +92,11 @@ def machine_facts() -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def emit_json(doc: dict, out: Path | None) -> None:
+    """Print `doc` as indented JSON and, when `out` is given, write it there too."""
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if out:
+        out.write_text(text)

@@ -42,6 +42,12 @@ def test_grid_runs_every_variant_and_resumes(data_root, tmp_path, capsys):
         stat = data["summary"][variant.name]["final"]["mean"]["p_at_1"]
         assert stat == {"mean": results["final"]["student"]["merged"]["mean"]["p_at_1"], "std": None, "n": 1}
     assert "| baseline (round-robin, no distillation) | final | 1 |" in (out / "ablation.md").read_text()
+    # The off-the-shelf backbone is evaluated once for the grid, by its first run.
+    evaluated = ["baseline" in json.loads((c.out / "results.json").read_text()) for c in cells]
+    assert evaluated == [True, False, False, False]
+    first = json.loads((cells[0].out / "results.json").read_text())
+    assert data["off_the_shelf"] == first["baseline"]["student"]["merged"]
+    assert "evaluated once for the grid" in (out / "ablation.md").read_text()
     assert (out / "ablation.png").stat().st_size > 0
     # Resume: a run without results.json continues from its checkpoint; complete runs are not redone.
     interrupted = cells[1]

@@ -44,7 +44,7 @@ def _step(model: UDONModel, frozen_backbone: bool) -> None:
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 + 0.5
     out = step(images, torch.tensor([0, 1, 2, 4]), "a")
     assert torch.isfinite(out.total)
-    step.apply()
+    step.apply(torch.stack(list(out)))
 
 
 def test_new_model_is_in_its_training_state_with_batchnorm_frozen(model):

@@ -17,7 +17,8 @@ from cli_process import hit_kill_point, kill_chain
 
 from udon_fast.kill_points import ENV, kill_point
 
-COMMON = ["--batch-size", "8", "--update-every", "2", "--checkpoint-every", "3", "--eval-batch-size", "16",
+COMMON = ["--batch-size", "8", "--update-every", "3", "--log-every", "4", "--checkpoint-every", "3",
+          "--eval-batch-size", "16",
           "--frozen-epochs", "1", "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1",
           "--steps", "8"]
 BACKBONES = {
@@ -26,10 +27,12 @@ BACKBONES = {
     "vit": ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32"],
 }
 # 48 train images / batch 8 = 6 steps per epoch; 8 steps: checkpoints after steps 3, 6 (validation) and
-# 8 (validation).  Each kill is counted in its own process; a resumed run has no initial evaluation.
+# 8 (validation); log points after steps 3, 4, 6 and 8 (sampler updates after 3 and 6).  Each kill is
+# counted in its own process; a resumed run has no initial evaluation.
 CHAIN = [
     ("step:2", "before the first checkpoint"),
-    ("step:5", "mid-epoch, two steps after the checkpoint of step 3"),
+    ("step:5", "mid-epoch, two steps after the checkpoint of step 3, between the log points 4 and 6 (the "
+               "5th step's row not written yet)"),
     ("evaluation:1", "during the validation of step 6"),
     ("checkpoint_write:2", "while last.pt of step 6 is written (best.pt already replaced)"),
     ("checkpoint:1", "right after last.pt of step 6"),

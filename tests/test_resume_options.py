@@ -68,7 +68,8 @@ def test_differences_cover_every_option_but_the_neutral_ones():
         "--domains (unset) -> a b", "--distill on -> off", "--grad-clip (unset) -> 1.0"]
     assert TrainConfig(out="elsewhere", data_threads=7, progress=False).differences(saved) == []
     assert set(RESUME_MAY_DIFFER) == {"out", "resume", "progress", "data_threads", "decoder", "checkpoint_every",
-                                      "eval_batch_size", "baseline"}
+                                      "eval_batch_size", "baseline", "gallery", "tensorboard", "log_every",
+                                      "compile"}
 
 
 def test_ctrl_c_is_one_line_naming_the_step_and_how_to_resume(data_root, tmp_path, capsys, monkeypatch):

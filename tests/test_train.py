@@ -154,7 +154,7 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_step_matches_eager(finished_run, data_root, tmp_path):
-    """The run of `finished_run` with the backbone pass compiled (the default): the same domains,
+    """The run of `finished_run` with the step compiled (the default): the same domains,
     losses within 1e-4 relative at every step (frozen backbone steps and the unfrozen ones after
     the recompile), and parameters within 5% of each tensor's change from the initial model
     (inductor fuses and reorders fp32 sums: ~1e-6 differences, which AdamW's per-element

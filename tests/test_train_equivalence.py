@@ -57,10 +57,10 @@ def _run_steps(config) -> dict:
         seen["batches"].append((domain, images.clone(), labels.clone()))
         return images, labels
 
-    def recording_apply():
+    def recording_apply(terms):
         if not seen["grads"]:
             seen["grads"] = {n: p.grad.clone() for n, p in run.model.named_parameters() if p.grad is not None}
-        apply()
+        apply(terms)
 
     def recording_loss(student, teacher, *args, **kwargs):
         seen["embeddings"].append((student.detach().clone(), teacher.detach().clone()))

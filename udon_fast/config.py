@@ -63,6 +63,12 @@ class TrainConfig:
     compile: bool = True
     eval_batch_size: int = 128
     checkpoint_every: int = 50
+    # Steps between log points, where the loss terms are read from the device (one wait for the device
+    # to drain its queue), metrics.jsonl gets their rows and a diverged run stops.  50: the same
+    # interval as the checkpoints (a log point anyway), so a GPU waits once per 50 steps (the other
+    # 49 run back to back) while a divergence stops the run at most 49 steps late, all of them skipped
+    # (docs/method.md, "Training at full speed").
+    log_every: int = 50
     data_threads: int = 2
     decoder: str = "dali"
     seed: int = 0
@@ -79,7 +85,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
                                  f"got {getattr(self, name)!r}")
         check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
-                       "eval_batch_size", "checkpoint_every", "data_threads")
+                       "eval_batch_size", "checkpoint_every", "log_every", "data_threads")
         if self.gallery < 0:
             raise ValueError(f"--gallery must be >= 0 (0: no gallery), got {self.gallery}")
         if self.steps is not None and self.steps < 1:
@@ -132,7 +138,7 @@ CHOICES = {"sampler": STRATEGIES, "margin_type": MARGIN_TYPES, "loss_backend": B
 # how often last.pt is written, the evaluation batch size (per-image embeddings in eval mode) and the
 # off-the-shelf backbone's evaluation, which only a fresh run does.  Every other option is compared.
 RESUME_MAY_DIFFER = ("out", "resume", "progress", "data_threads", "decoder", "checkpoint_every", "eval_batch_size",
-                     "baseline", "gallery", "tensorboard")
+                     "baseline", "gallery", "tensorboard", "log_every", "compile")
 
 
 def _shown(value: Any) -> str:
@@ -177,7 +183,17 @@ def parse_folders(values: Iterable[str] | Mapping[str, str] | None) -> dict[str,
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_NEGATABLE = ("distill", "similarity", "compile", "progress", "baseline")
+_NEGATABLE = ("distill", "similarity", "progress", "baseline")
+
+
+def _on_off(value: str) -> bool:
+    """--compile on|off (also true/false, yes/no, 1/0)."""
+    text = value.lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
 
 
 # A float written without a dot (1e-3): YAML 1.1 (PyYAML) reads it as a string, YAML 1.2 as a number.
@@ -273,12 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "disagree (default 8; 0: none)",
         "tensorboard": "write TensorBoard event files to --out/tb (per-step losses per domain, sampler weights, "
                        "learning rates, images/s, per-epoch validation P@1 and mMP@5)",
+        "log_every": "steps between log points: loss terms read from the device, metrics.jsonl rows written, "
+                     "progress bar updated, a non-finite loss stopped (every step still gets its row)",
+        "compile": "on (default): compile the training step (backbone, heads, fused loss) with torch.compile; "
+                   "off: train eagerly (also --no-compile)",
         "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
                           "(for label spaces too large to replicate; docs/class_parallel.md)",
     }
     for name, f in _FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        if name in _NEGATABLE:
+        if name == "compile":
+            parser.add_argument(flag, dest=name, nargs="?", const=True, default=None, type=_on_off,
+                                metavar="{on,off}", help=help_text.get(name))
+            parser.add_argument("--no-compile", dest=name, action="store_false", help="the same as --compile off")
+        elif name in _NEGATABLE:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text.get(name))
         elif f.type is bool:

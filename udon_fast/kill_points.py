@@ -5,7 +5,8 @@ process) the run reaches `EVENT`, the process sends itself SIGKILL: no cleanup, 
 like `kill -9` from outside, but at a chosen point instead of after a timer.  Unset (the normal case)
 every point is a no-op.  Events:
 
-- `step`: a training step is done and its metrics line written, before any checkpoint of that step
+- `step`: a training step is done (its metrics row written when the step is a log point, else still
+  pending), before any checkpoint of that step
   (`step:N` dies with N steps done in this process: mid-epoch, or before the first checkpoint);
 - `evaluation`: inside an evaluation, every image embedded, no metric computed yet (in a fresh run
   the 1st is the untrained model's, the 2nd the first validation; a resumed run has no initial one);

@@ -21,6 +21,10 @@ steps, so n is the number of remaining steps here (n = total_steps for the stati
 so the steps left are split in the proportions w (up to the floor).  docs/method.md, section 6,
 lists this among the deliberate differences.
 
+The teacher CE of a step may be a 0-d tensor on the training device: the window sums then stay on
+that device (float64, added in step order, so they equal the host sums of today's floats exactly) and
+are read once per window, when the update needs them; `record` reads nothing else.
+
 Steps must be recorded in order, once each.  A step's domain is final once every update before
 it has happened: `domain_at(step)` is final for step < `stable_until`; for later steps it is the
 currently planned domain, which the next update may change.  A resumed sampler (`load_state_dict`) replays the recorded updates and
@@ -32,6 +36,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import torch
 
 STRATEGIES = ("dynamic", "round_robin", "balanced", "dataset_size")
 _STATE_VERSION = 1
@@ -100,7 +105,7 @@ class DomainSampler:
         else:
             self._schedule = (np.arange(self.total_steps) % k).astype(np.int32)
         self._next_step = 0
-        self._window_sum = [0.0] * k
+        self._window_sum = torch.zeros(k, dtype=torch.float64)  # moves to the device of the first tensor CE
         self._window_count = [0] * k
         self._updates: list[tuple[int, list[float]]] = []
 
@@ -133,11 +138,18 @@ class DomainSampler:
             raise IndexError(f"step must be an int in [0, {self.total_steps}), got {step!r}")
         return self.names[self._schedule[step]]
 
-    def record(self, step: int, domain: str, teacher_ce: float) -> None:
-        """Record the teacher CE (a float or 0-d tensor, >= 0) of `step`, which drew from `domain`.
+    def update_due(self, step: int) -> bool:
+        """Whether recording `step` updates the dynamic weights (and so reads the window sums)."""
+        return self.strategy == "dynamic" and (step + 1) % self.update_every == 0
+
+    def record(self, step: int, domain: str, teacher_ce: float | torch.Tensor) -> None:
+        """Record the teacher CE (a float, or a 0-d tensor on any device; >= 0) of `step`, which drew from
+        `domain`.
 
         Steps are recorded in order, once each.  For "dynamic", recording step t with
-        (t + 1) % update_every == 0 updates the weights and rebuilds the schedule of steps t+1 onwards.
+        (t + 1) % update_every == 0 (`update_due`) updates the weights and rebuilds the schedule of steps
+        t+1 onwards.  A float is checked (finite, >= 0) at once; a tensor is not read here: the window's
+        sums are checked when the update reads them.
         """
         if step != self._next_step:
             raise ValueError(f"record() takes the steps in order, once each: expected step {self._next_step}, got {step!r}")
@@ -148,9 +160,14 @@ class DomainSampler:
         scheduled = self.domain_at(step)
         if domain != scheduled:
             raise ValueError(f"step {step} is scheduled for domain {scheduled!r}, but record() got {domain!r}")
-        ce = float(teacher_ce)
-        if not math.isfinite(ce) or ce < 0:
-            raise ValueError(f"teacher CE of step {step} ({domain!r}) must be finite and >= 0, got {ce}")
+        if isinstance(teacher_ce, torch.Tensor):
+            ce = teacher_ce.detach()
+            if self._window_sum.device != ce.device:
+                self._window_sum = self._window_sum.to(ce.device, non_blocking=True)
+        else:
+            ce = float(teacher_ce)
+            if not math.isfinite(ce) or ce < 0:
+                raise ValueError(f"teacher CE of step {step} ({domain!r}) must be finite and >= 0, got {ce}")
         self._next_step = step + 1
         if self.strategy == "dynamic":
             self._window_sum[self._index[domain]] += ce
@@ -158,12 +175,23 @@ class DomainSampler:
             if self._next_step % self.update_every == 0:
                 self._update(self._next_step)
 
+    def _window_sums(self) -> list[float]:
+        """The window's per-domain sums, read from their device (one transfer); ValueError when one is
+        not finite or negative (a CE recorded as a tensor was)."""
+        sums = self._window_sum.tolist()
+        for name, total in zip(self.names, sums):
+            if not math.isfinite(total) or total < 0:
+                raise ValueError(f"the teacher CEs of domain {name!r} in the window up to step {self._next_step - 1} "
+                                 f"must be finite and >= 0; their sum is {total}")
+        return sums
+
     def _update(self, start: int) -> None:
-        raw = [s / c if c else w for s, c, w in zip(self._window_sum, self._window_count, self._weights)]
+        sums = self._window_sums()
+        raw = [s / c if c else w for s, c, w in zip(sums, self._window_count, self._weights)]
         total = sum(raw)
         if total > 0:
             self._weights = [r / total for r in raw]
-        self._window_sum = [0.0] * len(self.names)
+        self._window_sum.zero_()
         self._window_count = [0] * len(self.names)
         self._updates.append((start, list(self._weights)))
         self._rebuild(start, self._weights)
@@ -183,7 +211,7 @@ class DomainSampler:
             "config": self._config(),
             "next_step": self._next_step,
             "weights": list(self._weights),
-            "window_sum": list(self._window_sum),
+            "window_sum": self._window_sum.tolist(),
             "window_count": list(self._window_count),
             "updates": [[step, list(w)] for step, w in self._updates],
         }
@@ -203,5 +231,6 @@ class DomainSampler:
             self._updates.append((int(start), [float(w) for w in weights]))
         self._next_step = int(state["next_step"])
         self._weights = [float(w) for w in state["weights"]]
-        self._window_sum = [float(s) for s in state["window_sum"]]
+        self._window_sum = torch.tensor([float(s) for s in state["window_sum"]], dtype=torch.float64,
+                                        device=self._window_sum.device)
         self._window_count = [int(c) for c in state["window_count"]]

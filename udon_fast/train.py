@@ -17,10 +17,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"udon_fast.train: error: {exc}", file=sys.stderr)
         return 2
     from .trainer.loop import TrainingDiverged, TrainingInterrupted, train
+    from .trainer.step import CompileError
 
     try:
         train(config)
-    except (TrainingDiverged, OSError, ValueError) as exc:
+    except (TrainingDiverged, CompileError, OSError, ValueError) as exc:
         print(f"udon_fast.train: error: {exc}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:

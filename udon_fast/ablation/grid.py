@@ -8,6 +8,10 @@ distillation terms, over seeds 0..N-1:
     round_robin_distill --sampler round_robin --distill
     baseline           --sampler round_robin --no-distill   (the UnED baseline)
 
+The off-the-shelf backbone (results "baseline": its own features, before any training) does not depend
+on the variant or the seed, so only the grid's first run evaluates it; every other run gets
+`--no-baseline`.
+
 Each run is one `python -m udon_fast.train` subprocess (its DALI threads and memory end with it)
 writing to `<out>/runs/<variant>/seed<k>/`, with its stdout/stderr in `train.log` there.  A run
 whose `results.json` exists is complete and never redone; any other run is started with
@@ -62,6 +66,7 @@ class Cell:
     variant: Variant
     seed: int
     out: Path
+    baseline: bool = False  # evaluate the off-the-shelf backbone (the grid's first run only)
 
     @property
     def name(self) -> str:
@@ -75,7 +80,7 @@ class Cell:
         """The trainer's command line for this run (always --resume: a fresh run starts anyway)."""
         return [*train_args, "--sampler", self.variant.sampler,
                 "--distill" if self.variant.distill else "--no-distill", "--seed", str(self.seed),
-                "--out", str(self.out), "--resume", "--no-progress"]
+                "--out", str(self.out), "--resume", "--no-progress", *(() if self.baseline else ("--no-baseline",))]
 
     def steps_done(self) -> int:
         """Training steps recorded so far (lines of metrics.jsonl)."""
@@ -113,8 +118,10 @@ def check_train_args(train_args: Sequence[str]) -> TrainConfig:
 
 
 def make_cells(out: Path, seeds: int) -> list[Cell]:
-    """Every run of the grid, seed-major (all variants of seed 0 first): a partial grid is comparable."""
-    return [Cell(v, s, out / "runs" / v.name / f"seed{s}") for s in range(seeds) for v in VARIANTS]
+    """Every run of the grid, seed-major (all variants of seed 0 first): a partial grid is comparable.
+    The first evaluates the off-the-shelf backbone for the whole grid."""
+    return [Cell(v, s, out / "runs" / v.name / f"seed{s}", baseline=s == 0 and i == 0)
+            for s in range(seeds) for i, v in enumerate(VARIANTS)]
 
 
 def planned_steps(config: TrainConfig) -> int:

@@ -64,8 +64,14 @@ def summarize(cells: Sequence[Cell], variants: Sequence[Variant]) -> dict[str, A
         summary[variant.name]["steps"] = {
             d: mean_std([runs[variant.name][str(seed)]["steps"].get(d, 0) for seed in results])["mean"]
             for d in domains if d != "mean"}
-    return {"variants": {v.name: {"label": v.label, "sampler": v.sampler, "distill": v.distill} for v in variants},
+    data = {"variants": {v.name: {"label": v.label, "sampler": v.sampler, "distill": v.distill} for v in variants},
             "domains": domains, "summary": summary, "runs": runs}
+    first = next((c for c in cells if c.baseline and c.complete), None)
+    if first is not None:
+        results = json.loads((first.out / "results.json").read_text(encoding="utf-8"))
+        if results.get("baseline"):
+            data["off_the_shelf"] = _merged(results, "baseline")  # the same for every run: evaluated once
+    return data
 
 
 def _cell(stat: dict[str, Any]) -> str:
@@ -89,6 +95,10 @@ def markdown(data: dict[str, Any], header: str) -> str:
                 n = stats[stage][domains[0]][key]["n"]
                 lines.append(f"| {data['variants'][name]['label']} | {stage} | {n} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    if "off_the_shelf" in data:
+        mean = data["off_the_shelf"]["mean"]
+        parts.append("The off-the-shelf backbone (its own features, no training; evaluated once for the grid): "
+                     + ", ".join(f"{label} {100 * mean[key]:.1f}" for key, label in METRICS) + " (mean over domains).")
     names = [d for d in domains if d != "mean"]
     lines = ["## Training steps per domain (mean over seeds)", "", "| variant | " + " | ".join(names) + " |",
              "|---|" + "---|" * len(names)]

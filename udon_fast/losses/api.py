@@ -62,7 +62,7 @@ def udon_loss(
     scale: float = 16.0, teacher_temperature: float = 0.1, student_temperature: float = 0.1,
     teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0, kl_weight: float = 1.0,
     similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
-    class_shard: ClassShard | None = None,
+    class_shard: ClassShard | None = None, check_inputs: bool = True,
 ) -> UDONLossOutput:
     """The UDON loss of one single-domain batch (docs/method.md, section 2).
 
@@ -86,6 +86,12 @@ def udon_loss(
     the full weights; after `total.backward()` on every rank, each rank's embedding gradients are its
     rows of the single-process ones and its weight gradients the slice's rows.  SIM stays on this
     rank's rows.  Needs a fused backend; runs eagerly (collectives), not under torch.compile.
+
+    check_inputs: True (default) runs the data checks (`validate.check_values`: labels in range, finite
+    embeddings, finite class weights without zero rows), which read values on the host: on a GPU each
+    is a device-to-host synchronisation, and the weight checks pass over the (C, D) weights again.
+    A caller in a training loop passes False and checks its weights once, when it builds or loads
+    them (the trainer does).  The shape, dtype, device and argument checks always run.
     """
     weights = {"teacher_ce_weight": teacher_ce_weight, "student_ce_weight": student_ce_weight,
                "kl_weight": kl_weight, "similarity_weight": similarity_weight}
@@ -100,7 +106,7 @@ def udon_loss(
             validate.check_head(emb_name, emb, weight_name, weight, labels, backend == "reference",
                                 allow_no_classes=class_shard is not None)
         validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
-        if not torch.compiler.is_compiling():
+        if check_inputs and not torch.compiler.is_compiling():
             validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb},
                                   {"student_weight": student_weight, "teacher_weight": teacher_weight},
                                   labels, teacher_weight.shape[0] if class_shard is None else class_shard.num_classes)
@@ -124,7 +130,7 @@ def udon_loss(
 def normalized_softmax_ce(
     emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
     *, margin_type: str = "normface", margin: float = 0.0, margins: tuple[float, float, float] | None = None,
-    scale: float = 16.0, backend: str = "auto", class_shard: ClassShard | None = None,
+    scale: float = 16.0, backend: str = "auto", class_shard: ClassShard | None = None, check_inputs: bool = True,
 ) -> torch.Tensor:
     """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw (no row of
     norm 0), labels (B,) int64 -> 0-d float32 tensor.  Margins as in `udon_loss` (normface: 0;
@@ -132,13 +138,14 @@ def normalized_softmax_ce(
 
     class_shard: as in `udon_loss`: weight is this rank's slice, labels global, the mean runs over all
     ranks' rows (the same value on every rank).
+    check_inputs: as in `udon_loss` (False skips the data checks, for callers in a loop).
     """
 
     def check():
         validate.check_head_scalars(margin_type, margin, margins, scale)
         validate.check_head("emb", emb, "weight", weight, labels, backend == "reference",
                             allow_no_classes=class_shard is not None)
-        if not torch.compiler.is_compiling():
+        if check_inputs and not torch.compiler.is_compiling():
             validate.check_values({"emb": emb}, {"weight": weight}, labels,
                                   weight.shape[0] if class_shard is None else class_shard.num_classes)
 

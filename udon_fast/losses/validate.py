@@ -102,8 +102,9 @@ def check_class_weights(name: str, weight: torch.Tensor) -> None:
 
 def check_values(embeddings: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], labels: torch.Tensor,
                  num_classes: int) -> None:
-    """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces): labels in
-    range, finite embeddings, finite class weights without zero rows (`check_class_weights`)."""
+    """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces and when the
+    caller passes `check_inputs=False`): labels in range, finite embeddings, finite class weights
+    without zero rows (`check_class_weights`)."""
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low}, {high}]")

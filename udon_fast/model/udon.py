@@ -27,6 +27,11 @@ def _check_domains(domains: Mapping[str, int]) -> dict[str, int]:
     return dict(domains)
 
 
+def head_embedding(projection, features: torch.Tensor) -> torch.Tensor:
+    """A head's embedding: `projection(features)` (B, D) in float32, L2-normalised along D."""
+    return F.normalize(projection(features).float(), dim=-1)
+
+
 class UDONModel(nn.Module):
     """UDON (docs/method.md, section 1): a shared timm backbone, one teacher head per domain, one universal student head.
 
@@ -124,12 +129,12 @@ class UDONModel(nn.Module):
 
     def student_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """Universal student embedding (B, 64) float32, unit-norm, from `features` (B, F)."""
-        return F.normalize(self.student_projection(features).float(), dim=-1)
+        return head_embedding(self.student_projection, features)
 
     def teacher_embedding(self, features: torch.Tensor, domain: str) -> torch.Tensor:
         """Teacher embedding of `domain` (B, 256) float32, unit-norm, from `features` (B, F)."""
         self._check_domain(domain)
-        return F.normalize(self.teacher_projections[domain](features).float(), dim=-1)
+        return head_embedding(self.teacher_projections[domain], features)
 
     def forward(self, images: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass (one backbone pass): (student (B, 64), teacher of `domain` (B, 256)), float32, unit-norm."""

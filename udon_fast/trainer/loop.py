@@ -16,6 +16,7 @@ from ..config import TrainConfig, parse_folders
 from ..data import TrainLoader, default_data_root, load_domains_with_splits
 from ..data.image_bytes import set_max_pixels
 from ..kill_points import kill_point
+from ..losses import UDONLossOutput
 from ..model import Embedder, UDONModel, backbone_embedder
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
@@ -27,7 +28,7 @@ from .epoch_summary import EpochSummary
 from .out_folder import claimed_out
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
-from .step import LossOptions, UDONStep
+from .step import LossOptions, UDONStep, check_classifiers
 from .tensorboard import TensorBoardLog
 
 
@@ -91,6 +92,7 @@ class Run:
                                   mean=self.model.mean, std=self.model.std, seed=config.seed, rank=self.ranks.rank,
                                   world_size=self.ranks.world_size, num_threads=config.data_threads,
                                   decoder=config.decoder)
+        check_classifiers(self.model)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
         self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
                                  compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
@@ -154,6 +156,7 @@ class Run:
             else:
                 progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
             self.model.train()  # the training state is part of what is restored
+            check_classifiers(self.model)
             if self.ranks.is_main:
                 _truncate_metrics(self.out / "metrics.jsonl", progress.step)
             return progress
@@ -213,42 +216,59 @@ class Run:
             self.tensorboard.close()
 
     def train(self, progress: Progress) -> None:
+        """The training steps.  Between two log points nothing is read from the device: each step's loss
+        terms stay there and a non-finite step is skipped there (`UDONStep.apply`).  A log point (every
+        --log-every steps, before each dynamic-sampler update and each checkpoint, after the last step)
+        reads the pending terms once, stops a diverged run, writes their metrics rows and moves the
+        progress bar (docs/method.md, "Training at full speed")."""
         config, ranks = self.config, self.ranks
         metrics = self.open_logs(progress) if ranks.is_main else None
+        rows = report.StepRows(metrics, UDONLossOutput._fields)
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
                    disable=not (config.progress and ranks.is_main))
-        tick = time.perf_counter()
         while progress.step < self.total_steps:
             step = progress.step
             epoch = step // self.steps_per_epoch
             set_backbone_frozen(self.model, self.optimizer, frozen=epoch < config.frozen_epochs)
             domain = self.sampler.domain_at(step)
             images, labels = self.loader.next_batch(domain)
-            out = self.step_fn(images.to(ranks.device, non_blocking=True), labels.to(ranks.device), domain)
-            terms = distributed.mean_over_ranks(torch.stack(list(out)), ranks.world_size).tolist()
-            record = dict(zip(out._fields, terms))
-            if not all(math.isfinite(v) for v in terms):
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step} (domain {domain!r}): {record}; the last good checkpoint "
-                    f"is {self.checkpoints / 'last.pt'}")
-            self.step_fn.apply()
-            self.sampler.record(step, domain, record["teacher_ce"])
-            now = time.perf_counter()
-            speed = images.shape[0] * ranks.world_size / max(now - tick, 1e-9)
-            tick = now
+            images, labels = (t.to(ranks.device, non_blocking=True) for t in (images, labels))
+            out = self.step_fn(images, labels, domain)
+            terms = distributed.mean_over_ranks(torch.stack(list(out)), ranks.world_size)
+            self.step_fn.apply(terms)
+            rows.add(terms, images.shape[0] * ranks.world_size, step=step, epoch=epoch, domain=domain,
+                     lr=learning_rates(self.optimizer))
+            if self.sampler.update_due(step):
+                self._check_finite(rows)  # before the sampler reads this window's CEs
+            self.sampler.record(step, domain, terms[1])
+            rows.complete_last(sampler_weights=self.sampler.weights)
             progress.step = step + 1
-            if metrics is not None:
-                record.update(step=step, epoch=epoch, domain=domain, lr=learning_rates(self.optimizer),
-                              sampler_weights=self.sampler.weights, images_per_s=speed)
-                metrics.append(record)
-            kill_point("step")
-            bar.set_postfix(domain=domain, loss=f"{record['total']:.3f}", img_s=f"{speed:.0f}")
-            bar.update()
             end_of_epoch = progress.step % self.steps_per_epoch == 0 or progress.step == self.total_steps
-            if end_of_epoch or progress.step % config.checkpoint_every == 0:
+            save = end_of_epoch or progress.step % config.checkpoint_every == 0
+            if save or progress.step % config.log_every == 0 or self.sampler.update_due(step):
+                self._log_point(rows, bar)
+            kill_point("step")
+            if save:
                 self.checkpoint(progress, validate=end_of_epoch)
         bar.close()
         self.close_logs(metrics)
+
+    def _check_finite(self, rows: report.StepRows) -> None:
+        """TrainingDiverged naming the first pending step whose loss terms are not all finite."""
+        for terms, (_, row) in zip(rows.read(), rows.pending):
+            if not all(math.isfinite(v) for v in terms.values()):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {row['step']} (domain {row['domain']!r}): {terms}; the last good "
+                    f"checkpoint is {self.checkpoints / 'last.pt'}")
+
+    def _log_point(self, rows: report.StepRows, bar: tqdm) -> None:
+        """Read the pending steps' terms (one transfer), stop on a non-finite one, write their rows,
+        update the progress bar."""
+        self._check_finite(rows)
+        written, speed = rows.write()
+        last = written[-1]
+        bar.set_postfix(domain=last["domain"], loss=f"{last['total']:.3f}", img_s=f"{speed:.0f}")
+        bar.update(len(written))
 
     def finish(self, progress: Progress, started: float) -> dict[str, Any]:
         """Test the best validation checkpoint (the last one without validation); write the outputs."""

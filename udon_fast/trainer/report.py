@@ -1,8 +1,12 @@
-"""Run outputs: results.json / results.md, the printed per-domain table, and PNG plots."""
+"""Run outputs: results.json / results.md, the per-step rows of metrics.jsonl, the printed per-domain
+table, and PNG plots."""
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import matplotlib
 
@@ -97,6 +101,53 @@ class MetricsLog:
     def close(self) -> None:
         with writing(self.path):
             self.file.close()
+
+
+class StepRows:
+    """The per-step rows of metrics.jsonl, produced here and only here.
+
+    `add` keeps a step's loss terms on the device; `read` brings every pending step's terms to the host
+    in one transfer (the loop's log points); `write` completes the rows and appends them to `metrics`
+    (None on ranks that write nothing).  A row: the loss terms (`fields`, Python floats of the float32
+    values), step, epoch, domain, lr, sampler_weights, images_per_s (the mean over the log interval:
+    the device runs ahead of the host, so a step's own wall time is not observable without a sync).
+    """
+
+    def __init__(self, metrics: MetricsLog | None, fields: tuple[str, ...]):
+        self.metrics, self.fields = metrics, fields
+        self.pending: list[tuple[torch.Tensor, dict[str, Any]]] = []
+        self.values: list[list[float]] = []
+        self.images = 0
+        self.tick = time.perf_counter()
+
+    def add(self, terms: torch.Tensor, images: int, **row: Any) -> None:
+        """One step: `terms` (len(fields),) on the device; `images` in the step (all ranks); the row's
+        other fields."""
+        self.pending.append((terms, row))
+        self.images += images
+
+    def complete_last(self, **row: Any) -> None:
+        """Add fields to the last step's row (those known only after its terms were checked)."""
+        self.pending[-1][1].update(row)
+
+    def read(self) -> list[dict[str, float]]:
+        """The loss terms of every pending step, {field: value}, in step order (one device-to-host copy
+        for the steps not read yet)."""
+        unread = [terms for terms, _ in self.pending[len(self.values):]]
+        if unread:
+            self.values += torch.stack(unread).tolist()
+        return [dict(zip(self.fields, values)) for values in self.values]
+
+    def write(self) -> tuple[list[dict[str, Any]], float]:
+        """Append the pending rows to metrics.jsonl; return them and the interval's images/s."""
+        now = time.perf_counter()
+        speed = self.images / max(now - self.tick, 1e-9)
+        rows = [{**terms, **row, "images_per_s": speed} for terms, (_, row) in zip(self.read(), self.pending)]
+        if self.metrics is not None:
+            for row in rows:
+                self.metrics.append(row)
+        self.pending, self.values, self.images, self.tick = [], [], 0, now
+        return rows, speed
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
