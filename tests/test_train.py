@@ -72,9 +72,9 @@ def test_refuses_to_overwrite_a_run(finished_run, data_root):
 
 
 def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeypatch):
-    from udon_fast.model import sharded_classifier
+    from udon_fast.trainer import step as step_module
 
-    real = sharded_classifier.udon_loss
+    real = step_module.udon_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -84,7 +84,7 @@ def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeyp
             return type(out)(out.total * float("nan"), *out[1:])
         return out
 
-    monkeypatch.setattr(sharded_classifier, "udon_loss", poisoned)
+    monkeypatch.setattr(step_module, "udon_loss", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 3 \(domain '(shops|birds)'\)"):
         train(parse_args(_args(data_root, out, "--steps", "8")))

@@ -28,7 +28,7 @@ from distributed_helpers import free_port
 from udon_fast.config import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.losses.similarity import similarity_loss
-from udon_fast.model import sharded_classifier
+from udon_fast.trainer import step as step_module
 from udon_fast.trainer import distributed
 from udon_fast.trainer.loop import Run
 from udon_fast.trainer.state import Progress
@@ -50,7 +50,7 @@ def _run_steps(config) -> dict:
     run = Run(config)
     seen = {"batches": [], "embeddings": [], "grads": {},
             "initial": {k: v.clone() for k, v in run.model.state_dict().items()}}
-    next_batch, apply, loss = run.loader.next_batch, run.step_fn.apply, sharded_classifier.udon_loss
+    next_batch, apply, loss = run.loader.next_batch, run.step_fn.apply, step_module.udon_loss
 
     def recording_next_batch(domain):
         images, labels = next_batch(domain)
@@ -67,14 +67,14 @@ def _run_steps(config) -> dict:
         return loss(student, teacher, *args, **kwargs)
 
     run.loader.next_batch, run.step_fn.apply = recording_next_batch, recording_apply
-    sharded_classifier.udon_loss = recording_loss
+    step_module.udon_loss = recording_loss
     try:
         if run.ranks.is_main:
             run.out.mkdir(parents=True)
         distributed.barrier(run.ranks.world_size)
         run.train(Progress())
     finally:
-        sharded_classifier.udon_loss = loss
+        step_module.udon_loss = loss
         run.loader.close()
     seen["state"] = {k: v.clone() for k, v in run.model.state_dict().items()}
     seen["metrics"] = [json.loads(line) for line in (run.out / "metrics.jsonl").read_text().splitlines()] \
