@@ -6,7 +6,7 @@ Each measurement is a fresh 2-process gloo job (`measure`), one CPU thread per r
 heads are what grows with C), the trainer's fused AdamW (`build_optimizer`) and the trainer's step:
 `UDONStep` with replicated classifiers (DDP averages the gradients) or with class-parallel ones
 (`--class-parallel`: C / 2 classes per rank, `classifier_shard`), then runs a warm-up step (AdamW states exist after it) and
-`steps` timed steps (`step(...)` + `apply()`, a barrier before each), on its own random batch of `batch`
+`steps` timed steps (`step(...)` + `apply(terms)`, a barrier before each), on its own random batch of `batch`
 images with labels in [0, C).  Per rank: peak resident memory of the process (VmHWM), the resident memory
 before the model was built (imports, gloo), and the median step time.
 

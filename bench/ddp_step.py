@@ -8,7 +8,7 @@ step by step so that the machine's load hits both alike:
 - "hand_rolled": the step udon_fast used before DDP: the whole backward pass, then every gradient
   concatenated into one flat buffer, one all-reduce, divided by the world size and copied back
   (`HandRolledStep`, kept here only as the baseline).
-Each timed step is `step(...)` + `apply()` after a barrier, on the rank's own random batch; the first
+Each timed step is `step(...)` + `apply(terms)` after a barrier, on the rank's own random batch; the first
 step of each variant is a warm-up.  `python -m bench.ddp_step` prints the JSON of one job.
 """
 import datetime
@@ -71,8 +71,8 @@ def _worker(rank: int, port: int, batch: int, steps: int, out_dir: str) -> None:
         for variant in VARIANTS if i % 2 else VARIANTS[::-1]:
             dist.barrier()
             start = time.perf_counter()
-            steps_of[variant](images, labels, domain)
-            steps_of[variant].apply()
+            out = steps_of[variant](images, labels, domain)
+            steps_of[variant].apply(torch.stack(list(out)))
             if i:
                 seconds[variant].append(time.perf_counter() - start)
     dist.barrier()

@@ -20,7 +20,7 @@ Parts (each writes its JSON after every case, so a timed-out part still leaves i
   element bytes (read W forward, read W backward, write dW) / time; both also as fractions of the
   H200 datasheet peaks (LIMITS).  Triton cases run first for every shape, then reference, then
   compiled.
-- train: a ViT-B/16, 224 px, B = 128 UDONStep + apply() on one domain of C = 224,408 classes:
+- train: a ViT-B/16, 224 px, B = 128 UDONStep + apply(terms) on one domain of C = 224,408 classes:
   eager + reference loss vs compiled backbone + fused loss (backend "auto"); images/s and peak MiB.
 - sync: the trainer's own loop (`Run.train`) on a generated two-domain dataset, the default backbone
   (EfficientNet-Lite0, packaged weights) at 64 px, B = 32, compiled, 13 steps with a log point every 5

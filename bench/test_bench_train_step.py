@@ -4,7 +4,7 @@ backend "auto" = native, else chunked) vs an eager trainer step with the `refere
 Run: `pytest bench/test_bench_train_step.py` (vit_tiny at 64 px, B = 64, C = 73,182 (gldv2));
 `UDON_BENCH_QUICK=1` shrinks it to a 2-block vit_tiny, B = 32, C = 20,000.
 
-Both steps are `UDONStep(...)` followed by `.apply()` (AdamW from `build_optimizer`) on the same
+Both steps are `UDONStep(...)` followed by `.apply(terms)` (AdamW from `build_optimizer`) on the same
 random batch, each on its own copy of one randomly initialised `UDONModel`.  pytest-benchmark times
 the compiled fused step; the eager reference step is timed in the same test (best of the rounds).
 
