@@ -27,7 +27,7 @@ from .data.image_bytes import set_max_pixels
 from .embed import embed_paths, list_images
 from .gallery import Hit, QueryResult, write_search_page
 from .index import Gallery, build_index, load_gallery, read_embeddings
-from .model import load_embedder
+from .model import Embedder, load_embedder
 from .output_files import atomic_write_text
 
 
@@ -38,6 +38,18 @@ def open_gallery(index: str | None, embeddings: str | None) -> Gallery:
     vectors, meta = read_embeddings(Path(embeddings))
     flat, info = build_index(vectors, "flat")
     return Gallery(flat, meta["paths"], {**info, "checkpoint": meta.get("checkpoint")})
+
+
+def query_embedder(gallery: Gallery, checkpoint: str | None, device: torch.device) -> Embedder:
+    """The model that embeds queries for `gallery`, on `device`: `checkpoint`, or the one recorded with the
+    gallery.  ValueError when there is neither, or when its embeddings are not as wide as the gallery's."""
+    checkpoint = checkpoint or gallery.meta.get("checkpoint")
+    if not checkpoint:
+        raise ValueError("--checkpoint is needed: the gallery records no checkpoint")
+    model = load_embedder(checkpoint, map_location=device)
+    if model.dim != gallery.dimension:
+        raise ValueError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds {gallery.dimension}-d ones")
+    return model
 
 
 def query_paths(query: str) -> list[str]:
@@ -88,18 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         set_max_pixels(args.max_pixels)
         gallery = open_gallery(args.index, args.embeddings)
         paths = query_paths(args.query)
-        checkpoint = args.checkpoint or gallery.meta.get("checkpoint")
-        if not checkpoint:
-            raise ValueError("--checkpoint is needed: the gallery records no checkpoint")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_embedder(checkpoint, map_location=device)
-        if model.dim != gallery.dimension:
-            raise ValueError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds "
-                             f"{gallery.dimension}-d ones")
+        model = query_embedder(gallery, args.checkpoint, device)
         queries = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
                               decoder=args.decoder, progress=len(paths) > args.batch_size)
         results = ranked(gallery, queries, paths, args.top)
         if args.json:
+            checkpoint = args.checkpoint or gallery.meta["checkpoint"]
             record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,
                       "results": results}
             atomic_write_text(Path(args.json), json.dumps(record, indent=1, ensure_ascii=False))

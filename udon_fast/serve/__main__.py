@@ -8,7 +8,7 @@ import torch
 
 from ..cli import check_positive
 from ..index import load_gallery
-from ..model import load_embedder
+from ..search import query_embedder
 from .app import create_app
 from .embedding import ImageEmbedder
 from .uploads import MAX_UPLOAD_BYTES
@@ -36,14 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
             raise ValueError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
         gallery = load_gallery(args.index)
-        checkpoint = args.checkpoint or gallery.meta.get("checkpoint")
-        if not checkpoint:
-            raise ValueError("--checkpoint is needed: the index records no checkpoint")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_embedder(checkpoint, map_location=device)
-        if model.dim != gallery.dimension:
-            raise ValueError(f"{checkpoint} gives {model.dim}-d embeddings but the index holds "
-                             f"{gallery.dimension}-d ones")
+        model = query_embedder(gallery, args.checkpoint, device)
     except (OSError, ValueError) as exc:
         print(f"udon_fast.serve: error: {exc}", file=sys.stderr)
         return 1
