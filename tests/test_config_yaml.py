@@ -16,6 +16,8 @@ from udon_fast.config import parse_args
     ("domains: cars\n", "domains: expected a list of strings or null, got 'cars' (str)"),
     ("sampler: greedy\n", "sampler: must be one of dynamic, round_robin, balanced, dataset_size; got 'greedy'"),
     ("margin_type: 3\n", "margin_type: expected a string, got 3 (int)"),
+    ("margins: [1.0, 0.5]\n", "margins: expected a list of 3 numbers or null, got [1.0, 0.5] (list)"),
+    ("margins: [1.0, yes, 0.0]\n", "margins: expected a list of 3 numbers or null, got [1.0, True, 0.0] (list)"),
     ("steps: [1, 2\n", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"),
     ("epochs: 3\n  lr: 0.1\n", "not valid YAML: mapping values are not allowed here at line 2, column 5"),
     ("1: 2\n", "option names must be text, got 1"),

@@ -198,8 +198,18 @@ def _on_off(value: str) -> bool:
 
 # A float written without a dot (1e-3): YAML 1.1 (PyYAML) reads it as a string, YAML 1.2 as a number.
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_TRIPLE = tuple[float, float, float]
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               list[str]: "a list of strings"}
+               list[str]: "a list of strings", _TRIPLE: "a list of 3 numbers"}
+
+
+def _number(value: Any) -> Any:
+    """`value`, or the float of a number YAML 1.1 left as text (1e-3)."""
+    return float(value) if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _typed(name: str, value: Any, where: str) -> Any:
@@ -212,18 +222,23 @@ def _typed(name: str, value: Any, where: str) -> Any:
     kind = next(k for k in kinds if k is not type(None))
     if name == "folder" and isinstance(value, Mapping):  # NAME: DIR (parse_folders)
         value = [f"{k}={v}" for k, v in value.items()]
-    if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
-        value = float(value)
+    if kind is float:
+        value = _number(value)
+    elif kind == _TRIPLE and isinstance(value, list):
+        value = [_number(x) for x in value]
     fits = {bool: lambda v: isinstance(v, bool),
             int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            float: _is_number,
             str: lambda v: isinstance(v, str),
-            list[str]: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[kind]
+            list[str]: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+            _TRIPLE: lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v))}[kind]
     if not fits(value):
         expected = _KIND_NAMES[kind] + (" or null" if type(None) in kinds else "")
         raise ValueError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
     if name in CHOICES and value not in CHOICES[name]:
         raise ValueError(f"{where}: must be one of {', '.join(CHOICES[name])}; got {value!r}")
+    if kind == _TRIPLE:
+        return tuple(float(x) for x in value)
     return float(value) if kind is float else value
 
 
