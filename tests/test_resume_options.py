@@ -72,6 +72,20 @@ def test_differences_cover_every_option_but_the_neutral_ones():
                                       "compile"}
 
 
+def test_batch_size_is_compared_as_the_global_batch_on_another_rank_count():
+    saved = {**json.loads(TrainConfig(batch_size=3).to_json()), "world_size": 2}
+    assert TrainConfig(batch_size=3).differences(saved, world_size=2) == []
+    assert TrainConfig(batch_size=2).differences(saved, world_size=3) == []
+    assert TrainConfig(batch_size=6).differences(saved, world_size=1) == []
+    assert TrainConfig(batch_size=2).differences(saved, world_size=2) == ["--batch-size 3 -> 2"]
+    assert TrainConfig(batch_size=3).differences(saved, world_size=3) == [
+        "--batch-size 3 on 2 rank(s) -> 3 on 3 (the global batch, --batch-size x ranks, must stay 6)"]
+    del saved["world_size"]  # written before config.json recorded the rank count: one rank
+    assert TrainConfig(batch_size=1).differences(saved, world_size=3) == []
+    assert TrainConfig(batch_size=2).differences(saved, world_size=3) == [
+        "--batch-size 3 on 1 rank(s) -> 2 on 3 (the global batch, --batch-size x ranks, must stay 3)"]
+
+
 def test_ctrl_c_is_one_line_naming_the_step_and_how_to_resume(data_root, tmp_path, capsys, monkeypatch):
     from udon_fast.trainer import loop
 

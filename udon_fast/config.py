@@ -116,14 +116,24 @@ class TrainConfig:
         """The options as JSON, plus `extra` top-level entries (e.g. the folder splits of a run)."""
         return json.dumps({**dataclasses.asdict(self), **extra}, indent=2, sort_keys=True)
 
-    def differences(self, saved: Mapping[str, Any]) -> list[str]:
+    def differences(self, saved: Mapping[str, Any], world_size: int = 1) -> list[str]:
         """The options that change what a run computes and differ from `saved` (a run's config.json), as
         "--flag SAVED -> GIVEN"; RESUME_MAY_DIFFER are not compared.  An option `saved` lacks (written
-        before the option existed) is compared with its default."""
+        before the option existed) is compared with its default.  On another number of ranks than the
+        run's (`saved["world_size"]`, 1 when absent) --batch-size is compared as the global batch,
+        --batch-size x ranks, which is what fixes the data order (docs/scale_out.md)."""
         given, defaults = json.loads(self.to_json()), json.loads(TrainConfig().to_json())
+        saved_world = saved.get("world_size", 1)
         changed = []
         for name in _FIELDS:
             if name in RESUME_MAY_DIFFER:
+                continue
+            if name == "batch_size" and saved_world != world_size:
+                before = saved.get(name, defaults[name])
+                if before * saved_world != self.batch_size * world_size:
+                    changed.append(f"--batch-size {before} on {saved_world} rank(s) -> {self.batch_size} on "
+                                   f"{world_size} (the global batch, --batch-size x ranks, must stay "
+                                   f"{before * saved_world})")
                 continue
             before = saved.get(name, defaults[name])
             if before != given[name]:

@@ -165,7 +165,8 @@ class Run:
             if self.config.resume:
                 print(f"udon_fast.train: --resume: no checkpoint in {self.checkpoints} yet (the run stopped before "
                       f"its first one); starting it from the beginning", file=sys.stderr)
-            atomic_write_text(self.out / "config.json", self.config.to_json(folder_splits=self.folder_splits))
+            atomic_write_text(self.out / "config.json", self.config.to_json(folder_splits=self.folder_splits,
+                                                                            world_size=self.ranks.world_size))
             atomic_write_text(self.out / "metrics.jsonl", "")
         if self.config.baseline:
             progress.baseline = self.evaluate_baseline()

@@ -17,9 +17,9 @@ from ..run_lock import FolderLock, lock_folder
 from .distributed import Ranks
 
 
-def check_resume_options(out: Path, config: TrainConfig) -> None:
-    """With --resume: refuse options that differ from the run's config.json (`TrainConfig.differences`),
-    in one line listing each changed option with both values."""
+def check_resume_options(out: Path, config: TrainConfig, world_size: int = 1) -> None:
+    """With --resume on `world_size` ranks: refuse options that differ from the run's config.json
+    (`TrainConfig.differences`), in one line listing each changed option with both values."""
     saved_file = out / "config.json"
     if not config.resume or not saved_file.is_file():
         return
@@ -29,7 +29,7 @@ def check_resume_options(out: Path, config: TrainConfig) -> None:
         raise ValueError(f"--resume: cannot read the run's options from {saved_file}: {exc}") from None
     if not isinstance(saved, dict):
         raise ValueError(f"--resume: {saved_file} does not hold a run's options (a JSON object)")
-    changed = config.differences(saved)
+    changed = config.differences(saved, world_size)
     if not changed:
         return
     length = [c for c in changed if c.startswith(("--steps ", "--epochs "))]
@@ -39,7 +39,7 @@ def check_resume_options(out: Path, config: TrainConfig) -> None:
                      f"Resume with the run's own options or start a new run in another --out.{hint}")
 
 
-def _claim(config: TrainConfig) -> FolderLock:
+def _claim(config: TrainConfig, world_size: int) -> FolderLock:
     out = Path(config.out)
     if config.resume and not out.is_dir():
         raise FileNotFoundError(f"--resume: --out {out} does not exist, so there is no run to continue "
@@ -51,7 +51,7 @@ def _claim(config: TrainConfig) -> FolderLock:
         if not config.resume and ((out / "config.json").exists() or (out / "checkpoints" / "last.pt").exists()):
             raise FileExistsError(f"--out {out} already holds a run; pass --resume to continue it or choose "
                                   f"another --out")
-        check_resume_options(out, config)
+        check_resume_options(out, config, world_size)
     except BaseException:
         lock.release()
         raise
@@ -66,7 +66,7 @@ def claimed_out(config: TrainConfig, ranks: Ranks) -> Iterator[None]:
     lock, error = None, None
     if ranks.is_main:
         try:
-            lock = _claim(config)
+            lock = _claim(config, ranks.world_size)
         except (OSError, ValueError) as exc:
             error = exc
     if ranks.world_size > 1:
