@@ -208,6 +208,10 @@ def test_training_and_resume_from_shards_match_training_from_files(roots, cli, t
     assert _metrics(tmp_path / "tars") == _metrics(tmp_path / "files")
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("files", "tars")]
     assert results[0] == results[1]
+    # the gallery's thumbnails, read from the tars: the same images as from the files
+    thumbs = [sorted(p.read_bytes() for p in (tmp_path / run / "gallery" / "thumbs").iterdir())
+              for run in ("files", "tars")]
+    assert thumbs[0] and thumbs[0] == thumbs[1]
 
 
 def indices_of(images: torch.Tensor) -> list[int]:

@@ -4,13 +4,16 @@ Every page links only to files below its own folder (thumbs/*.jpg, sibling pages
 folder can be moved or zipped and still open.  Pages and thumbnails are written atomically.
 """
 import hashlib
+import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from PIL import Image, ImageOps
 
+from ..data.image_bytes import read_encoded
 from ..output_files import atomic_write, atomic_write_text, check_writable_folder
 from .retrieval import MergedSearch, QueryResult, compare, sample_rows
 
@@ -26,18 +29,20 @@ def environment() -> Environment:
 
 class Thumbnails:
     """Copies images, shrunk to at most THUMBNAIL_SIDE px (JPEG), into `folder`/thumbs/ once each and
-    returns their links relative to `folder`."""
+    returns their links relative to `folder`.  `read(path)`: an image's encoded bytes (default: the file's;
+    `MergedSearch.read` also reads tar shard members)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, read: Callable[[str], np.ndarray] = read_encoded):
         self.folder = folder / THUMBNAIL_FOLDER
         check_writable_folder(self.folder, "gallery")
         self.links: dict[str, str] = {}
+        self.read = read
 
     def __call__(self, path: str) -> str:
         link = self.links.get(path)
         if link is None:
             name = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:20] + ".jpg"
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(self.read(path).tobytes())) as image:
                 thumbnail = ImageOps.exif_transpose(image).convert("RGB")
             thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             with atomic_write(self.folder / name, "gallery thumbnail") as f:
@@ -58,7 +63,7 @@ def write_gallery(folder: str | Path, trained: MergedSearch, count: int, *, titl
     the same queries) also up to `count` queries `trained` gets right at rank 1 and `baseline` wrong,
     and the reverse.  Returns the path of index.html."""
     folder = check_writable_folder(folder, "gallery")
-    env, thumb = environment(), Thumbnails(folder)
+    env, thumb = environment(), Thumbnails(folder, trained.read)
     summaries = []
     for d, domain in enumerate(trained.names):
         rows = trained.rows_of(domain)

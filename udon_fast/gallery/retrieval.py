@@ -7,11 +7,12 @@ rule).  Pages show a seeded sample of the queries (`sample_rows`); `compare` fin
 model gets right at rank 1 and another gets wrong.
 """
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data import Domain, knn_pairs
+from ..data import Domain, Split, knn_pairs
+from ..data.image_bytes import read_encoded
 from ..evaluation import K, Embedded, _pad_labels
 from ..knn import _drop_self, _labels_match, _search_batches
 
@@ -46,7 +47,8 @@ class MergedSearch:
 
     names: domain names; query_paths / query_labels (class names) / query_domain ((Q,) int64 index
     into names); index_paths / index_labels / index_domain ((N,) int64) likewise for the index rows;
-    ids (Q, k) int64 index rows by decreasing score; scores (Q, k) float32; correct (Q, k) bool.
+    ids (Q, k) int64 index rows by decreasing score; scores (Q, k) float32; correct (Q, k) bool;
+    members: {name: (split, i)} of the images that are tar shard members, not files (`read`).
     """
 
     names: list[str]
@@ -59,6 +61,13 @@ class MergedSearch:
     ids: np.ndarray
     scores: np.ndarray
     correct: np.ndarray
+    members: dict[str, tuple[Split, int]] = field(default_factory=dict)
+
+    def read(self, path: str) -> np.ndarray:
+        """The encoded bytes (uint8 (n,)) of the query or index image named `path`: a file, or a tar
+        shard member (`<tar>:<member>`, read from its shard)."""
+        member = self.members.get(path)
+        return read_encoded(path) if member is None else member[0].read(member[1])
 
     def rows_of(self, domain: str) -> np.ndarray:
         """(n,) int64 query rows of `domain`, ascending."""
@@ -85,10 +94,14 @@ def merged_search(domains: Mapping[str, Domain], split: str, sets: Mapping[str, 
     names = list(domains)
     q_emb, q_lab, q_dom, q_paths, q_names = [], [], [], [], []
     x_emb, x_lab, x_dom, x_paths, x_names, self_rows = [], [], [], [], [], []
+    members: dict[str, tuple[Split, int]] = {}
     offset = 0
     for d, name in enumerate(names):
         query, index = knn_pairs(domains[name], split)
         own = query if index is None else index
+        for part in {id(query): query, id(own): own}.values():
+            if part.members is not None:
+                members.update((path, (part, i)) for i, path in enumerate(part.paths))
         query_emb, index_emb = sets[name]
         own_emb = query_emb if index_emb is None else index_emb
         q_emb.append(query_emb.student)
@@ -116,7 +129,8 @@ def merged_search(domains: Mapping[str, Domain], split: str, sets: Mapping[str, 
     scores = np.einsum("qd,qkd->qk", queries, index_emb[ids]).astype(np.float32)
     same_domain = index_domain[ids] == query_domain[:, None]
     correct = same_domain & _labels_match(query_labels, index_labels[ids])
-    return MergedSearch(names, q_paths, q_names, query_domain, x_paths, x_names, index_domain, ids, scores, correct)
+    return MergedSearch(names, q_paths, q_names, query_domain, x_paths, x_names, index_domain, ids, scores, correct,
+                        members)
 
 
 def sample_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
