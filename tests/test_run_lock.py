@@ -96,9 +96,11 @@ def test_torchrun_ranks_all_stop_when_rank_0_finds_the_folder_in_use(data_root, 
              "-m", "udon_fast.train", "--data-root", str(data_root), "--out", str(out), *TINY],
             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "udon_fast.train: error:" in line]
-    assert len(errors) == 2, result.stderr[-3000:]  # rank 0's refusal, and rank 1 stopping with it
-    assert all(f"--out {out} is in use by another run: pid {os.getpid()}" in line for line in errors)
+    # Rank 0's refusal; rank 1 got the same verdict and stops with the same line, unless torchrun, seeing
+    # rank 0 exit first, stops it before it prints (a race between the two exits).  Either way no hang.
+    refusal = f"udon_fast.train: error: --out {out} is in use by another run: pid {os.getpid()}"
+    assert 1 <= result.stderr.count(refusal) <= 2, result.stderr[-3000:]
+    assert result.stderr.count("udon_fast.train: error:") == result.stderr.count(refusal), result.stderr[-3000:]
     assert not (out / "config.json").exists()
 
 
