@@ -267,16 +267,53 @@ class _ShardedHead(torch.autograd.Function):
         return d_e_t, d_w_t, d_e_s, d_w_s, None, None, None, None, None
 
 
+def gather(plan: Plan, e_t: torch.Tensor, e_s: torch.Tensor | None, labels: torch.Tensor):
+    """All ranks' rows in rank order: (B, Dt) teacher and (B, Ds) student (or None) embeddings,
+    differentiable (`_GatherRows`), and the (B,) int64 global labels."""
+    gathered = _GatherRows.apply(plan, *((e_t,) if e_s is None else (e_t, e_s)))
+    return gathered[0], (None if e_s is None else gathered[1]), gather_labels(labels, plan)
+
+
+def slice_labels(plan: Plan, all_labels: torch.Tensor) -> torch.Tensor:
+    """Global (B,) labels -> relative to this rank's slice, NO_TARGET where the slice does not own the class."""
+    start, count = plan.slices[plan.rank]
+    owned = (all_labels >= start) & (all_labels < start + count)
+    return torch.where(owned, all_labels - start, torch.full_like(all_labels, NO_TARGET))
+
+
+def gathered_head_rows(plan: Plan, backend: str, all_e_t: torch.Tensor, w_t: torch.Tensor,
+                       all_e_s: torch.Tensor | None, w_s: torch.Tensor | None, local: torch.Tensor, margin: Margin,
+                       scale: float, tau_t: float, tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`head_rows` on rows already gathered (`gather`) and labels relative to the slice (`slice_labels`)."""
+    return _ShardedHead.apply(all_e_t, w_t.contiguous(), all_e_s, None if w_s is None else w_s.contiguous(),
+                              local, plan, backend, margin, (float(scale), float(tau_t), float(tau_s)))
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce SUM of a per-rank partial whose result feeds the same loss on every rank: the
+    gradient of each rank's partial is the (identical) upstream gradient, so backward passes it through."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, partial: torch.Tensor):
+        total = partial.clone()
+        dist.all_reduce(total, group=plan.group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad
+
+
+def sum_over_ranks(plan: Plan, partial: torch.Tensor) -> torch.Tensor:
+    """Sum of `partial` over the ranks of `plan`, differentiable (see `_SumOverRanks`)."""
+    return _SumOverRanks.apply(plan, partial)
+
+
 def head_rows(plan: Plan, backend: str, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None,
               w_s: torch.Tensor | None, labels: torch.Tensor, margin: Margin, scale: float, tau_t: float,
               tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global per-row teacher CE, student CE and KL, each (B,) float32 (B = all ranks' rows), the same on
     every rank; differentiable w.r.t. this rank's e_t, w_t, e_s, w_s (see the module docstring)."""
-    gathered = _GatherRows.apply(plan, *((e_t,) if e_s is None else (e_t, e_s)))
-    all_e_t, all_e_s = gathered[0], (None if e_s is None else gathered[1])
-    all_labels = gather_labels(labels, plan)
-    start, count = plan.slices[plan.rank]
-    owned = (all_labels >= start) & (all_labels < start + count)
-    local = torch.where(owned, all_labels - start, torch.full_like(all_labels, NO_TARGET))
-    return _ShardedHead.apply(all_e_t, w_t.contiguous(), all_e_s, None if w_s is None else w_s.contiguous(),
-                              local, plan, backend, margin, (float(scale), float(tau_t), float(tau_s)))
+    all_e_t, all_e_s, all_labels = gather(plan, e_t, e_s, labels)
+    return gathered_head_rows(plan, backend, all_e_t, w_t, all_e_s, w_s, slice_labels(plan, all_labels), margin,
+                              scale, tau_t, tau_s)

@@ -101,13 +101,17 @@ def check_class_weights(name: str, weight: torch.Tensor) -> None:
 
 
 def check_values(embeddings: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], labels: torch.Tensor,
-                 num_classes: int) -> None:
+                 num_classes: int, ignore_index: int | None = None) -> None:
     """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces and when the
-    caller passes `check_inputs=False`): labels in range, finite embeddings, finite class weights
-    without zero rows (`check_class_weights`)."""
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low}, {high}]")
+    caller passes `check_inputs=False`): labels in range (or equal to ignore_index), finite embeddings,
+    finite class weights without zero rows (`check_class_weights`)."""
+    if ignore_index is not None:
+        labels = labels[labels != ignore_index]
+    if labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            hint = " (rows to skip need ignore_index)" if ignore_index is None and low < 0 else ""
+            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low}, {high}]{hint}")
     for name, tensor in embeddings.items():
         # ||E||_F^4 bounds the similarity term (sum_ij S_ij^2, S = E E^T): finite in float32 iff every
         # value is finite and the rows are not far beyond unit norm (finite rows x1e20 made the loss NaN).
