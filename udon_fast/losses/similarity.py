@@ -8,7 +8,8 @@ def similarity_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, n_devi
 
     student_emb (B, Ds), teacher_emb (B, Dt), unit-norm rows -> 0-d float32 tensor.
     keep: (B,) bool, the rows that count (None: all): the sum runs over pairs of kept rows and the
-    mean divides by the number of kept rows (nan when there is none).  reduction: "mean", "sum", or
+    mean divides by the number of kept rows, or by 1 when there is none (no pair, SIM 0: a
+    class-parallel rank whose own rows are all ignored still trains on the others').  reduction: "mean", "sum", or
     "none": the (B,) rows (n_devices / 4) sum_j (S_s - S_t)_ij^2 (0 in rows not kept), whose sum is
     the "sum".
     """
@@ -22,4 +23,4 @@ def similarity_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, n_devi
     total = (n_devices / 4.0) * squares.sum()
     if reduction == "sum":
         return total
-    return total / (e_s.shape[0] if keep is None else keep.sum())
+    return total / (e_s.shape[0] if keep is None else keep.sum().clamp_min(1))
