@@ -116,8 +116,8 @@ def udon_loss(
     (n_devices / 4) sum_j (S_s - S_t)_ij^2 over kept j.  reduction: "none" returns every term as (B,)
     rows (0 in ignored rows; total the weighted rows); "sum" their sums; "mean" (default) the CE sums
     over the sum of the kept rows' w_y (F.cross_entropy's mean), the KL and SIM sums over the number
-    of kept rows (all rows ignored: nan, as F.cross_entropy).  The defaults give the loss of
-    docs/method.md unchanged.
+    of kept rows (all rows ignored: CE and KL nan, as F.cross_entropy; SIM 0, it has no pair).  The
+    defaults give the loss of docs/method.md unchanged.
 
     class_shard: class-parallel classifiers over a torch.distributed group (`ClassShard`, see
     `losses/class_parallel.py`).  Every rank of the group calls with its own rows (B_r may differ) and

@@ -94,6 +94,40 @@ def split_ignored(labels: torch.Tensor, ignore_index: int | None) -> tuple[torch
     return torch.where(keep, labels, NO_TARGET), keep
 
 
+DIRECTION_CHUNK_ELEMENTS = 1 << 19
+
+
+class _WeightedDirections(torch.autograd.Function):
+    """V = sum_c a_c W_c / ||W_c|| (D,) f32 of raw weights W (K, D), K >= 1, and constant a (K,) f32.
+
+    In class chunks of ~2 MiB (one read of W per pass, the chunk's temporaries in cache; no (K, D)
+    temporary).  Backward: dW_c = a_c (g - (W_c . g) W_c / ||W_c||^2), norms recomputed, one write of
+    dW (the one (K, D) tensor autograd needs), in W's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        step = max(1, DIRECTION_CHUNK_ELEMENTS // weight.shape[1])
+        total = weight.new_zeros(weight.shape[1], dtype=torch.float32)
+        for start in range(0, weight.shape[0], step):
+            w = weight[start:start + step].float()
+            total += (coef[start:start + step] / torch.linalg.vector_norm(w, dim=1)) @ w
+        ctx.save_for_backward(weight, coef)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, coef = ctx.saved_tensors
+        step = max(1, DIRECTION_CHUNK_ELEMENTS // weight.shape[1])
+        d_weight = torch.empty_like(weight)
+        for start in range(0, weight.shape[0], step):
+            w = weight[start:start + step].float()
+            norm = torch.linalg.vector_norm(w, dim=1)
+            a = coef[start:start + step] / norm
+            d_weight[start:start + step] = torch.addr(w * (-a * (w @ grad) / (norm * norm))[:, None], a, grad)
+        return d_weight, None
+
+
 def class_terms(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None,
                 margin: Margin, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """z_by = s f(cos_by) and part_b = sum_c w_c z_bc over the classes of `weight`, both (B,) f32 and
@@ -107,13 +141,12 @@ def class_terms(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, c
     if weight.shape[0] == 0:
         zeros = e.new_zeros(e.shape[0])
         return zeros, zeros.clone()
-    w = weight.float()
-    norm = torch.linalg.vector_norm(w, dim=1)
-    coef = norm.reciprocal() if class_weight is None else class_weight.float() / norm
-    part = scale * (e @ (coef @ w))
+    coef = e.new_ones(weight.shape[0]) if class_weight is None else class_weight.float()
+    part = scale * (e @ _WeightedDirections.apply(weight, coef))
     has_target = labels != NO_TARGET
     index = labels.clamp_min(0)
-    cos_y = (e * w[index]).sum(dim=1) / norm[index]
+    target_w = weight[index].float()
+    cos_y = (e * target_w).sum(dim=1) / torch.linalg.vector_norm(target_w, dim=1)
     z_y = scale * transform(margin, cos_y)[0]
     w_y = 1.0 if class_weight is None else class_weight.float()[index]
     part = part + torch.where(has_target, w_y * (z_y - scale * cos_y), 0.0)
