@@ -94,38 +94,27 @@ def split_ignored(labels: torch.Tensor, ignore_index: int | None) -> tuple[torch
     return torch.where(keep, labels, NO_TARGET), keep
 
 
-DIRECTION_CHUNK_ELEMENTS = 1 << 19
-
-
 class _WeightedDirections(torch.autograd.Function):
     """V = sum_c a_c W_c / ||W_c|| (D,) f32 of raw weights W (K, D), K >= 1, and constant a (K,) f32.
 
-    In class chunks of ~2 MiB (one read of W per pass, the chunk's temporaries in cache; no (K, D)
-    temporary).  Backward: dW_c = a_c (g - (W_c . g) W_c / ||W_c||^2), norms recomputed, one write of
-    dW (the one (K, D) tensor autograd needs), in W's dtype.
+    Backward: dW_c = a_c / ||W_c|| (g - (W_c . g) W_c / ||W_c||^2), written in place into the one
+    (K, D) tensor it returns (autograd's own rule for the same expression allocates three).
     """
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        step = max(1, DIRECTION_CHUNK_ELEMENTS // weight.shape[1])
-        total = weight.new_zeros(weight.shape[1], dtype=torch.float32)
-        for start in range(0, weight.shape[0], step):
-            w = weight[start:start + step].float()
-            total += (coef[start:start + step] / torch.linalg.vector_norm(w, dim=1)) @ w
-        ctx.save_for_backward(weight, coef)
-        return total
+        w = weight.float()
+        norm = torch.linalg.vector_norm(w, dim=1)
+        ctx.save_for_backward(weight, coef, norm)
+        return (coef / norm) @ w
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weight, coef = ctx.saved_tensors
-        step = max(1, DIRECTION_CHUNK_ELEMENTS // weight.shape[1])
-        d_weight = torch.empty_like(weight)
-        for start in range(0, weight.shape[0], step):
-            w = weight[start:start + step].float()
-            norm = torch.linalg.vector_norm(w, dim=1)
-            a = coef[start:start + step] / norm
-            d_weight[start:start + step] = torch.addr(w * (-a * (w @ grad) / (norm * norm))[:, None], a, grad)
-        return d_weight, None
+        weight, coef, norm = ctx.saved_tensors
+        w = weight.float()
+        a = coef / norm
+        d_weight = w * (-a * (w @ grad) / (norm * norm))[:, None]
+        return d_weight.addr_(a, grad).to(weight.dtype), None
 
 
 def class_terms(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None,
