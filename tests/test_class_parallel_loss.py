@@ -129,14 +129,21 @@ def _error_cases(rank, group):
     return out
 
 
-def _worker(rank, world, cases):
-    """Three ranks; the 2-rank cases run on the subgroup of ranks 0 and 1 (ClassShard.group)."""
-    pair = dist.new_group([0, 1])
+def run_cases(rank, cases, compare, pair):
+    """{case name: compare(rank, case, seed, group)} over cases[2] + cases[3] on the ranks each case
+    spans: the 2-rank cases on the subgroup `pair` of ranks 0 and 1, the 3-rank ones on the default group."""
     results = {}
     for seed, case in enumerate(cases[2] + cases[3]):
         size = len(case["rows"])
         if rank < size:
-            results[case["name"]] = _compare(rank, case, seed, pair if size == 2 else None)
+            results[case["name"]] = compare(rank, case, seed, pair if size == 2 else None)
+    return results
+
+
+def _worker(rank, world, cases):
+    """Three ranks; the 2-rank cases run on the subgroup of ranks 0 and 1 (ClassShard.group)."""
+    pair = dist.new_group([0, 1])
+    results = run_cases(rank, cases, _compare, pair)
     if rank < 2:
         results["errors"] = _error_cases(rank, pair)
     return results

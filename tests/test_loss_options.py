@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import udon_fast
 from distributed_helpers import run_ranks
 from loss_cases import MARGINS, fused_backends, make_inputs
-from test_class_parallel_loss import _case, _inputs
+from test_class_parallel_loss import _case, _inputs, run_cases
 from udon_fast.losses import backends, chunked, reference
 from udon_fast.losses.margins import NO_TARGET, resolve
 
@@ -312,11 +312,7 @@ def _shard_worker(rank, world, cases):
     import torch.distributed as dist
 
     pair = dist.new_group([0, 1])
-    results = {}
-    for seed, case in enumerate(cases[2] + cases[3]):
-        size = len(case["rows"])
-        if rank < size:
-            results[case["name"]] = _shard_compare(rank, case, seed, pair if size == 2 else None)
+    results = run_cases(rank, cases, _shard_compare, pair)
     if rank < 2:
         shard = udon_fast.ClassShard(0 if rank == 0 else 20, 37, pair)
         e_s, e_t, w_s, w_t, labels = _inputs(_case("x", (3, 3), (20, 17), "normface", "chunked"), 0)
