@@ -341,3 +341,20 @@ def test_class_parallel_options_match_single_process_reference(shard_results, wo
 def test_class_parallel_udon_loss_refuses_reduction_none(shard_results):
     for rank in (0, 1):
         assert shard_results[rank]["none-refused"].startswith("reduction='none' is not available with class_shard")
+
+
+def test_options_trace_under_torch_compile_without_graph_breaks():
+    """fullgraph=True: the options layer (masks, smoothing sums, the direction vector's autograd
+    function) traces with the fused op; values and gradients as eager."""
+    inputs = make_inputs(6, 50, 13, 24)
+    labels = inputs[4].clone()
+    labels[1] = IGNORE
+    options = dict(margin_type="arcface", margin=0.3, ignore_index=IGNORE, label_smoothing=0.2,
+                   class_weight=_class_weight(50), backend="chunked")
+
+    def loss(e_s, e_t, w_s, w_t):
+        return udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, **options).total
+
+    eager = _value_and_grads(loss(*inputs[:4]), inputs[:4], torch.tensor(1.0))
+    compiled = _value_and_grads(torch.compile(loss, fullgraph=True)(*inputs[:4]), inputs[:4], torch.tensor(1.0))
+    _assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
