@@ -139,7 +139,6 @@ def udon_loss(
     weights = {"teacher_ce_weight": teacher_ce_weight, "student_ce_weight": student_ce_weight,
                "kl_weight": kl_weight, "similarity_weight": similarity_weight}
     opts = options.CEOptions(reduction, ignore_index, label_smoothing, class_weight)
-    num_classes = teacher_weight.shape[0] if class_shard is None else class_shard.num_classes
 
     def check():
         validate.check_head_scalars(margin_type, margin, margins, scale)
@@ -151,6 +150,7 @@ def udon_loss(
             validate.check_head(emb_name, emb, weight_name, weight, labels, backend == "reference",
                                 allow_no_classes=class_shard is not None)
         validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
+        num_classes = teacher_weight.shape[0] if class_shard is None else class_shard.num_classes
         options.check(opts, num_classes, teacher_emb.device)
         if class_shard is not None and reduction == "none":
             raise ValueError("reduction='none' is not available with class_shard in udon_loss (CE and KL rows "
@@ -191,12 +191,12 @@ def normalized_softmax_ce(
     check_inputs: as in `udon_loss` (False skips the data checks, for callers in a loop).
     """
     opts = options.CEOptions(reduction, ignore_index, label_smoothing, class_weight)
-    num_classes = weight.shape[0] if class_shard is None else class_shard.num_classes
 
     def check():
         validate.check_head_scalars(margin_type, margin, margins, scale)
         validate.check_head("emb", emb, "weight", weight, labels, backend == "reference",
                             allow_no_classes=class_shard is not None)
+        num_classes = weight.shape[0] if class_shard is None else class_shard.num_classes
         options.check(opts, num_classes, emb.device)
         if check_inputs and not torch.compiler.is_compiling():
             validate.check_values({"emb": emb}, {"weight": weight}, labels, num_classes, ignore_index)
