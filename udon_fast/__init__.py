@@ -9,14 +9,19 @@ from .sampler import DomainSampler
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassShard", "DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics",
+__all__ = ["ClassShard", "CosineClassifier", "DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics",
            "knn_metrics_by_domain", "load_embedder", "normalized_softmax_ce", "udon_loss"]
 
 
 def __getattr__(name: str):
-    """`udon_fast.load_embedder` (model.embedder) is imported on first use: it pulls in timm."""
+    """`udon_fast.load_embedder` (model.embedder) and `udon_fast.CosineClassifier` are imported on first
+    use: they pull in timm (through udon_fast.model)."""
     if name == "load_embedder":
         from .model.embedder import load_embedder
 
         return load_embedder
+    if name == "CosineClassifier":
+        from .cosine_classifier import CosineClassifier
+
+        return CosineClassifier
     raise AttributeError(f"module 'udon_fast' has no attribute {name!r}")

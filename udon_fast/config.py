@@ -19,6 +19,7 @@ from .data.decoders import DECODERS
 from .data.image_bytes import DEFAULT_MAX_PIXELS
 from .losses.backends import BACKENDS
 from .losses.margins import MARGIN_TYPES, resolve as resolve_margin
+from .losses.partial_fc import check_sample_rate
 from .sampler import STRATEGIES
 
 
@@ -59,6 +60,7 @@ class TrainConfig:
     frozen_epochs: int = 1
     grad_clip: float | None = None
     loss_backend: str = "auto"
+    sample_rate: float = 1.0  # Partial FC: the share of each domain's classes a step keeps (losses/partial_fc.py)
     class_parallel: bool = False
     compile: bool = True
     eval_batch_size: int = 128
@@ -99,6 +101,7 @@ class TrainConfig:
         if self.class_parallel and self.loss_backend == "reference":
             raise ValueError("--class-parallel needs a fused --loss-backend (auto, chunked, native or triton), "
                              "got reference")
+        check_sample_rate("--sample-rate", self.sample_rate)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
         check_positive(self, "max_pixels")
@@ -318,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "progress bar updated, a non-finite loss stopped (every step still gets its row)",
         "compile": "on (default): compile the training step (backbone, heads, fused loss) with torch.compile; "
                    "off: train eagerly (also --no-compile)",
+        "sample_rate": "Partial FC: each step keeps the batch's classes plus a seeded uniform sample of the "
+                       "others, ceil(R x C) classes per domain classifier in (0, 1]; 1 (default): all classes",
         "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
                           "(for label spaces too large to replicate; docs/class_parallel.md)",
     }

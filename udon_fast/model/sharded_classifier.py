@@ -39,6 +39,16 @@ def layout(num_classes: int, rank: int = 0, world_size: int = 1) -> torch.Tensor
     return torch.tensor([num_classes, rank, world_size, *class_slice(num_classes, rank, world_size)])
 
 
+def check_layout(state_dict: dict, prefix: str, mine: torch.Tensor) -> None:
+    """Refuse to load the rows of another slice into the module whose `layout` buffer is `mine` (same shapes
+    but other classes would load silently): ValueError naming both slices."""
+    found = state_dict.get(prefix + "layout")
+    if (isinstance(found, torch.Tensor) and found.shape == mine.shape
+            and not torch.equal(found[[0, 3, 4]].cpu(), mine[[0, 3, 4]].cpu())):
+        ours, theirs = (dict(zip(LAYOUT, t.tolist())) for t in (mine, found))
+        raise ValueError(f"{prefix or 'classifier '}rows {theirs} do not match this module's slice {ours}")
+
+
 class DomainClassifier(nn.Module):
     """Teacher (C_r, Dt) and student (C_r, Ds) raw float32 cosine-classifier weights (`teacher`, `student`) of
     one domain's C classes: rows [start, stop) = `class_slice(C, rank, world_size)`.
@@ -72,12 +82,7 @@ class DomainClassifier(nn.Module):
             weight.copy_(lecun_uniform_classifier(self.num_classes, weight.shape[1], rows))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Refuse the rows of another slice (same shapes but other classes would load silently)."""
-        found = state_dict.get(prefix + "layout")
-        if (isinstance(found, torch.Tensor) and found.shape == self.layout.shape
-                and not torch.equal(found[[0, 3, 4]].cpu(), self.layout[[0, 3, 4]].cpu())):
-            mine, theirs = (dict(zip(LAYOUT, t.tolist())) for t in (self.layout, found))
-            raise ValueError(f"{prefix or 'classifier '}rows {theirs} do not match this module's slice {mine}")
+        check_layout(state_dict, prefix, self.layout)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(self, student_emb: torch.Tensor, teacher_emb: torch.Tensor, labels: torch.Tensor, **loss_options):

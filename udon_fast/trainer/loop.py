@@ -63,6 +63,9 @@ class Run:
         if config.class_parallel and self.ranks.world_size < 2:
             raise ValueError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
                              "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ...")
+        if config.sample_rate < 1 and self.ranks.world_size > 1:
+            raise ValueError("--sample-rate < 1 (Partial FC) trains in a single process for now; "
+                             "launch without torchrun or use --sample-rate 1")
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self._prepare_out()
@@ -95,7 +98,8 @@ class Run:
         check_classifiers(self.model)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
         self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
-                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size)
+                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size,
+                                 sample_rate=config.sample_rate)
         self.baseline_sets: dict[str, Any] = {}  # the off-the-shelf backbone's test embeddings, for the gallery
         self.tensorboard: TensorBoardLog | None = None
         self.summary: EpochSummary | None = None

@@ -11,6 +11,11 @@ A non-finite step is skipped on the device: `apply` turns the step's loss terms 
 AdamW's `found_inf` flag, which makes the optimizer leave weights, moments and step counts untouched.
 The flag is sticky: after a first bad step no later step is applied either, so the weights stay those
 of the last good step until the loop reads the terms at its next log point and stops.
+
+sample_rate < 1 (Partial FC, `losses/partial_fc.py`): before the compiled forward, the step samples the
+domain's classes on the device and gives the loss leaf copies of the sampled rows of both classifiers
+(the same classes for the teacher and the student) with the labels renumbered into them; `apply` then
+steps those rows with `adamw_rows` after the optimizer's own step, which skips the classifiers (no grad).
 """
 import copy
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..losses import udon_loss
+from ..losses.partial_fc import SampledRows, adamw_rows, sample_classes
 from ..losses.validate import check_class_weights
 from ..model import UDONModel
 from ..model.udon import head_embedding
@@ -102,8 +108,9 @@ class UDONStep:
     """
 
     def __init__(self, model: UDONModel, optimizer: torch.optim.Optimizer, loss: LossOptions, *,
-                 compile: bool, grad_clip: float | None, world_size: int):
+                 compile: bool, grad_clip: float | None, world_size: int, sample_rate: float = 1.0):
         self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.sample_rate, self.sampled = sample_rate, []
         self.grad_clip, self.world_size = grad_clip, world_size
         self.compiled = compile
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=next(model.parameters()).is_cuda)
@@ -161,6 +168,14 @@ class UDONStep:
         """The loss terms of the batch (not detached): the whole forward compiled, or, for class-parallel
         classifiers, the compiled embeddings and the sharded loss (`DomainClassifier.loss`)."""
         classifier = self.model.classifiers[domain]
+        if self.sample_rate < 1:
+            index, labels = sample_classes(labels, classifier.num_classes, self.sample_rate)
+            self.sampled = [SampledRows.take(classifier.student, index), SampledRows.take(classifier.teacher, index)]
+            student, teacher = (s.rows for s in self.sampled)
+            if self.compiled:
+                torch._dynamo.maybe_mark_dynamic(student, 0)
+                torch._dynamo.maybe_mark_dynamic(teacher, 0)
+            return self.forward_loss(images, labels, self.teacher_params[domain], student, teacher)
         if classifier.sharded:
             student, teacher = self.embeddings(images, self.teacher_params[domain])
             return classifier.loss(student, teacher, labels, **self.loss.kwargs())
@@ -188,7 +203,7 @@ class UDONStep:
     def _clip_gradients(self) -> None:
         """Clip to the global gradient norm: with class-parallel slices, the replicated gradients once plus
         the squared norms of every rank's slices (all-reduced)."""
-        grads = [p for p in self.replicated + self.sharded if p.grad is not None]
+        grads = [p for p in self.replicated + self.sharded if p.grad is not None] + [s.rows for s in self.sampled]
         if not self.sharded:
             torch.nn.utils.clip_grad_norm_(grads, self.grad_clip)
             return
@@ -206,3 +221,6 @@ class UDONStep:
         skipped on the device when they, or those of any earlier step, are not all finite."""
         torch.maximum(torch.isfinite(terms).all().logical_not().float(), self.skipped, out=self.skipped)
         self.optimizer.step()
+        for sampled in self.sampled:
+            adamw_rows(self.optimizer, sampled)
+        self.sampled = []
