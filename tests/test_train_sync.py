@@ -59,15 +59,16 @@ def _counted_train(run: Run, syncs: SyncCounter) -> int:
     return len(log_points)
 
 
-def test_default_configuration_makes_no_sync_between_log_points(data_root, tmp_path):
+@pytest.mark.parametrize("options", [[], ["--sample-rate", "0.5"]], ids=["all-classes", "partial-fc"])
+def test_default_configuration_makes_no_sync_between_log_points(data_root, tmp_path, options):
     """9 steps of the default backbone, dynamic sampler updating every 4 steps, log points every 3:
     0 syncs in the steps, at most 2 per log point (the terms, the sampler's window sums).  (The code
     before this change made 7 per step: labels min and max, two embedding finiteness checks, two
     classifier-norm checks, the terms' tolist.)  Eager: the compiled step's 0 graph breaks are
-    tested below, and a graph without breaks makes no host read."""
+    tested below, and a graph without breaks makes no host read.  Partial FC samples on the device too."""
     config = parse_args(["--data-root", str(data_root), "--out", str(tmp_path / "run"), *DEFAULT, "--steps", "9",
                          "--log-every", "3", "--update-every", "4", "--checkpoint-every", "1000",
-                         "--frozen-epochs", "1", "--no-compile"])
+                         "--frozen-epochs", "1", "--no-compile", *options])
     run = Run(config)
     try:
         with SyncCounter() as syncs:
