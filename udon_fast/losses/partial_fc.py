@@ -107,13 +107,20 @@ def adamw_rows(optimizer: torch.optim.AdamW, sampled: SampledRows) -> None:
         rows = sampled.parameter.index_select(0, index)
         exp_avg, exp_avg_sq = state["exp_avg"].index_select(0, index), state["exp_avg_sq"].index_select(0, index)
         steps = state["step"].index_select(0, index)
-        fused = bool(group["fused"])
-        adamw(list(rows.unbind(0)), list(grad.contiguous().unbind(0)), list(exp_avg.unbind(0)),
-              list(exp_avg_sq.unbind(0)), [], list(steps.unbind(0)), foreach=group["foreach"],
-              capturable=group["capturable"], differentiable=False, fused=fused, grad_scale=None,
-              found_inf=getattr(optimizer, "found_inf", None) if fused else None, amsgrad=False,
-              beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],
-              weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+        tensors = [list(t.unbind(0)) for t in (rows, grad.contiguous(), exp_avg, exp_avg_sq)]
+        options = dict(lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                       weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"], amsgrad=False)
+        if group["fused"]:
+            # What torch.optim.adam._fused_adam does for the group (count, kernel, uncount a skipped step),
+            # with the K step counts counted as one vector instead of K tensors grouped in Python.
+            found_inf = getattr(optimizer, "found_inf", None)
+            steps.add_(1)
+            torch._fused_adamw_(*tensors, [], list(steps.unbind(0)), grad_scale=None, found_inf=found_inf, **options)
+            if found_inf is not None:
+                steps.sub_(found_inf)
+        else:
+            adamw(*tensors, [], list(steps.unbind(0)), foreach=group["foreach"], capturable=group["capturable"],
+                  differentiable=False, fused=False, **options)
         sampled.parameter.index_copy_(0, index, rows)
         state["exp_avg"].index_copy_(0, index, exp_avg)
         state["exp_avg_sq"].index_copy_(0, index, exp_avg_sq)
