@@ -1,24 +1,16 @@
 """The trainer's --sample-rate (Partial FC): the flag, the step on the sampled rows of both classifiers
-(the others and their AdamW state untouched), and the compiled step still one graph without breaks."""
-import functools
-
+(the others and their AdamW state untouched), and the compiled step without graph breaks (one graph for
+every domain: test_train_sync.py)."""
 import pytest
 import torch
 
-from test_train_sync import LOSS, _batch
+from test_train_sync import _batch, _tiny_step
 from udon_fast.config import TrainConfig, parse_args
 from udon_fast.losses.partial_fc import sample_classes
-from udon_fast.model import UDONModel
-from udon_fast.trainer.optimizer import build_optimizer
-from udon_fast.trainer.step import UDONStep
 
 
-def _sampled_step(compile=False, sample_rate=0.5):
-    torch.manual_seed(0)
-    model = UDONModel("vit_tiny_patch16_224", {"a": 50, "b": 70, "c": 3}, image_size=32, backbone_kwargs={"depth": 1})
-    optimizer = build_optimizer(model, lr=1e-2, backbone_lr_mult=1.0, weight_decay=1e-4)
-    return model, optimizer, UDONStep(model, optimizer, LOSS, compile=compile, grad_clip=1.0, world_size=1,
-                                      sample_rate=sample_rate)
+def _sampled_step(compile=False):
+    return _tiny_step(compile=compile, sample_rate=0.5, domains={"a": 50, "b": 70, "c": 3})
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
@@ -54,21 +46,6 @@ def test_step_updates_the_sampled_rows_of_both_classifiers_only():
         assert not state["exp_avg"][outside].any() and not state["exp_avg_sq"][outside].any()
     untouched = model.classifiers["a"].teacher
     assert untouched not in optimizer.state
-
-
-def test_compiled_sampled_step_is_one_graph_for_every_domain(monkeypatch):
-    """Domains of 50, 70 and 3 classes sample 25, 35 and 3 rows: one forward graph for all."""
-    from torch._dynamo.testing import CompileCounter
-
-    torch._dynamo.reset()
-    model, optimizer, step = _sampled_step(compile=True)
-    counter = CompileCounter()
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
-    step.forward_loss = step._compiled(step._forward_loss)
-    for _ in range(2):
-        for domain, classes in model.domains.items():
-            step.apply(torch.stack(list(step(*_batch(classes, len(domain)), domain))))
-    assert counter.frame_count == 1
 
 
 def test_compiled_sampled_region_has_no_graph_break():

@@ -95,11 +95,13 @@ def test_the_counter_misses_no_reader():
         assert len(syncs.events) >= 1, reader
 
 
-def _tiny_step(compile=False):
+def _tiny_step(compile=False, sample_rate=1.0, domains=None):
     torch.manual_seed(0)
-    model = UDONModel("vit_tiny_patch16_224", {"a": 5, "b": 7, "c": 3}, image_size=32, backbone_kwargs={"depth": 1})
+    model = UDONModel("vit_tiny_patch16_224", domains or {"a": 5, "b": 7, "c": 3}, image_size=32,
+                      backbone_kwargs={"depth": 1})
     optimizer = build_optimizer(model, lr=1e-2, backbone_lr_mult=1.0, weight_decay=1e-4)
-    return model, optimizer, UDONStep(model, optimizer, LOSS, compile=compile, grad_clip=1.0, world_size=1)
+    return model, optimizer, UDONStep(model, optimizer, LOSS, compile=compile, grad_clip=1.0, world_size=1,
+                                      sample_rate=sample_rate)
 
 
 def _batch(classes, seed):
@@ -180,13 +182,15 @@ def test_rows_do_not_depend_on_log_every(data_root, tmp_path):
         assert torch.equal(value, four["model"][name]), name
 
 
-def test_compiled_step_is_one_graph_for_every_domain(monkeypatch):
+@pytest.mark.parametrize("sample_rate", [1.0, 0.5])
+def test_compiled_step_is_one_graph_for_every_domain(monkeypatch, sample_rate):
     """The class dimension is dynamic and the domain enters as tensors: three domains of 5, 7 and 3
-    classes, twice each, compile one forward graph (dynamo with a counting backend)."""
+    classes, twice each, compile one forward graph (dynamo with a counting backend); with Partial FC
+    (sample_rate 0.5, B = 4) the sampled rows, 4, 4 and 3, too."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
-    model, optimizer, step = _tiny_step(compile=True)
+    model, optimizer, step = _tiny_step(compile=True, sample_rate=sample_rate)
     counter = CompileCounter()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
     step.forward_loss = step._compiled(step._forward_loss)
