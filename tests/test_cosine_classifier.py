@@ -58,6 +58,23 @@ def test_partial_fc_trains_the_sampled_rows_only():
     assert torch.equal(changed.nonzero()[:, 0], index) and changed[[7, 300, 499]].all()
 
 
+def test_partial_fc_passes_the_options_on_the_sampled_classes():
+    """ignore_index rows stay ignored, class_weight is taken at the sampled classes, label_smoothing and
+    reduction apply over the sample: F.cross_entropy on the sampled rows' margin logits."""
+    head = udon_fast.CosineClassifier(200, 8, margin_type="cosface", margin=0.3, scale=20.0, sample_rate=0.1)
+    emb, labels = torch.randn(5, 8), torch.tensor([4, -100, 150, 4, 199])
+    class_weight = torch.rand(200) + 0.5
+    loss = head(emb, labels, ignore_index=-100, class_weight=class_weight, label_smoothing=0.1, reduction="none")
+    index = head.sampled.index
+    assert index.shape == (20,) and torch.isin(torch.tensor([4, 150, 199]), index).all()
+    logits = 20.0 * F.normalize(emb, dim=-1) @ F.normalize(head.weight.detach()[index], dim=-1).T
+    target = torch.searchsorted(index, labels.clamp_min(0))
+    logits[torch.arange(5), target] -= 20.0 * 0.3
+    want = F.cross_entropy(logits, torch.where(labels == -100, -100, target), weight=class_weight[index],
+                           ignore_index=-100, label_smoothing=0.1, reduction="none")
+    torch.testing.assert_close(loss, want, rtol=2e-4, atol=2e-5)
+
+
 def test_partial_fc_off_in_eval_mode_and_at_rate_1():
     head = udon_fast.CosineClassifier(50, 8, sample_rate=0.1).eval()
     emb, labels = torch.randn(3, 8), torch.tensor([1, 2, 3])

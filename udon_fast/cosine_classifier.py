@@ -70,12 +70,18 @@ class CosineClassifier(nn.Module):
         """The margin-softmax CE of a batch: emb (B, dim) float (normalised here), labels (B,) int64 global
         class ids -> the loss `normalized_softmax_ce` returns (0-d float32 with its default reduction).
         loss_options: its other keyword arguments (backend, check_inputs, ...), passed through.  In training
-        mode with sample_rate < 1, over this step's sample of the classes (kept in `self.sampled`)."""
+        mode with sample_rate < 1, over this step's sample of the classes (kept in `self.sampled`), with
+        class_weight (C,) taken at the sampled classes and rows labelled ignore_index left out of the sample."""
         emb = F.normalize(emb, dim=-1)
         options = dict(margin_type=self.margin_type, margin=self.margin, margins=self.margins, scale=self.scale,
                        class_shard=self.class_shard, **loss_options)
         if self.training and self.sample_rate < 1:
             index, sampled_labels = sample_classes(labels, self.num_classes, self.sample_rate)
+            ignore = options.get("ignore_index")
+            if ignore is not None:  # ignored rows keep their label (and add no class to the sample)
+                sampled_labels = torch.where(labels == ignore, labels, sampled_labels)
+            if options.get("class_weight") is not None:
+                options["class_weight"] = options["class_weight"].index_select(0, index)
             self.sampled = SampledRows.take(self.weight, index)
             return normalized_softmax_ce(emb, self.sampled.rows, sampled_labels, **options)
         return normalized_softmax_ce(emb, self.weight, labels, **options)
