@@ -21,6 +21,8 @@ Dependency choice (deliberate):
   udon_fast.serve`), tensorboard (`train --tensorboard` writes through torch.utils.tensorboard).
 - [test]: httpx (FastAPI's TestClient, bench/load_test.py) and playwright, whose Python API drives
   Debian's Chromium (.ci/run installs it with apt-get; `playwright install` is never run).
+- [test] and [bench]: pytorch-metric-learning, a peer the benchmarks compare with
+  (bench/test_bench_peers.py) and tests/test_peers_agree.py checks; never a runtime dependency.
 """
 import os
 import shutil
@@ -122,5 +124,6 @@ setup(
         "tensorboard>=2.16",
     ],
     extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2", "httpx>=0.27",
-                             "playwright>=1.45"]},
+                             "playwright>=1.45", "pytorch-metric-learning>=2.5,<3"],
+                    "bench": ["pytest>=8", "pytest-benchmark>=4", "pytorch-metric-learning>=2.5,<3"]},
 )

@@ -28,6 +28,8 @@ Parts (each writes its JSON after every case, so a timed-out part still leaves i
   torch.cuda.set_sync_debug_mode("error"), which turns any device-to-host synchronisation into an
   error; the log points, the sampler's window reads, the checkpoint and the data loader run with it
   off.  Records the steps done, the log points and the first error.
+- peers: udon_fast's Triton backend against Liger-Kernel, cut-cross-entropy and F.linear_cross_entropy on
+  one head's normface CE (bench/gpu_peers.py); a peer that does not import is skipped with the reason.
 - report: merges the parts and the exit statuses gpu_check.sh recorded (DIR/status_<part>) into
   gpu_report.json and prints a table.
 
@@ -52,7 +54,7 @@ import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-PARTS = ("tests", "losses", "train", "sync")
+PARTS = ("tests", "losses", "train", "sync", "peers")
 LIMITS = {"bf16_tflops": 989.0, "hbm_gbs": 4800.0}  # H200 SXM datasheet: dense bf16, HBM3e (docs/kernels.md)
 D_S, D_T = 64, 256
 REFERENCE_MEMORY_FRACTION = 0.7
@@ -388,6 +390,11 @@ def part_sync(part: Part, dry_run: bool) -> None:
         part.add_case(case)
 
 
+def part_peers(part: Part, dry_run: bool) -> None:
+    from bench import gpu_peers
+    gpu_peers.run(part, dry_run, use_cuda(dry_run), timed_ms, peak_mib)
+
+
 def sync(cuda: bool) -> None:
     if cuda:
         import torch
@@ -448,6 +455,8 @@ def table(parts: dict) -> str:
     for c in sync_part["cases"]:
         lines.append(f"sync check (debug mode {sync_part.get('sync_debug_mode')}): {c['steps']} steps, "
                      f"{c['log_points']} log points, " + ("no sync between log points" if c["ok"] else c["error"]))
+    from bench import gpu_peers
+    lines += ["", *gpu_peers.table_lines(parts["peers"])]
     errors = [f"{name}: {e['where']}: {e['error']}" for name, doc in parts.items() for e in doc["errors"]]
     lines += ["", "errors:" if errors else "errors: none", *errors]
     return "\n".join(lines)

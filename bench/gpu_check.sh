@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check in one call (at most ~9 minutes on one H200): GPU tests of the Triton backend, loss
+# The GPU check in one call (at most ~10 minutes on one H200): GPU tests of the Triton backend, loss
 # benchmarks (triton vs reference vs compiled reference), a ViT-B/16 training step, achieved TFLOP/s
-# and GB/s against the H200 limits, the training loop's steps under torch.cuda.set_sync_debug_mode("error"); writes $OUT/gpu_report.json (always, with partial results and
-# errors) and prints a table.  See bench/gpu_check.py for what each part measures.
+# and GB/s against the H200 limits, the training loop's steps under torch.cuda.set_sync_debug_mode("error"),
+# the loss against its GPU peers (Liger-Kernel, cut-cross-entropy, where they import); writes
+# $OUT/gpu_report.json (always, with partial results and errors) and prints a table.  See bench/gpu_check.py for what each part measures.
 #
 #   bench/gpu_check.sh [--out DIR] [--dry-run]
 #
@@ -34,13 +35,16 @@ cp -r "$REPO/kernels" "$STAGE/udon_fast/kernels"
 rm -f "$STAGE"/udon_fast/_native*.so
 find "$STAGE" -name __pycache__ -prune -exec rm -rf {} +
 export PYTHONPATH="$STAGE${PYTHONPATH:+:$PYTHONPATH}"
+# The GPU peers (Liger-Kernel, cut-cross-entropy) import from .gpu_peers when it was installed there and
+# carried: pip install --no-deps --target .gpu_peers liger-kernel cut-cross-entropy
+[[ -d "$REPO/.gpu_peers" ]] && export PYTHONPATH="$PYTHONPATH:$REPO/.gpu_peers"
 export PYTHONDONTWRITEBYTECODE=1
 PY="${PYTHON:-python}"
 if ((${#DRY_RUN[@]})); then
   export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
-  LIMITS=(tests:60 losses:60 train:90 sync:90)
+  LIMITS=(tests:60 losses:60 train:90 sync:90 peers:60)
 else
-  LIMITS=(tests:110 losses:140 train:140 sync:120)   # + staging and report (20 s): under 9 minutes in all
+  LIMITS=(tests:110 losses:140 train:140 sync:120 peers:60)   # + staging and report (20 s): under 10 minutes
 fi
 
 cd "$STAGE"

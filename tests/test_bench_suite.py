@@ -79,16 +79,16 @@ def test_cli_runs_pytest_then_writes_json_markdown_and_charts(tmp_path, monkeypa
     assert (tmp_path / "data.png").exists()
 
 
-@pytest.mark.timeout(320)
+@pytest.mark.timeout(380)
 def test_gpu_check_dry_run_writes_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     result = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=310)
+                            capture_output=True, text=True, env=env, timeout=370)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_report.json").read_text())
     parts = report["parts"]
     assert report["dry_run"] is True and report["ok"], [p["errors"] for p in parts.values()]
-    assert set(parts) == {"tests", "losses", "train", "sync"} and all(p["exit"] == 0 for p in parts.values())
+    assert set(parts) == {"tests", "losses", "train", "sync", "peers"} and all(p["exit"] == 0 for p in parts.values())
 
     env_info = parts["tests"]["env"]
     assert not env_info["imported_dali"] and not env_info["imported_faiss"]
@@ -110,6 +110,12 @@ def test_gpu_check_dry_run_writes_report(tmp_path):
     sync, = parts["sync"]["cases"]
     assert sync["ok"] and sync["steps"] == 13 and sync["log_points"] == 5  # steps 5, 6, 10, 12, 13
     assert "sync check (debug mode None): 13 steps, 5 log points" in result.stdout
+    peers = {c["impl"]: c for c in parts["peers"]["cases"]}
+    assert set(peers) == {"udon_fast", "linear_ce", "linear_ce_chunked", "liger_kernel", "cut_cross_entropy"}
+    assert all(peers[n]["ms"] > 0 for n in ("udon_fast", "linear_ce", "linear_ce_chunked"))
+    assert all(peers[n]["diff_vs_udon_fast"]["d_weight"] < 1e-4 for n in ("linear_ce", "linear_ce_chunked"))
+    assert "CUDA only" in peers["liger_kernel"]["skipped"] and "CUDA only" in peers["cut_cross_entropy"]["skipped"]
+    assert "peers (normface CE" in result.stdout
 
 
 def test_gpu_report_keeps_partial_results_of_failed_parts(tmp_path, capsys):

@@ -260,25 +260,10 @@ TileRows tile_rows(const Problem& p, const std::vector<float>* z_y_s, int64_t st
 
 // ---- Ops.
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> head_forward(
-    const Tensor& e_t, const Tensor& w_t, const std::optional<Tensor>& e_s, const std::optional<Tensor>& w_s,
-    const Tensor& labels, const Tensor& z_y, const Tensor& dz_y, double scale, double tau_t, double tau_s) {
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s);
-  const Layout l = make_layout(p.batch, p.classes);
+// Merges the per-group row states of a forward pass (group order) into ce_t, ce_s, kl (B,) and stats (B, 4).
+std::tuple<Tensor, Tensor, Tensor, Tensor> merge_forward(const Problem& p, const Layout& l,
+                                                         const std::vector<RowState>& states) {
   const bool dual = p.student.has_value();
-  std::vector<RowState> states(l.groups * p.batch);
-  for_each_group(p, l, false, [&](Workspace& ws, int64_t group) {
-    for (int64_t tile = l.first_tile(group); tile < l.first_tile(group + 1); ++tile) {
-      const int64_t start = tile * l.tile, rows = std::min(l.tile, p.classes - start);
-      tile_products(p.teacher, weight_tile(p.teacher, start, rows, ws.w_t, ws.inv_t), ws.dots_t, p.batch, rows);
-      if (dual) {
-        tile_products(*p.student, weight_tile(*p.student, start, rows, ws.w_s, ws.inv_s), ws.dots_s, p.batch, rows);
-      }
-      kernels().forward(tile_rows(p, dual ? &p.student->z_y : nullptr, start, rows, ws),
-                        states.data() + group * p.batch, dual);
-    }
-  });
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   Tensor ce_t = at::empty({p.batch}, f32), ce_s = at::zeros({p.batch}, f32), kl = at::zeros({p.batch}, f32);
   Tensor stats = at::empty({p.batch, 4}, f32);
@@ -306,6 +291,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> head_forward(
   return {ce_t, ce_s, kl, stats};
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor> head_forward(
+    const Tensor& e_t, const Tensor& w_t, const std::optional<Tensor>& e_s, const std::optional<Tensor>& w_s,
+    const Tensor& labels, const Tensor& z_y, const Tensor& dz_y, double scale, double tau_t, double tau_s) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s);
+  const Layout l = make_layout(p.batch, p.classes);
+  const bool dual = p.student.has_value();
+  std::vector<RowState> states(l.groups * p.batch);
+  for_each_group(p, l, false, [&](Workspace& ws, int64_t group) {
+    for (int64_t tile = l.first_tile(group); tile < l.first_tile(group + 1); ++tile) {
+      const int64_t start = tile * l.tile, rows = std::min(l.tile, p.classes - start);
+      tile_products(p.teacher, weight_tile(p.teacher, start, rows, ws.w_t, ws.inv_t), ws.dots_t, p.batch, rows);
+      if (dual) {
+        tile_products(*p.student, weight_tile(*p.student, start, rows, ws.w_s, ws.inv_s), ws.dots_s, p.batch, rows);
+      }
+      kernels().forward(tile_rows(p, dual ? &p.student->z_y : nullptr, start, rows, ws),
+                        states.data() + group * p.batch, dual);
+    }
+  });
+  return merge_forward(p, l, states);
+}
+
 // Adds one tile's dL/dcos / ||w|| (B, K) to dE (B, D) and writes dW rows [start, start + K):
 // dW_c = sum_b g_bc / ||w_c|| e_b - (sum_b g_bc cos_bc) / ||w_c||^2 w_c.
 void accumulate_grads(const Head& h, const Tensor& w, const Tensor& grad, const Tensor& inv_norm,
@@ -322,35 +329,30 @@ void accumulate_grads(const Head& h, const Tensor& w, const Tensor& grad, const 
   if (!direct) d_weight.narrow(0, start, rows).copy_(dw);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> head_backward(
-    const Tensor& g_ce_t, const Tensor& g_ce_s, const Tensor& g_kl, const Tensor& e_t, const Tensor& w_t,
-    const std::optional<Tensor>& e_s, const std::optional<Tensor>& w_s, const Tensor& labels, const Tensor& stats,
-    const Tensor& z_y, const Tensor& dz_y, double scale, double tau_t, double tau_s) {
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s);
-  for (const Tensor* t : {&g_ce_t, &g_ce_s, &g_kl}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == p.batch, "udon_fast_native: upstream gradients must be (B,)");
-  }
-  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == p.batch && stats.size(1) == 4,
-              "udon_fast_native: stats must be (B, 4)");
-  const Tensor gt = g_ce_t.to(at::kFloat).contiguous(), gs = g_ce_s.to(at::kFloat).contiguous();
-  const Tensor gk = g_kl.to(at::kFloat).contiguous(), st = stats.to(at::kFloat).contiguous();
-  const Layout l = make_layout(p.batch, p.classes);
+// The backward pass over all tiles: `products(ws, head, w_tile, start, rows)` gives a tile's (B, rows) fp32
+// products E W_tile^T of `head` (head_backward recomputes them into the workspace); the epilogue overwrites
+// them with dL/dcos / ||w||.  st (B, 4) stats and gt, gs, gk (B,) upstream gradients, fp32 contiguous.
+// Returns d_e_t, d_w_t, d_e_s, d_w_s in the dtypes of e_t, w_t, e_s, w_s.
+template <typename Products>
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward_pass(const Problem& p, const Layout& l, const Tensor& st,
+                                                         const Tensor& gt, const Tensor& gs, const Tensor& gk,
+                                                         const Tensor& e_t, const std::optional<Tensor>& e_s,
+                                                         const Products& products) {
   const bool dual = p.student.has_value();
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const Tensor d_e_t_parts = at::zeros({l.groups, p.batch, p.teacher.dim}, f32);
   const Tensor d_e_s_parts = dual ? at::zeros({l.groups, p.batch, p.student->dim}, f32) : Tensor();
-  const Tensor d_w_t = at::empty_like(w_t, at::MemoryFormat::Contiguous);
-  const Tensor d_w_s = dual ? at::empty_like(*w_s, at::MemoryFormat::Contiguous) : w_t.new_empty({0});
+  const Tensor d_w_t = at::empty_like(p.teacher.weight);
+  const Tensor d_w_s = dual ? at::empty_like(p.student->weight) : p.teacher.weight.new_empty({0});
   for_each_group(p, l, true, [&](Workspace& ws, int64_t group) {
     for (int64_t tile = l.first_tile(group); tile < l.first_tile(group + 1); ++tile) {
       const int64_t start = tile * l.tile, rows = std::min(l.tile, p.classes - start);
       const Tensor wt = weight_tile(p.teacher, start, rows, ws.w_t, ws.inv_t);
-      const Tensor grad_t = tile_products(p.teacher, wt, ws.dots_t, p.batch, rows);
+      const Tensor grad_t = products(ws, p.teacher, wt, start, rows);
       Tensor ws_tile, grad_s;
       if (dual) {
         ws_tile = weight_tile(*p.student, start, rows, ws.w_s, ws.inv_s);
-        grad_s = tile_products(*p.student, ws_tile, ws.dots_s, p.batch, rows);
+        grad_s = products(ws, *p.student, ws_tile, start, rows);
       }
       ws.colsum_t.narrow(0, 0, rows).zero_();
       if (dual) ws.colsum_s.narrow(0, 0, rows).zero_();
@@ -358,7 +360,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> head_backward(
                                  gk.const_data_ptr<float>(), p.teacher.dz_y.data(),
                                  dual ? p.student->dz_y.data() : nullptr, ws.colsum_t.data_ptr<float>(),
                                  dual ? ws.colsum_s.data_ptr<float>() : nullptr};
-      kernels().backward(tile_rows(p, dual ? &p.student->z_y : nullptr, start, rows, ws), rows_in, dual);
+      TileRows t = tile_rows(p, dual ? &p.student->z_y : nullptr, start, rows, ws);
+      t.dots_t = grad_t.data_ptr<float>();
+      t.dots_s = dual ? grad_s.data_ptr<float>() : nullptr;
+      kernels().backward(t, rows_in, dual);
       accumulate_grads(p.teacher, wt, grad_t, ws.inv_t, ws.colsum_t, d_e_t_parts[group], d_w_t, ws.dw_t, start, rows);
       if (dual) {
         accumulate_grads(*p.student, ws_tile, grad_s, ws.inv_s, ws.colsum_s, d_e_s_parts[group], d_w_s, ws.dw_s,
@@ -374,6 +379,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> head_backward(
   const Tensor d_e_t = reduce(d_e_t_parts, e_t);
   const Tensor d_e_s = dual ? reduce(d_e_s_parts, *e_s) : e_t.new_empty({0});
   return {d_e_t, d_w_t, d_e_s, d_w_s};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> head_backward(
+    const Tensor& g_ce_t, const Tensor& g_ce_s, const Tensor& g_kl, const Tensor& e_t, const Tensor& w_t,
+    const std::optional<Tensor>& e_s, const std::optional<Tensor>& w_s, const Tensor& labels, const Tensor& stats,
+    const Tensor& z_y, const Tensor& dz_y, double scale, double tau_t, double tau_s) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Problem p = make_problem(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s);
+  for (const Tensor* t : {&g_ce_t, &g_ce_s, &g_kl}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == p.batch, "udon_fast_native: upstream gradients must be (B,)");
+  }
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == p.batch && stats.size(1) == 4,
+              "udon_fast_native: stats must be (B, 4)");
+  const Tensor gt = g_ce_t.to(at::kFloat).contiguous(), gs = g_ce_s.to(at::kFloat).contiguous();
+  const Tensor gk = g_kl.to(at::kFloat).contiguous(), st = stats.to(at::kFloat).contiguous();
+  const Layout l = make_layout(p.batch, p.classes);
+  auto recompute = [&](Workspace& ws, const Head& h, const Tensor& w, int64_t, int64_t rows) {
+    return tile_products(h, w, &h == &p.teacher ? ws.dots_t : ws.dots_s, p.batch, rows);
+  };
+  return backward_pass(p, l, st, gt, gs, gk, e_t, e_s, recompute);
 }
 
 // Classes per tile: 0 restores the automatic choice (about 64k (B, K) elements).  Returns the
