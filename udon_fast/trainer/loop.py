@@ -95,7 +95,6 @@ class Run:
                                   mean=self.model.mean, std=self.model.std, seed=config.seed, rank=self.ranks.rank,
                                   world_size=self.ranks.world_size, num_threads=config.data_threads,
                                   decoder=config.decoder)
-        check_classifiers(self.model)
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
         self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
                                  compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size,
@@ -164,6 +163,7 @@ class Run:
             if self.ranks.is_main:
                 _truncate_metrics(self.out / "metrics.jsonl", progress.step)
             return progress
+        check_classifiers(self.model)
         progress = Progress()
         if self.ranks.is_main:
             if self.config.resume:
