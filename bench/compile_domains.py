@@ -32,8 +32,9 @@ class PerDomainStep(UDONStep):
         self.per_domain = torch.compile(self._domain_forward, fullgraph=True, dynamic=False)
 
     def _domain_forward(self, images, labels, domain):
-        return self._forward_loss(images, labels, self.teacher_params[domain], self.model.student_classifier(domain),
-                                  self.model.teacher_classifier(domain))
+        return self._forward_loss(images, labels, self.teacher_params[domain],
+                                  student_weight=self.model.student_classifier(domain),
+                                  teacher_weight=self.model.teacher_classifier(domain))
 
     def _forward(self, images, labels, domain):
         return self.per_domain(images, labels, domain)

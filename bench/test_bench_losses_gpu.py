@@ -29,12 +29,14 @@ def _median_ms(module, inputs, repeats=20):
     from udon_fast.losses.margins import resolve, target_terms
 
     e_t, w_t, e_s, w_s, labels = inputs
-    args = (*target_terms(resolve("normface"), 16.0, labels, [(e_t, w_t), (e_s, w_s)]), 16.0, 0.1, 0.1)
+    z_y, dz_y = target_terms(resolve("normface"), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1,
+                tau_s=0.1)
     rows = torch.full((inputs[0].shape[0],), 1.0 / inputs[0].shape[0], device="cuda")
 
     def step():
-        *_, stats = module.forward(*inputs, *args)
-        module.backward(rows, rows, rows, *inputs, stats, *args)
+        *_, stats = module.forward(**args)
+        module.backward(g_ce_t=rows, g_ce_s=rows, g_kl=rows, stats=stats, **args)
 
     step()
     times = []

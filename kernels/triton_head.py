@@ -29,11 +29,21 @@ results are deterministic.
 import triton
 import triton.language as tl
 
+from ..losses.layout import Head, Partial, Stat
+
 LOG2E = tl.constexpr(1.4426950408889634)
 
-# Fields of the forward partial state, one (B,) row each per class split: running max and running
-# sum of exp(x - max) for the four softmax families, then the KL numerator.
-FORWARD_FIELDS = tl.constexpr(9)
+# `losses/layout.py`'s layouts as kernel constants (jit code reads only constexpr globals).
+FORWARD_FIELDS = tl.constexpr(len(Partial))
+STAT_COLUMNS = tl.constexpr(len(Stat))
+TEACHER, STUDENT = tl.constexpr(int(Head.TEACHER)), tl.constexpr(int(Head.STUDENT))
+LSE_A = tl.constexpr(int(Stat.LSE_A))
+LSE_B = tl.constexpr(int(Stat.LSE_B))
+M_ZT, L_ZT = tl.constexpr(int(Partial.M_ZT)), tl.constexpr(int(Partial.L_ZT))
+M_ZS, L_ZS = tl.constexpr(int(Partial.M_ZS)), tl.constexpr(int(Partial.L_ZS))
+M_A, L_A = tl.constexpr(int(Partial.M_A)), tl.constexpr(int(Partial.L_A))
+M_B, L_B = tl.constexpr(int(Partial.M_B)), tl.constexpr(int(Partial.L_B))
+KL_NUM = tl.constexpr(int(Partial.KL_NUM))
 
 
 @triton.jit
@@ -78,21 +88,21 @@ def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part
     """Partial softmax states of one batch tile over one class split.
 
     Grid: (cdiv(B, BLOCK_B), splits); split j covers class tiles [j*tiles_per_split, ...) and holds
-    at least one.  part (splits, FORWARD_FIELDS, B) f32: m_zt, l_zt, m_zs, l_zs, m_a, l_a, m_b, l_b,
-    kl_num (single head: the first two only).  z_y (B, HEADS) f32: the target logits.
+    at least one.  part (splits, FORWARD_FIELDS, B) f32, fields `layout.Partial` (single head: the
+    teacher CE pair only).  z_y (B, HEADS) f32: the target logits.
     """
     pid_b, split = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1).to(tl.int32)
     e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
-    z_y_t = tl.load(z_y_ptr + rows * HEADS, mask=row_mask, other=0.0)
+    z_y_t = tl.load(z_y_ptr + rows * HEADS + TEACHER, mask=row_mask, other=0.0)
     neg_inf = tl.full((BLOCK_B,), float("-inf"), tl.float32)
     zeros = tl.zeros((BLOCK_B,), tl.float32)
     m_zt, l_zt = neg_inf, zeros
     if TWO_HEADS:
         e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
-        z_y_s = tl.load(z_y_ptr + rows * HEADS + 1, mask=row_mask, other=0.0)
+        z_y_s = tl.load(z_y_ptr + rows * HEADS + STUDENT, mask=row_mask, other=0.0)
         m_zs, l_zs, m_a, l_a, m_b, l_b, kl_num = neg_inf, zeros, neg_inf, zeros, neg_inf, zeros, zeros
     c_start = split * tiles_per_split * BLOCK_C
     c_end = tl.minimum(c_start + tiles_per_split * BLOCK_C, C)
@@ -115,26 +125,26 @@ def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part
             kl_num = kl_num * alpha + tl.sum(p_a * (a - b), axis=1)
             m_b, l_b, _, _ = _online_lse(m_b, l_b, tl.where(col_mask[None, :], b, float("-inf")))
     out = part_ptr + split * FORWARD_FIELDS * B + rows
-    tl.store(out, m_zt, mask=row_mask)
-    tl.store(out + B, l_zt, mask=row_mask)
+    tl.store(out + M_ZT * B, m_zt, mask=row_mask)
+    tl.store(out + L_ZT * B, l_zt, mask=row_mask)
     if TWO_HEADS:
-        tl.store(out + 2 * B, m_zs, mask=row_mask)
-        tl.store(out + 3 * B, l_zs, mask=row_mask)
-        tl.store(out + 4 * B, m_a, mask=row_mask)
-        tl.store(out + 5 * B, l_a, mask=row_mask)
-        tl.store(out + 6 * B, m_b, mask=row_mask)
-        tl.store(out + 7 * B, l_b, mask=row_mask)
-        tl.store(out + 8 * B, kl_num, mask=row_mask)
+        tl.store(out + M_ZS * B, m_zs, mask=row_mask)
+        tl.store(out + L_ZS * B, l_zs, mask=row_mask)
+        tl.store(out + M_A * B, m_a, mask=row_mask)
+        tl.store(out + L_A * B, l_a, mask=row_mask)
+        tl.store(out + M_B * B, m_b, mask=row_mask)
+        tl.store(out + L_B * B, l_b, mask=row_mask)
+        tl.store(out + KL_NUM * B, kl_num, mask=row_mask)
 
 
 @triton.jit
 def _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_ptr, rows, row_mask, HEAD: tl.constexpr,
                     HEADS: tl.constexpr):
-    """Per-row backward inputs of one head (HEAD 0 teacher, 1 student, of HEADS columns): z_y, dz_y,
-    the CE log-sum-exp and the CE row gradient, each (BLOCK_B,) f32 (zero where masked)."""
+    """Per-row backward inputs of one head (HEAD: TEACHER or STUDENT, of HEADS columns): z_y, dz_y,
+    the CE log-sum-exp (stats column HEAD: `Stat.LSE_ZT` / `LSE_ZS` are the heads' indices) and the CE row gradient, each (BLOCK_B,) f32 (zero where masked)."""
     z_y = tl.load(z_y_ptr + rows * HEADS + HEAD, mask=row_mask, other=0.0)
     dz_y = tl.load(dz_y_ptr + rows * HEADS + HEAD, mask=row_mask, other=0.0)
-    lse_z = tl.load(stats_ptr + rows * 4 + HEAD, mask=row_mask, other=0.0)
+    lse_z = tl.load(stats_ptr + rows * STAT_COLUMNS + HEAD, mask=row_mask, other=0.0)
     g_ce = tl.load(g_ce_ptr + rows, mask=row_mask, other=0.0)
     return z_y, dz_y, lse_z, g_ce
 
@@ -165,7 +175,7 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
     """dW_t (C, DT) and dW_s (C, DS) rows of one class tile, in W's dtype, written once.
 
     Grid: (cdiv(C, BLOCK_C),); loops over all batch tiles, recomputing the cosines and G.
-    stats (B, 4) f32 of the forward; g_* (B,) f32; z_y, dz_y (B, HEADS) f32.
+    stats (B, STAT_COLUMNS) f32 of the forward (`layout.Stat`); g_* (B,) f32; z_y, dz_y (B, HEADS) f32.
     """
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_mask = cols < C
@@ -186,8 +196,8 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
         valid = row_mask[:, None] & col_mask[None, :]
         e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
         cos_t = _cosines(e_t, w_t, norm_t, DOT_PRECISION)
-        z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, 0,
-                                                 HEADS)
+        z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask,
+                                                 TEACHER, HEADS)
         g_t = _ce_grad(cos_t, is_target, valid, z_y, dz_y, lse_z, g_ce, scale)
         acc_t += tl.dot(tl.trans(g_t / norm_t[None, :]).to(GRAD_DTYPE), e_t.to(GRAD_DTYPE),
                         input_precision=DOT_PRECISION)
@@ -195,10 +205,10 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
         if TWO_HEADS:
             e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
             cos_s = _cosines(e_s, w_s, norm_s, DOT_PRECISION)
-            z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask, 1,
-                                                     HEADS)
-            lse_a = tl.load(stats_ptr + rows * 4 + 2, mask=row_mask, other=0.0)
-            lse_b = tl.load(stats_ptr + rows * 4 + 3, mask=row_mask, other=0.0)
+            z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask,
+                                                     STUDENT, HEADS)
+            lse_a = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_A, mask=row_mask, other=0.0)
+            lse_b = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_B, mask=row_mask, other=0.0)
             g_kl_over_tau = tl.load(g_kl_ptr + rows, mask=row_mask, other=0.0) * inv_tau_s
             g_s = _ce_grad(cos_s, is_target, valid, z_y, dz_y, lse_z, g_ce, scale)
             g_s += _kl_grad(cos_t, cos_s, valid, lse_a, lse_b, g_kl_over_tau, inv_tau_t, inv_tau_s)
@@ -231,16 +241,16 @@ def grad_emb_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_
     row_mask = rows < B
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1).to(tl.int32)
     e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
-    z_y_t, dz_y_t, lse_zt, g_ce_t = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, 0,
-                                                    HEADS)
+    z_y_t, dz_y_t, lse_zt, g_ce_t = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask,
+                                                    TEACHER, HEADS)
     acc_t = tl.zeros((BLOCK_B, BLOCK_DT), tl.float32)
     acc_s = tl.zeros((BLOCK_B, BLOCK_DS), tl.float32)
     if TWO_HEADS:
         e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
         z_y_s, dz_y_s, lse_zs, g_ce_s = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr,
-                                                        rows, row_mask, 1, HEADS)
-        lse_a = tl.load(stats_ptr + rows * 4 + 2, mask=row_mask, other=0.0)
-        lse_b = tl.load(stats_ptr + rows * 4 + 3, mask=row_mask, other=0.0)
+                                                        rows, row_mask, STUDENT, HEADS)
+        lse_a = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_A, mask=row_mask, other=0.0)
+        lse_b = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_B, mask=row_mask, other=0.0)
         g_kl_over_tau = tl.load(g_kl_ptr + rows, mask=row_mask, other=0.0) * inv_tau_s
     c_start = split * tiles_per_split * BLOCK_C
     c_end = tl.minimum(c_start + tiles_per_split * BLOCK_C, C)

@@ -104,12 +104,13 @@ def margin_of(margin_type: str, options: dict) -> Margin:
     return resolve(margin_type, **options)
 
 
-def fused_rows(backend, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
+def fused_rows(backend, *, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
     """A fused backend's registered op on the target terms of `margin` (as `udon_loss` calls it):
     (ce_t, ce_s, kl, stats)."""
     heads = [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)]
     z_y, dz_y = target_terms(margin, scale, labels, heads)
-    return backends.fused_op(backend)(e_t, w_t, e_s, w_s, labels, z_y, dz_y, float(scale), float(tau_t), float(tau_s))
+    return backends.fused_op(backend)(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y,
+                                      scale=float(scale), tau_t=float(tau_t), tau_s=float(tau_s))
 
 
 def head_rows_and_grads(backend, inputs, upstream, *, margin, scale, tau_t=0.1, tau_s=0.1, single_head=False):
@@ -122,11 +123,12 @@ def head_rows_and_grads(backend, inputs, upstream, *, margin, scale, tau_t=0.1, 
     """
     e_s, e_t, w_s, w_t, labels = inputs
     student = (None, None) if single_head else (e_s, w_s)
-    args = (e_t, w_t, *student, labels, margin, float(scale), float(tau_t), float(tau_s))
+    args = dict(e_t=e_t, w_t=w_t, e_s=student[0], w_s=student[1], labels=labels, margin=margin, scale=float(scale),
+                tau_t=float(tau_t), tau_s=float(tau_s))
     if backend == "reference":
-        rows = reference.head_loss_rows(*args)
+        rows = reference.head_loss_rows(**args)
     else:
-        rows = fused_rows(backend, *args)[:3]
+        rows = fused_rows(backend, **args)[:3]
     leaves = (e_t, w_t) if single_head else (e_t, w_t, e_s, w_s)
     terms = 1 if single_head else 3
     grads = torch.autograd.grad(rows[:terms], leaves, grad_outputs=upstream[:terms])
@@ -187,7 +189,8 @@ def row_error_bounds(inputs, dtype, *, margin, scale, tau_t, tau_s):
     delta_t = 3 * u + 2 * (e_t.shape[1] + 4) * FP32_ROUNDOFF
     delta_s = 3 * u + 2 * (e_s.shape[1] + 4) * FP32_ROUNDOFF
     cos_t, cos_s = reference.cosine_logits(e_t, w_t), reference.cosine_logits(e_s, w_s)
-    rows = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, margin, scale, tau_t, tau_s)
+    rows = reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=scale,
+                                    tau_t=tau_t, tau_s=tau_s)
 
     def ce_bound(cos, delta):
         cos_y = cos.gather(1, labels[:, None])[:, 0]

@@ -67,7 +67,7 @@ def test_logits_and_loss_of_an_unsharded_classifier():
     want = 16.0 * student @ F.normalize(classifier.student, dim=1).T
     torch.testing.assert_close(classifier.logits(student, "student", scale=16.0), want)
     assert classifier.shard is None
-    got = classifier.loss(student, teacher, labels, backend="chunked")
+    got = classifier.loss(student_emb=student, teacher_emb=teacher, labels=labels, backend="chunked")
     expected = udon_loss(student, teacher, classifier.student, classifier.teacher, labels, backend="chunked")
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     with pytest.raises(ValueError, match="head must be one of"):

@@ -196,8 +196,9 @@ def test_defaults_are_the_plain_means():
     """The defaults give exactly the numbers of the per-row means (no option applied)."""
     inputs = make_inputs(6, 201, 13, 24)
     out = udon_fast.udon_loss(*inputs, backend="native" if backends.status()["native"][0] else "chunked")
-    rows = reference.head_loss_rows(inputs[1], inputs[3], inputs[0], inputs[2], inputs[4], resolve("normface"),
-                                    16.0, 0.1, 0.1)
+    e_s, e_t, w_s, w_t, labels = inputs
+    rows = reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=resolve("normface"),
+                                    scale=16.0, tau_t=0.1, tau_s=0.1)
     for term, row in zip(out[1:4], rows):
         torch.testing.assert_close(term, row.mean(), rtol=2e-5, atol=2e-6)
     none = udon_fast.udon_loss(*inputs, reduction="none")

@@ -81,12 +81,14 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
     inputs = make_inputs(batch, MET_CLASSES, 64, 256, dtype=torch.bfloat16, device="cuda")
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in inputs)
     normface = margin_of("normface", {})
-    args = (*target_terms(normface, 16.0, labels, [(e_t, w_t), (e_s, w_s)]), 16.0, 0.1, 0.1)
+    z_y, dz_y = target_terms(normface, 16.0, labels, [(e_t, w_t), (e_s, w_s)])
+    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1,
+                tau_s=0.1)
     rows = torch.full((batch,), 1.0 / batch, device="cuda")
 
     def step():
-        ce_t, ce_s, kl, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
-        grads = triton_backend.backward(rows, rows, rows, e_t, w_t, e_s, w_s, labels, stats, *args)
+        ce_t, ce_s, kl, stats = triton_backend.forward(**args)
+        grads = triton_backend.backward(g_ce_t=rows, g_ce_s=rows, g_kl=rows, stats=stats, **args)
         return (ce_t, ce_s, kl), grads
 
     step()                                                   # compile outside the measurement
@@ -97,8 +99,8 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base - sum(g.numel() * g.element_size() for g in grads)
     assert extra < batch * MET_CLASSES * 4 // 4, f"extra peak {extra / 2**20:.1f} MiB"
-    ref_rows = reference.head_loss_rows(e_t.float(), w_t.float(), e_s.float(), w_s.float(), labels, normface,
-                                        *args[2:])
+    ref_rows = reference.head_loss_rows(e_t=e_t.float(), w_t=w_t.float(), e_s=e_s.float(), w_s=w_s.float(),
+                                        labels=labels, margin=normface, scale=16.0, tau_t=0.1, tau_s=0.1)
     for got, want in zip(head_rows, ref_rows):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
@@ -106,11 +108,12 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
 def test_triton_cuda_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(128, 30001, 64, 256, device="cuda"))
     terms = target_terms(margin_of("arcface", {"margin": 0.5}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = (*terms, 16.0, 0.1, 0.1)
-    *_, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
+    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=terms[0], dz_y=terms[1], scale=16.0,
+                tau_t=0.1, tau_s=0.1)
+    *_, stats = triton_backend.forward(**args)
     rows = torch.linspace(0.5, 1.5, 128, device="cuda")
     first, second = [
-        triton_backend.backward(rows, rows.flip(0), rows * 0.3, e_t, w_t, e_s, w_s, labels, stats, *args)
+        triton_backend.backward(g_ce_t=rows, g_ce_s=rows.flip(0), g_kl=rows * 0.3, stats=stats, **args)
         for _ in range(2)]
     for a, b in zip(first, second):
         assert torch.equal(a, b)

@@ -57,8 +57,8 @@ def test_native_single_head_stats():
 
     _, e_t, _, w_t, labels = make_inputs(7, 100, 48, 96)
     z_y, dz_y = target_terms(margin_of("normface", {}), 16.0, labels, [(e_t, w_t)])
-    ce_t, ce_s, kl, stats = native_backend.forward(e_t.detach(), w_t.detach(), None, None, labels, z_y, dz_y, 16.0,
-                                                   0.1, 0.1)
+    ce_t, ce_s, kl, stats = native_backend.forward(e_t=e_t.detach(), w_t=w_t.detach(), e_s=None, w_s=None,
+                                                   labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1, tau_s=0.1)
     assert stats.shape == (7, 4) and torch.isinf(stats[:, 1:]).all() and (stats[:, 1:] < 0).all()
     assert not ce_s.any() and not kl.any()
     grads = torch.ops.udon_fast_native.head_backward(torch.ones(7), torch.zeros(7), torch.zeros(7), e_t.detach(),

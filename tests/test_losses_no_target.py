@@ -33,7 +33,8 @@ def _labels(batch, classes, pattern, seed=3):
 
 def _reference(e_s, e_t, w_s, w_t, labels, margin):
     """Per-row (ce_t, ce_s, kl) and the (B, 4) log-sum-exps, eagerly from `reference`."""
-    rows = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, margin, SCALE, TAU_T, TAU_S)
+    rows = reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=SCALE,
+                                    tau_t=TAU_T, tau_s=TAU_S)
     cos_t = reference.cosine_logits(e_t, w_t)
     cos_s = reference.cosine_logits(e_s, w_s)
     stats = torch.stack([
@@ -54,7 +55,8 @@ def test_no_target_rows_match_reference(backend, margin_type, options, batch, cl
     probe = [torch.linspace(0.5, 1.5, batch), torch.linspace(1.2, -0.3, batch), torch.linspace(0.2, 0.9, batch)]
     (ref_rows, ref_stats) = _reference(e_s, e_t, w_s, w_t, labels, margin)
     ref_grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip(ref_rows, probe)), (e_s, e_t, w_s, w_t))
-    ce_t, ce_s, kl, stats = fused_rows(backend, e_t, w_t, e_s, w_s, labels, margin, SCALE, TAU_T, TAU_S)
+    ce_t, ce_s, kl, stats = fused_rows(backend, e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin,
+                                       scale=SCALE, tau_t=TAU_T, tau_s=TAU_S)
     grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip((ce_t, ce_s, kl), probe)), (e_s, e_t, w_s, w_t))
     for name, got, want in zip(("ce_t", "ce_s", "kl", "stats"), (ce_t, ce_s, kl, stats), (*ref_rows, ref_stats)):
         torch.testing.assert_close(got.detach(), want.detach(), rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}: {m}")
@@ -69,8 +71,9 @@ def test_no_target_row_is_the_log_sum_exp_of_its_logits():
     mixed = labels.clone()
     mixed[::2] = NO_TARGET
     arcface = resolve("arcface", 0.5)
-    ce_t, _, _ = reference.head_loss_rows(e_t, w_t, e_s, w_s, mixed, arcface, SCALE, TAU_T, TAU_S)
-    full, _, _ = reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, arcface, SCALE, TAU_T, TAU_S)
+    heads = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, margin=arcface, scale=SCALE, tau_t=TAU_T, tau_s=TAU_S)
+    ce_t, _, _ = reference.head_loss_rows(labels=mixed, **heads)
+    full, _, _ = reference.head_loss_rows(labels=labels, **heads)
     lse = torch.logsumexp(SCALE * reference.cosine_logits(e_t, w_t), dim=1)
     torch.testing.assert_close(ce_t[::2], lse[::2])
     torch.testing.assert_close(ce_t[1::2], full[1::2])

@@ -67,24 +67,26 @@ def test_triton_mixed_dtypes_promote():
     """fp16 embeddings with fp32 weights run in fp32; gradients come back in each input's dtype."""
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(7, 300, 48, 96))
     terms = target_terms(margin_of("cosface", {"margin": 0.35}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = (*terms, 16.0, 0.1, 0.1)
+    args = dict(labels=labels, z_y=terms[0], dz_y=terms[1], scale=16.0, tau_t=0.1, tau_s=0.1)
     rows = torch.linspace(0.5, 1.5, 7)
-    got = triton_backend.forward(e_t.half(), w_t, e_s.half(), w_s, labels, *args)
-    want = triton_backend.forward(e_t.half().float(), w_t, e_s.half().float(), w_s, labels, *args)
+    got = triton_backend.forward(e_t=e_t.half(), w_t=w_t, e_s=e_s.half(), w_s=w_s, **args)
+    want = triton_backend.forward(e_t=e_t.half().float(), w_t=w_t, e_s=e_s.half().float(), w_s=w_s, **args)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
-    grads = triton_backend.backward(rows, rows, rows, e_t.half(), w_t, e_s.half(), w_s, labels, got[3], *args)
+    grads = triton_backend.backward(g_ce_t=rows, g_ce_s=rows, g_kl=rows, e_t=e_t.half(), w_t=w_t, e_s=e_s.half(),
+                                    w_s=w_s, stats=got[3], **args)
     assert [g.dtype for g in grads] == [torch.float16, torch.float32, torch.float16, torch.float32]
 
 
 def test_triton_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(64, 3001, 48, 96))
     terms = target_terms(margin_of("arcface", {"margin": 0.5}), 64.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = (*terms, 64.0, 0.1, 0.1)
-    ce_t, ce_s, kl, stats = triton_backend.forward(e_t, w_t, e_s, w_s, labels, *args)
+    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=terms[0], dz_y=terms[1], scale=64.0,
+                tau_t=0.1, tau_s=0.1)
+    ce_t, ce_s, kl, stats = triton_backend.forward(**args)
     rows = torch.linspace(0.5, 1.5, 64)
     first, second = [
-        triton_backend.backward(rows, rows.flip(0), rows * 0.3, e_t, w_t, e_s, w_s, labels, stats, *args)
+        triton_backend.backward(g_ce_t=rows, g_ce_s=rows.flip(0), g_kl=rows * 0.3, stats=stats, **args)
         for _ in range(2)]
     for a, b in zip(first, second):
         assert torch.equal(a, b)

@@ -55,5 +55,6 @@ def test_compiled_sampled_region_has_no_graph_break():
     index, sampled = sample_classes(labels, 70, 0.5)
     rows = [model.classifiers["b"].student.detach()[index].requires_grad_(),
             model.classifiers["b"].teacher.detach()[index].requires_grad_()]
-    explanation = torch._dynamo.explain(step._forward_loss)(images, sampled, step.teacher_params["b"], *rows)
+    explanation = torch._dynamo.explain(step._forward_loss)(images, sampled, step.teacher_params["b"],
+                                                            student_weight=rows[0], teacher_weight=rows[1])
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons

@@ -208,7 +208,8 @@ def test_compiled_region_has_no_graph_break(backbone, kwargs):
     step = UDONStep(model, build_optimizer(model, 1e-3, 1e-2, 1e-6), LOSS, compile=True, grad_clip=None, world_size=1)
     images, labels = _batch(5, 0)
     explanation = torch._dynamo.explain(step._forward_loss)(
-        images, labels, step.teacher_params["a"], model.student_classifier("a"), model.teacher_classifier("a"))
+        images, labels, step.teacher_params["a"], student_weight=model.student_classifier("a"),
+        teacher_weight=model.teacher_classifier("a"))
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 

@@ -25,20 +25,22 @@ class UDONLossOutput(NamedTuple):
     similarity: torch.Tensor
 
 
-def _head_rows(backend, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
+def _head_rows(backend, *, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
     if backend == "reference":
-        return reference.head_loss_rows(e_t, w_t, e_s, w_s, labels, margin, scale, tau_t, tau_s)
+        return reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=scale,
+                                        tau_t=tau_t, tau_s=tau_s)
     z_y, dz_y = target_terms(margin, scale, labels, [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)])
     op = backends.fused_op(backend)
-    ce_t, ce_s, kl, _ = op(e_t.contiguous(), w_t.contiguous(),
-                           None if e_s is None else e_s.contiguous(),
-                           None if w_s is None else w_s.contiguous(),
-                           labels.contiguous(), z_y, dz_y, float(scale), float(tau_t), float(tau_s))
+    ce_t, ce_s, kl, _ = op(e_t=e_t.contiguous(), w_t=w_t.contiguous(),
+                           e_s=None if e_s is None else e_s.contiguous(),
+                           w_s=None if w_s is None else w_s.contiguous(),
+                           labels=labels.contiguous(), z_y=z_y, dz_y=dz_y, scale=float(scale), tau_t=float(tau_t),
+                           tau_s=float(tau_s))
     return ce_t, ce_s, kl
 
 
-def _option_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin_args: tuple, scale, tau_t, tau_s,
-                 opts: options.CEOptions):
+def _option_rows(what, shard, check, backend, *, e_t, w_t, e_s, w_s, labels, margin_args: tuple, scale, tau_t,
+                 tau_s, opts: options.CEOptions):
     """Per-row CE_t and CE_s with the CE options applied, KL, each (B,) f32 (0 in ignored rows, ce_s = kl
     = 0 for a single head), the CE mean's denominator and the (B,) mask of kept rows (None: all kept).
 
@@ -49,8 +51,8 @@ def _option_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin
         check()
         backend_labels, keep = options.split_ignored(labels, opts.ignore_index)
         margin = resolve(*margin_args)
-        ce_t, ce_s, kl = _head_rows(backends.resolve(backend, e_t.device), e_t, w_t, e_s, w_s, backend_labels,
-                                    margin, scale, tau_t, tau_s)
+        ce_t, ce_s, kl = _head_rows(backends.resolve(backend, e_t.device), e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s,
+                                    labels=backend_labels, margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
         heads, slice_options = [(e_t, w_t), (e_s, w_s)], {}
         num_classes = w_t.shape[0]
     else:
@@ -64,20 +66,22 @@ def _option_rows(what, shard, check, backend, e_t, w_t, e_s, w_s, labels, margin
                                  "(auto, chunked, native or triton)")
             backends.resolve(backend, e_t.device)
 
-        plan = class_parallel.plan(shard, check_all, e_t, w_t, e_s, what)
+        plan = class_parallel.plan(shard, check_all, e_t=e_t, w_t=w_t, e_s=e_s, what=what)
         margin = resolve(*margin_args)
         backend_labels, keep = options.split_ignored(labels, opts.ignore_index)
-        all_e_t, all_e_s, backend_labels = class_parallel.gather(plan, e_t, e_s, backend_labels)
+        all_e_t, all_e_s, backend_labels = class_parallel.gather(plan, e_t=e_t, e_s=e_s, labels=backend_labels)
         keep = None if keep is None else backend_labels != NO_TARGET
         local = class_parallel.slice_labels(plan, backend_labels)
-        ce_t, ce_s, kl = class_parallel.gathered_head_rows(plan, backends.resolve(backend, e_t.device), all_e_t, w_t,
-                                                           all_e_s, w_s, local, margin, scale, tau_t, tau_s)
+        ce_t, ce_s, kl = class_parallel.gathered_head_rows(
+            plan, backends.resolve(backend, e_t.device), all_e_t=all_e_t, w_t=w_t, all_e_s=all_e_s, w_s=w_s,
+            local=local, margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
         heads = [(all_e_t, w_t), (all_e_s, w_s)]
         slice_options = dict(local_labels=local, first_class=plan.slices[plan.rank][0],
                              combine=lambda partial: class_parallel.sum_over_ranks(plan, partial))
         num_classes = shard.num_classes
-    ce, denominator = options.ce_rows(opts, [ce_t] if e_s is None else [ce_t, ce_s], heads, backend_labels, keep,
-                                      margin, scale, num_classes, **slice_options)
+    ce, denominator = options.ce_rows(opts, ce=[ce_t] if e_s is None else [ce_t, ce_s], heads=heads,
+                                      labels=backend_labels, keep=keep, margin=margin, scale=scale,
+                                      num_classes=num_classes, **slice_options)
     kl = kl if keep is None else torch.where(keep, kl, 0.0)
     return ce[0], (ce_s if e_s is None else ce[1]), kl, denominator, keep
 
@@ -147,9 +151,10 @@ def udon_loss(
         validate.check_loss_weights(weights)
         for emb_name, emb, weight_name, weight in (("teacher_emb", teacher_emb, "teacher_weight", teacher_weight),
                                                    ("student_emb", student_emb, "student_weight", student_weight)):
-            validate.check_head(emb_name, emb, weight_name, weight, labels, backend == "reference",
-                                allow_no_classes=class_shard is not None)
-        validate.check_pair(student_emb, teacher_emb, student_weight, teacher_weight)
+            validate.check_head(emb_name=emb_name, emb=emb, weight_name=weight_name, weight=weight, labels=labels,
+                                allow_float64=backend == "reference", allow_no_classes=class_shard is not None)
+        validate.check_pair(student_emb=student_emb, teacher_emb=teacher_emb, student_weight=student_weight,
+                            teacher_weight=teacher_weight)
         num_classes = teacher_weight.shape[0] if class_shard is None else class_shard.num_classes
         options.check(opts, num_classes, teacher_emb.device)
         if class_shard is not None and reduction == "none":
@@ -162,8 +167,9 @@ def udon_loss(
             options.check_values(opts)
 
     ce_t, ce_s, kl, denominator, keep = _option_rows(
-        "udon_loss", class_shard, check, backend, teacher_emb, teacher_weight, student_emb, student_weight, labels,
-        (margin_type, margin, margins), scale, teacher_temperature, student_temperature, opts)
+        "udon_loss", class_shard, check, backend, e_t=teacher_emb, w_t=teacher_weight, e_s=student_emb,
+        w_s=student_weight, labels=labels, margin_args=(margin_type, margin, margins), scale=scale,
+        tau_t=teacher_temperature, tau_s=student_temperature, opts=opts)
     teacher_ce, student_ce = (options.reduce(rows, denominator, reduction) for rows in (ce_t, ce_s))
     kl = options.reduce(kl, None if keep is None else keep.sum(), reduction)
     local_keep = None if ignore_index is None else labels != ignore_index
@@ -194,16 +200,17 @@ def normalized_softmax_ce(
 
     def check():
         validate.check_head_scalars(margin_type, margin, margins, scale)
-        validate.check_head("emb", emb, "weight", weight, labels, backend == "reference",
-                            allow_no_classes=class_shard is not None)
+        validate.check_head(emb_name="emb", emb=emb, weight_name="weight", weight=weight, labels=labels,
+                            allow_float64=backend == "reference", allow_no_classes=class_shard is not None)
         num_classes = weight.shape[0] if class_shard is None else class_shard.num_classes
         options.check(opts, num_classes, emb.device)
         if check_inputs and not torch.compiler.is_compiling():
             validate.check_values({"emb": emb}, {"weight": weight}, labels, num_classes, ignore_index)
             options.check_values(opts)
 
-    ce, _, _, denominator, _ = _option_rows("normalized_softmax_ce", class_shard, check, backend, emb, weight, None,
-                                            None, labels, (margin_type, margin, margins), scale, 1.0, 1.0, opts)
+    ce, _, _, denominator, _ = _option_rows(
+        "normalized_softmax_ce", class_shard, check, backend, e_t=emb, w_t=weight, e_s=None, w_s=None, labels=labels,
+        margin_args=(margin_type, margin, margins), scale=scale, tau_t=1.0, tau_s=1.0, opts=opts)
     return options.reduce(ce, denominator, reduction)
 
 

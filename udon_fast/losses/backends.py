@@ -1,13 +1,15 @@
 """Which fused head-loss backends exist here, and the choice behind backend="auto".
 
-Each fused backend module (`chunked`, `triton_backend`, `native_backend`) provides the
-forward/backward pair described in `head_op.py`; it is registered as a custom op on first use.
+Each fused backend module (`chunked`, `triton_backend`, `native_backend`) exposes `BACKEND`, a
+`head_backend.HeadBackend` (the forward/backward pair described in `head_op.py`); it is registered
+as a custom op on first use.
 """
 import importlib
 import os
 
 import torch
 
+from .head_backend import HeadBackend, HeadForward
 from .head_op import register_head_backend
 
 BACKENDS = ("auto", "reference", "chunked", "triton", "native")
@@ -55,8 +57,9 @@ def _auto(usable: dict[str, tuple[bool, str]], device_type: str) -> str:
 # Decided once, at import, so that code traced by torch.compile only reads these dicts.
 STATUS = _status()
 AUTO = {device_type: _auto(STATUS, device_type) for device_type in ("cpu", "cuda")}
-FUSED_MODULES = {name: importlib.import_module(_MODULES[name], __package__) for name in _MODULES if STATUS[name][0]}
-FUSED_OPS = {name: register_head_backend(name, module.forward, module.backward) for name, module in FUSED_MODULES.items()}
+FUSED_BACKENDS = {name: importlib.import_module(_MODULES[name], __package__).BACKEND
+                  for name in _MODULES if STATUS[name][0]}
+FUSED_OPS = {name: register_head_backend(backend) for name, backend in FUSED_BACKENDS.items()}
 
 
 def status() -> dict[str, tuple[bool, str]]:
@@ -84,15 +87,14 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
-def fused_op(name: str):
-    """The registered custom op `udon_fast::head_loss_<name>` of a fused backend."""
+def fused_op(name: str) -> HeadForward:
+    """The registered custom op `udon_fast::head_loss_<name>` of a fused backend, keyword-only."""
     return FUSED_OPS[name]
 
 
-def fused_functions(name: str):
-    """(forward, backward) of a fused backend as plain functions (head_op.py's contract), for callers
-    with their own autograd rule (the class-parallel loss): no custom-op dispatch."""
-    if name not in FUSED_MODULES:
-        raise ValueError(f"no fused backend {name!r} is available here; available: {sorted(FUSED_MODULES)}")
-    module = FUSED_MODULES[name]
-    return module.forward, module.backward
+def fused_backend(name: str) -> HeadBackend:
+    """A fused backend's forward/backward as plain functions (head_op.py's contract), for callers with
+    their own autograd rule (the class-parallel loss): no custom-op dispatch."""
+    if name not in FUSED_BACKENDS:
+        raise ValueError(f"no fused backend {name!r} is available here; available: {sorted(FUSED_BACKENDS)}")
+    return FUSED_BACKENDS[name]

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from . import backends
+from .layout import Head, Stat
 from .margins import NO_TARGET, Margin, target_terms
 
 # The torch >= 2.14 names, else the older ones (deprecated there) for the torch 2.6 .. 2.13 supported.
@@ -100,7 +101,7 @@ def _metadata(shard: ClassShard, batch: int, classes: int, dims: tuple[int, int]
     return table.view(world, -1).cpu()
 
 
-def plan(shard: ClassShard, check: Callable[[], None], e_t, w_t, e_s, what: str) -> Plan:
+def plan(shard: ClassShard, check: Callable[[], None], *, e_t, w_t, e_s, what: str) -> Plan:
     """Run this rank's argument checks, agree on the layout with every rank of `shard.group`, or raise on all.
 
     check() raises ValueError/TypeError for bad local inputs; then e_t (B_r, Dt), w_t (C_r, Dt) and
@@ -202,26 +203,32 @@ def gather_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
     return torch.cat([gathered[r, :n] for r, n in enumerate(plan.rows)])
 
 
-def _slice_targets(e_t, w_t, e_s, w_s, local, margin: Margin, scale: float):
+def _slice_targets(*, e_t, w_t, e_s, w_s, local, margin: Margin, scale: float):
     """z_y, dz_y (B, H) f32 of the rows this slice owns (local label != NO_TARGET), 0 elsewhere."""
     heads = [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)]
     if w_t.shape[0] == 0:
         zeros = torch.zeros(e_t.shape[0], len(heads), device=e_t.device)
         return zeros, zeros.clone()
-    return target_terms(margin, scale, local, heads)
+    return target_terms(margin, scale, labels=local, heads=heads)
 
 
-def _merge(plan: Plan, stats: torch.Tensor, kl_mean: torch.Tensor, z_y: torch.Tensor):
+# Columns of `_merge`'s summed (B, 7) buffer: the `Stat` sums, the KL numerator, z_y (`Head` order).
+_PACKED_SUMS = slice(0, len(Stat))
+_PACKED_KL = len(Stat)
+_PACKED_Z_Y = slice(len(Stat) + 1, len(Stat) + 1 + len(Head))
+
+
+def _merge(plan: Plan, *, stats: torch.Tensor, kl_mean: torch.Tensor, z_y: torch.Tensor):
     """Per-slice (B, 4) log-sum-exps, (B,) KL means and (B, 2) owner target logits -> global (B, 4)
     log-sum-exps, (B,) KL numerator over sum_a, (B, 2) target logits (two all-reduces)."""
     top = stats.clone()
     dist.all_reduce(top, op=dist.ReduceOp.MAX, group=plan.group)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf: a single head's KL columns
     sums = torch.exp(stats - top)
-    packed = torch.cat([sums, (sums[:, 2] * kl_mean)[:, None], z_y], dim=1)
+    packed = torch.cat([sums, (sums[:, Stat.LSE_A] * kl_mean)[:, None], z_y], dim=1)
     dist.all_reduce(packed, group=plan.group)
-    lse = top + torch.log(packed[:, :4])
-    return lse, packed[:, 4] / packed[:, 2], packed[:, 5:7]
+    lse = top + torch.log(packed[:, _PACKED_SUMS])
+    return lse, packed[:, _PACKED_KL] / packed[:, Stat.LSE_A], packed[:, _PACKED_Z_Y]
 
 
 class _ShardedHead(torch.autograd.Function):
@@ -234,18 +241,23 @@ class _ShardedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e_t, w_t, e_s, w_s, local, plan: Plan, backend: str, margin: Margin, params: tuple):
         batch, two_heads = e_t.shape[0], e_s is not None
-        z_y, dz_y = _slice_targets(e_t, w_t, e_s, w_s, local, margin, params[0])
+        z_y, dz_y = _slice_targets(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, local=local, margin=margin, scale=params[0])
         if w_t.shape[0] > 0:
-            _, _, kl, stats = backends.fused_functions(backend)[0](e_t, w_t, e_s, w_s, local, z_y, dz_y, *params)
-            kl_mean = kl + stats[:, 2] - stats[:, 3] if two_heads else torch.zeros_like(kl)
+            scale, tau_t, tau_s = params
+            _, _, kl, stats = backends.fused_backend(backend).forward(
+                e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=local, z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t,
+                tau_s=tau_s)
+            kl_mean = kl + stats[:, Stat.LSE_A] - stats[:, Stat.LSE_B] if two_heads else torch.zeros_like(kl)
         else:
-            stats = torch.full((batch, 4), float("-inf"), device=e_t.device)
+            stats = torch.full((batch, len(Stat)), float("-inf"), device=e_t.device)
             kl_mean = torch.zeros(batch, device=e_t.device)
         owner_z_y = z_y if two_heads else torch.cat([z_y, torch.zeros_like(z_y)], dim=1)
-        lse, kl_mean, global_z_y = _merge(plan, stats, torch.where(torch.isfinite(kl_mean), kl_mean, 0.0), owner_z_y)
-        ce_t = lse[:, 0] - global_z_y[:, 0]
+        lse, kl_mean, global_z_y = _merge(plan, stats=stats, kl_mean=torch.where(torch.isfinite(kl_mean), kl_mean, 0.0),
+                                          z_y=owner_z_y)
+        ce_t = lse[:, Stat.LSE_ZT] - global_z_y[:, Head.TEACHER]
         if two_heads:
-            ce_s, kl = lse[:, 1] - global_z_y[:, 1], kl_mean - lse[:, 2] + lse[:, 3]
+            ce_s = lse[:, Stat.LSE_ZS] - global_z_y[:, Head.STUDENT]
+            kl = kl_mean - lse[:, Stat.LSE_A] + lse[:, Stat.LSE_B]
         else:
             ce_s, kl = torch.zeros_like(ce_t), torch.zeros_like(ce_t)
         ctx.save_for_backward(e_t, w_t, e_s, w_s, local, lse, z_y, dz_y)
@@ -259,15 +271,18 @@ class _ShardedHead(torch.autograd.Function):
             d_e_s = None if e_s is None else torch.zeros_like(e_s)
             d_w_s = None if w_s is None else torch.zeros_like(w_s)
             return torch.zeros_like(e_t), torch.zeros_like(w_t), d_e_s, d_w_s, None, None, None, None, None
-        rows = [torch.zeros_like(lse[:, 0]) if g is None else g.float().contiguous() for g in (g_ce_t, g_ce_s, g_kl)]
-        d_e_t, d_w_t, d_e_s, d_w_s = backends.fused_functions(ctx.backend)[1](
-            *rows, e_t, w_t, e_s, w_s, local, lse, z_y, dz_y, *ctx.params)
+        rows = [torch.zeros_like(lse[:, Stat.LSE_ZT]) if g is None else g.float().contiguous()
+                for g in (g_ce_t, g_ce_s, g_kl)]
+        scale, tau_t, tau_s = ctx.params
+        d_e_t, d_w_t, d_e_s, d_w_s = backends.fused_backend(ctx.backend).backward(
+            g_ce_t=rows[0], g_ce_s=rows[1], g_kl=rows[2], e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=local, stats=lse,
+            z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t, tau_s=tau_s)
         if e_s is None:
             d_e_s = d_w_s = None
         return d_e_t, d_w_t, d_e_s, d_w_s, None, None, None, None, None
 
 
-def gather(plan: Plan, e_t: torch.Tensor, e_s: torch.Tensor | None, labels: torch.Tensor):
+def gather(plan: Plan, *, e_t: torch.Tensor, e_s: torch.Tensor | None, labels: torch.Tensor):
     """All ranks' rows in rank order: (B, Dt) teacher and (B, Ds) student (or None) embeddings,
     differentiable (`_GatherRows`), and the (B,) int64 global labels."""
     gathered = _GatherRows.apply(plan, *((e_t,) if e_s is None else (e_t, e_s)))
@@ -281,7 +296,7 @@ def slice_labels(plan: Plan, all_labels: torch.Tensor) -> torch.Tensor:
     return torch.where(owned, all_labels - start, torch.full_like(all_labels, NO_TARGET))
 
 
-def gathered_head_rows(plan: Plan, backend: str, all_e_t: torch.Tensor, w_t: torch.Tensor,
+def gathered_head_rows(plan: Plan, backend: str, *, all_e_t: torch.Tensor, w_t: torch.Tensor,
                        all_e_s: torch.Tensor | None, w_s: torch.Tensor | None, local: torch.Tensor, margin: Margin,
                        scale: float, tau_t: float, tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`head_rows` on rows already gathered (`gather`) and labels relative to the slice (`slice_labels`)."""
@@ -309,11 +324,12 @@ def sum_over_ranks(plan: Plan, partial: torch.Tensor) -> torch.Tensor:
     return _SumOverRanks.apply(plan, partial)
 
 
-def head_rows(plan: Plan, backend: str, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None,
+def head_rows(plan: Plan, backend: str, *, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None,
               w_s: torch.Tensor | None, labels: torch.Tensor, margin: Margin, scale: float, tau_t: float,
               tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global per-row teacher CE, student CE and KL, each (B,) float32 (B = all ranks' rows), the same on
     every rank; differentiable w.r.t. this rank's e_t, w_t, e_s, w_s (see the module docstring)."""
-    all_e_t, all_e_s, all_labels = gather(plan, e_t, e_s, labels)
-    return gathered_head_rows(plan, backend, all_e_t, w_t, all_e_s, w_s, slice_labels(plan, all_labels), margin,
-                              scale, tau_t, tau_s)
+    all_e_t, all_e_s, all_labels = gather(plan, e_t=e_t, e_s=e_s, labels=labels)
+    return gathered_head_rows(plan, backend, all_e_t=all_e_t, w_t=w_t, all_e_s=all_e_s, w_s=w_s,
+                              local=slice_labels(plan, all_labels), margin=margin, scale=scale, tau_t=tau_t,
+                              tau_s=tau_s)

@@ -138,7 +138,7 @@ def transform(margin: Margin, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return MARGIN_TYPES[margin.type].f(cos, *margin.params)
 
 
-def target_cosines(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def target_cosines(*, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """c_y = e_b . W_y / ||W_y|| of each row's target class, (B,) f32, detached.
 
     emb (B, D), weight (C, D) with C >= 1, labels (B,) int64 in [0, C) or NO_TARGET (such rows
@@ -156,7 +156,7 @@ def target_terms(margin: Margin, scale: float, labels: torch.Tensor,
     (B, H) f32 (H = len(heads), column h for head h), 0 in the rows labelled NO_TARGET.  They are
     constants to autograd: the backends' backward applies dz_y to the target cosine themselves.
     """
-    cos_y = torch.stack([target_cosines(emb, weight, labels) for emb, weight in heads], dim=1)
+    cos_y = torch.stack([target_cosines(emb=emb, weight=weight, labels=labels) for emb, weight in heads], dim=1)
     value, slope = transform(margin, cos_y)  # both heads in one pass of elementwise ops
     has_target = (labels != NO_TARGET)[:, None]
     return torch.where(has_target, scale * value, 0.0), torch.where(has_target, scale * slope, 0.0)

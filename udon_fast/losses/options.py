@@ -117,7 +117,7 @@ class _WeightedDirections(torch.autograd.Function):
         return d_weight.addr_(a, grad).to(weight.dtype), None
 
 
-def class_terms(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None,
+def class_terms(*, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None,
                 margin: Margin, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """z_by = s f(cos_by) and part_b = sum_c w_c z_bc over the classes of `weight`, both (B,) f32 and
     differentiable in emb and weight.
@@ -142,8 +142,8 @@ def class_terms(emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, c
     return torch.where(has_target, z_y, 0.0), part
 
 
-def ce_rows(options: CEOptions, ce: list[torch.Tensor], heads: list[tuple[torch.Tensor, torch.Tensor]],
-            labels: torch.Tensor, keep: torch.Tensor | None, margin: Margin, scale: float, num_classes: int, *,
+def ce_rows(options: CEOptions, *, ce: list[torch.Tensor], heads: list[tuple[torch.Tensor, torch.Tensor]],
+            labels: torch.Tensor, keep: torch.Tensor | None, margin: Margin, scale: float, num_classes: int,
             local_labels: torch.Tensor | None = None, first_class: int = 0,
             combine: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -166,8 +166,9 @@ def ce_rows(options: CEOptions, ce: list[torch.Tensor], heads: list[tuple[torch.
         eps = options.label_smoothing
         if eps != 0:
             slice_weight = None if weight is None else weight[first_class:first_class + head_weight.shape[0]]
-            z_y, part = class_terms(emb, head_weight, labels if local_labels is None else local_labels,
-                                    slice_weight, margin, scale)
+            z_y, part = class_terms(emb=emb, weight=head_weight,
+                                    labels=labels if local_labels is None else local_labels,
+                                    class_weight=slice_weight, margin=margin, scale=scale)
             z_y, part = combine(z_y), combine(part)
             total_weight = num_classes if weight is None else weight.sum()
             loss = (1 - eps) * loss + (eps / num_classes) * (total_weight * (ce_head + z_y) - part)

@@ -49,7 +49,7 @@ def kl_rows(cos_t: torch.Tensor, cos_s: torch.Tensor, tau_t: float, tau_s: float
 
 
 def head_loss_rows(
-    e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None, w_s: torch.Tensor | None,
+    *, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None, w_s: torch.Tensor | None,
     labels: torch.Tensor, margin: Margin, scale: float, tau_t: float, tau_s: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row teacher CE, student CE and KL, each (B,) float32.  labels (B,) int64 in [0, C) or NO_TARGET.

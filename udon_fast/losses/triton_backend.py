@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 
 from ..kernels import triton_head as kernels
+from .head_backend import FusedBackend
+from .layout import MAX_FIELDS, SUM_FIELDS, Head, Partial, Stat
 
 PROGRAMS_PER_SM = 2
 # Under TRITON_INTERPRET=1 the cost is per interpreted op, not per element: few, large tiles.
@@ -78,32 +80,34 @@ class _Launch:
         self.num_warps = NUM_WARPS
 
 
-def forward(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
+def forward(*, e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
     """Per-row CE_t, CE_s, KL (B,) f32 and stats (B, 4) f32; see head_op.py."""
     launch = _Launch(e_t, w_t, e_s, w_s, labels, z_y, dz_y)
     z_y = launch.z_y
     batch = launch.batch
-    part = torch.empty(launch.splits, kernels.FORWARD_FIELDS.value, batch, device=e_t.device)
+    part = torch.empty(launch.splits, len(Partial), batch, device=e_t.device)
     kernels.forward_kernel[(launch.row_tiles, launch.splits)](
         *launch.tensors, z_y, part, batch, launch.classes, launch.d_t, launch.d_s, launch.tiles_per_split,
         scale, 1.0 / tau_t, 1.0 / tau_s, **launch.meta, num_warps=launch.num_warps)
-    families = 4 if launch.two_heads else 1
-    maxima, sums = part[:, 0:2 * families:2], part[:, 1:2 * families:2]       # (splits, families, B)
+    families = len(Stat) if launch.two_heads else 1
+    maxima = part[:, list(MAX_FIELDS[:families])]                             # (splits, families, B)
+    sums = part[:, list(SUM_FIELDS[:families])]
     top = maxima.amax(dim=0)
     rescale = torch.exp(maxima - top)
     total = (sums * rescale).sum(dim=0)
-    lse = top + torch.log(total)                                               # (families, B)
-    ce_t = lse[0] - z_y[:, 0]
+    lse = top + torch.log(total)                                               # (families, B), `Stat` order
+    ce_t = lse[Stat.LSE_ZT] - z_y[:, Head.TEACHER]
     if not launch.two_heads:
         zeros = torch.zeros_like(ce_t)
-        neg_inf = torch.full_like(ce_t, float("-inf"))
-        return ce_t, zeros, zeros.clone(), torch.stack([lse[0], neg_inf, neg_inf, neg_inf], dim=1)
-    kl_mean = (part[:, 8] * rescale[:, 2]).sum(dim=0) / total[2]
-    kl = kl_mean - lse[2] + lse[3]
-    return ce_t, lse[1] - z_y[:, 1], kl, lse.t().contiguous()
+        stats = torch.full((batch, len(Stat)), float("-inf"), device=e_t.device)
+        stats[:, Stat.LSE_ZT] = lse[Stat.LSE_ZT]
+        return ce_t, zeros, zeros.clone(), stats
+    kl_mean = (part[:, Partial.KL_NUM] * rescale[:, Stat.LSE_A]).sum(dim=0) / total[Stat.LSE_A]
+    kl = kl_mean - lse[Stat.LSE_A] + lse[Stat.LSE_B]
+    return ce_t, lse[Stat.LSE_ZS] - z_y[:, Head.STUDENT], kl, lse.t().contiguous()
 
 
-def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
+def backward(*, g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
     """Gradients of sum_b (g_ce_t*CE_t + g_ce_s*CE_s + g_kl*KL) w.r.t. e_t, w_t, e_s, w_s (input dtypes)."""
     launch = _Launch(e_t, w_t, e_s, w_s, labels, z_y, dz_y)
     batch, device = launch.batch, e_t.device
@@ -126,3 +130,6 @@ def backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y,
     if not launch.two_heads:
         return d_e_t, d_w_t, None, None
     return d_e_t, d_w_t, d_e_s.sum(dim=0).to(e_s.dtype), d_w_s.to(w_s.dtype)
+
+
+BACKEND = FusedBackend("triton", forward, backward)

@@ -37,7 +37,7 @@ def _check_tensor(name: str, value, ndim: int, dtypes=FLOAT_DTYPES) -> torch.Ten
     return value
 
 
-def check_head(emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool,
+def check_head(*, emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool,
                allow_no_classes: bool = False) -> None:
     """Shapes, dtypes and devices of one head: emb (B, D), weight (C, D), labels (B,) int64.
 
@@ -62,7 +62,7 @@ def check_head(emb_name: str, emb, weight_name: str, weight, labels, allow_float
             raise ValueError(f"{name} is on {tensor.device} but {emb_name} is on {emb.device}")
 
 
-def check_pair(student_emb, teacher_emb, student_weight, teacher_weight) -> None:
+def check_pair(*, student_emb, teacher_emb, student_weight, teacher_weight) -> None:
     """The student and teacher heads must agree on batch size, class count, device and dtype."""
     if student_emb.shape[0] != teacher_emb.shape[0]:
         raise ValueError(

@@ -85,7 +85,7 @@ class DomainClassifier(nn.Module):
         check_layout(state_dict, prefix, self.layout)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def loss(self, student_emb: torch.Tensor, teacher_emb: torch.Tensor, labels: torch.Tensor, **loss_options):
+    def loss(self, *, student_emb: torch.Tensor, teacher_emb: torch.Tensor, labels: torch.Tensor, **loss_options):
         """`udon_loss` of a batch of this domain: embeddings (B, Ds) and (B, Dt), labels (B,) int64 global class
         ids; sharded, over all ranks' rows (every rank of the default group calls it).  `loss_options`: the
         other keyword arguments of `udon_loss`.  Returns UDONLossOutput of 0-d float32 tensors."""

@@ -145,9 +145,9 @@ class UDONStep:
             return function
         compiled = torch.compile(function, fullgraph=True)
 
-        def call(*args):
+        def call(*args, **kwargs):
             with torch._dynamo.config.patch(force_parameter_static_shapes=False):
-                return compiled(*args)
+                return compiled(*args, **kwargs)
 
         return call
 
@@ -160,7 +160,7 @@ class UDONStep:
             teacher = head_embedding(lambda x: functional_call(self.projection, teacher_params, (x,)), features)
         return student, teacher
 
-    def _forward_loss(self, images, labels, teacher_params, student_weight, teacher_weight):
+    def _forward_loss(self, images, labels, teacher_params, *, student_weight, teacher_weight):
         student, teacher = self._embeddings(images, teacher_params)
         return udon_loss(student, teacher, student_weight, teacher_weight, labels, **self.loss.kwargs())
 
@@ -175,11 +175,13 @@ class UDONStep:
             if self.compiled:
                 torch._dynamo.maybe_mark_dynamic(student, 0)
                 torch._dynamo.maybe_mark_dynamic(teacher, 0)
-            return self.forward_loss(images, labels, self.teacher_params[domain], student, teacher)
+            return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=student,
+                                     teacher_weight=teacher)
         if classifier.sharded:
             student, teacher = self.embeddings(images, self.teacher_params[domain])
-            return classifier.loss(student, teacher, labels, **self.loss.kwargs())
-        return self.forward_loss(images, labels, self.teacher_params[domain], classifier.student, classifier.teacher)
+            return classifier.loss(student_emb=student, teacher_emb=teacher, labels=labels, **self.loss.kwargs())
+        return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=classifier.student,
+                                 teacher_weight=classifier.teacher)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, domain: str):
         try:
