@@ -101,9 +101,10 @@ def eval_pipeline(source: "EvalSource", *, batch_size: int, image_size: int, mea
 
 
 class DaliPipeline:
-    """A built DALI pipeline behind the decoders' interface: `schedule_run()` starts the next batch,
-    `outputs()` returns the oldest started one as torch tensors (a decode failure raises RuntimeError).
-    `folder`: a temporary folder the pipeline reads from (index files), removed by `close()`."""
+    """A built DALI pipeline behind the decoders' interface (`pipeline.DecoderPipeline`): `schedule_run()`
+    starts the next batch, `outputs()` returns the oldest started one as torch tensors (a decode failure
+    raises RuntimeError).  `folder`: a temporary folder the pipeline reads from (index files), removed
+    by `close()`."""
 
     def __init__(self, pipe: Pipeline, folder: tempfile.TemporaryDirectory | None = None):
         self._folder = folder

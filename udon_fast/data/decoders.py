@@ -3,11 +3,14 @@
 Both take the same sources (`sources.py`), draws (`sampling.py`) and augmentation definition
 (`augment.py`) and give the same batches; only decoding and resampling differ.  DALI is imported
 here, lazily, and only for the DALI decoder: when it is not importable the loaders fall back to
-torchvision and say so once per process (a WARNING log line).
+torchvision and say so once per process (a WARNING log line).  The interface each decoder module
+implements: `pipeline.Decoder` and `pipeline.DecoderPipeline`.
 """
 import importlib
 import logging
 from typing import Callable
+
+from .pipeline import Decoder, DecoderPipeline
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +44,18 @@ def resolve_decoder(decoder: str) -> str:
     return decoder
 
 
-def _module(decoder: str):
+def _module(decoder: str) -> Decoder:
     return importlib.import_module(_MODULES[decoder], __package__)
 
 
-def train_pipeline(decoder: str, source: Callable, **options):
-    """The train pipeline of `decoder` (already resolved by `resolve_decoder`) over `source`: it has
-    `schedule_run()`, `outputs()` -> (images, labels) torch tensors and `close()`; see
-    `dali_pipelines.train_pipeline` for the options and batches."""
+def train_pipeline(decoder: str, source: Callable, **options) -> DecoderPipeline:
+    """The train pipeline of `decoder` (already resolved by `resolve_decoder`) over `source`: its
+    `outputs()` -> (images, labels) torch tensors; see `dali_pipelines.train_pipeline` for the options
+    and batches."""
     return _module(decoder).train_pipeline(source, **options)
 
 
-def eval_pipeline(decoder: str, source: Callable, **options):
+def eval_pipeline(decoder: str, source: Callable, **options) -> DecoderPipeline:
     """The eval pipeline of `decoder` (already resolved) over `source`: `outputs()` -> (images,); see
     `dali_pipelines.eval_pipeline`."""
     return _module(decoder).eval_pipeline(source, **options)

@@ -9,7 +9,7 @@ and EXIF-rotated JPEGs decode on the CPU; the rest runs on that GPU in one worke
 Resizing is `F.interpolate(mode="bilinear", antialias=True)`: uint8 in, uint8 out on the CPU (its
 vectorised path); float rounded to whole values on the GPU.
 
-`TorchvisionPipeline` has the calls the loaders make on a `dali_pipelines.DaliPipeline`:
+`TorchvisionPipeline` implements `pipeline.DecoderPipeline`, as `dali_pipelines.DaliPipeline` does:
 `schedule_run()` takes the next batch from the source (in the caller's thread, like DALI's
 `external_source`) and starts decoding it in the background; `outputs()` returns the oldest started
 batch as torch tensors, images first, and raises RuntimeError when a file fails to decode.

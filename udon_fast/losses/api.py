@@ -215,23 +215,40 @@ def normalized_softmax_ce(
 
 
 class UDONLoss(nn.Module):
-    """`udon_loss` as a module: keyword arguments fixed at construction, validated there."""
+    """`udon_loss` as a module: its options fixed at construction (validated there), the tensors per call.
 
-    def __init__(self, **kwargs):
+    Every argument is keyword-only, with `udon_loss`'s name, default and meaning:
+    margin_type, margin, margins, scale: the CE heads' margin and logit scale;
+    teacher_temperature, student_temperature: the KL temperatures;
+    teacher_ce_weight, student_ce_weight, kl_weight, similarity_weight: the weights of the four terms;
+    backend: "auto", "reference", "chunked", "triton" or "native"; n_devices: SIM's device count;
+    class_shard: a `ClassShard` for class-parallel classifiers, or None; check_inputs: run the data checks;
+    reduction, ignore_index, label_smoothing, class_weight (a (C,) tensor, kept as a non-persistent
+    buffer so that `.to(device)` moves it): the CE options.
+    """
+
+    def __init__(
+        self, *, margin_type: str = "normface", margin: float = 0.0,
+        margins: tuple[float, float, float] | None = None, scale: float = 16.0, teacher_temperature: float = 0.1,
+        student_temperature: float = 0.1, teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0,
+        kl_weight: float = 1.0, similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
+        class_shard: ClassShard | None = None, check_inputs: bool = True, reduction: str = "mean",
+        ignore_index: int | None = None, label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None,
+    ):
         super().__init__()
-        allowed = set(udon_loss.__kwdefaults__)
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            raise TypeError(f"UDONLoss got unknown arguments {unknown}; valid ones: {sorted(allowed)}")
-        self.options = {**udon_loss.__kwdefaults__, **kwargs}
-        validate.check_head_scalars(self.options["margin_type"], self.options["margin"], self.options["margins"],
-                                    self.options["scale"])
-        options.check_scalars(self.options["reduction"], self.options["ignore_index"],
-                              self.options["label_smoothing"])
+        self.options = dict(
+            margin_type=margin_type, margin=margin, margins=margins, scale=scale,
+            teacher_temperature=teacher_temperature, student_temperature=student_temperature,
+            teacher_ce_weight=teacher_ce_weight, student_ce_weight=student_ce_weight, kl_weight=kl_weight,
+            similarity_weight=similarity_weight, backend=backend, n_devices=n_devices, class_shard=class_shard,
+            check_inputs=check_inputs, reduction=reduction, ignore_index=ignore_index,
+            label_smoothing=label_smoothing)
+        validate.check_head_scalars(margin_type, margin, margins, scale)
+        options.check_scalars(reduction, ignore_index, label_smoothing)
         # A buffer, so that .to(device) moves it; passed to udon_loss in forward.
-        self.register_buffer("class_weight", self.options.pop("class_weight"), persistent=False)
-        if self.options["backend"] not in backends.BACKENDS:
-            raise ValueError(f"backend must be one of {backends.BACKENDS}, got {self.options['backend']!r}")
+        self.register_buffer("class_weight", class_weight, persistent=False)
+        if backend not in backends.BACKENDS:
+            raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
 
     def forward(self, student_emb, teacher_emb, student_weight, teacher_weight, labels) -> UDONLossOutput:
         return udon_loss(student_emb, teacher_emb, student_weight, teacher_weight, labels,
