@@ -50,7 +50,7 @@ class _Launch:
     holding >= 1 class tile.  The interpreter uses INTERPRETER_BLOCK_C and INTERPRETER_PROGRAMS.
     """
 
-    def __init__(self, e_t, w_t, e_s, w_s, labels, z_y, dz_y):
+    def __init__(self, *, e_t, w_t, e_s, w_s, labels, z_y, dz_y):
         for t in (e_t, w_t, labels, z_y, dz_y) + (() if e_s is None else (e_s, w_s)):
             _check_device(t)
         self.batch, self.classes = e_t.shape[0], w_t.shape[0]
@@ -82,7 +82,7 @@ class _Launch:
 
 def forward(*, e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
     """Per-row CE_t, CE_s, KL (B,) f32 and stats (B, 4) f32; see head_op.py."""
-    launch = _Launch(e_t, w_t, e_s, w_s, labels, z_y, dz_y)
+    launch = _Launch(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y)
     z_y = launch.z_y
     batch = launch.batch
     part = torch.empty(launch.splits, len(Partial), batch, device=e_t.device)
@@ -109,7 +109,7 @@ def forward(*, e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
 
 def backward(*, g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
     """Gradients of sum_b (g_ce_t*CE_t + g_ce_s*CE_s + g_kl*KL) w.r.t. e_t, w_t, e_s, w_s (input dtypes)."""
-    launch = _Launch(e_t, w_t, e_s, w_s, labels, z_y, dz_y)
+    launch = _Launch(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y)
     batch, device = launch.batch, e_t.device
     row_grads = [g.float().contiguous() for g in (g_ce_t, g_ce_s, g_kl)]
     common = (*launch.tensors, launch.z_y, launch.dz_y, stats.float().contiguous(), *row_grads)
