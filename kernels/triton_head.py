@@ -141,7 +141,8 @@ def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part
 def _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_ptr, rows, row_mask, HEAD: tl.constexpr,
                     HEADS: tl.constexpr):
     """Per-row backward inputs of one head (HEAD: TEACHER or STUDENT, of HEADS columns): z_y, dz_y,
-    the CE log-sum-exp (stats column HEAD: `Stat.LSE_ZT` / `LSE_ZS` are the heads' indices) and the CE row gradient, each (BLOCK_B,) f32 (zero where masked)."""
+    the CE log-sum-exp (stats column HEAD: `Stat.LSE_ZT` / `LSE_ZS` are the heads' indices) and the CE
+    row gradient, each (BLOCK_B,) f32 (zero where masked)."""
     z_y = tl.load(z_y_ptr + rows * HEADS + HEAD, mask=row_mask, other=0.0)
     dz_y = tl.load(dz_y_ptr + rows * HEADS + HEAD, mask=row_mask, other=0.0)
     lse_z = tl.load(stats_ptr + rows * STAT_COLUMNS + HEAD, mask=row_mask, other=0.0)
