@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.optim.adamw import adamw
 
+from ..optim.row_adamw import adamw_rows, row_state  # noqa: F401  (re-exported: the Partial FC API)
 from .margins import NO_TARGET
 
 
@@ -67,61 +67,3 @@ class SampledRows:
     def take(cls, parameter: torch.nn.Parameter, index: torch.Tensor) -> "SampledRows":
         return cls(parameter, index, parameter.detach().index_select(0, index).requires_grad_())
 
-
-def _group(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> dict:
-    for group in optimizer.param_groups:
-        if any(p is parameter for p in group["params"]):
-            return group
-    raise ValueError("the sampled classifier weight is not among the optimizer's parameters")
-
-
-def row_state(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The AdamW state of a row-sampled (C, D) parameter, created on first use: exp_avg and exp_avg_sq
-    (C, D) like the parameter, step (C,) float32 on its device (one count per row)."""
-    state = optimizer.state[parameter]
-    if not state:
-        state["step"] = torch.zeros(parameter.shape[0], dtype=torch.float32, device=parameter.device)
-        state["exp_avg"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
-    if state["step"].shape != parameter.shape[:1]:
-        raise ValueError("this classifier weight was stepped whole by the optimizer (one step count); "
-                         "Partial FC keeps one per row: train it with sample_rate < 1 from the start")
-    return state
-
-
-def adamw_rows(optimizer: torch.optim.AdamW, sampled: SampledRows) -> None:
-    """The AdamW update of `optimizer` (its group's options) on the sampled rows only, from rows.grad.
-
-    Each row is one tensor of the optimizer's own `adamw` function, with its own step count, so a
-    sampled row moves exactly as `torch.optim.AdamW` moves a parameter made of that row; the others
-    are not read.  Honours the optimizer's `found_inf` (fused AdamW).  No-op when rows.grad is None.
-    """
-    grad = sampled.rows.grad
-    if grad is None:
-        return
-    group, state = _group(optimizer, sampled.parameter), row_state(optimizer, sampled.parameter)
-    if group["amsgrad"]:
-        raise ValueError("Partial FC supports AdamW without amsgrad")
-    index = sampled.index
-    with torch.no_grad():
-        rows = sampled.parameter.index_select(0, index)
-        exp_avg, exp_avg_sq = state["exp_avg"].index_select(0, index), state["exp_avg_sq"].index_select(0, index)
-        steps = state["step"].index_select(0, index)
-        tensors = [list(t.unbind(0)) for t in (rows, grad.contiguous(), exp_avg, exp_avg_sq)]
-        options = dict(lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                       weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"], amsgrad=False)
-        if group["fused"]:
-            # What torch.optim.adam._fused_adam does for the group (count, kernel, uncount a skipped step),
-            # with the K step counts counted as one vector instead of K tensors grouped in Python.
-            found_inf = getattr(optimizer, "found_inf", None)
-            steps.add_(1)
-            torch._fused_adamw_(*tensors, [], list(steps.unbind(0)), grad_scale=None, found_inf=found_inf, **options)
-            if found_inf is not None:
-                steps.sub_(found_inf)
-        else:
-            adamw(*tensors, [], list(steps.unbind(0)), foreach=group["foreach"], capturable=group["capturable"],
-                  differentiable=False, fused=False, **options)
-        sampled.parameter.index_copy_(0, index, rows)
-        state["exp_avg"].index_copy_(0, index, exp_avg)
-        state["exp_avg_sq"].index_copy_(0, index, exp_avg_sq)
-        state["step"].index_copy_(0, index, steps)
