@@ -18,6 +18,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -26,6 +29,10 @@ namespace udon_native {
 namespace {
 
 using at::Tensor;
+
+// Elements of a row block worth a thread (~1 ms at a few ns per element): smaller steps run on the
+// calling thread, where waking the pool would cost more than the step.
+constexpr int64_t kGrainElements = 1 << 18;
 
 struct RowConstants {
   float decay, lerp_weight, beta2, grad_sq_weight, bias_correction2_sqrt, eps, neg_step_size;
@@ -64,6 +71,35 @@ __attribute__((always_inline)) inline void element(float& p, float& m, float& v,
   p = p + c.neg_step_size * m / denom;
 }
 
+// Columns [d, end) of one row in the vector loop's arithmetic, eight at a time (AVX2 + FMA): the same
+// IEEE operations per element as element<false>, so the same bits.
+__attribute__((target("avx2,fma"))) int64_t vector_columns_avx2(float* p, float* m, float* v, const float* g,
+                                                                int64_t end, const RowConstants& c) {
+  const __m256 decay = _mm256_set1_ps(c.decay), beta2 = _mm256_set1_ps(c.beta2);
+  const __m256 grad_sq_weight = _mm256_set1_ps(c.grad_sq_weight), eps = _mm256_set1_ps(c.eps);
+  const __m256 bias_correction2_sqrt = _mm256_set1_ps(c.bias_correction2_sqrt);
+  const __m256 neg_step_size = _mm256_set1_ps(c.neg_step_size);
+  const __m256 lerp_coeff = _mm256_set1_ps(c.lerp_small ? c.lerp_weight : c.lerp_weight - 1.0f);
+  const __m256 sign = _mm256_set1_ps(c.maximize ? -1.0f : 1.0f);
+  int64_t d = 0;
+  for (; d + 8 <= end; d += 8) {
+    __m256 pv = _mm256_loadu_ps(p + d), mv = _mm256_loadu_ps(m + d), vv = _mm256_loadu_ps(v + d);
+    const __m256 gv = _mm256_mul_ps(_mm256_loadu_ps(g + d), sign);
+    if (c.decay_on) pv = _mm256_mul_ps(pv, decay);
+    mv = _mm256_fmadd_ps(lerp_coeff, _mm256_sub_ps(gv, mv), c.lerp_small ? mv : gv);
+    vv = _mm256_fmadd_ps(_mm256_mul_ps(grad_sq_weight, gv), gv, _mm256_mul_ps(vv, beta2));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), bias_correction2_sqrt), eps);
+    pv = _mm256_add_ps(pv, _mm256_div_ps(_mm256_mul_ps(neg_step_size, mv), denom));
+    _mm256_storeu_ps(p + d, pv);
+    _mm256_storeu_ps(m + d, mv);
+    _mm256_storeu_ps(v + d, vv);
+  }
+  return d;
+}
+
+int64_t vector_columns_base(float*, float*, float*, const float*, int64_t, const RowConstants&) { return 0; }
+
+template <int64_t (*kVectorColumns)(float*, float*, float*, const float*, int64_t, const RowConstants&)>
 __attribute__((always_inline)) inline void step_row(const RowArgs& a, int64_t k) {
   const int64_t row = a.index[k];
   const RowConstants c = row_constants(a, static_cast<double>(a.step[row]));
@@ -71,7 +107,7 @@ __attribute__((always_inline)) inline void step_row(const RowArgs& a, int64_t k)
   float* m = a.exp_avg + row * a.dim;
   float* v = a.exp_avg_sq + row * a.dim;
   const float* g = a.grad + k * a.dim;
-  int64_t d = 0;
+  int64_t d = kVectorColumns(p, m, v, g, a.vector_end, c);
   for (; d < a.vector_end; ++d) element<false>(p[d], m[d], v[d], g[d], c);
   for (; d < a.dim; ++d) element<true>(p[d], m[d], v[d], g[d], c);
 }
@@ -80,7 +116,7 @@ __attribute__((always_inline)) inline void step_row(const RowArgs& a, int64_t k)
 // without), chosen once at run time.
 #define UDON_DEFINE_ROW_KERNEL(SUFFIX, TARGET)                                  \
   TARGET void step_rows_##SUFFIX(const RowArgs& a, int64_t begin, int64_t end) { \
-    for (int64_t k = begin; k < end; ++k) step_row(a, k);                        \
+    for (int64_t k = begin; k < end; ++k) step_row<vector_columns_##SUFFIX>(a, k); \
   }
 UDON_DEFINE_ROW_KERNEL(avx2, __attribute__((target("avx2,fma"))))
 UDON_DEFINE_ROW_KERNEL(base, )
@@ -137,7 +173,7 @@ void row_adamw_(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_av
                        grad_c.const_data_ptr<float>(), index_ptr, dim, dim - dim % vector_width,
                        lr.item<double>(), beta1, beta2, weight_decay, eps, maximize};
     const RowKernel kernel = row_kernel();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(dim, 1)),
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(dim, 1)),
                      [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
   }
   if (found_inf.has_value()) {
