@@ -6,7 +6,8 @@ fused AdamW within rtol 2e-6 (torch.sqrt on CPU and the fused kernel's sqrt inst
 import pytest
 import torch
 
-from udon_fast.losses.partial_fc import SampledRows, adamw_rows as reexported
+from udon_fast.losses.partial_fc import SampledRows
+from udon_fast.losses.partial_fc import adamw_rows as reexported
 from udon_fast.optim import adamw_rows, row_adamw
 
 CLASSES = 29
@@ -82,7 +83,7 @@ def _assert_rows(weight, state, expected, exact):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_lr_as_a_tensor_and_maximize(fused, path):
-    start, weight, state, rows, reference = _train(20, fused, lr=torch.tensor(0.01), maximize=True)
+    _, weight, state, rows, reference = _train(20, fused, lr=torch.tensor(0.01), maximize=True)
     _assert_rows(weight, state, _reference_state(rows, reference, 20), exact=not fused or (path == "native" and EXACT))
 
 
@@ -127,7 +128,8 @@ def test_found_inf_leaves_everything_as_it_was(nonfinite, path):
     weight_before = weight.detach().clone()
     optimizer.found_inf = torch.ones(())
     sampled = SampledRows.take(weight, torch.arange(CLASSES))
-    sampled.rows.grad = torch.full((CLASSES, 20), float("inf")) if nonfinite else torch.randn(CLASSES, 20, generator=gen)
+    grad = torch.full((CLASSES, 20), float("inf")) if nonfinite else torch.randn(CLASSES, 20, generator=gen)
+    sampled.rows.grad = grad
     adamw_rows(optimizer, sampled)
     assert torch.equal(weight, weight_before)
     assert all(torch.equal(optimizer.state[weight][k], v) for k, v in before.items())

@@ -41,7 +41,8 @@ def row_state(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> dict
 
 
 def _row_constants(lr: float | torch.Tensor, beta1: float, beta2: float, weight_decay: float,
-                   steps: torch.Tensor, dtype: torch.dtype, fused: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   steps: torch.Tensor, dtype: torch.dtype, fused: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row scalars from the step counts after this step's increment, steps (K,) float32.
 
     Returns (decay, step_size, bias_correction2_sqrt) in `dtype`: decay () = 1 - lr * weight_decay,
