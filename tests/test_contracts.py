@@ -46,9 +46,8 @@ def test_every_backend_module_satisfies_the_backend_protocol(name):
 
 
 def test_the_registry_holds_the_backends_of_the_available_modules():
-    assert set(backends.FUSED_BACKENDS) == {name for name in BACKEND_MODULES if backends.status()[name][0]}
-    for name, backend in backends.FUSED_BACKENDS.items():
-        assert backends.fused_backend(name) is backend
+    for name in (name for name in BACKEND_MODULES if backends.status()[name][0]):
+        assert backends.fused_backend(name) is importlib.import_module(BACKEND_MODULES[name]).BACKEND
     with pytest.raises(ValueError, match="no fused backend 'reference'"):
         backends.fused_backend("reference")
 

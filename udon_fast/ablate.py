@@ -13,7 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
+from .extras import needs_extra
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 from .ablation.grid import (VARIANTS, GridError, check_train_args, claim_folder, make_cells, planned_steps, raising,
                              run_cell)

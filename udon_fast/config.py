@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
+from .extras import needs_extra
+
+with needs_extra("train"):
+    import yaml
 
 from .cli import MAX_PIXELS_HELP, check_positive
 from .data.decoders import DECODERS

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+
+from .extras import needs_extra
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 from . import distributed_eval
 from .data import DatasetError, Domain, EvalLoader, Split, knn_pairs

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .extras import needs_extra
 from .model.checkpoint import CheckpointError
 from .model.embedder import Embedder, load_embedder
 from .output_files import os_error_in, writing
@@ -50,7 +51,9 @@ def _example(embedder: Embedder, n: int) -> torch.Tensor:
 
 
 def _write_onnx(embedder: Embedder, out: Path, metadata: str, opset: int | None) -> None:
-    import onnx
+    with needs_extra("export"):
+        import onnx
+        import onnxscript  # noqa: F401  (torch's ONNX exporter imports it)
 
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
@@ -79,7 +82,8 @@ def _write_torchscript(embedder: Embedder, out: Path, metadata: str) -> None:
 def run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
     """Embed `images` (N, 3, S, S) float32 with an exported file: (N, D) float32."""
     if fmt == "onnx":
-        import onnxruntime
+        with needs_extra("export"):
+            import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT], {INPUT: images.numpy()})[0]
@@ -103,7 +107,8 @@ def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | 
     if opset is not None:
         if fmt != "onnx":
             raise ValueError(f"--opset applies to --format onnx only, got --format {fmt}")
-        import onnx
+        with needs_extra("export"):
+            import onnx
 
         newest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= opset <= newest:

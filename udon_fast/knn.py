@@ -251,7 +251,8 @@ def _faiss():
     try:
         import faiss
     except ImportError as exc:
-        raise ImportError("udon_fast.knn needs faiss: pip install faiss-gpu-cu12 (it runs CPU indexes too)") from exc
+        raise ImportError("udon_fast.knn needs faiss, which `pip install udon_fast` installs (faiss-cpu); "
+                          "for GPU indexes, faiss-gpu-cu12 in its place") from exc
     return faiss
 
 

@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from ..extras import needs_extra
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+with needs_extra("train"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from ..output_files import atomic_write_text, writing  # noqa: E402
 from ..trainer.report import read_metrics  # noqa: E402

@@ -39,7 +39,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..output_files import writing
 
@@ -56,13 +60,15 @@ _GLYPH_RANGES = [(0x21, 0x7F), (0xA1, 0x250), (0x250, 0x2B0), (0x370, 0x530), (0
 
 def skimage_data_dir() -> Path:
     """scikit-image's folder of sample images (real photos, textures, LFW crops)."""
-    import skimage  # imported on use: generating images is rare, importing udon_fast.data is not
+    with needs_extra("train"):
+        import skimage  # imported on use: generating images is rare, importing udon_fast.data is not
 
     return Path(skimage.__file__).parent / "data"
 
 
 def _font_dir() -> Path:
-    import matplotlib
+    with needs_extra("train"):
+        import matplotlib
 
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
@@ -130,7 +136,8 @@ def _light(image: Image.Image, rng: np.random.Generator, colour: float = 0.08) -
 
 def _sample_data(name: str) -> Path:
     """A file of matplotlib's sample_data folder."""
-    import matplotlib
+    with needs_extra("train"):
+        import matplotlib
 
     return Path(matplotlib.get_data_path()) / "sample_data" / name
 
@@ -210,7 +217,8 @@ def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
 
 def _glyph_classes(rng: np.random.Generator, n: int) -> list[str]:
     """`n` characters present in every font, none drawn identically to another in DejaVu Sans."""
-    from matplotlib.ft2font import FT2Font
+    with needs_extra("train"):
+        from matplotlib.ft2font import FT2Font
 
     faces = [FT2Font(str(_font_dir() / f)) for f in _FONTS]
     font = ImageFont.truetype(str(_font_dir() / _FONTS[0]), 32)

@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
-from nvidia.dali import fn, math as dmath, pipeline_def, types
-from nvidia.dali.backend import TensorGPU
-from nvidia.dali.pipeline import Pipeline
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from nvidia.dali import fn, math as dmath, pipeline_def, types
+    from nvidia.dali.backend import TensorGPU
+    from nvidia.dali.pipeline import Pipeline
 
 from .augment import check_norm, train_resize
 from .shards import IMAGE_EXTS

@@ -16,7 +16,11 @@ decoder still fails).
 import io
 
 import numpy as np
-from PIL import Image
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image
 
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = 0xD9

@@ -5,9 +5,14 @@ drawn by torchvision's RNG.  Not the default path: `TrainLoader` is.
 from typing import Sequence
 
 import torch
-from PIL import Image
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+with needs_extra("train"):
+    from torchvision import transforms
 
 from .augment import check_norm, train_resize
 from .domain import Split

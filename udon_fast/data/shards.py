@@ -43,7 +43,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from tqdm import tqdm
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 from ..output_files import atomic_write, atomic_write_text, writing
 from .domain import Domain, Split, select_domains

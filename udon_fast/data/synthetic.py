@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image
 
 from .builtin import skimage_data_dir
 

@@ -22,9 +22,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2.functional import to_dtype
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from PIL import Image, ImageOps
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.transforms.v2.functional import to_dtype
 
 from .augment import centre_origin, check_norm, crop_origin, eval_resize, train_resize
 

@@ -21,7 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from tqdm import tqdm
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 from .domain import Domain, Split
 from .errors import CorruptImagesError

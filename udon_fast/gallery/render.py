@@ -10,8 +10,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from PIL import Image, ImageOps
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+    from PIL import Image, ImageOps
 
 from ..data.image_bytes import read_encoded
 from ..output_files import atomic_write, atomic_write_text, check_writable_folder

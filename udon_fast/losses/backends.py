@@ -2,7 +2,12 @@
 
 Each fused backend module (`chunked`, `triton_backend`, `native_backend`) exposes `BACKEND`, a
 `head_backend.HeadBackend` (the forward/backward pair described in `head_op.py`); it is registered
-as a custom op on first use.
+as a custom op on first use.  Nothing is decided at import: `import udon_fast` neither imports Triton nor loads the native
+library.  A backend's availability is checked, and its module imported and its op registered, the
+first time a loss asks for it.  Under torch.compile that first time can be inside a trace: the
+functions that check and register (`backend_status`, `auto_backend`, `_register`) carry
+`torch.compiler.assume_constant_result`'s mark, so Dynamo calls them eagerly and keeps their result
+(a bool/str constant) instead of tracing them: the traced code only reads values, with no graph break.
 """
 import importlib
 import os
@@ -14,6 +19,17 @@ from .head_op import register_head_backend
 
 BACKENDS = ("auto", "reference", "chunked", "triton", "native")
 _MODULES = {"chunked": ".chunked", "triton": ".triton_backend", "native": ".native_backend"}
+_STATUS: dict[str, tuple[bool, str]] = {}  # backend -> (usable, reason), filled on first use
+_FUSED_BACKENDS: dict[str, HeadBackend] = {}  # backend -> its module's BACKEND, imported on first use
+_FUSED_OPS: dict[str, HeadForward] = {}        # backend -> its registered op (keyword-only), on first use
+
+
+def _constant_under_compile(fn):
+    """What `torch.compiler.assume_constant_result(fn)` does (sets the mark Dynamo reads), without
+    importing torch._dynamo, which imports Triton: `import udon_fast` must stay light.
+    tests/test_lean_import.py checks that the public decorator still sets exactly this mark."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def _triton_status() -> tuple[bool, str]:
@@ -37,39 +53,35 @@ def _native_status() -> tuple[bool, str]:
     return ok, reason
 
 
-def _status() -> dict[str, tuple[bool, str]]:
-    return {
-        "reference": (True, "eager PyTorch, materialises (B, C) logits"),
-        "chunked": (True, "PyTorch, classes in chunks, any device"),
-        "triton": _triton_status(),
-        "native": _native_status(),
-    }
+_CHECKS = {
+    "reference": lambda: (True, "eager PyTorch, materialises (B, C) logits"),
+    "chunked": lambda: (True, "PyTorch, classes in chunks, any device"),
+    "triton": _triton_status,
+    "native": _native_status,
+}
 
 
-def _auto(usable: dict[str, tuple[bool, str]], device_type: str) -> str:
-    if device_type == "cuda" and usable["triton"][0]:
-        return "triton"
-    if device_type == "cpu" and usable["native"][0]:
-        return "native"
-    return "chunked"
-
-
-# Decided once, at import, so that code traced by torch.compile only reads these dicts.
-STATUS = _status()
-AUTO = {device_type: _auto(STATUS, device_type) for device_type in ("cpu", "cuda")}
-FUSED_BACKENDS = {name: importlib.import_module(_MODULES[name], __package__).BACKEND
-                  for name in _MODULES if STATUS[name][0]}
-FUSED_OPS = {name: register_head_backend(backend) for name, backend in FUSED_BACKENDS.items()}
+@_constant_under_compile
+def backend_status(name: str) -> tuple[bool, str]:
+    """(usable, one-line reason) of one backend (not "auto"), checked once per process."""
+    if name not in _STATUS:
+        _STATUS[name] = _CHECKS[name]()
+    return _STATUS[name]
 
 
 def status() -> dict[str, tuple[bool, str]]:
-    """{backend: (usable, one-line reason)} for every backend except "auto"."""
-    return STATUS
+    """{backend: (usable, one-line reason)} for every backend except "auto" (checks them all)."""
+    return {name: backend_status(name) for name in _CHECKS}
 
 
+@_constant_under_compile
 def auto_backend(device_type: str) -> str:
     """backend="auto": triton on CUDA, otherwise native when built, otherwise chunked."""
-    return AUTO.get(device_type, "chunked")
+    if device_type == "cuda" and backend_status("triton")[0]:
+        return "triton"
+    if device_type == "cpu" and backend_status("native")[0]:
+        return "native"
+    return "chunked"
 
 
 def resolve(backend: str, device: torch.device) -> str:
@@ -79,7 +91,7 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return auto_backend(device.type)
     if backend in ("triton", "native"):
-        ok, reason = STATUS[backend]
+        ok, reason = backend_status(backend)
         if not ok:
             raise ValueError(f"backend={backend!r} is not available here: {reason}")
         if backend == "native" and device.type != "cpu":
@@ -87,14 +99,26 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
-def fused_op(name: str) -> HeadForward:
-    """The registered custom op `udon_fast::head_loss_<name>` of a fused backend, keyword-only."""
-    return FUSED_OPS[name]
-
-
 def fused_backend(name: str) -> HeadBackend:
     """A fused backend's forward/backward as plain functions (head_op.py's contract), for callers with
-    their own autograd rule (the class-parallel loss): no custom-op dispatch."""
-    if name not in FUSED_BACKENDS:
-        raise ValueError(f"no fused backend {name!r} is available here; available: {sorted(FUSED_BACKENDS)}")
-    return FUSED_BACKENDS[name]
+    their own autograd rule (the class-parallel loss): no custom-op dispatch.  Imported on first use."""
+    if name not in _MODULES or not backend_status(name)[0]:
+        available = sorted(n for n in _MODULES if backend_status(n)[0])
+        raise ValueError(f"no fused backend {name!r} is available here; available: {available}")
+    if name not in _FUSED_BACKENDS:
+        _FUSED_BACKENDS[name] = importlib.import_module(_MODULES[name], __package__).BACKEND
+    return _FUSED_BACKENDS[name]
+
+
+@_constant_under_compile
+def _register(name: str) -> str:
+    """Register `udon_fast::head_loss_<name>` (+ `_backward`) once; return `name`."""
+    if name not in _FUSED_OPS:
+        _FUSED_OPS[name] = register_head_backend(fused_backend(name))
+    return name
+
+
+def fused_op(name: str) -> HeadForward:
+    """The registered custom op `udon_fast::head_loss_<name>` of a fused backend, keyword-only."""
+    registered = _register(name)  # before reading _FUSED_OPS: under torch.compile it runs eagerly here
+    return _FUSED_OPS[registered]

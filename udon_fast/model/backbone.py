@@ -5,8 +5,12 @@ Weights come only from a local file through `weights.load_backbone_weights`.
 import difflib
 from typing import Any
 
-import timm
 import torch.nn as nn
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    import timm
 
 
 def _unknown_backbone(name: str) -> ValueError:

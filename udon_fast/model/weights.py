@@ -30,12 +30,15 @@ import pickle
 import sys
 from pathlib import Path
 
-import timm
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..extras import needs_extra
 from .convert import is_lukemelas_efficientnet, lukemelas_efficientnet_to_timm
+
+with needs_extra("train"):
+    import timm
 
 _MAX_LISTED = 12
 

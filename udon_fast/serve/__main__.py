@@ -7,6 +7,7 @@ import sys
 import torch
 
 from ..cli import check_positive
+from ..extras import needs_extra
 from ..index import load_gallery
 from ..search import query_embedder
 from .app import create_app
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"udon_fast.serve: error: {exc}", file=sys.stderr)
         return 1
-    import uvicorn
+    with needs_extra("serve"):
+        import uvicorn
 
     embedder = ImageEmbedder(model, device, args.threads)
     app = create_app(gallery, embedder, top=args.top, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,

@@ -15,10 +15,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse
-from starlette.datastructures import UploadFile
+
+from ..extras import needs_extra
+
+with needs_extra("serve"):
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import FileResponse, HTMLResponse
+    from starlette.datastructures import UploadFile
 
 from ..gallery.render import environment
 from ..index import Gallery

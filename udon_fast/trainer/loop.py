@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from tqdm import tqdm
 
 from .. import evaluation, gallery
 from ..config import TrainConfig, parse_folders

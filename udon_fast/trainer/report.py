@@ -8,10 +8,13 @@ from typing import Any
 
 import torch
 
-import matplotlib
+from ..extras import needs_extra
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+with needs_extra("train"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from ..output_files import atomic_write_text, writing  # noqa: E402
 

@@ -18,7 +18,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
+from ..extras import needs_extra
+
+with needs_extra("train"):
+    from torch.utils.tensorboard import SummaryWriter
 
 from ..losses.api import UDONLossOutput
 
