@@ -135,7 +135,8 @@ def to_torch(batch) -> torch.Tensor:
     """Copy a dense DALI TensorList (CPU or GPU) out of DALI's reused buffers into a torch tensor."""
     tensor = batch.as_tensor()
     if isinstance(tensor, TensorGPU):
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+        with needs_extra("train"):
+            from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
         device = torch.device("cuda", tensor.device_id())
         out = torch.empty(tensor.shape(), dtype=to_torch_type[tensor.dtype], device=device)
