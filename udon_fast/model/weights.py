@@ -35,12 +35,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError
 from .convert import is_lukemelas_efficientnet, lukemelas_efficientnet_to_timm
 
 _MAX_LISTED = 12
 
 
-class WeightsError(ValueError):
+class WeightsError(CheckpointError):
     """A weights file that cannot be read or does not match the backbone."""
 
 
