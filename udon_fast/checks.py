@@ -1,4 +1,4 @@
-"""Checks of library arguments shared by several modules (the command-line flags: `cli.check_positive`)."""
+"""Checks of arguments shared by the library and the command lines (`cli.check_positive` names flags)."""
 from typing import Any
 
 import numpy as np
@@ -8,7 +8,9 @@ from .errors import InputError
 
 def positive_int(value: Any, name: str) -> int:
     """`value` as an int when it is an integer (Python or NumPy, not bool) >= 1; else InputError (a
-    ValueError) naming the argument `name`."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
+    ValueError) naming `name`: an argument, or a flag (`cli.check_positive`)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise InputError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise InputError(f"{name} must be >= 1, got {value!r}")
     return int(value)

@@ -6,8 +6,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .checks import positive_int
 from .data.image_bytes import DEFAULT_MAX_PIXELS
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, InputError, UdonFastError
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UdonFastError
 
 EXIT_CODES = """exit codes (the same for every command, docs/cli.md):
   0    done
@@ -103,11 +104,9 @@ def add_folder(parser, help: str) -> None:
 
 def check_positive(args: argparse.Namespace | object, *names: str) -> None:
     """Raise InputError naming the flag when one of the integer options `names` of `args` (parsed
-    arguments or a config object) is below 1."""
+    arguments or a config object) is below 1 (`checks.positive_int`)."""
     for name in names:
-        value = getattr(args, name)
-        if value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
 
 
 def run_command(main_fn: Callable[[], int], prog: str) -> int:
