@@ -33,9 +33,16 @@ def command_parser(prog: str, description: str | None, epilog: str | None = None
                                    formatter_class=argparse.RawDescriptionHelpFormatter, **options)
 
 
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The subcommands of `parser` (`python -m udon_fast.<command> NAME ...`), listed under "commands"; add
+    each with `add_subcommand`."""
+    return parser.add_subparsers(dest="command", required=True, title="commands",
+                                 help=f"what to do ({parser.prog} COMMAND --help for its flags)")
+
+
 def add_subcommand(commands, name: str, summary: str) -> argparse.ArgumentParser:
-    """The parser of `python -m udon_fast.<command> NAME` in `commands` (a parser's `add_subparsers()`):
-    `summary` as its help line and description, the exit codes at the end of its --help."""
+    """The parser of `python -m udon_fast.<command> NAME` in `commands` (`subcommands`): `summary` as its
+    help line and description, the exit codes at the end of its --help."""
     return commands.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
 

@@ -34,7 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .cli import add_subcommand, command_parser, run_command
+from .cli import add_subcommand, command_parser, run_command, subcommands
 from .errors import InputError
 from .paired_files import check_pair, write_pair
 
@@ -231,8 +231,7 @@ def build(embeddings_path: Path, out: Path, kind: str, gpu: bool) -> dict[str, A
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("python -m udon_fast.index", __doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{build}", title="commands",
-                                     help="build: write an index file (python -m udon_fast.index build --help)")
+    commands = subcommands(parser)
     build = add_subcommand(commands, "build", "build a faiss index file from udon_fast.embed output")
     inputs = build.add_argument_group("input")
     inputs.add_argument("--embeddings", required=True, metavar="E.npy", help=".npy written by python -m udon_fast.embed")

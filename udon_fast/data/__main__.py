@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..cli import (add_data_threads, add_folder, add_max_pixels, add_split_seed, add_subcommand, check_positive,
-                   command_parser, run_command)
+                   command_parser, run_command, subcommands)
 from ..config import parse_folders
 from ..errors import InputError
 from ..output_files import atomic_write_text
@@ -49,8 +49,7 @@ def _shard(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("python -m udon_fast.data", __doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{verify,builtin,shard}", title="commands",
-                                     help="what to do (python -m udon_fast.data COMMAND --help)")
+    commands = subcommands(parser)
     verify = add_subcommand(commands, "verify", "check that the dataset validates and every image decodes")
     data = verify.add_argument_group("data")
     data.add_argument("--data-root", required=True, help="UnED root with info_files/ and images/")
