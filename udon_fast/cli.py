@@ -56,7 +56,8 @@ class _DeprecatedAlias(argparse.Action):
         self.canonical = canonical
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(DEPRECATED.format(prog=parser.prog, old=option_string, new=self.canonical), file=sys.stderr)
+        prog = parser.prog.removeprefix("python -m ")  # udon_fast.<command>, as the error lines say
+        print(DEPRECATED.format(prog=prog, old=option_string, new=self.canonical), file=sys.stderr)
         setattr(namespace, self.dest, values)
 
 
