@@ -30,7 +30,7 @@ def trained_gallery(data_root: Path, folder: Path) -> tuple[Path, Path]:
     train(parse_args(["--data-root", str(data_root), "--out", str(run), *TINY, "--steps", "4"]))
     assert embed_cli.main(["--checkpoint", str(run / "checkpoints" / "best.pt"), "--images",
                            str(Path(data_root) / "images"), "--out", str(folder / "e.npy"), "--decoder", "torchvision",
-                           "--threads", "1"]) == 0
+                           "--data-threads", "1"]) == 0
     assert index_cli.main(["build", "--embeddings", str(folder / "e.npy"), "--out", str(folder / "g.faiss")]) == 0
     return run, folder / "g.faiss"
 

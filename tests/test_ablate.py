@@ -66,7 +66,7 @@ def test_a_failing_run_stops_the_grid_with_one_line(tmp_path, capsys):
     out = tmp_path / "grid"
     assert ablate.main(["--out", str(out), "--seeds", "1", "--data-root", str(small), *TINY]) == 1
     err = _error(capsys)
-    assert "run udon/seed0 failed (exit code 1): udon_fast.train: error: " in err
+    assert "run udon/seed0 failed (exit code 2): udon_fast.train: error: " in err
     assert f"(log: {out / 'runs' / 'udon' / 'seed0' / 'train.log'})" in err
     assert not (out / "runs" / "dynamic_only").exists()
 

@@ -94,9 +94,9 @@ def test_both_damages_are_found_by_the_checks(tmp_path):
 
 def test_evaluate_names_the_damaged_file_instead_of_crashing(cli, damaged, tmp_path):
     root, checkpoint, header, _ = damaged
-    argv = ["--checkpoint", checkpoint, "--data-root", root, "--out", tmp_path / "eval", "--threads", "1"]
+    argv = ["--checkpoint", checkpoint, "--data-root", root, "--out", tmp_path / "eval", "--data-threads", "1"]
     run = cli("evaluate", argv, tmp_path / "evaluate.log")
-    assert run.code == 1, run.output[-3000:]
+    assert run.code == 2, run.output[-3000:]
     line = _one_error_line(run.output, "evaluate")
     assert f"{header} (broken JPEG header (no marker at byte 20))" in line and "1 image file(s)" in line
 
@@ -105,7 +105,7 @@ def test_train_names_every_damaged_eval_image_before_any_step(cli, damaged, tmp_
     root, _, header, middle = damaged
     out = tmp_path / "run"
     run = cli("train", ["--data-root", root, "--out", out, *TRAIN], tmp_path / "train.log")
-    assert run.code == 1, run.output[-3000:]
+    assert run.code == 2, run.output[-3000:]
     line = _one_error_line(run.output, "train")
     assert "2 image file(s) in the test/val splits cannot be decoded" in line and header in line and middle in line
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints" / "last.pt").exists()
@@ -121,14 +121,14 @@ def test_embed_names_all_damaged_images_and_search_the_damaged_query(cli, damage
         Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(folder / f"good{k}.jpg")
     argv = ["--checkpoint", checkpoint, "--images", folder, "--out", tmp_path / "e.npy"]
     run = cli("embed", [*argv, "--batch-size", "1"], tmp_path / "embed.log")
-    assert run.code == 1, run.output[-3000:]
+    assert run.code == 2, run.output[-3000:]
     line = _one_error_line(run.output, "embed")
     assert "2 image file(s)" in line and str(folder / "a.jpg") in line and str(folder / "b.jpg") in line
     (folder / "a.jpg").unlink()
     (folder / "b.jpg").unlink()
     assert cli("embed", argv, tmp_path / "embed2.log").code == 0
     run = cli("search", ["--embeddings", tmp_path / "e.npy", "--query", header], tmp_path / "search.log")
-    assert run.code == 1 and header in _one_error_line(run.output, "search")
+    assert run.code == 2 and header in _one_error_line(run.output, "search")
 
 
 def test_verdicts_are_cached_per_path_size_and_mtime(tmp_path, monkeypatch):
@@ -156,7 +156,7 @@ def test_empty_eval_split_is_refused_when_loading(tmp_path, capsys):
     val.write_text("[]")
     with pytest.raises(InfoFileError, match=f"{val}: the val split is empty"):
         load_domains(root)
-    assert train_cli.main(["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN]) == 1
+    assert train_cli.main(["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN]) == 2
     assert f"{val}: the val split is empty" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -168,7 +168,7 @@ def test_empty_eval_split_is_refused_when_loading(tmp_path, capsys):
 ])
 def test_split_that_cannot_be_evaluated_is_named_before_training(tmp_path, capsys, splits, problem):
     root = write_tiny_uned(tmp_path, {"a": splits, "b": {"train": 2, "test": 3}})
-    assert train_cli.main(["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN]) == 1
+    assert train_cli.main(["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN]) == 2
     err = capsys.readouterr().err
     assert err.startswith("udon_fast.train: error: cannot evaluate the test split: ") and problem in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -185,7 +185,7 @@ def test_verify_lists_every_missing_and_undecodable_file(tmp_path, capsys):
     for path in broken:
         path.write_bytes(path.read_bytes()[:60])
     (images / "b" / "val" / "c2_1.jpg").write_bytes(junk_in_header())
-    assert data_main(["verify", "--data-root", str(root), "--workers", "2"]) == 2
+    assert data_main(["verify", "--data-root", str(root), "--data-threads", "2"]) == 1
     captured = capsys.readouterr()
     assert "udon_fast.data: error: 7 image file(s) listed are missing" in captured.err
     lines = captured.out.splitlines()
@@ -195,10 +195,10 @@ def test_verify_lists_every_missing_and_undecodable_file(tmp_path, capsys):
     assert "90 images listed, 43 bad file(s): 7 missing, 36 undecodable" in captured.out
 
     report = tmp_path / "report.json"
-    assert data_main(["verify", "--data-root", str(root), "--json", "--report", str(report)]) == 2
+    assert data_main(["verify", "--data-root", str(root), "--json", "--report", str(report)]) == 1
     assert f"report written to {report}" in capsys.readouterr().out
     doc = json.loads(report.read_text())
-    assert len(doc["missing"]) == 7 and len(doc["undecodable"]) == 36 and doc["exit_code"] == 2
+    assert len(doc["missing"]) == 7 and len(doc["undecodable"]) == 36 and doc["exit_code"] == 1
     assert {e["path"]: e["listed_in"] for e in doc["undecodable"]}[str(images / "b" / "val" / "c2_1.jpg")] == ["b/val"]
 
     for path in missing:
@@ -217,18 +217,18 @@ def test_verify_lists_every_missing_and_undecodable_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("main,argv,message", [
     (evaluate_main, ["--checkpoint", "x.pt", "--out", "o", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (evaluate_main, ["--checkpoint", "x.pt", "--out", "o", "--threads", "-2"], "--threads must be >= 1, got -2"),
+    (evaluate_main, ["--checkpoint", "x.pt", "--out", "o", "--data-threads", "-2"], "--data-threads must be >= 1, got -2"),
     (embed_main, ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--batch-size", "0"],
      "--batch-size must be >= 1, got 0"),
-    (embed_main, ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--threads", "0"],
-     "--threads must be >= 1, got 0"),
+    (embed_main, ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--data-threads", "0"],
+     "--data-threads must be >= 1, got 0"),
     (search_main, ["--embeddings", "e.npy", "--query", "q.jpg", "--top", "0"], "--top must be >= 1, got 0"),
-    (data_main, ["verify", "--data-root", "r", "--workers", "0"], "--workers must be >= 1, got 0"),
+    (data_main, ["verify", "--data-root", "r", "--data-threads", "0"], "--data-threads must be >= 1, got 0"),
     (train_cli.main, ["--eval-batch-size", "0"], "--eval-batch-size must be >= 1, got 0"),
     (train_cli.main, ["--data-threads", "0"], "--data-threads must be >= 1, got 0"),
 ])
 def test_non_positive_sizes_and_threads_get_one_line(main, argv, message, capsys):
-    assert main(argv) in (1, 2)
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -237,7 +237,7 @@ def test_malformed_inputs_of_search_and_evaluate_are_named(tmp_path, damaged, ca
     _, checkpoint, _, _ = damaged
     not_a_checkpoint = tmp_path / "results.json"
     not_a_checkpoint.write_text('{"final": {}}')
-    assert evaluate_main(["--checkpoint", str(not_a_checkpoint), "--out", str(tmp_path / "o")]) == 1
+    assert evaluate_main(["--checkpoint", str(not_a_checkpoint), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == f"udon_fast.evaluate: error: {not_a_checkpoint} is not a udon_fast checkpoint (not a file written " \
                   f"by torch.save; checkpoints are the .pt files in a run's checkpoints/ folder)\n"
@@ -252,7 +252,7 @@ def test_malformed_inputs_of_search_and_evaluate_are_named(tmp_path, damaged, ca
              (lambda: embeddings.write_text("a,b,c\n1,2,3\n"), f"--embeddings {embeddings} is not a .npy array")]
     for damage, message in cases:
         damage()
-        assert search_main(["--embeddings", str(embeddings), "--query", str(query)]) == 1
+        assert search_main(["--embeddings", str(embeddings), "--query", str(query)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"udon_fast.search: error: {message}") and err.count("\n") == 1, err
 
@@ -269,14 +269,14 @@ def test_image_sizes_the_backbone_cannot_use_are_refused(backbone, size, message
     root = write_tiny_uned(tmp_path, {"a": {"train": 3, "test": 3}})
     argv = ["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN, "--backbone", backbone,
             "--image-size", str(size)]
-    assert train_cli.main(argv) == 1
+    assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"udon_fast.train: error: {message}") and err.count("\n") == 1
 
 
 def test_resume_needs_an_existing_out(tmp_path, capsys):
     missing = tmp_path / "never_ran"
-    assert train_cli.main(["--out", str(missing), "--resume", *TRAIN]) == 1
+    assert train_cli.main(["--out", str(missing), "--resume", *TRAIN]) == 2
     assert capsys.readouterr().err == (f"udon_fast.train: error: --resume: --out {missing} does not exist, so there "
                                        f"is no run to continue (drop --resume to start a new run there)\n")
     assert not missing.exists()

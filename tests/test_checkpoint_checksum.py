@@ -74,6 +74,6 @@ def test_resume_from_a_damaged_last_pt_is_one_line(data_root, tmp_path, capsys):
     last = out / "checkpoints" / "last.pt"
     _flipped(last, last, last.stat().st_size // 2)
     capsys.readouterr()
-    assert train_cli.main([*argv, "--resume"]) == 1
+    assert train_cli.main([*argv, "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"udon_fast.train: error: checkpoint {last} is damaged: record ") and err.count("\n") == 1

@@ -165,7 +165,7 @@ def test_train_on_a_full_disk_stops_with_one_line_and_a_valid_checkpoint(small_d
     fill(free=256 * 1024)  # room for metrics lines, none for a checkpoint
     resumed = cli("train", [*args, "--resume"], tmp_path / "resumed.log")
     errors = [line for line in resumed.output.splitlines() if "error" in line.lower()]
-    assert resumed.code == 1 and "Traceback" not in resumed.output, resumed.output[-3000:]
+    assert resumed.code == 2 and "Traceback" not in resumed.output, resumed.output[-3000:]
     # No val split here: the end of an epoch writes best.pt (the epoch's model), then last.pt.
     assert len(errors) == 1 and re.fullmatch(f"udon_fast.train: error: cannot write checkpoint "
                                              f"{re.escape(str(last.parent))}/(best|last).pt: No space left on device",
@@ -179,7 +179,7 @@ def test_unwritable_out_is_refused_before_any_work(cli, data_root, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     run = cli("train", ["--data-root", data_root, "--out", blocker / "run", *RUN], tmp_path / "notdir.log")
-    assert run.code == 1 and run.output.strip() == \
+    assert run.code == 2 and run.output.strip() == \
         f"udon_fast.train: error: cannot write --out {blocker / 'run'}: Not a directory"
     read_only = tmp_path / "read_only"
     if os.geteuid() == 0:
@@ -194,5 +194,5 @@ def test_unwritable_out_is_refused_before_any_work(cli, data_root, tmp_path):
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(read_only)], check=False)
-    assert run.code == 1 and run.output.strip() == \
+    assert run.code == 2 and run.output.strip() == \
         f"udon_fast.train: error: cannot write --out {read_only / 'run'}: {cause}"

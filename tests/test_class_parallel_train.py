@@ -65,7 +65,7 @@ def _worker(rank, world, root, data_root, ports):
     use_port(ports[4])
     out["evaluate_rc"] = evaluate_cli.main(["--checkpoint", str(root / "cp" / "checkpoints" / "best.pt"),
                                             "--data-root", str(data_root), "--out", str(root / "evaluated"),
-                                            "--batch-size", "4", "--threads", "1"])
+                                            "--batch-size", "4", "--data-threads", "1"])
     model, _ = load_model(root / "cp" / "checkpoints" / "best.pt")
     domains = load_domains(data_root, list(model.domains))
     if rank == 0:
@@ -187,7 +187,7 @@ def test_a_distributed_checkpoint_names_what_is_wrong(runs, tmp_path):
 def test_class_parallel_needs_a_torchrun_job_and_a_fused_backend(runs, capsys):
     root, data_root, _ = runs
     argv = ["--data-root", str(data_root), *TINY, "--out", str(root / "single"), "--class-parallel"]
-    assert train_cli.main(argv) == 1
+    assert train_cli.main(argv) == 2
     assert "--class-parallel shards the classifiers over the ranks of a torchrun job" in capsys.readouterr().err
     assert train_cli.main([*argv, "--loss-backend", "reference"]) == 2
     assert "--class-parallel needs a fused --loss-backend" in capsys.readouterr().err

@@ -102,7 +102,7 @@ def test_verify_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"BAD {bad}" in out and "1 bad file(s)" in out
     (root / "images" / "b" / "train" / "c0_0.jpg").unlink()
-    assert main(["verify", "--data-root", str(root)]) == 2
+    assert main(["verify", "--data-root", str(root)]) == 1
     assert "missing or unreadable" in capsys.readouterr().err
 
 

@@ -80,7 +80,7 @@ def test_embed_takes_one_image_file_and_skips_hidden_files(tmp_path, checkpoint,
     _image(folder / ".thumbnails" / "a.jpg", 10)
     _image(folder / "c.gif", kind="GIF")
     out = tmp_path / "e.npy"
-    common = ["--checkpoint", checkpoint, "--threads", "1", "--decoder", "torchvision"]
+    common = ["--checkpoint", checkpoint, "--data-threads", "1", "--decoder", "torchvision"]
     with caplog.at_level(logging.WARNING, logger="udon_fast.data"):
         assert embed_main([*common, "--images", str(folder), "--out", str(out)]) == 0
     assert json.loads(out.with_suffix(".meta.json").read_text())["paths"] == [str(folder / "a.jpg"),
@@ -93,7 +93,7 @@ def test_embed_takes_one_image_file_and_skips_hidden_files(tmp_path, checkpoint,
     capsys.readouterr()
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
-    assert embed_main([*common, "--images", str(notes), "--out", str(single)]) == 1
+    assert embed_main([*common, "--images", str(notes), "--out", str(single)]) == 2
     assert f"--images {notes} is not an image file" in _one_error_line(capsys.readouterr().err, "embed")
 
 
@@ -152,5 +152,5 @@ def test_deeply_nested_json_gives_one_line(uned, tmp_path, capsys):
     embeddings.with_suffix(".meta.json").write_text('{"paths": ' + "[" * 200_000 + "]" * 200_000 + "}")
     query = tmp_path / "q.jpg"
     _image(query)
-    assert search_main(["--embeddings", str(embeddings), "--query", str(query)]) == 1
+    assert search_main(["--embeddings", str(embeddings), "--query", str(query)]) == 2
     assert "malformed JSON (nested too deeply)" in _one_error_line(capsys.readouterr().err, "search")

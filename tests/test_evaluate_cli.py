@@ -109,7 +109,7 @@ def test_evaluate_embed_and_search_pass_the_decoder_on(setup, tmp_path, capsys, 
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path):
     result = _run("evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path))
-    assert result.returncode == 1 and "none.pt" in result.stderr
+    assert result.returncode == 2 and "none.pt" in result.stderr
 
 
 def test_embed_then_search_finds_the_query_itself(setup, tmp_path):
@@ -131,6 +131,6 @@ def test_embed_then_search_finds_the_query_itself(setup, tmp_path):
 
 def test_search_errors_name_the_inputs(setup, tmp_path):
     result = _run("search", "--embeddings", str(tmp_path / "missing.npy"), "--query", "x.jpg")
-    assert result.returncode == 1 and "missing.npy" in result.stderr
+    assert result.returncode == 2 and "missing.npy" in result.stderr
     result = _run("embed", "--checkpoint", str(setup[3]), "--images", str(tmp_path), "--out", str(tmp_path / "e.npy"))
-    assert result.returncode == 1 and "holds no image files" in result.stderr
+    assert result.returncode == 2 and "holds no image files" in result.stderr

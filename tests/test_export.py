@@ -118,7 +118,7 @@ def test_export_matches_load_embedder(checkpoints, tmp_path, capsys, name, fmt):
 
 def test_export_errors_are_one_line(checkpoints, tmp_path, capsys):
     assert export.main(["--checkpoint", str(tmp_path / "none.pt"), "--format", "onnx",
-                        "--out", str(tmp_path / "x.onnx")]) == 1
+                        "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("udon_fast.export: error:") and "none.pt" in err and err.count("\n") == 1
     assert not (tmp_path / "x.onnx").exists()

@@ -26,7 +26,7 @@ def test_torchscript_on_a_full_disk_is_one_line_and_removes_its_temp_file(cli, c
         leftovers = sorted(p.name for p in disk.iterdir())
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
-    assert run.code == 1, run.output[-3000:]
+    assert run.code == 2, run.output[-3000:]
     assert run.output.strip() == f"udon_fast.export: error: cannot write torchscript file {out}: No space left on device"
     assert leftovers == []
 
@@ -38,7 +38,7 @@ def test_torchscript_on_a_full_disk_is_one_line_and_removes_its_temp_file(cli, c
 ])
 def test_an_opset_the_exporter_cannot_write_is_refused(argv, message, checkpoint, tmp_path, capsys):
     out = tmp_path / "embedder.onnx"
-    assert export.main(["--checkpoint", str(checkpoint), "--out", str(out), *argv]) == 1
+    assert export.main(["--checkpoint", str(checkpoint), "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"udon_fast.export: error: {message}") and err.count("\n") == 1, err
     assert not out.exists() and list(tmp_path.iterdir()) == []

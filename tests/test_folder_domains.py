@@ -97,9 +97,9 @@ def test_cli_errors_for_folders_are_one_line(tmp_path, capsys):
     from udon_fast import evaluate, train
 
     tiny = class_folders(tmp_path / "tiny", 5)
-    assert train.main(["--folder", f"tiny={tiny}", "--out", str(tmp_path / "run")]) == 1
+    assert train.main(["--folder", f"tiny={tiny}", "--out", str(tmp_path / "run")]) == 2
     assert evaluate.main(["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--folder", f"tiny={tiny}",
-                          "--out", str(tmp_path / "ev")]) == 1
+                          "--out", str(tmp_path / "ev")]) == 2
     assert train.main(["--folder", "tiny"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 3 and all(e.startswith(("udon_fast.train: error:", "udon_fast.evaluate: error:"))

@@ -127,7 +127,7 @@ def test_trainer_writes_the_gallery_by_default(run, tmp_path):
 def test_evaluate_gallery_is_seeded_and_compares_with_the_backbone(run, data_root, tmp_path, capsys):
     checkpoint = run / "checkpoints" / "best.pt"
     common = ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--decoder", "torchvision",
-              "--batch-size", "16", "--threads", "1", "--gallery", "3"]
+              "--batch-size", "16", "--data-threads", "1", "--gallery", "3"]
     assert evaluate.main([*common, "--out", str(tmp_path / "a")]) == 0
     assert evaluate.main([*common, "--out", str(tmp_path / "b"), "--gallery-baseline", "none"]) == 0
     a, b = (tmp_path / "a" / "gallery"), (tmp_path / "b" / "gallery")
@@ -141,9 +141,9 @@ def test_evaluate_gallery_is_seeded_and_compares_with_the_backbone(run, data_roo
     _check_self_contained(a)
     _check_self_contained(b)
     capsys.readouterr()
-    assert evaluate.main([*common[:-2], "--out", str(tmp_path / "c"), "--gallery-baseline", "none"]) == 1
+    assert evaluate.main([*common[:-2], "--out", str(tmp_path / "c"), "--gallery-baseline", "none"]) == 2
     assert "--gallery-baseline goes with --gallery K" in capsys.readouterr().err
-    assert evaluate.main([*common[:-1], "0", "--out", str(tmp_path / "c")]) == 1
+    assert evaluate.main([*common[:-1], "0", "--out", str(tmp_path / "c")]) == 2
     assert "--gallery must be >= 1" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_search_html_renders_the_hits(run, data_root, tmp_path):
     checkpoint = run / "checkpoints" / "best.pt"
     images = Path(data_root) / "images" / "birds"
     assert embed_cli.main(["--checkpoint", str(checkpoint), "--images", str(images), "--out",
-                           str(tmp_path / "e.npy"), "--decoder", "torchvision", "--threads", "1"]) == 0
+                           str(tmp_path / "e.npy"), "--decoder", "torchvision", "--data-threads", "1"]) == 0
     assert index_cli.main(["build", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "g.faiss")]) == 0
     queries = sorted((images / "test").glob("*.jpg"))[:2]
     folder = tmp_path / "q"
@@ -160,7 +160,7 @@ def test_search_html_renders_the_hits(run, data_root, tmp_path):
         shutil.copy(q, folder / q.name)
     out = tmp_path / "html"
     assert search.main(["--index", str(tmp_path / "g.faiss"), "--query", str(folder), "--top", "4", "--html", str(out),
-                        "--decoder", "torchvision", "--threads", "1"]) == 0
+                        "--decoder", "torchvision", "--data-threads", "1"]) == 0
     html = (out / "index.html").read_text()
     assert html.count('<figure class="query">') == 2 and html.count('<figure class="hit ">') == 8
     assert "#1 &middot; 1.000" in html  # each query is itself a gallery image

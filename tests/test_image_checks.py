@@ -117,7 +117,7 @@ def test_motion_photo_decodes_on_every_path(tmp_path, decoder):
     (folder / "plain.jpg").write_bytes(plain)
     out = tmp_path / "e.npy"
     assert embed_main(["--checkpoint", str(checkpoint), "--images", str(folder), "--out", str(out),
-                       "--decoder", decoder, "--threads", "1"]) == 0
+                       "--decoder", decoder, "--data-threads", "1"]) == 0
     embeddings = np.load(out)
     np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-6)
 
@@ -185,12 +185,12 @@ def test_max_pixels_flag_of_train_and_embed(tmp_path, cli):
              "none", "--image-size", "32", "--batch-size", "2", "--no-compile", "--no-progress", "--steps", "1",
              "--data-threads", "1", "--no-baseline"]
     run = cli("train", [*train, "--max-pixels", "3000"], tmp_path / "train.log")
-    assert run.code == 1 and "Traceback" not in run.output, run.output[-3000:]
+    assert run.code == 2 and "Traceback" not in run.output, run.output[-3000:]
     assert f"{big} (too many pixels (60 x 60 = 3,600, over the limit of 3,000" in run.output
     model = UDONModel("vit_tiny_patch16_224", {"p": 4}, image_size=32, backbone_kwargs={"depth": 1})
     checkpoint = save_checkpoint(tmp_path / "model.pt", model)
     embed = ["--checkpoint", checkpoint, "--images", root / "images" / "p" / "test", "--out", tmp_path / "e.npy",
-             "--threads", "1"]
+             "--data-threads", "1"]
     run = cli("embed", [*embed, "--max-pixels", "3000"], tmp_path / "embed.log")
-    assert run.code == 1 and f"{big} (too many pixels" in run.output and "Traceback" not in run.output
+    assert run.code == 2 and f"{big} (too many pixels" in run.output and "Traceback" not in run.output
     assert cli("embed", [*embed, "--max-pixels", "3600"], tmp_path / "embed2.log").code == 0

@@ -78,7 +78,7 @@ def test_small_gallery_falls_back_from_ivf_to_flat(tmp_path, capsys):
 
 def test_build_errors_are_one_line(tmp_path, capsys):
     def error(*args):
-        assert index_cli.main(["build", *args]) == 1
+        assert index_cli.main(["build", *args]) == 2
         message = capsys.readouterr().err
         assert message.startswith("udon_fast.index: error:") and message.count("\n") == 1
         return message

@@ -15,7 +15,7 @@ from udon_fast.model import UDONModel, save_checkpoint
 from udon_fast.paired_files import file_sha256
 from udon_fast.search import main as search_main
 
-EMBED = ["--threads", "1", "--decoder", "torchvision"]
+EMBED = ["--data-threads", "1", "--decoder", "torchvision"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_a_full_disk_leaves_the_old_pair(tmp_path, gallery, capsys, monkeypatch,
     for k in range(6):
         Image.fromarray(np.full((40, 40, 3), 30 * k, np.uint8)).save(more / f"m{k}.jpg")
     _fail_fsync_of(monkeypatch, failing)
-    assert embed_main(["--checkpoint", checkpoint, "--images", str(more), "--out", str(out), *EMBED]) == 1
+    assert embed_main(["--checkpoint", checkpoint, "--images", str(more), "--out", str(out), *EMBED]) == 2
     assert "No space left on device" in _one_line(capsys, "embed")
     assert (out.read_bytes(), out.with_suffix(".meta.json").read_bytes()) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.meta.json", "e.npy", "more"]
@@ -96,17 +96,17 @@ def test_files_from_two_writes_are_not_paired(tmp_path, gallery, capsys):
     capsys.readouterr()
     second.replace(first)  # new .npy, old .meta.json
     query = str(folder / "0.jpg")
-    assert index_cli.main(["build", "--embeddings", str(first), "--out", str(tmp_path / "g.faiss")]) == 1
+    assert index_cli.main(["build", "--embeddings", str(first), "--out", str(tmp_path / "g.faiss")]) == 2
     err = _one_line(capsys, "index")
     assert f"{first} and {first.with_suffix('.meta.json')} are not a pair" in err
-    assert search_main(["--embeddings", str(first), "--query", query]) == 1
+    assert search_main(["--embeddings", str(first), "--query", query]) == 2
     assert "are not a pair" in _one_line(capsys, "search")
 
     meta = first.with_suffix(".meta.json")
     record = json.loads(meta.read_text())
     del record["sha256"]
     meta.write_text(json.dumps(record))
-    assert search_main(["--embeddings", str(first), "--query", query]) == 1
+    assert search_main(["--embeddings", str(first), "--query", query]) == 2
     assert f"{meta} records no checksum of {first}" in _one_line(capsys, "search")
 
 
@@ -120,7 +120,7 @@ def test_index_file_and_its_meta_file_are_checked(tmp_path, embedded, capsys):
     assert search_main(["--index", str(flat), "--query", query]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(query)
     hnsw.replace(flat)  # same count and dimension: only the checksum tells
-    assert search_main(["--index", str(flat), "--query", query]) == 1
+    assert search_main(["--index", str(flat), "--query", query]) == 2
     assert f"{flat} and {flat}.meta.json are not a pair" in _one_line(capsys, "search")
 
 
@@ -132,7 +132,7 @@ def test_a_row_that_is_not_finite_is_named(tmp_path, embedded, capsys):
     np.save(out, vectors)  # a pair again: the checksum recorded is the new file's
     out.with_suffix(".meta.json").write_text(json.dumps({**meta, "sha256": file_sha256(out),
                                                          "bytes": out.stat().st_size}))
-    assert index_cli.main(["build", "--embeddings", str(out), "--out", str(tmp_path / "g.faiss")]) == 1
+    assert index_cli.main(["build", "--embeddings", str(out), "--out", str(tmp_path / "g.faiss")]) == 2
     assert f"row 2 ({meta['paths'][2]}) holds NaN or inf values" in _one_line(capsys, "index")
-    assert search_main(["--embeddings", str(out), "--query", str(folder / "0.jpg")]) == 1
+    assert search_main(["--embeddings", str(out), "--query", str(folder / "0.jpg")]) == 2
     assert "row 2" in _one_line(capsys, "search")

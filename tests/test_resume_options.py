@@ -33,7 +33,7 @@ def test_resume_with_changed_options_is_refused_listing_each(finished, capsys):
     out, argv = finished
     before = (out / "config.json").read_text()
     capsys.readouterr()
-    assert train_cli.main([*argv, "--resume", "--margin-type", "cosface", "--margin", "0.5", "--lr", "0.1"]) == 1
+    assert train_cli.main([*argv, "--resume", "--margin-type", "cosface", "--margin", "0.5", "--lr", "0.1"]) == 2
     line = _one_error(capsys)
     assert line.startswith(f"udon_fast.train: error: --resume: the options differ from the run in {out} (config.json): ")
     for change in ("--margin-type normface -> cosface", "--margin 0.0 -> 0.5", "--lr 0.001 -> 0.1"):
@@ -44,7 +44,7 @@ def test_resume_with_changed_options_is_refused_listing_each(finished, capsys):
 def test_resume_with_more_steps_is_refused_in_plain_words(finished, capsys):
     out, argv = finished
     capsys.readouterr()
-    assert train_cli.main([*argv, "--resume", "--steps", "8"]) == 1
+    assert train_cli.main([*argv, "--resume", "--steps", "8"]) == 2
     line = _one_error(capsys)
     assert "--steps 4 -> 8" in line and "cannot extend it: start a new run in another --out to train longer" in line
 

@@ -49,7 +49,7 @@ def test_a_second_run_and_a_second_resume_on_a_held_out_are_refused(cli, data_ro
         assert ready.wait(300), "the first run never reached its first step"
         for name, extra in (("second", []), ("resume", ["--resume"])):
             run = cli("train", [*argv, *extra], tmp_path / f"{name}.log")
-            assert run.code == 1
+            assert run.code == 2
             line = _refusal(run.output, out)
             assert f"pid {first.pid} on host {socket.gethostname()}, started " in line
     finally:

@@ -164,7 +164,7 @@ async def _health(url):
 
 
 def test_cli_bad_inputs_name_the_problem(gallery_index, tmp_path, capsys):
-    assert serve_main(["--index", str(tmp_path / "missing.faiss")]) == 1
+    assert serve_main(["--index", str(tmp_path / "missing.faiss")]) == 2
     assert "missing.faiss" in capsys.readouterr().err
-    assert serve_main(["--index", str(gallery_index), "--port", "0"]) == 1
+    assert serve_main(["--index", str(gallery_index), "--port", "0"]) == 2
     assert "--port must be" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 Dataflow: images -> `data` (DALI or torchvision pipelines) -> `model` (backbone + UDON heads) -> `losses`
 (fused head losses) -> optimizer; embeddings -> `knn` (faiss) -> metrics.
 """
+from .errors import (CheckFailed, CheckpointError, CompileError, DataError, ExportCheckFailed, InputError,
+                     TrainingDiverged, UdonFastError)
 from .knn import knn_metrics, knn_metrics_by_domain
 from .losses import ClassShard, UDONLoss, UDONLossOutput, normalized_softmax_ce, udon_loss
 from .sampler import DomainSampler
@@ -11,6 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = ["ClassShard", "CosineClassifier", "DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics",
            "knn_metrics_by_domain", "load_embedder", "normalized_softmax_ce", "udon_loss"]
+__all__ += ["CheckFailed", "CheckpointError", "CompileError", "DataError", "ExportCheckFailed", "InputError",
+            "TrainingDiverged", "UdonFastError"]  # udon_fast.errors
 
 
 def __getattr__(name: str):

@@ -21,16 +21,17 @@ with needs_extra("train"):
 from .ablation.grid import (VARIANTS, GridError, check_train_args, claim_folder, make_cells, planned_steps, raising,
                              run_cell)
 from .ablation.summary import write_outputs
+from .cli import command_parser, run_command
 from .run_lock import lock_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = raising(argparse.ArgumentParser(
-        prog="python -m udon_fast.ablate", description=__doc__, allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any other flag is a train flag (python -m udon_fast.train --help), e.g. --epochs 3."))
-    parser.add_argument("--out", required=True, help="grid folder (new, or a grid folder to resume)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
+    parser = raising(command_parser("python -m udon_fast.ablate", __doc__,
+                                    "Any other flag is a train flag (python -m udon_fast.train --help), e.g. "
+                                    "--epochs 3.", allow_abbrev=False))
+    grid = parser.add_argument_group("grid")
+    grid.add_argument("--out", required=True, help="grid folder (new, or a grid folder to resume)")
+    grid.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
     return parser
 
 
@@ -43,17 +44,17 @@ def parse(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code: 0 done, 1 a run failed, 2 bad flags or an unusable --out, 130 interrupted."""
-    try:
-        args, train_args, config = parse(argv)
-        out = Path(args.out)
-        per_run = planned_steps(config)
-        with lock_folder(out, "--out"):  # one grid per folder; each run also locks its own folder
-            claim_folder(out, train_args)
-            return _run_grid(out, args.seeds, train_args, config, per_run)
-    except (ValueError, OSError) as exc:
-        print(f"udon_fast.ablate: error: {exc}", file=sys.stderr)
-        return 2
+    """Exit code (docs/cli.md): 0 done, 1 a run failed, 2 bad flags or an unusable --out, 130 interrupted."""
+    return run_command(lambda: _ablate(argv), "udon_fast.ablate")
+
+
+def _ablate(argv: list[str] | None) -> int:
+    args, train_args, config = parse(argv)
+    out = Path(args.out)
+    per_run = planned_steps(config)
+    with lock_folder(out, "--out"):  # one grid per folder; each run also locks its own folder
+        claim_folder(out, train_args)
+        return _run_grid(out, args.seeds, train_args, config, per_run)
 
 
 def _run_grid(out: Path, seeds: int, train_args: list[str], config, per_run: int) -> int:

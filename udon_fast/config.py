@@ -8,7 +8,7 @@ import json
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -17,96 +17,135 @@ from .extras import needs_extra
 with needs_extra("train"):
     import yaml
 
-from .cli import MAX_PIXELS_HELP, check_positive
+from .cli import DATA_THREADS_HELP, MAX_PIXELS_HELP, check_positive, command_parser
 from .data.decoders import DECODERS
 from .data.image_bytes import DEFAULT_MAX_PIXELS
+from .errors import InputError
 from .losses.backends import BACKENDS
 from .losses.margins import MARGIN_TYPES, resolve as resolve_margin
 from .losses.partial_fc import check_sample_rate
 from .sampler import STRATEGIES
 
 
+def _option(default: Any, group: str, help: str) -> Any:
+    """A TrainConfig field: its default, the --help group its flag is listed in and the flag's help text."""
+    return field(default=default, metadata={"group": group, "help": help})
+
+
+DATA, MODEL, LOSS, SCHEDULE, OUTPUT = "data", "model", "loss", "schedule and optimiser", "output and reporting"
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run varies.  Neither `data_root` nor `folder`: the built-in dataset."""
+    """Everything a run varies: each field is a flag (--name-with-dashes) whose help and --help group are
+    the field's metadata.  Neither `data_root` nor `folder`: the built-in dataset."""
 
-    data_root: str | None = None
-    domains: list[str] | None = None
-    folder: list[str] | None = None
-    split_seed: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    out: str = "runs/udon"
-    resume: bool = False
-    epochs: int = 6
-    steps: int | None = None
-    batch_size: int = 32
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: str | None = "packaged"
-    image_size: int = 64
-    teacher_dim: int = 256
-    student_dim: int = 64
-    sampler: str = "dynamic"
+    data_root: str | None = _option(None, DATA, "UnED root (info_files/, images/) or a shard folder; default: "
+                                                "the built-in dataset unless --folder is given")
+    domains: list[str] | None = _option(None, DATA, "domains to train on (default: all found)")
+    folder: list[str] | None = _option(
+        None, DATA, "NAME=DIR: a folder-per-class domain (DIR/<class>/<image> or DIR/{train,val,test,...}/<class>/"
+                    "<image>); repeatable, combinable with --data-root.  Without test/ (val/) folders, a seeded "
+                    "class-disjoint test (val) split is made and recorded in config.json and the checkpoints")
+    split_seed: int = _option(0, DATA, "seed of the class split of --folder domains without test/val folders")
+    max_pixels: int = _option(DEFAULT_MAX_PIXELS, DATA, MAX_PIXELS_HELP)
+    out: str = _option("runs/udon", OUTPUT, "output folder of the run (default runs/udon)")
+    resume: bool = _option(False, OUTPUT, "continue the run in --out from its last checkpoint")
+    epochs: int = _option(6, SCHEDULE, "training epochs (default 6)")
+    steps: int | None = _option(None, SCHEDULE, "total training steps (default: epochs x steps per epoch)")
+    batch_size: int = _option(32, SCHEDULE, "images per training step on each rank (default 32)")
+    backbone: str = _option("tf_efficientnet_lite0", MODEL, "timm backbone name (default tf_efficientnet_lite0)")
+    pretrained: str | None = _option(
+        "packaged", MODEL, "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz, the UDON "
+                           "release's CLIP vit_b16.npy), 'packaged' (default) for weights shipped in an installed "
+                           "package, or 'none'")
+    image_size: int = _option(64, MODEL, "image side in pixels the backbone sees (default 64)")
+    teacher_dim: int = _option(256, MODEL, "width of each domain teacher's embedding (default 256)")
+    student_dim: int = _option(64, MODEL, "width of the universal (student) embedding (default 64)")
+    sampler: str = _option("dynamic", SCHEDULE, f"domain sampler strategy: {', '.join(STRATEGIES)} (default "
+                                                "dynamic: domains with a higher teacher loss are drawn more)")
     # Built-in run: 200 steps (about two epochs) per window, so that even the smallest weights the rule
     # gives there (0.02-0.03) draw 4-6 batches per window (docs/method.md, section 7, "How the built-in
     # defaults were chosen").
-    update_every: int = 200
-    distill: bool = True
-    similarity: bool = True
-    margin_type: str = "normface"
-    margin: float = 0.0
-    margins: tuple[float, float, float] | None = None  # --margin-type combined: M1,M2,M3
-    scale: float = 16.0
-    temperature: float = 0.1
-    lr: float = 1e-3
-    backbone_lr_mult: float = 1e-2
-    weight_decay: float = 1e-6
-    frozen_epochs: int = 1
-    grad_clip: float | None = None
-    loss_backend: str = "auto"
-    sample_rate: float = 1.0  # Partial FC: the share of each domain's classes a step keeps (losses/partial_fc.py)
-    class_parallel: bool = False
-    compile: bool = True
-    eval_batch_size: int = 128
-    checkpoint_every: int = 50
+    update_every: int = _option(200, SCHEDULE, "steps between the dynamic sampler's weight updates (default 200)")
+    distill: bool = _option(True, LOSS, "KL and similarity distillation from the teachers to the student (default on)")
+    similarity: bool = _option(True, LOSS, "batch-similarity distillation (default on)")
+    margin_type: str = _option("normface", LOSS, f"classifier margin: {', '.join(MARGIN_TYPES)} (default normface)")
+    margin: float = _option(0.0, LOSS, "the margin of --margin-type cosface or arcface (default 0)")
+    margins: tuple[float, float, float] | None = _option(
+        None, LOSS, "M1,M2,M3: the (m1, m2, m3) of --margin-type combined: cos(m1*theta + m2) - m3")
+    scale: float = _option(16.0, LOSS, "scale of the cosine logits (default 16)")
+    temperature: float = _option(0.1, LOSS, "temperature of the similarity distillation (default 0.1)")
+    lr: float = _option(1e-3, SCHEDULE, "learning rate of the heads and classifiers (default 1e-3)")
+    backbone_lr_mult: float = _option(1e-2, SCHEDULE, "backbone learning rate as a multiple of --lr (default 0.01)")
+    weight_decay: float = _option(1e-6, SCHEDULE, "AdamW weight decay (default 1e-6)")
+    frozen_epochs: int = _option(1, SCHEDULE, "epochs the backbone stays frozen at the start (default 1)")
+    grad_clip: float | None = _option(None, SCHEDULE, "clip the gradient norm to this value (default: no clipping)")
+    loss_backend: str = _option("auto", LOSS, f"head loss implementation: {', '.join(BACKENDS)} (default auto: the "
+                                              "fastest available on the device; python -m udon_fast.info lists them)")
+    # Partial FC: the share of each domain's classes a step keeps (losses/partial_fc.py)
+    sample_rate: float = _option(1.0, LOSS, "Partial FC: each step keeps the batch's classes plus a seeded uniform "
+                                            "sample of the others, ceil(R x C) classes per domain classifier in "
+                                            "(0, 1]; 1 (default): all classes")
+    class_parallel: bool = _option(False, LOSS, "shard every domain's teacher and student classifiers over the ranks "
+                                                "of a torchrun job (for label spaces too large to replicate; "
+                                                "docs/class_parallel.md)")
+    compile: bool = _option(True, SCHEDULE, "on (default): compile the training step (backbone, heads, fused loss) "
+                                            "with torch.compile; off: train eagerly (also --no-compile)")
+    eval_batch_size: int = _option(128, OUTPUT, "images embedded per batch in the evaluations (default 128)")
+    checkpoint_every: int = _option(50, OUTPUT, "steps between writes of checkpoints/last.pt (default 50)")
     # Steps between log points, where the loss terms are read from the device (one wait for the device
     # to drain its queue), metrics.jsonl gets their rows and a diverged run stops.  50: the same
     # interval as the checkpoints (a log point anyway), so a GPU waits once per 50 steps (the other
     # 49 run back to back) while a divergence stops the run at most 49 steps late, all of them skipped
     # (docs/method.md, "Training at full speed").
-    log_every: int = 50
-    data_threads: int = 2
-    decoder: str = "dali"
-    seed: int = 0
-    deterministic: bool = False
-    progress: bool = True
-    baseline: bool = True
-    gallery: int = 8
-    tensorboard: bool = False
+    log_every: int = _option(50, OUTPUT, "steps between log points: loss terms read from the device, metrics.jsonl "
+                                         "rows written, progress bar updated, a non-finite loss stopped (every "
+                                         "step still gets its row; default 50)")
+    data_threads: int = _option(2, DATA, DATA_THREADS_HELP.format(default=2))
+    decoder: str = _option("dali", DATA, "image decoder: dali (default; torchvision when DALI is not installed) or "
+                                         "torchvision (torchvision.io, nvJPEG on a GPU; the fastest on CPUs); "
+                                         "same batches either way")
+    seed: int = _option(0, SCHEDULE, "seed of the weights' initialisation, the sampler and the data order "
+                                     "(default 0)")
+    deterministic: bool = _option(False, SCHEDULE, "torch deterministic algorithms (bitwise resumable on CPU)")
+    progress: bool = _option(True, OUTPUT, "progress bars on stderr (default on)")
+    baseline: bool = _option(True, OUTPUT, "evaluate the pretrained backbone's own features once at the start "
+                                           "(results 'baseline'; default on)")
+    gallery: int = _option(8, OUTPUT, "K: write --out/gallery/ at the end, per domain K sampled test queries with "
+                                      "their top-5 neighbours in the merged index, and where the trained model and "
+                                      "the off-the-shelf backbone disagree (default 8; 0: none)")
+    tensorboard: bool = _option(False, OUTPUT, "write TensorBoard event files to --out/tb (per-step losses per "
+                                               "domain, sampler weights, learning rates, images/s, per-epoch "
+                                               "validation P@1 and mMP@5)")
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the flag, with the valid values where they are a list."""
+        """Raise InputError naming the flag, with the valid values where they are a list."""
         for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
+                raise InputError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
                                  f"got {getattr(self, name)!r}")
         check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
                        "eval_batch_size", "checkpoint_every", "log_every", "data_threads")
         if self.gallery < 0:
-            raise ValueError(f"--gallery must be >= 0 (0: no gallery), got {self.gallery}")
+            raise InputError(f"--gallery must be >= 0 (0: no gallery), got {self.gallery}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+            raise InputError(f"--steps must be >= 1, got {self.steps}")
         resolve_margin(self.margin_type, self.margin, self.margins, flags=True)
         for name in ("scale", "temperature", "lr"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.backbone_lr_mult < 0 or self.weight_decay < 0 or self.frozen_epochs < 0:
-            raise ValueError("--backbone-lr-mult, --weight-decay and --frozen-epochs must be >= 0")
+            raise InputError("--backbone-lr-mult, --weight-decay and --frozen-epochs must be >= 0")
         if self.class_parallel and self.loss_backend == "reference":
-            raise ValueError("--class-parallel needs a fused --loss-backend (auto, chunked, native or triton), "
+            raise InputError("--class-parallel needs a fused --loss-backend (auto, chunked, native or triton), "
                              "got reference")
-        check_sample_rate("--sample-rate", self.sample_rate)
+        try:
+            check_sample_rate("--sample-rate", self.sample_rate)
+        except ValueError as exc:  # the loss library's argument check, here of a flag's value
+            raise InputError(str(exc)) from None
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"--grad-clip must be > 0, got {self.grad_clip}")
+            raise InputError(f"--grad-clip must be > 0, got {self.grad_clip}")
         check_positive(self, "max_pixels")
         parse_folders(self.folder)
         return self
@@ -179,7 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_folders(values: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
-    """{NAME: DIR} from `--folder NAME=DIR` values (or a YAML mapping NAME: DIR); ValueError (one
+    """{NAME: DIR} from `--folder NAME=DIR` values (or a YAML mapping NAME: DIR); InputError (one
     line) for a malformed value, a name used twice or a DIR that is not a directory."""
     if isinstance(values, Mapping):
         values = [f"{name}={directory}" for name, directory in values.items()]
@@ -187,13 +226,13 @@ def parse_folders(values: Iterable[str] | Mapping[str, str] | None) -> dict[str,
     for value in values or ():
         name, sep, directory = str(value).partition("=")
         if not sep or not name or not directory:
-            raise ValueError(f"--folder: expected NAME=DIR, got {value!r}")
+            raise InputError(f"--folder: expected NAME=DIR, got {value!r}")
         if "." in name or "/" in name:
-            raise ValueError(f"--folder {value}: the domain name {name!r} may not contain '.' or '/'")
+            raise InputError(f"--folder {value}: the domain name {name!r} may not contain '.' or '/'")
         if name in folders:
-            raise ValueError(f"--folder: domain name {name!r} is given twice ({folders[name]} and {directory})")
+            raise InputError(f"--folder: domain name {name!r} is given twice ({folders[name]} and {directory})")
         if not Path(directory).is_dir():
-            raise ValueError(f"--folder {value}: {directory} is not a directory")
+            raise InputError(f"--folder {value}: {directory} is not a directory")
         folders[name] = directory
     return folders
 
@@ -230,7 +269,7 @@ def _is_number(value: Any) -> bool:
 
 def _typed(name: str, value: Any, where: str) -> Any:
     """`value` for the TrainConfig field `name`, checked against the field's type and choices (a float
-    field also takes an int, or a number YAML 1.1 left as text such as 1e-3); ValueError naming `where`."""
+    field also takes an int, or a number YAML 1.1 left as text such as 1e-3); InputError naming `where`."""
     kinds = typing.get_args(_FIELDS[name].type) if isinstance(_FIELDS[name].type, types.UnionType) \
         else (_FIELDS[name].type,)
     if value is None and type(None) in kinds:
@@ -250,9 +289,9 @@ def _typed(name: str, value: Any, where: str) -> Any:
             _TRIPLE: lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v))}[kind]
     if not fits(value):
         expected = _KIND_NAMES[kind] + (" or null" if type(None) in kinds else "")
-        raise ValueError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
+        raise InputError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
     if name in CHOICES and value not in CHOICES[name]:
-        raise ValueError(f"{where}: must be one of {', '.join(CHOICES[name])}; got {value!r}")
+        raise InputError(f"{where}: must be one of {', '.join(CHOICES[name])}; got {value!r}")
     if kind == _TRIPLE:
         return tuple(float(x) for x in value)
     return float(value) if kind is float else value
@@ -260,14 +299,14 @@ def _typed(name: str, value: Any, where: str) -> Any:
 
 def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Check a YAML mapping against TrainConfig's fields: known keys (- or _), each value of its field's
-    type and among its choices; ValueError (one line naming `source` and the key) otherwise."""
+    type and among its choices; InputError (one line naming `source` and the key) otherwise."""
     bad_keys = [k for k in values if not isinstance(k, str)]
     if bad_keys:
-        raise ValueError(f"{source}: option names must be text, got {bad_keys[0]!r}")
+        raise InputError(f"{source}: option names must be text, got {bad_keys[0]!r}")
     names = {key: key.replace("-", "_") for key in values}
     unknown = sorted(key for key, name in names.items() if name not in _FIELDS)
     if unknown:
-        raise ValueError(f"{source}: unknown option(s) {unknown}; valid: {sorted(_FIELDS)}")
+        raise InputError(f"{source}: unknown option(s) {unknown}; valid: {sorted(_FIELDS)}")
     return {names[key]: _typed(names[key], value, f"{source}: {key}") for key, value in values.items()}
 
 
@@ -279,78 +318,48 @@ def load_yaml(path: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+        raise InputError(f"{file}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"{file}: not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") from None
+        raise InputError(f"{file}: not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{file}: a YAML mapping of option: value is expected")
+        raise InputError(f"{file}: a YAML mapping of option: value is expected")
     return from_mapping(values, str(file))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m udon_fast.train",
-        description="Train a UDON universal embedding. With no arguments: the built-in dataset on CPU.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="builtin",
-                        help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, 10 epochs)")
-    parser.add_argument("--config", help="YAML file of options (keys as the flags, - or _)")
-    help_text = {
-        "data_root": "UnED root (info_files/, images/); default: the built-in dataset unless --folder is given",
-        "folder": "NAME=DIR: a folder-per-class domain (DIR/<class>/<image> or DIR/{train,val,test,...}/<class>/"
-                  "<image>); repeatable, combinable with --data-root.  Without test/ (val/) folders, a seeded "
-                  "class-disjoint test (val) split is made and recorded in config.json and the checkpoints",
-        "split_seed": "seed of the class split of --folder domains without test/val folders",
-        "max_pixels": MAX_PIXELS_HELP,
-        "baseline": "evaluate the pretrained backbone's own features once at the start (results 'baseline')",
-        "domains": "domains to train on (default: all found)", "out": "output folder",
-        "resume": "continue the run in --out from its last checkpoint",
-        "steps": "total training steps (default: epochs x steps per epoch)",
-        "pretrained": "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz, the UDON "
-                      "release's CLIP vit_b16.npy), "
-                      "'packaged' for weights shipped in an installed package, or 'none'",
-        "sampler": "domain sampler strategy", "distill": "KL and similarity distillation",
-        "similarity": "batch-similarity distillation", "grad_clip": "clip the gradient norm",
-        "deterministic": "torch deterministic algorithms (bitwise resumable on CPU)",
-        "decoder": "image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
-                   "(torchvision.io, nvJPEG on a GPU; the fastest on CPUs); same batches either way",
-        "gallery": "K: write --out/gallery/ at the end, per domain K sampled test queries with their top-5 "
-                   "neighbours in the merged index, and where the trained model and the off-the-shelf backbone "
-                   "disagree (default 8; 0: none)",
-        "tensorboard": "write TensorBoard event files to --out/tb (per-step losses per domain, sampler weights, "
-                       "learning rates, images/s, per-epoch validation P@1 and mMP@5)",
-        "log_every": "steps between log points: loss terms read from the device, metrics.jsonl rows written, "
-                     "progress bar updated, a non-finite loss stopped (every step still gets its row)",
-        "compile": "on (default): compile the training step (backbone, heads, fused loss) with torch.compile; "
-                   "off: train eagerly (also --no-compile)",
-        "sample_rate": "Partial FC: each step keeps the batch's classes plus a seeded uniform sample of the "
-                       "others, ceil(R x C) classes per domain classifier in (0, 1]; 1 (default): all classes",
-        "class_parallel": "shard every domain's teacher and student classifiers over the ranks of a torchrun job "
-                          "(for label spaces too large to replicate; docs/class_parallel.md)",
-    }
+    """The train parser: --preset and --config, then one flag per TrainConfig field in its field's group, with
+    its field's help (`_option`); every default is None, so that only the flags given override."""
+    parser = command_parser("python -m udon_fast.train", "Train a UDON universal embedding. With no arguments: "
+                            "the built-in dataset on CPU.",
+                            "Precedence: the defaults < --preset < --config FILE.yaml < the flags given. Exit code "
+                            "130 on Ctrl-C: the run stops at a checkpoint, and one line says how to resume it.")
+    sources = parser.add_argument_group("presets and files")
+    sources.add_argument("--preset", choices=sorted(PRESETS), default="builtin",
+                         help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, "
+                              "10 epochs)")
+    sources.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as the flags, - or _)")
+    groups = {name: parser.add_argument_group(name) for name in (DATA, MODEL, LOSS, SCHEDULE, OUTPUT)}
     for name, f in _FIELDS.items():
-        flag = "--" + name.replace("_", "-")
+        group, help_text, flag = groups[f.metadata["group"]], f.metadata["help"], "--" + name.replace("_", "-")
         if name == "compile":
-            parser.add_argument(flag, dest=name, nargs="?", const=True, default=None, type=_on_off,
-                                metavar="{on,off}", help=help_text.get(name))
-            parser.add_argument("--no-compile", dest=name, action="store_false", help="the same as --compile off")
+            group.add_argument(flag, dest=name, nargs="?", const=True, default=None, type=_on_off,
+                               metavar="{on,off}", help=help_text)
+            group.add_argument("--no-compile", dest=name, action="store_false", help="the same as --compile off")
         elif name in _NEGATABLE:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text.get(name))
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.type is bool:
-            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text.get(name))
+            group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
         elif name == "margins":
-            parser.add_argument(flag, dest=name, type=_margins_flag, metavar="M1,M2,M3",
-                                help="the (m1, m2, m3) of --margin-type combined: cos(m1*theta + m2) - m3")
+            group.add_argument(flag, dest=name, type=_margins_flag, metavar="M1,M2,M3", help=help_text)
         elif name == "domains":
-            parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text.get(name))
+            group.add_argument(flag, dest=name, nargs="+", default=None, help=help_text)
         elif name == "folder":
-            parser.add_argument(flag, dest=name, action="append", default=None, metavar="NAME=DIR",
-                                help=help_text.get(name))
+            group.add_argument(flag, dest=name, action="append", default=None, metavar="NAME=DIR", help=help_text)
         else:
             kind = {int: int, float: float, int | None: int, float | None: float}.get(f.type, str)
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text.get(name))
+            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
     return parser
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import add_max_pixels, check_positive
+from .cli import (add_batch_size, add_checkpoint, add_data_threads, add_decoder, add_max_pixels, check_positive,
+                  command_parser, run_command)
 from .data import Split
 from .data.decoders import DECODERS
 from .data.folder import IMAGE_SUFFIXES, image_files, warn_unsupported
 from .data.image_bytes import set_max_pixels
+from .errors import InputError
 from .evaluation import embed_split
 from .index import embeddings_meta_path as meta_path
 from .model import load_embedder
@@ -30,14 +32,14 @@ def list_images(folder: Path, flag: str = "--images") -> list[str]:
     suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
     if folder.is_file():
         if folder.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"{flag} {folder} is not an image file ({suffixes})")
+            raise InputError(f"{flag} {folder} is not an image file ({suffixes})")
         return [str(folder)]
     if not folder.is_dir():
         raise FileNotFoundError(f"{flag} image file or folder not found: {folder}")
     images, unsupported = image_files(folder, recursive=True)
     warn_unsupported(f"{flag} {folder}", unsupported)
     if not images:
-        raise ValueError(f"{flag} {folder} holds no image files ({suffixes})")
+        raise InputError(f"{flag} {folder} holds no image files ({suffixes})")
     return list(map(str, images))
 
 
@@ -56,32 +58,41 @@ def write_embeddings(out: Path, embeddings: np.ndarray, paths: list[str], checkp
     return write_pair(out, lambda f: np.save(f, embeddings), meta_path(out), meta, "--out")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m udon_fast.embed", __doc__)
+    inputs = parser.add_argument_group("inputs")
+    add_checkpoint(inputs, required=True)
+    inputs.add_argument("--images", required=True, help="folder of images (searched recursively), or one image file")
+    add_max_pixels(inputs)
+    add_data_threads(inputs)
+    add_decoder(inputs, DECODERS)
+    add_batch_size(inputs, 128)
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", required=True, metavar="FILE.npy",
+                        help="output .npy file (FILE.meta.json is written beside it)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.embed", description=__doc__)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--images", required=True, help="folder of images (searched recursively), or one image file")
-    parser.add_argument("--out", required=True, help="output .npy file")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
-    add_max_pixels(parser)
+    """Exit code (docs/cli.md): 0 done, 2 bad options or input (every undecodable image is named)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if Path(args.out).suffix != ".npy":
+        parser.error(f"--out must name a .npy file, got {args.out}")
+    return run_command(lambda: _embed(args), "udon_fast.embed")
+
+
+def _embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.suffix != ".npy":
-        parser.error(f"--out must name a .npy file, got {out}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        check_positive(args, "batch_size", "threads")
-        set_max_pixels(args.max_pixels)
-        model = load_embedder(args.checkpoint, map_location=device)
-        paths = list_images(Path(args.images))
-        check_writable_folder(out.parent, "--out")
-        embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
-                                 decoder=args.decoder)
-        write_embeddings(out, embeddings, paths, str(Path(args.checkpoint).resolve()))
-    except (OSError, ValueError) as exc:  # bad files (every undecodable image is named), options, --out
-        print(f"udon_fast.embed: error: {exc}", file=sys.stderr)
-        return 1
+    check_positive(args, "batch_size", "data_threads")
+    set_max_pixels(args.max_pixels)
+    model = load_embedder(args.checkpoint, map_location=device)
+    paths = list_images(Path(args.images))
+    check_writable_folder(out.parent, "--out")
+    embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.data_threads,
+                             decoder=args.decoder)
+    write_embeddings(out, embeddings, paths, str(Path(args.checkpoint).resolve()))
     print(f"{len(paths)} embeddings {embeddings.shape} -> {out} (paths in {meta_path(out)})")
     return 0
 

@@ -33,6 +33,7 @@ from . import distributed_eval
 from .data import DatasetError, Domain, EvalLoader, Split, knn_pairs
 from .data.domain import INDEX_SPLIT_FOR, split_source
 from .data.verify import check_decodable
+from .errors import InputError
 from .kill_points import kill_point
 from .knn import knn_metrics_by_domain, no_positive_mode
 from .model import Embedder, UDONModel
@@ -130,7 +131,7 @@ def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mod
     if kind == "teacher":
         width = max(e.shape[1] for e in q_emb)
         if any(e.shape[1] != width for e in q_emb):
-            raise ValueError("teacher embeddings of different widths cannot share one search")
+            raise InputError("teacher embeddings of different widths cannot share one search")
     result = knn_metrics_by_domain(
         np.concatenate(q_emb), _pad_labels(q_lab), np.concatenate(i_emb), _pad_labels(i_lab),
         query_domains=np.concatenate(q_dom), index_domains=np.concatenate(i_dom), index=mode, k=K,
@@ -201,9 +202,9 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     """
     no_positive_mode(no_positive)
     if index not in INDEX_MODES:
-        raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
+        raise InputError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        raise InputError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
     check_evaluable(domains, split, separate=index != "merged" or embedding != "student")
     check_eval_images(domains, [split], workers=num_threads, progress=progress)
     device = torch.device(device)

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli import add_checkpoint, command_parser, run_command
+from .errors import ExportCheckFailed, InputError
 from .extras import needs_extra
-from .model.checkpoint import CheckpointError
 from .model.embedder import Embedder, load_embedder
 from .output_files import os_error_in, writing
 
@@ -39,10 +40,6 @@ METADATA_KEY = "udon_fast.preprocessing"
 EXTRA_FILE = "preprocessing.json"
 TOLERANCE = 1e-4
 MIN_OPSET = 18  # torch's ONNX exporter has no implementations below (it silently writes 18 instead)
-
-
-class ExportError(ValueError):
-    """The exporter or the check of the written file failed (the message says which and why)."""
 
 
 def _example(embedder: Embedder, n: int) -> torch.Tensor:
@@ -64,7 +61,7 @@ def _write_onnx(embedder: Embedder, out: Path, metadata: str, opset: int | None)
     model = onnx.load(str(out))
     written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset is not None and written != opset:
-        raise ExportError(f"the exporter wrote opset {written}, not the --opset {opset} asked for")
+        raise ExportCheckFailed(f"the exporter wrote opset {written}, not the --opset {opset} asked for")
     onnx.helper.set_model_props(model, {METADATA_KEY: metadata})
     onnx.save(model, str(out))
 
@@ -100,19 +97,19 @@ def _first_line(exc: BaseException) -> str:
 
 def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | None = None) -> float:
     """Write `embedder` (on the CPU, eval mode) to `out` as `fmt`; return the max |difference| of the
-    written file's output against PyTorch on a 3-image batch (`ExportError` above `TOLERANCE`, or
+    written file's output against PyTorch on a 3-image batch (`ExportCheckFailed` above `TOLERANCE`, or
     when the exporter fails).  The file appears at `out` only once checked."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if opset is not None:
         if fmt != "onnx":
-            raise ValueError(f"--opset applies to --format onnx only, got --format {fmt}")
+            raise InputError(f"--opset applies to --format onnx only, got --format {fmt}")
         with needs_extra("export"):
             import onnx
 
         newest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= opset <= newest:
-            raise ValueError(f"--opset {opset} is not supported: the ONNX exporter writes opsets {MIN_OPSET} to {newest}")
+            raise InputError(f"--opset {opset} is not supported: the ONNX exporter writes opsets {MIN_OPSET} to {newest}")
     out = Path(out)
     with writing(out.parent, "folder"):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,13 +123,13 @@ def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | 
                     _write_onnx(embedder, staged, metadata, opset)
                 else:
                     _write_torchscript(embedder, staged, metadata)
-            except (ExportError, OSError):
+            except (ExportCheckFailed, OSError):
                 raise
             except Exception as exc:  # the exporters raise many types; the message is kept
                 cause = os_error_in(exc)
                 if cause is not None:  # e.g. a full disk, wrapped by the exporter: `writing` names the file
                     raise OSError(cause.errno, cause.strerror) from exc
-                raise ExportError(f"{fmt} export of {embedder.config['backbone_name']} failed: "
+                raise ExportCheckFailed(f"{fmt} export of {embedder.config['backbone_name']} failed: "
                                   f"{type(exc).__name__}: {_first_line(exc)}") from exc
         check = _example(embedder, 3)
         with torch.inference_mode():
@@ -140,11 +137,11 @@ def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | 
         try:
             exported = run_exported(staged, fmt, check)
         except Exception as exc:  # onnxruntime / torch.jit raise many types
-            raise ExportError(f"the written {fmt} file does not run: {type(exc).__name__}: {_first_line(exc)}; "
+            raise ExportCheckFailed(f"the written {fmt} file does not run: {type(exc).__name__}: {_first_line(exc)}; "
                               f"not written to {out}") from exc
         difference = float(np.abs(exported - expected).max())
         if not difference <= TOLERANCE:
-            raise ExportError(f"the exported {fmt} file differs from PyTorch by {difference:.2e} (> {TOLERANCE}); "
+            raise ExportCheckFailed(f"the exported {fmt} file differs from PyTorch by {difference:.2e} (> {TOLERANCE}); "
                              f"not written to {out}")
         os.replace(staged, out)
     finally:
@@ -152,20 +149,27 @@ def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | 
     return difference
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m udon_fast.export", __doc__)
+    inputs = parser.add_argument_group("input")
+    add_checkpoint(inputs, required=True)
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
+    output.add_argument("--out", required=True, help="output file (e.g. embedder.onnx, embedder.ts.pt)")
+    output.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET} or newer (default: the exporter's)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a udon_fast checkpoint (.pt)")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="output file (e.g. embedder.onnx, embedder.ts.pt)")
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    args = parser.parse_args(argv)
-    try:
-        embedder = load_embedder(args.checkpoint)
-        difference = export_embedder(embedder, args.format, args.out, opset=args.opset)
-    except (FileNotFoundError, CheckpointError, ValueError, OSError) as exc:
-        print(f"udon_fast.export: error: {exc}", file=sys.stderr)
-        return 1
+    """Exit code (docs/cli.md): 0 written and checked, 1 the export or its check failed (nothing written),
+    2 bad options or input."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _export(args), "udon_fast.export")
+
+
+def _export(args: argparse.Namespace) -> int:
+    embedder = load_embedder(args.checkpoint)
+    difference = export_embedder(embedder, args.format, args.out, opset=args.opset)
     size = embedder.preprocessing.image_size
     print(f"{args.out}: {args.format}, images (N, 3, {size}, {size}) float32 -> embeddings (N, {embedder.dim}) "
           f"float32, unit norm; max |difference| to PyTorch {difference:.1e}")

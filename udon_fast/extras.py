@@ -20,11 +20,16 @@ so that a missing package raises `MissingExtraError`, one line naming the module
 import contextlib
 from collections.abc import Iterator
 
+from .errors import EXIT_USAGE, UdonFastError
+
 EXTRAS = ("train", "serve", "export")
 
 
-class MissingExtraError(ImportError):
-    """An optional package is not installed; the message names the extra that installs it."""
+class MissingExtraError(UdonFastError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it.  A command
+    reports it in one line and exits 2."""
+
+    exit_code = EXIT_USAGE
 
 
 @contextlib.contextmanager

@@ -34,6 +34,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .cli import add_subcommand, command_parser, run_command, subcommands
+from .errors import InputError
 from .paired_files import check_pair, write_pair
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -43,7 +45,7 @@ MAX_LISTS = 65_536
 HNSW_EF_SEARCH = 128
 
 
-class IndexFileError(ValueError):
+class IndexFileError(InputError):
     """An index or embeddings file that is missing, unreadable or inconsistent (names the file)."""
 
 
@@ -81,7 +83,7 @@ class Gallery:
 
 def _gpu_resources():
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-        raise ValueError("--gpu: faiss sees no GPU (a faiss build with GPU support and a CUDA device are needed)")
+        raise InputError("--gpu: faiss sees no GPU (a faiss build with GPU support and a CUDA device are needed)")
     return faiss.StandardGpuResources()
 
 
@@ -91,7 +93,7 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", gpu: bool = False) -
     Returns (CPU faiss index, {"kind": built kind, "requested_kind", "parameters", "note"}).
     """
     if kind not in KINDS:
-        raise ValueError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise InputError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = x.shape
     info = {"kind": kind, "requested_kind": kind, "parameters": {}, "note": ""}
@@ -105,7 +107,7 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", gpu: bool = False) -
             info["parameters"] = params
     if kind == "hnsw":
         if gpu:
-            raise ValueError("--gpu: faiss has no GPU HNSW index here; build hnsw without --gpu, or use --kind ivf")
+            raise InputError("--gpu: faiss has no GPU HNSW index here; build hnsw without --gpu, or use --kind ivf")
         params = hnsw_parameters(n)
         index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["efConstruction"]
@@ -227,21 +229,30 @@ def build(embeddings_path: Path, out: Path, kind: str, gpu: bool) -> dict[str, A
                                             "embeddings": str(embeddings_path.resolve()), "paths": source["paths"]})
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m udon_fast.index", __doc__)
+    commands = subcommands(parser)
+    build = add_subcommand(commands, "build", "build a faiss index file from udon_fast.embed output")
+    inputs = build.add_argument_group("input")
+    inputs.add_argument("--embeddings", required=True, metavar="E.npy", help=".npy written by python -m udon_fast.embed")
+    index = build.add_argument_group("index")
+    index.add_argument("--kind", choices=KINDS, default="flat",
+                       help="flat (default): exact; ivf or hnsw: approximate, for large galleries (module docstring)")
+    index.add_argument("--gpu", action="store_true", help="build on the GPU (flat, ivf)")
+    output = build.add_argument_group("output")
+    output.add_argument("--out", required=True, metavar="GALLERY.faiss",
+                        help="index file to write (GALLERY.faiss.meta.json is written beside it)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser = commands.add_parser("build", help="build a faiss index file from udon_fast.embed output")
-    build_parser.add_argument("--embeddings", required=True, help=".npy written by python -m udon_fast.embed")
-    build_parser.add_argument("--out", required=True, help="index file to write (e.g. gallery.faiss)")
-    build_parser.add_argument("--kind", choices=KINDS, default="flat")
-    build_parser.add_argument("--gpu", action="store_true", help="build on the GPU (flat, ivf)")
-    args = parser.parse_args(argv)
-    try:
-        meta = build(Path(args.embeddings), Path(args.out), args.kind, args.gpu)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"udon_fast.index: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 1
+    """Exit code (docs/cli.md): 0 done, 2 bad options or input (a missing or mismatched embeddings pair)."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _build(args), "udon_fast.index")
+
+
+def _build(args: argparse.Namespace) -> int:
+    meta = build(Path(args.embeddings), Path(args.out), args.kind, args.gpu)
     print(f"{args.out}: {meta['kind']} index of {meta['count']} x {meta['dimension']}-d vectors, "
           f"parameters {meta['parameters'] or '-'} (paths in {meta_path(Path(args.out))})")
     if meta["note"]:

@@ -2,9 +2,11 @@
 import importlib
 import os
 import platform
+import sys
 
 import torch
 
+from .cli import command_parser
 from .losses import backends
 
 
@@ -59,12 +61,19 @@ def report() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> None:
+def build_parser():
+    return command_parser("python -m udon_fast.info", __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table; exit code 0 (docs/cli.md)."""
+    build_parser().parse_args(argv)
     rows = report()
     width = max(len(item) for item, _ in rows)
     for item, value in rows:
         print(f"{item:<{width}}  {value}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

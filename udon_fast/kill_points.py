@@ -20,6 +20,8 @@ import os
 import signal
 from collections import Counter
 
+from .errors import InputError
+
 ENV = "UDON_FAST_KILL_AT"
 EVENTS = ("step", "evaluation", "checkpoint_write", "checkpoint")
 _reached: Counter = Counter()
@@ -32,7 +34,7 @@ def kill_point(event: str) -> None:
         return
     name, _, count = spec.partition(":")
     if name not in EVENTS or not count.isdigit():
-        raise ValueError(f"{ENV}={spec!r}: expected EVENT:N with EVENT one of {', '.join(EVENTS)} and N >= 1")
+        raise InputError(f"{ENV}={spec!r}: expected EVENT:N with EVENT one of {', '.join(EVENTS)} and N >= 1")
     if name != event:
         return
     _reached[event] += 1

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import positive_int
+
 DEFAULT_QUERY_BATCH_SIZE = 16384
 INDEX_MODES = ("merged", "separate")
 NO_POSITIVE_MODES = ("miss", "exclude")
@@ -116,7 +118,7 @@ def knn_metrics(
     inputs = _validate(query_emb, query_labels, index_emb, index_labels, query_domains, index_domains,
                        k, query_is_index, query_self_rows)
     first_hit, precision, scored = _score_queries(
-        inputs, k, _positive_int(query_batch_size, "query_batch_size"), _resolve_gpu(use_gpu))
+        inputs, k, positive_int(query_batch_size, "query_batch_size"), _resolve_gpu(use_gpu))
     metrics = _summary(first_hit, precision, scored, k, mode)
     metrics["no_positive"] = mode
     if inputs.has_domains:
@@ -160,7 +162,7 @@ def knn_metrics_by_domain(
         raise ValueError("knn_metrics_by_domain needs both query_domains and index_domains")
     inputs = _validate(query_emb, query_labels, index_emb, index_labels, query_domains, index_domains,
                        k, query_is_index, query_self_rows)
-    batch_size = _positive_int(query_batch_size, "query_batch_size")
+    batch_size = positive_int(query_batch_size, "query_batch_size")
     gpu = _resolve_gpu(use_gpu)
     if index == "merged":
         per_domain = _per_domain(inputs.query_domains, *_score_queries(inputs, k, batch_size, gpu), k, mode)
@@ -475,12 +477,6 @@ def no_positive_mode(value: Any) -> str:
     if not isinstance(value, str) or value not in NO_POSITIVE_MODES:
         raise ValueError(f"no_positive must be one of {NO_POSITIVE_MODES}, got {value!r}")
     return value
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _resolve_gpu(use_gpu: bool | None) -> bool:

@@ -22,11 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import UdonFastError
+
 TEMP_MARK = ".udon-"
 TEMP_SUFFIX = ".tmp"
 
 
-class OutputError(OSError):
+class OutputError(UdonFastError, OSError):
     """An output file or folder that cannot be written: the message names the path and the cause."""
 
 

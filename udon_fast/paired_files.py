@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from .errors import InputError
 from .output_files import atomic_write, atomic_write_text
 
 CHUNK = 1 << 22
@@ -59,9 +60,9 @@ def check_pair(data_path: Path, meta_path: Path, meta: dict[str, Any], writer: s
     `meta` records the size and SHA-256 that `data_path` has."""
     recorded = meta.get("sha256")
     if not isinstance(recorded, str) or not isinstance(meta.get("bytes"), int):
-        raise ValueError(f"{meta_path} records no checksum of {data_path} (written by an older udon_fast?): "
+        raise InputError(f"{meta_path} records no checksum of {data_path} (written by an older udon_fast?): "
                          f"run {writer} again")
     if data_path.stat().st_size != meta["bytes"] or file_sha256(data_path) != recorded:
-        raise ValueError(f"{data_path} and {meta_path} are not a pair: the data file's size or SHA-256 differs "
+        raise InputError(f"{data_path} and {meta_path} are not a pair: the data file's size or SHA-256 differs "
                          f"from the one recorded (one of them was replaced on its own, or a write was "
                          f"interrupted): run {writer} again")

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import positive_int
+
 STRATEGIES = ("dynamic", "round_robin", "balanced", "dataset_size")
 _STATE_VERSION = 1
 
@@ -58,12 +60,6 @@ def shuffled_schedule(num_steps: int, weights: Sequence[float], seed: int, start
     return schedule
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 class DomainSampler:
     """Per-step domain schedule; see the module docstring for the rules.
 
@@ -82,9 +78,9 @@ class DomainSampler:
         if not isinstance(domain_sizes, Mapping) or not domain_sizes:
             raise ValueError(f"domain_sizes must be a non-empty mapping name -> size, got {domain_sizes!r}")
         self.names = list(domain_sizes)
-        self.sizes = [_positive_int(size, f"domain_sizes[{name!r}]") for name, size in domain_sizes.items()]
-        self.total_steps = _positive_int(total_steps, "total_steps")
-        self.update_every = _positive_int(update_every, "update_every")
+        self.sizes = [positive_int(size, f"domain_sizes[{name!r}]") for name, size in domain_sizes.items()]
+        self.total_steps = positive_int(total_steps, "total_steps")
+        self.update_every = positive_int(update_every, "update_every")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.strategy = strategy

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import add_max_pixels, check_positive
+from .cli import (add_batch_size, add_checkpoint, add_data_threads, add_decoder, add_index_file, add_max_pixels,
+                  check_positive, command_parser, run_command)
 from .data.decoders import DECODERS
 from .data.image_bytes import set_max_pixels
 from .embed import embed_paths, list_images
+from .errors import InputError
 from .gallery import Hit, QueryResult, write_search_page
 from .index import Gallery, build_index, load_gallery, read_embeddings
 from .model import Embedder, load_embedder
@@ -45,10 +47,10 @@ def query_embedder(gallery: Gallery, checkpoint: str | None, device: torch.devic
     gallery.  ValueError when there is neither, or when its embeddings are not as wide as the gallery's."""
     checkpoint = checkpoint or gallery.meta.get("checkpoint")
     if not checkpoint:
-        raise ValueError("--checkpoint is needed: the gallery records no checkpoint")
+        raise InputError("--checkpoint is needed: the gallery records no checkpoint")
     model = load_embedder(checkpoint, map_location=device)
     if model.dim != gallery.dimension:
-        raise ValueError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds {gallery.dimension}-d ones")
+        raise InputError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds {gallery.dimension}-d ones")
     return model
 
 
@@ -79,42 +81,49 @@ def html_results(results: list[dict]) -> list[QueryResult]:
                                              for h in r["neighbours"]]) for r in results]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m udon_fast.search", __doc__)
+    gallery = parser.add_argument_group("gallery (one of --index, --embeddings)")
+    source = gallery.add_mutually_exclusive_group(required=True)
+    add_index_file(source, required=False)
+    source.add_argument("--embeddings", metavar="E.npy", help=".npy written by python -m udon_fast.embed")
+    queries = parser.add_argument_group("queries")
+    queries.add_argument("--query", required=True, help="query image file, or a folder of query images")
+    add_checkpoint(queries, "model to embed the queries (default: the one recorded with the gallery)")
+    add_max_pixels(queries)
+    add_data_threads(queries)
+    add_decoder(queries, DECODERS)
+    add_batch_size(queries, 128, "queries embedded per batch")
+    output = parser.add_argument_group("output")
+    output.add_argument("--top", type=int, default=10, metavar="K", help="hits per query (default 10)")
+    output.add_argument("--json", metavar="OUT.json", help="also write the ranked lists to this JSON file")
+    output.add_argument("--html", metavar="OUT", help="also write OUT/index.html: the hits as thumbnails")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--index", help="index file written by python -m udon_fast.index build")
-    source.add_argument("--embeddings", help=".npy written by python -m udon_fast.embed")
-    parser.add_argument("--query", required=True, help="query image file, or a folder of query images")
-    parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--checkpoint", help="model to embed the queries (default: the one recorded with the gallery)")
-    parser.add_argument("--json", help="also write the ranked lists to this JSON file")
-    parser.add_argument("--html", metavar="OUT", help="also write OUT/index.html: the hits as thumbnails")
-    parser.add_argument("--batch-size", type=int, default=128, help="queries embedded per batch")
-    parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
-    parser.add_argument("--decoder", choices=DECODERS, default="dali", help="image decoder")
-    add_max_pixels(parser)
-    args = parser.parse_args(argv)
-    try:
-        check_positive(args, "top", "batch_size", "threads")
-        set_max_pixels(args.max_pixels)
-        gallery = open_gallery(args.index, args.embeddings)
-        paths = query_paths(args.query)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = query_embedder(gallery, args.checkpoint, device)
-        queries = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.threads,
-                              decoder=args.decoder, progress=len(paths) > args.batch_size)
-        results = ranked(gallery, queries, paths, args.top)
-        if args.json:
-            checkpoint = args.checkpoint or gallery.meta["checkpoint"]
-            record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,
-                      "results": results}
-            atomic_write_text(Path(args.json), json.dumps(record, indent=1, ensure_ascii=False))
-        if args.html:
-            write_search_page(args.html, html_results(results), title=f"udon_fast search of {args.query}")
-    except (OSError, ValueError) as exc:  # bad files (named), options, an undecodable query image, --json
-        print(f"udon_fast.search: error: {exc}", file=sys.stderr)
-        return 1
+    """Exit code (docs/cli.md): 0 done, 2 bad options or input (a file, an undecodable query image)."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _search(args), "udon_fast.search")
+
+
+def _search(args: argparse.Namespace) -> int:
+    check_positive(args, "top", "batch_size", "data_threads")
+    set_max_pixels(args.max_pixels)
+    gallery = open_gallery(args.index, args.embeddings)
+    paths = query_paths(args.query)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = query_embedder(gallery, args.checkpoint, device)
+    queries = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.data_threads,
+                          decoder=args.decoder, progress=len(paths) > args.batch_size)
+    results = ranked(gallery, queries, paths, args.top)
+    if args.json:
+        checkpoint = args.checkpoint or gallery.meta["checkpoint"]
+        record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,
+                  "results": results}
+        atomic_write_text(Path(args.json), json.dumps(record, indent=1, ensure_ascii=False))
+    if args.html:
+        write_search_page(args.html, html_results(results), title=f"udon_fast search of {args.query}")
     for result in results:
         if len(results) > 1:
             print(f"query: {result['query']}")

@@ -5,29 +5,28 @@
 import shlex
 import sys
 
+from .cli import run_command
 from .config import parse_args
+from .errors import EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code: 0 done, 1 the run failed, 2 bad options, 130 interrupted (Ctrl-C; one line says how to resume)."""
+    """Exit code (docs/cli.md): 0 done, 1 the run failed (diverged, could not compile), 2 bad options or
+    input, 130 interrupted (Ctrl-C; one line says how to resume)."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        config = parse_args(argv)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"udon_fast.train: error: {exc}", file=sys.stderr)
-        return 2
-    from .trainer.loop import TrainingDiverged, TrainingInterrupted, train
-    from .trainer.step import CompileError
+    return run_command(lambda: _train(argv), "udon_fast.train")
+
+
+def _train(argv: list[str]) -> int:
+    config = parse_args(argv)
+    from .trainer.loop import TrainingInterrupted, train
 
     try:
         train(config)
-    except (TrainingDiverged, CompileError, OSError, ValueError) as exc:
-        print(f"udon_fast.train: error: {exc}", file=sys.stderr)
-        return 1
     except TrainingInterrupted as exc:
         again = shlex.join(["python", "-m", "udon_fast.train", *map(str, argv), *([] if config.resume else ["--resume"])])
         print(f"udon_fast.train: {exc}; to continue: {again}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, build_parser, load_yaml, parse_args, parse_folders
 from ..data import default_data_root, load_domains_with_splits
+from ..errors import InputError
 from ..output_files import atomic_write_text
 from ..run_lock import LOCK_FILE
 
@@ -55,7 +56,7 @@ GRID_OPTIONS = ("sampler", "distill", "seed", "out", "resume")
 STATE_FILE = "grid.json"
 
 
-class GridError(ValueError):
+class GridError(InputError):
     """A user mistake (bad flag, mismatched grid folder) or a failed run: one line for the CLI."""
 
 

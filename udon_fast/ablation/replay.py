@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import command_parser, run_command
+from ..errors import InputError
 from ..sampler import DomainSampler
 from ..trainer.report import read_metrics
 
@@ -71,21 +73,29 @@ def starvation(curves: Mapping[str, Sequence[float]], total_steps: int, update_e
             for i, n in enumerate(names)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.ablation.replay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m udon_fast.ablation.replay", __doc__)
     parser.add_argument("run", help="a run folder with metrics.jsonl (best: --sampler round_robin)")
-    parser.add_argument("--update-every", type=int, nargs="+", default=[20, 50, 100, 200])
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--steps", type=int, help="steps to replay (default: the run's)")
-    args = parser.parse_args(argv)
+    replayed = parser.add_argument_group("replay")
+    replayed.add_argument("--update-every", type=int, nargs="+", default=[20, 50, 100, 200], metavar="STEPS",
+                          help="the update_every values to compare (default 20 50 100 200)")
+    replayed.add_argument("--seeds", type=int, default=20, help="replays per setting, seeds 0..N-1 (default 20)")
+    replayed.add_argument("--steps", type=int, help="steps to replay (default: the run's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code (docs/cli.md): 0 done, 2 bad options or a run folder without metrics.jsonl."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _replay(args), "udon_fast.ablation.replay")
+
+
+def _replay(args: argparse.Namespace) -> int:
     path = Path(args.run) / "metrics.jsonl"
     if not path.is_file():
-        print(f"udon_fast.ablation.replay: error: {path} not found", file=sys.stderr)
-        return 2
+        raise InputError(f"{path} not found")
     if args.seeds < 1 or min(args.update_every) < 1 or (args.steps is not None and args.steps < 1):
-        print("udon_fast.ablation.replay: error: --seeds, --steps and --update-every must be >= 1", file=sys.stderr)
-        return 2
+        raise InputError("--seeds, --steps and --update-every must be >= 1")
     records = read_metrics(path)
     curves = loss_curves(records)
     steps = args.steps or len(records)

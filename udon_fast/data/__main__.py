@@ -4,11 +4,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import add_max_pixels, check_positive
+from ..cli import (add_data_threads, add_folder, add_max_pixels, add_split_seed, add_subcommand, check_positive,
+                   command_parser, run_command, subcommands)
 from ..config import parse_folders
-from ..output_files import OutputError, atomic_write_text
+from ..errors import InputError
+from ..output_files import atomic_write_text
 from .builtin import write_builtin
-from .errors import DatasetError
 from .folder_split import load_domains_with_splits
 from .image_bytes import set_max_pixels
 from .shards import parse_size, write_shards
@@ -16,7 +17,7 @@ from .verify import POLICIES, verify_dataset
 
 
 def _verify(args) -> int:
-    report = verify_dataset(args.data_root, args.domains, workers=args.workers, policy=args.on_bad,
+    report = verify_dataset(args.data_root, args.domains, workers=args.data_threads, policy=args.on_bad,
                             progress=not args.json)
     listing = report.to_json() if args.json else "\n".join([report.summary(), *report.lines()])
     if args.report:
@@ -36,7 +37,7 @@ def _verify(args) -> int:
 def _shard(args) -> int:
     folders = parse_folders(args.folder)
     if args.data_root is None and not folders:
-        raise ValueError("shard: give --data-root DIR (a UnED root) and/or --folder NAME=DIR")
+        raise InputError("shard: give --data-root DIR (a UnED root) and/or --folder NAME=DIR")
     size = parse_size(args.shard_size)
     domains, records = load_domains_with_splits(args.data_root, args.domains, folders, args.split_seed)
     summary = write_shards(domains, args.out, size, records, progress=sys.stderr.isatty())
@@ -46,55 +47,63 @@ def _shard(args) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("python -m udon_fast.data", __doc__)
+    commands = subcommands(parser)
+    verify = add_subcommand(commands, "verify", "check that the dataset validates and every image decodes")
+    data = verify.add_argument_group("data")
+    data.add_argument("--data-root", required=True, help="UnED root with info_files/ and images/")
+    data.add_argument("--domains", nargs="+", help="domains to check (default: all)")
+    add_max_pixels(data)
+    add_data_threads(data, None, ("--workers",), "CPU threads that read and decode images (default: all cores)")
+    check = verify.add_argument_group("check and report")
+    check.add_argument("--on-bad", choices=POLICIES, default="fail",
+                       help="fail: every missing or undecodable file fails (exit 1); warn: an undecodable file "
+                            "listed only by train splits is a warning (training skips it); missing files and "
+                            "undecodable evaluation images still fail")
+    check.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+    check.add_argument("--report", help="write the full listing (or the JSON) to this file instead of stdout")
+    builtin = add_subcommand(commands, "builtin", "write the built-in multi-domain dataset (UnED layout)")
+    options = builtin.add_argument_group("output")
+    options.add_argument("--out", required=True, help="new or empty folder to write into")
+    options.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
+    shard = add_subcommand(commands, "shard", "write a dataset as webdataset tar shards plus an index; --data-root "
+                                           "SHARDS then trains and evaluates from them")
+    data = shard.add_argument_group("data")
+    data.add_argument("--data-root", help="UnED root (info_files/, images/) to shard")
+    add_folder(data, "a folder-per-class domain to shard (repeatable); without test/val folders its seeded class "
+                     "split (--split-seed) is made now and stored in the shards")
+    data.add_argument("--domains", nargs="+", help="UnED domains to shard (default: all)")
+    add_split_seed(data, "class split of --folder domains (default 0)")
+    output = shard.add_argument_group("output")
+    output.add_argument("--out", required=True, help="new or empty folder for the shards")
+    output.add_argument("--shard-size", default="256MB",
+                        help="largest tar file, e.g. 256MB (default), 1GB, 64MiB; a shard holds at least one image")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 undecodable images, 2 missing images, an unusable
-    dataset or bad arguments)."""
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.data", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="check that the dataset validates and every image decodes")
-    verify.add_argument("--data-root", required=True, help="UnED root with info_files/ and images/")
-    verify.add_argument("--domains", nargs="+", help="domains to check (default: all)")
-    verify.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
-    verify.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
-    verify.add_argument("--report", help="write the full listing (or the JSON) to this file instead of stdout")
-    verify.add_argument("--on-bad", choices=POLICIES, default="fail",
-                        help="fail: every missing or undecodable file fails (exit 1, 2 if any is missing); "
-                             "warn: an undecodable file listed only by train splits is a warning (training "
-                             "skips it); missing files and undecodable evaluation images still fail")
-    add_max_pixels(verify)
-    builtin = commands.add_parser("builtin", help="write the built-in multi-domain dataset (UnED layout)")
-    builtin.add_argument("--out", required=True, help="new or empty folder to write into")
-    builtin.add_argument("--seed", type=int, default=0)
-    shard = commands.add_parser("shard", help="write a dataset as webdataset tar shards plus an index; "
-                                              "--data-root SHARDS then trains and evaluates from them")
-    shard.add_argument("--data-root", help="UnED root (info_files/, images/) to shard")
-    shard.add_argument("--folder", action="append", metavar="NAME=DIR",
-                       help="a folder-per-class domain to shard (repeatable); without test/val folders its "
-                            "seeded class split (--split-seed) is made now and stored in the shards")
-    shard.add_argument("--domains", nargs="+", help="UnED domains to shard (default: all)")
-    shard.add_argument("--split-seed", type=int, default=0, help="class split of --folder domains (default 0)")
-    shard.add_argument("--out", required=True, help="new or empty folder for the shards")
-    shard.add_argument("--shard-size", default="256MB",
-                       help="largest tar file, e.g. 256MB (default), 1GB, 64MiB; a shard holds at least one image")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "shard":
-            return _shard(args)
-        if args.command == "builtin":
-            summary = write_builtin(args.out, args.seed)
-            for domain, splits in summary.items():
-                print(f"{domain}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
-            print(f"wrote the built-in dataset to {args.out}")
-            return 0
-        if args.workers is not None:
-            check_positive(args, "workers")
-        set_max_pixels(args.max_pixels)
-        if args.report and Path(args.report).is_dir():
-            raise ValueError(f"--report {args.report} is a folder; name a file")
-        return _verify(args)
-    except (DatasetError, FileExistsError, OutputError, ValueError) as exc:
-        print(f"udon_fast.data: error: {exc}", file=sys.stderr)
-        return 2
+    """Run the CLI; returns the exit code (docs/cli.md): 0 ok, 1 missing or undecodable images, 2 an unusable
+    dataset or bad arguments."""
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _run(args), "udon_fast.data")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "shard":
+        return _shard(args)
+    if args.command == "builtin":
+        summary = write_builtin(args.out, args.seed)
+        for domain, splits in summary.items():
+            print(f"{domain}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+        print(f"wrote the built-in dataset to {args.out}")
+        return 0
+    if args.data_threads is not None:
+        check_positive(args, "data_threads")
+    set_max_pixels(args.max_pixels)
+    if args.report and Path(args.report).is_dir():
+        raise InputError(f"--report {args.report} is a folder; name a file")
+    return _verify(args)
 
 
 if __name__ == "__main__":

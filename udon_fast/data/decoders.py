@@ -10,6 +10,7 @@ import importlib
 import logging
 from typing import Callable
 
+from ..errors import InputError
 from .pipeline import Decoder, DecoderPipeline
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def resolve_decoder(decoder: str) -> str:
     """The decoder that will run for `decoder`: itself, or "torchvision" for "dali" without DALI."""
     global _fallback_reported
     if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+        raise InputError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
     if decoder == "dali":
         error = dali_import_error()
         if error is None:

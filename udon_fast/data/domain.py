@@ -10,6 +10,7 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .errors import DatasetError
 from .image_bytes import decode_check, decode_check_bytes, read_encoded
 
@@ -124,7 +125,7 @@ def knn_pairs(domain: Domain, split: str) -> tuple[Split, Split | None]:
     otherwise the index is None, meaning the query set is its own index (leave-one-out).
     """
     if split not in domain.splits:
-        raise ValueError(f"domain {domain.name!r} has no split {split!r} (has {sorted(domain.splits)})")
+        raise InputError(f"domain {domain.name!r} has no split {split!r} (has {sorted(domain.splits)})")
     index_name = INDEX_SPLIT_FOR.get(split)
     index = domain.splits.get(index_name) if index_name else None
     return domain.splits[split], index

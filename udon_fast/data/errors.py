@@ -1,7 +1,9 @@
-"""Errors raised while reading a dataset; all are `ValueError`s that name the file and field."""
+"""Errors raised while reading a dataset; all are `udon_fast.errors.DataError`s (so `ValueError`s) that name
+the file and field."""
+from ..errors import DataError
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """A dataset that cannot be used as given."""
 
 

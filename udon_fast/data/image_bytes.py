@@ -22,6 +22,8 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from PIL import Image
 
+from ..errors import InputError
+
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = 0xD9
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +53,7 @@ def set_max_pixels(limit: int) -> None:
     """
     global _max_pixels
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"--max-pixels must be an integer >= 1, got {limit!r}")
+        raise InputError(f"--max-pixels must be an integer >= 1, got {limit!r}")
     _max_pixels = limit
     Image.MAX_IMAGE_PIXELS = limit
 

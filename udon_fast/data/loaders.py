@@ -13,6 +13,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from ..errors import InputError
 from .decoders import eval_pipeline, resolve_decoder, train_pipeline
 from .domain import Domain, Split
 from .sampling import EpochStream, Position, stream_id
@@ -143,10 +144,10 @@ class TrainLoader:
     def load_state_dict(self, state: Mapping) -> None:
         """Restart every domain listed in `state` at its stored position (same seed required; any rank count)."""
         if state.get("seed") != self.seed:
-            raise ValueError(f"data state has seed={state.get('seed')!r} but this loader uses {self.seed!r}")
+            raise InputError(f"data state has seed={state.get('seed')!r} but this loader uses {self.seed!r}")
         unknown = sorted(set(state["domains"]) - set(self._iterators))
         if unknown:
-            raise ValueError(f"data state lists unknown domain(s) {unknown}; loaded: {sorted(self._iterators)}")
+            raise InputError(f"data state lists unknown domain(s) {unknown}; loaded: {sorted(self._iterators)}")
         for name, pos in state["domains"].items():
             position = Position(int(pos["epoch"]), int(pos["position"]))
             self._iterators[name].close()

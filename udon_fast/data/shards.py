@@ -49,6 +49,7 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
+from ..errors import InputError
 from ..output_files import atomic_write, atomic_write_text, writing
 from .domain import Domain, Split, select_domains
 from .errors import DatasetError
@@ -69,12 +70,12 @@ def parse_size(text: str, flag: str = "--shard-size") -> int:
     """Bytes of "256MB", "1.5GB", "64MiB", "4096" (K/M/G/T: powers of 1000; KiB/MiB/...: of 1024)."""
     match = _SIZE.match(str(text))
     if not match:
-        raise ValueError(f"{flag}: expected a size such as 256MB, 1GB or 64MiB, got {text!r}")
+        raise InputError(f"{flag}: expected a size such as 256MB, 1GB or 64MiB, got {text!r}")
     number, unit = float(match.group(1)), match.group(2).upper().removesuffix("B")
     base = 1024 if unit.endswith("I") else 1000
     size = int(number * base ** " KMGT".index(unit.removesuffix("I") or " "))
     if size < 1:
-        raise ValueError(f"{flag} must be at least 1 byte, got {text!r}")
+        raise InputError(f"{flag} must be at least 1 byte, got {text!r}")
     return size
 
 

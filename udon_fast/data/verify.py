@@ -26,6 +26,7 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
+from ..errors import InputError
 from .domain import Domain, Split
 from .errors import CorruptImagesError
 from .image_bytes import decode_check, max_pixels
@@ -156,8 +157,9 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        """0: usable as is; 1: undecodable files that fail under the policy; 2: missing files."""
-        return 2 if self.missing else 1 if self.failures else 0
+        """0: usable as is; 1 (a failed check, docs/cli.md): missing files, or undecodable files that fail
+        under the policy."""
+        return 1 if self.missing or self.failures else 0
 
     def lines(self) -> list[str]:
         """One line per missing or undecodable file (all of them)."""
@@ -204,7 +206,7 @@ def verify_domains(domains: Mapping[str, Domain], workers: int | None = None, pr
     missing: {info file: [paths]} of files already known to be missing (not decoded, reported).
     """
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        raise InputError(f"policy must be one of {POLICIES}, got {policy!r}")
     report = VerifyReport({name: {s: len(split) for s, split in d.splits.items()} for name, d in domains.items()},
                           policy=policy)
     report.missing = {path: str(info) for info, paths in (missing or {}).items() for path in paths}

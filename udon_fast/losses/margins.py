@@ -41,6 +41,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..errors import InputError
+
 ANGLE_EPS = 1e-6
 NO_TARGET = -1
 
@@ -99,7 +101,7 @@ def _is_number(value) -> bool:
 
 def resolve(margin_type: str, margin: float = 0.0, margins: Sequence[float] | None = None, *,
             flags: bool = False) -> Margin:
-    """The Margin of the public arguments, or a one-line ValueError naming the bad argument.
+    """The Margin of the public arguments, or a one-line InputError (a ValueError) naming the bad argument.
 
     margin: the one parameter of normface/cosface/arcface; margins: the tuple of a type that takes
     several (combined: (m1, m2, m3)); each type leaves the other at its default (0.0, None).
@@ -110,26 +112,26 @@ def resolve(margin_type: str, margin: float = 0.0, margins: Sequence[float] | No
 
     where = f"{name('margin_type')} {margin_type}" if flags else margin_type
     if margin_type not in MARGIN_TYPES:
-        raise ValueError(f"{name('margin_type')} must be one of {', '.join(MARGIN_TYPES)}; got {margin_type!r}")
+        raise InputError(f"{name('margin_type')} must be one of {', '.join(MARGIN_TYPES)}; got {margin_type!r}")
     kind = MARGIN_TYPES[margin_type]
     if kind.argument == "margin":
         if margins is not None:
-            raise ValueError(f"{name('margins')} is not used by {where} (it takes {name('margin')}); got {margins!r}")
+            raise InputError(f"{name('margins')} is not used by {where} (it takes {name('margin')}); got {margins!r}")
         if not _is_number(margin):
-            raise ValueError(f"{name('margin')} must be a finite number, got {margin!r}")
+            raise InputError(f"{name('margin')} must be a finite number, got {margin!r}")
         params = (float(margin),)
     else:
         if margin != 0:
-            raise ValueError(f"{name('margin')} is not used by {where}: give {name('margins')} "
+            raise InputError(f"{name('margin')} is not used by {where}: give {name('margins')} "
                              f"({', '.join(kind.names)}) instead; got {margin!r}")
         if (isinstance(margins, (str, bytes)) or not isinstance(margins, Sequence) or len(margins) != len(kind.names)
                 or not all(_is_number(m) for m in margins)):
-            raise ValueError(f"{name('margins')} must be {len(kind.names)} finite numbers ({', '.join(kind.names)}) "
+            raise InputError(f"{name('margins')} must be {len(kind.names)} finite numbers ({', '.join(kind.names)}) "
                              f"for {where}, got {margins!r}")
         params = tuple(float(m) for m in margins)
     if not kind.valid(*params):
         shown = margin if kind.argument == "margin" else tuple(margins)
-        raise ValueError(f"{name(kind.argument)} {shown!r} is outside the valid range for {where}: {kind.rule}")
+        raise InputError(f"{name(kind.argument)} {shown!r} is outside the valid range for {where}: {kind.rule}")
     return Margin(margin_type, params)
 
 

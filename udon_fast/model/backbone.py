@@ -7,19 +7,20 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..errors import InputError
 from ..extras import needs_extra
 
 with needs_extra("train"):
     import timm
 
 
-def _unknown_backbone(name: str) -> ValueError:
-    """A ValueError for an unknown timm name, listing the closest registered names."""
+def _unknown_backbone(name: str) -> InputError:
+    """An InputError for an unknown timm name, listing the closest registered names."""
     arch = name.split(".", 1)[0]
     stem = arch.split("_", 1)[0]
     candidates = timm.list_models(f"{stem}*") or timm.list_models()
     close = difflib.get_close_matches(arch, candidates, n=8, cutoff=0.5) or candidates[:8]
-    return ValueError(f"unknown backbone {name!r}: timm has no such model; close matches: {', '.join(close)}")
+    return InputError(f"unknown backbone {name!r}: timm has no such model; close matches: {', '.join(close)}")
 
 
 def create_backbone(name: str, image_size: int = 224, **kwargs: Any) -> nn.Module:
@@ -66,10 +67,10 @@ def check_image_size(backbone: nn.Module, name: str, image_size: int) -> None:
     if image_size % step:
         below = image_size // step * step
         options = " or ".join(str(s) for s in (below, below + step) if s >= minimum)
-        raise ValueError(f"image size {image_size} does not suit backbone {name!r}: it cuts images into {step} px "
+        raise InputError(f"image size {image_size} does not suit backbone {name!r}: it cuts images into {step} px "
                          f"patches, so use a multiple of {step} (e.g. {options})")
     if image_size < minimum:
-        raise ValueError(f"image size {image_size} is too small for backbone {name!r}: its total stride is "
+        raise InputError(f"image size {image_size} is too small for backbone {name!r}: its total stride is "
                          f"{minimum}, so use at least {minimum}")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from ..kill_points import kill_point
 from ..output_files import atomic_write
 from . import distributed_checkpoint
@@ -26,10 +27,6 @@ from .udon import UDONModel
 FORMAT = "udon_fast.checkpoint"
 VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or is not a udon_fast checkpoint."""
 
 
 def save_checkpoint(

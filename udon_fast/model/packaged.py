@@ -4,6 +4,7 @@
 """
 from pathlib import Path
 
+from ..errors import InputError
 from ..extras import needs_extra
 
 
@@ -20,13 +21,13 @@ PACKAGED = {"tf_efficientnet_lite0": (_efficientnet_lite0, "efficientnet-lite0-p
 def packaged_weights(backbone: str) -> Path:
     """Path of the ImageNet weights for `backbone` shipped by an installed package."""
     if backbone not in PACKAGED:
-        raise ValueError(f"--pretrained packaged: no packaged weights for backbone {backbone!r}; "
+        raise InputError(f"--pretrained packaged: no packaged weights for backbone {backbone!r}; "
                          f"available for {sorted(PACKAGED)}")
     locate, package = PACKAGED[backbone]
     try:
         return locate()
     except ImportError as exc:
-        raise ValueError(f"--pretrained packaged: {backbone}'s weights come with {package}: {exc}") from exc
+        raise InputError(f"--pretrained packaged: {backbone}'s weights come with {package}: {exc}") from exc
 
 
 def resolve_pretrained(backbone: str, pretrained: str | Path | None) -> str | Path | None:

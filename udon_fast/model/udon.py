@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .backbone import check_image_size, create_backbone, feature_dim, normalization
 from .heads import output_dim, projection
 from .sharded_classifier import HEADS, DomainClassifier
@@ -16,14 +17,14 @@ from .weights import load_backbone_weights
 
 def _check_domains(domains: Mapping[str, int]) -> dict[str, int]:
     if not isinstance(domains, Mapping) or not domains:
-        raise ValueError(f"domains must be a non-empty mapping name -> number of classes, got {domains!r}")
+        raise InputError(f"domains must be a non-empty mapping name -> number of classes, got {domains!r}")
     for name, classes in domains.items():
         if not isinstance(name, str) or not name or "." in name or hasattr(nn.ParameterDict, name) \
                 or hasattr(nn.ModuleDict, name):
-            raise ValueError(f"domain name {name!r} is not usable as a parameter name (non-empty, no '.', "
+            raise InputError(f"domain name {name!r} is not usable as a parameter name (non-empty, no '.', "
                              f"not an nn.ModuleDict attribute)")
         if not isinstance(classes, int) or isinstance(classes, bool) or classes <= 0:
-            raise ValueError(f"domain {name!r}: number of classes must be a positive int, got {classes!r}")
+            raise InputError(f"domain {name!r}: number of classes must be a positive int, got {classes!r}")
     return dict(domains)
 
 

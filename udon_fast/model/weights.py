@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError
 from ..extras import needs_extra
 from .convert import is_lukemelas_efficientnet, lukemelas_efficientnet_to_timm
 
@@ -43,7 +44,7 @@ with needs_extra("train"):
 _MAX_LISTED = 12
 
 
-class WeightsError(ValueError):
+class WeightsError(CheckpointError):
     """A weights file that cannot be read or does not match the backbone."""
 
 

@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from ..cli import check_positive
+from ..cli import add_checkpoint, add_data_threads, add_index_file, check_positive, command_parser, run_command
+from ..errors import InputError
 from ..extras import needs_extra
 from ..index import load_gallery
 from ..search import query_embedder
@@ -16,36 +17,40 @@ from .uploads import MAX_UPLOAD_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m udon_fast.serve", description=__doc__)
-    parser.add_argument("--index", required=True, help="index file written by python -m udon_fast.index build")
-    parser.add_argument("--checkpoint", help="model that embeds uploads (default: the one recorded with the index)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--top", type=int, default=5, help="hits per query unless a request asks ?top=K")
-    parser.add_argument("--max-batch", type=int, default=32, help="images embedded together at most")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long the first request of a batch waits for others to join it")
-    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20, help="per file")
-    parser.add_argument("--threads", type=int, default=2, help="image decoding CPU threads")
+    parser = command_parser("python -m udon_fast.serve", __doc__)
+    model = parser.add_argument_group("gallery and model")
+    add_index_file(model)
+    add_checkpoint(model, "model that embeds uploads (default: the one recorded with the index)")
+    add_data_threads(model)
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    server.add_argument("--top", type=int, default=5, metavar="K", help="hits per query unless a request asks ?top=K")
+    server.add_argument("--max-batch", type=int, default=32, help="images embedded together at most (default 32)")
+    server.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long the first request of a batch waits for others to join it (default 5)")
+    server.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20,
+                        help=f"largest upload per file in MiB (default {MAX_UPLOAD_BYTES / 2**20:g})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit code (docs/cli.md): 0 stopped, 2 bad options or input (the index, the checkpoint)."""
     args = build_parser().parse_args(argv)
-    try:
-        check_positive(args, "port", "top", "max_batch", "threads")
-        if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
-            raise ValueError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
-        gallery = load_gallery(args.index)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = query_embedder(gallery, args.checkpoint, device)
-    except (OSError, ValueError) as exc:
-        print(f"udon_fast.serve: error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(lambda: _serve(args), "udon_fast.serve")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    check_positive(args, "port", "top", "max_batch", "data_threads")
+    if args.max_wait_ms < 0 or args.max_upload_mb <= 0:
+        raise InputError("--max-wait-ms must be >= 0 and --max-upload-mb > 0")
+    gallery = load_gallery(args.index)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = query_embedder(gallery, args.checkpoint, device)
     with needs_extra("serve"):
         import uvicorn
 
-    embedder = ImageEmbedder(model, device, args.threads)
+    embedder = ImageEmbedder(model, device, args.data_threads)
     app = create_app(gallery, embedder, top=args.top, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
                      max_upload_bytes=int(args.max_upload_mb * 2**20), title=f"udon_fast search: {args.index}")
     try:

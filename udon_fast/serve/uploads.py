@@ -3,11 +3,12 @@ import numpy as np
 
 from ..data.image_bytes import looks_complete
 from ..data.torchvision_pipelines import decode
+from ..errors import InputError
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
-class UploadError(ValueError):
+class UploadError(InputError):
     """A rejected upload: the HTTP status to answer with and a message naming the file."""
 
     def __init__(self, status: int, message: str):

@@ -19,6 +19,7 @@ from .. import evaluation, gallery
 from ..config import TrainConfig, parse_folders
 from ..data import TrainLoader, default_data_root, load_domains_with_splits
 from ..data.image_bytes import set_max_pixels
+from ..errors import InputError, TrainingDiverged
 from ..kill_points import kill_point
 from ..losses import UDONLossOutput
 from ..model import Embedder, UDONModel, backbone_embedder
@@ -34,10 +35,6 @@ from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep, check_classifiers
 from .tensorboard import TensorBoardLog
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss: the step and domain are named; the last good checkpoint is kept."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -65,10 +62,10 @@ class Run:
         self.config = config
         self.ranks = distributed.setup()
         if config.class_parallel and self.ranks.world_size < 2:
-            raise ValueError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
+            raise InputError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
                              "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ...")
         if config.sample_rate < 1 and self.ranks.world_size > 1:
-            raise ValueError("--sample-rate < 1 (Partial FC) trains in a single process for now; "
+            raise InputError("--sample-rate < 1 (Partial FC) trains in a single process for now; "
                              "launch without torchrun or use --sample-rate 1")
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..config import TrainConfig
+from ..errors import InputError
 from ..output_files import check_writable_folder
 from ..run_lock import FolderLock, lock_folder
 from .distributed import Ranks
@@ -26,16 +27,16 @@ def check_resume_options(out: Path, config: TrainConfig, world_size: int = 1) ->
     try:
         saved = json.loads(saved_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--resume: cannot read the run's options from {saved_file}: {exc}") from None
+        raise InputError(f"--resume: cannot read the run's options from {saved_file}: {exc}") from None
     if not isinstance(saved, dict):
-        raise ValueError(f"--resume: {saved_file} does not hold a run's options (a JSON object)")
+        raise InputError(f"--resume: {saved_file} does not hold a run's options (a JSON object)")
     changed = config.differences(saved, world_size)
     if not changed:
         return
     length = [c for c in changed if c.startswith(("--steps ", "--epochs "))]
     hint = (" A run's length is fixed when it starts (the domain sampler schedules all of its steps), so --resume "
             "cannot extend it: start a new run in another --out to train longer." if length else "")
-    raise ValueError(f"--resume: the options differ from the run in {out} ({saved_file.name}): {', '.join(changed)}. "
+    raise InputError(f"--resume: the options differ from the run in {out} ({saved_file.name}): {', '.join(changed)}. "
                      f"Resume with the run's own options or start a new run in another --out.{hint}")
 
 
@@ -67,13 +68,13 @@ def claimed_out(config: TrainConfig, ranks: Ranks) -> Iterator[None]:
     if ranks.is_main:
         try:
             lock = _claim(config, ranks.world_size)
-        except (OSError, ValueError) as exc:
+        except (OSError, InputError) as exc:  # the refusals above; anything else is a bug
             error = exc
     if ranks.world_size > 1:
         verdict = [None if error is None else str(error)]
         dist.broadcast_object_list(verdict, src=0)
         if error is None and verdict[0] is not None:
-            raise ValueError(verdict[0])
+            raise InputError(verdict[0])
     if error is not None:
         raise error
     try:

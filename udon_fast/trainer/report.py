@@ -16,6 +16,7 @@ with needs_extra("train"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from ..errors import InputError  # noqa: E402
 from ..output_files import atomic_write_text, writing  # noqa: E402
 
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
@@ -165,7 +166,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}: line {number} is not JSON ({exc})") from exc
+            raise InputError(f"{path}: line {number} is not JSON ({exc})") from exc
     return records
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..data import TrainLoader
+from ..errors import InputError
 from ..model import UDONModel
 from ..model.checkpoint import read_checkpoint, save_checkpoint
 from ..model.distributed_checkpoint import DISTRIBUTED
@@ -44,10 +45,10 @@ def load_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sam
     """Restore everything `save_run` wrote into the given (freshly built) objects; return the counters."""
     checkpoint = read_checkpoint(path, map_location="cpu", model_state=False)
     if DISTRIBUTED in checkpoint["extra"]:
-        raise ValueError(f"--resume: {path} was written by a run on {checkpoint['extra'][DISTRIBUTED]['world_size']} "
+        raise InputError(f"--resume: {path} was written by a run on {checkpoint['extra'][DISTRIBUTED]['world_size']} "
                          f"ranks; resume it with torchrun (on any number of ranks)")
     if checkpoint["config"] != model.config:
-        raise ValueError(f"--resume: {path} was written for a different model "
+        raise InputError(f"--resume: {path} was written for a different model "
                          f"({checkpoint['config'].get('backbone_name')}, domains "
                          f"{sorted(checkpoint['config'].get('domains', {}))}); use the same options or another --out")
     model.load_state_dict(checkpoint["model"])

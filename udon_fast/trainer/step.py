@@ -24,16 +24,13 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..errors import CompileError
 from ..losses import udon_loss
 from ..losses.partial_fc import SampledRows, adamw_rows, sample_classes
 from ..losses.validate import check_class_weights
 from ..model import UDONModel
 from ..model.udon import head_embedding
 from . import class_parallel, distributed
-
-
-class CompileError(RuntimeError):
-    """torch.compile could not compile the step (one line; `--compile off` trains without it)."""
 
 
 @dataclass(frozen=True)
