@@ -1,6 +1,6 @@
 """Partial FC with more than one process (`losses/partial_fc_distributed.py`) on gloo ranks.
 
-Class parallel (3 ranks, uneven slices, B_r = 1 included, odd D, every margin): `CosineClassifier(sample_rate<1,
+Class parallel (3 ranks, uneven slices and an empty one, B_r = 1 included, odd D, every margin): `CosineClassifier(sample_rate<1,
 class_shard=...)` gives the loss, the embedding gradients and the sampled rows' gradients of the single-process
 reference on the union of the ranks' samples (the virtual class space), with ignore_index and class_weight;
 its AdamW step moves the sampled rows as torch.optim.AdamW moves the reference rows and leaves the other rows
@@ -30,7 +30,8 @@ D = 7
 TOL = dict(rtol=1e-5, atol=1e-5)
 # name, C, B_r, sample_rate, margin_type, options
 CLASS_PARALLEL = [(f"13-{m}", 13, 1, 0.3, m, {}) for m, _ in MARGINS] + [
-    ("40-options", 40, 2, 0.25, "arcface", dict(ignore_index=-100, class_weight=True, label_smoothing=0.1))]
+    ("40-options", 40, 2, 0.25, "arcface", dict(ignore_index=-100, class_weight=True, label_smoothing=0.1)),
+    ("4-empty-slice", 4, 1, 0.5, "cosface", {})]  # slices 2, 2, 0
 
 
 def _class_parallel(rank, world):
