@@ -203,18 +203,29 @@ def test_data_parallel_ranks_sample_the_same_classes_and_average_the_row_gradien
 def _train(rank, world, root, data_root, ports):
     """A data-parallel and a class-parallel run with --sample-rate 0.5; after every step, the sum of each
     replicated parameter (all parameters without class parallelism, all but the classifiers with it)."""
+    from udon_fast.trainer import loop
     from udon_fast.trainer import step as step_module
     from udon_fast.trainer.loop import train
 
-    real = step_module.UDONStep.apply
-    sums = []
+    real, real_load = step_module.UDONStep.apply, loop.load_distributed_run
+    sums, states = [], {}
+
+    def sliced_state(model, optimizer):
+        return {n: {k: v.clone() for k, v in optimizer.state[p].items()} for n, p in model.sharded_parameters()
+                if p in optimizer.state}
 
     def apply(self, terms):
         real(self, terms)
         sums.append([p.detach().double().sum().item() for n, p in self.model.named_parameters()
                      if not (n.startswith("classifiers.") and self.sharded)])
+        states["trained"] = sliced_state(self.model, self.optimizer)
 
-    step_module.UDONStep.apply = apply
+    def load(path, model, optimizer, *args):
+        progress = real_load(path, model, optimizer, *args)
+        states["resumed"] = sliced_state(model, optimizer)
+        return progress
+
+    step_module.UDONStep.apply, loop.load_distributed_run = apply, load
     out = {}
     base = ["--data-root", str(data_root), "--backbone", "vit_tiny_patch16_224", "--pretrained", "none",
             "--image-size", "32", "--batch-size", "4", "--update-every", "2", "--checkpoint-every", "2",
@@ -225,7 +236,13 @@ def _train(rank, world, root, data_root, ports):
         sums.clear()
         train(udon_fast.config.parse_args([*base, "--out", f"{root}/{mode}", *(["--class-parallel"] if mode == "cp" else [])]))
         out[mode] = list(sums)
-    step_module.UDONStep.apply = real
+    use_port(ports[2])  # the finished class-parallel run, resumed: its sliced AdamW state (per-row steps) reloads
+    train(udon_fast.config.parse_args([*base, "--out", f"{root}/cp", "--class-parallel", "--resume"]))
+    step_module.UDONStep.apply, loop.load_distributed_run = real, real_load
+    out["state_reloaded"] = (states["trained"].keys() == states["resumed"].keys() and all(
+        torch.equal(value, states["resumed"][name][key]) for name, moments in states["trained"].items()
+        for key, value in moments.items()))
+    out["per_row_steps"] = sorted({tuple(m["step"].shape) for m in states["trained"].values()})
     return out
 
 
@@ -235,10 +252,13 @@ def test_trainer_runs_partial_fc_on_two_ranks_with_replicas_identical(tmp_path):
 
     data_root = write_tiny_uned(tmp_path / "uned", {"shops": {"train": 24, "val": 3, "test": 3, "index": 3},
                                                     "birds": {"train": 20, "val": 4, "test": 4}}, per_class=2)
-    ranks = run_ranks(_train, 2, str(tmp_path), str(data_root), [free_port(), free_port()], process_group=False)
+    ranks = run_ranks(_train, 2, str(tmp_path), str(data_root), [free_port() for _ in range(3)],
+                     process_group=False)
     for mode in ("dp", "cp"):
         assert len(ranks[0][mode]) == 4 and ranks[0][mode] == ranks[1][mode], mode
         metrics = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics] == [0, 1, 2, 3]
         model, _ = load_model(tmp_path / mode / "checkpoints" / "last.pt")
         assert model.teacher_classifier("shops").shape[0] == 24
+    for rank in ranks:  # rank r's slices of shops (24 classes) and birds (20) have 12 and 10 rows
+        assert rank["state_reloaded"] and rank["per_row_steps"] and set(rank["per_row_steps"]) <= {(10,), (12,)}
