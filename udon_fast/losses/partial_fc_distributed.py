@@ -79,7 +79,7 @@ def sample_replicated(labels: torch.Tensor, num_classes: int, sample_rate: float
     sampled_labels (B_r,) int64, each label's position in index (labels outside [0, C) unchanged).
     """
     index, _ = sample_classes(_global_labels(labels, group), num_classes, sample_rate)
-    dist.broadcast(index, group=group, group_src=0)
+    dist.broadcast(index, src=0 if group is None else dist.get_global_rank(group, 0), group=group)
     position = torch.full((num_classes,), NO_TARGET, dtype=torch.int64, device=labels.device)
     position.index_copy_(0, index, torch.arange(index.numel(), device=labels.device))
     return index, _in_range(labels, position[labels.clamp(0, num_classes - 1)], num_classes)
