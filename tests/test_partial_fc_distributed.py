@@ -136,7 +136,6 @@ def test_class_parallel_partial_fc_is_the_reference_on_the_union_of_the_samples(
         for key in ("loss", "emb_grad", "row_grad", "stepped"):
             torch.testing.assert_close(*result[key], **TOL, msg=lambda m: f"rank {rank} {key}: {m}")
         assert result["untouched"]
-    assert len({str(r[name]["union"].tolist()) for r in class_parallel}) == 1
 
 
 def test_udon_loss_on_the_virtual_class_space(class_parallel):
