@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from .losses import ClassShard, normalized_softmax_ce, validate
 from .losses.partial_fc import SampledRows, adamw_rows, check_sample_rate, sample_classes
+from .losses.partial_fc_distributed import sample_class_parallel, virtual_class_values
 from .losses.reference import cosine_logits
 from .model.heads import lecun_uniform_classifier
-from .model.sharded_classifier import check_layout, class_slice, layout
+from .model.sharded_classifier import check_layout, class_slice, layout, slice_sizes
 
 TOPK_TILE = 65536
 
@@ -33,7 +34,10 @@ class CosineClassifier(nn.Module):
     class_shard: a `ClassShard` for class-parallel training over a torch.distributed group: this rank
     holds rows [start, stop) = `class_slice(C, rank, world_size)` of the group (`class_shard.start`
     must be that start); the `layout` buffer records the slice, and loading another slice's
-    state_dict raises.  sample_rate < 1 is not supported with class_shard.
+    state_dict raises.  With sample_rate < 1 each rank samples its own slice (every class of the global
+    batch's labels it holds plus ceil(sample_rate * C_r) in all, at least min(C_r, B)) and the loss runs
+    over the union of the ranks' samples (`losses.partial_fc_distributed.sample_class_parallel`); every
+    rank must then pass the same number of rows.
     """
 
     def __init__(self, num_classes: int, dim: int, *, margin_type: str = "normface", margin: float = 0.0,
@@ -49,8 +53,6 @@ class CosineClassifier(nn.Module):
         if class_shard is not None:
             if not isinstance(class_shard, ClassShard) or class_shard.num_classes != num_classes:
                 raise ValueError(f"class_shard must be a ClassShard with num_classes={num_classes}, got {class_shard!r}")
-            if sample_rate < 1:
-                raise ValueError("sample_rate < 1 (Partial FC) is not supported with class_shard")
             rank, world = dist.get_rank(class_shard.group), dist.get_world_size(class_shard.group)
             if class_shard.start != class_slice(num_classes, rank, world)[0]:
                 raise ValueError(f"class_shard.start must be {class_slice(num_classes, rank, world)[0]} on rank "
@@ -58,6 +60,7 @@ class CosineClassifier(nn.Module):
         self.num_classes, self.margin_type, self.margin, self.margins = num_classes, margin_type, margin, margins
         self.scale, self.sample_rate, self.class_shard = scale, sample_rate, class_shard
         self.start, self.stop = class_slice(num_classes, rank, world)
+        self.counts = slice_sizes(num_classes, world)
         self.weight = lecun_uniform_classifier(num_classes, dim, (self.start, self.stop) if world > 1 else None)
         self.register_buffer("layout", layout(num_classes, rank, world))
         self.sampled: SampledRows | None = None
@@ -76,12 +79,18 @@ class CosineClassifier(nn.Module):
         options = dict(margin_type=self.margin_type, margin=self.margin, margins=self.margins, scale=self.scale,
                        class_shard=self.class_shard, **loss_options)
         if self.training and self.sample_rate < 1:
-            index, sampled_labels = sample_classes(labels, self.num_classes, self.sample_rate)
+            if self.class_shard is None:
+                index, sampled_labels = sample_classes(labels, self.num_classes, self.sample_rate)
+            else:
+                index, sampled_labels, options["class_shard"] = sample_class_parallel(
+                    labels, self.num_classes, self.counts, self.sample_rate, self.class_shard.group)
             ignore = options.get("ignore_index")
             if ignore is not None:  # ignored rows keep their label (and add no class to the sample)
                 sampled_labels = torch.where(labels == ignore, labels, sampled_labels)
             if options.get("class_weight") is not None:
-                options["class_weight"] = options["class_weight"].index_select(0, index)
+                options["class_weight"] = (options["class_weight"].index_select(0, index) if self.class_shard is None
+                                           else virtual_class_values(options["class_weight"], index, self.start,
+                                                                     options["class_shard"]))
             self.sampled = SampledRows.take(self.weight, index)
             return normalized_softmax_ce(emb, self.sampled.rows, sampled_labels, **options)
         return normalized_softmax_ce(emb, self.weight, labels, **options)

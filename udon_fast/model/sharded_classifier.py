@@ -31,6 +31,11 @@ def class_slice(num_classes: int, rank: int, world_size: int) -> tuple[int, int]
     return min(num_classes, rank * rows), min(num_classes, (rank + 1) * rows)
 
 
+def slice_sizes(num_classes: int, world_size: int) -> tuple[int, ...]:
+    """C_r of every rank's slice, in rank order (`class_slice`)."""
+    return tuple(stop - start for start, stop in (class_slice(num_classes, r, world_size) for r in range(world_size)))
+
+
 LAYOUT = ("num_classes", "rank", "world_size", "start", "stop")
 
 

@@ -41,11 +41,18 @@ def _all_gather(value: Any, world_size: int) -> list:
     return values
 
 
-def _global(local: torch.Tensor, model_parameter: torch.Tensor, num_classes: int, ranks: Ranks) -> DTensor:
-    """This rank's classifier rows (or their AdamW moments) as its shard of the whole (C, D) tensor."""
+def _global(local: torch.Tensor, num_classes: int, ranks: Ranks) -> DTensor:
+    """This rank's classifier rows (C_r, D) (or their AdamW moments, or the (C_r,) per-row step counts of a
+    Partial-FC run) as its shard of the whole (C, D) (or (C,)) tensor."""
     mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
-    shape = (num_classes, model_parameter.shape[1])
-    return DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=shape, stride=(shape[1], 1))
+    shape = (num_classes, *local.shape[1:])
+    return DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=shape,
+                              stride=torch.empty(shape, device="meta").stride())
+
+
+def _row_shaped(value_shape, parameter: torch.Tensor) -> bool:
+    """A classifier slice's state of one value per weight element or per row (Partial FC's step counts)."""
+    return tuple(value_shape) in (tuple(parameter.shape), tuple(parameter.shape[:1]))
 
 
 def _sharded_classes(model: UDONModel) -> dict[str, int]:
@@ -57,7 +64,7 @@ def _model_tensors(model: UDONModel, ranks: Ranks) -> dict[str, torch.Tensor]:
     """`model.<name>`: the model's tensors (the live ones) but the classifiers' `layout` (rank-specific; the
     modules compute it), classifier slices as DTensors."""
     sharded = _sharded_classes(model)
-    return {MODEL + name: _global(value, value, sharded[name], ranks) if name in sharded else value
+    return {MODEL + name: _global(value, sharded[name], ranks) if name in sharded else value
             for name, value in model.state_dict(keep_vars=True).items()
             if not (name.startswith("classifiers.") and name.endswith(".layout"))}
 
@@ -66,8 +73,8 @@ def _optimizer_tensors(model: UDONModel, moments: dict[str, dict[str, torch.Tens
                        ) -> dict[str, torch.Tensor]:
     """`optimizer.<name>.<key>`: {parameter name: its AdamW state}, the moments of classifier slices as DTensors."""
     sharded, parameters = _sharded_classes(model), dict(model.named_parameters())
-    return {f"{OPTIMIZER}{name}.{key}": (_global(value, parameters[name], sharded[name], ranks)
-                                         if name in sharded and value.shape == parameters[name].shape else value)
+    return {f"{OPTIMIZER}{name}.{key}": (_global(value, sharded[name], ranks)
+                                         if name in sharded and _row_shaped(value.shape, parameters[name]) else value)
             for name, values in moments.items() for key, value in values.items()}
 
 
@@ -168,9 +175,10 @@ def load_distributed_run(path: Path, model: UDONModel, optimizer: torch.optim.Op
         if key.startswith(OPTIMIZER) and isinstance(meta, TensorStorageMetadata):
             name, _, moment = key[len(OPTIMIZER):].rpartition(".")
             parameter = parameters[name]
-            shaped = name in sharded and tuple(meta.size) == (sharded[name], parameter.shape[1])
-            moments.setdefault(name, {})[moment] = torch.empty(parameter.shape if shaped else meta.size,
-                                                               dtype=meta.properties.dtype, device=parameter.device)
+            shaped = name in sharded and tuple(meta.size) in ((sharded[name], parameter.shape[1]), (sharded[name],))
+            local = parameter.shape[:len(meta.size)] if shaped else meta.size
+            moments.setdefault(name, {})[moment] = torch.empty(local, dtype=meta.properties.dtype,
+                                                               device=parameter.device)
     state = {**_model_tensors(model, ranks), **_optimizer_tensors(model, moments, ranks)}
     _collectively(lambda: _load_tensors(path, info, state), ranks)
     _copy_into_model(model, state)

@@ -64,9 +64,6 @@ class Run:
         if config.class_parallel and self.ranks.world_size < 2:
             raise InputError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
                              "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ...")
-        if config.sample_rate < 1 and self.ranks.world_size > 1:
-            raise InputError("--sample-rate < 1 (Partial FC) trains in a single process for now; "
-                             "launch without torchrun or use --sample-rate 1")
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self._prepare_out()

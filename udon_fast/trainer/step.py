@@ -16,6 +16,10 @@ sample_rate < 1 (Partial FC, `losses/partial_fc.py`): before the compiled forwar
 domain's classes on the device and gives the loss leaf copies of the sampled rows of both classifiers
 (the same classes for the teacher and the student) with the labels renumbered into them; `apply` then
 steps those rows with `adamw_rows` after the optimizer's own step, which skips the classifiers (no grad).
+With more than one rank (`losses/partial_fc_distributed.py`): class-parallel slices are sampled per rank
+and the sharded loss runs over the union of the ranks' samples (each rank steps its own sampled rows);
+replicated classifiers are sampled alike on every rank and the sampled rows' gradients, which DDP does
+not see, are averaged over the ranks before clipping, so the replicas stay identical.
 """
 import copy
 from dataclasses import dataclass
@@ -27,8 +31,10 @@ from torch.func import functional_call
 from ..errors import CompileError
 from ..losses import udon_loss
 from ..losses.partial_fc import SampledRows, adamw_rows, sample_classes
+from ..losses.partial_fc_distributed import average_row_gradients, sample_class_parallel, sample_replicated
 from ..losses.validate import check_class_weights
 from ..model import UDONModel
+from ..model.sharded_classifier import slice_sizes
 from ..model.udon import head_embedding
 from . import class_parallel, distributed
 
@@ -166,25 +172,47 @@ class UDONStep:
         classifiers, the compiled embeddings and the sharded loss (`DomainClassifier.loss`)."""
         classifier = self.model.classifiers[domain]
         if self.sample_rate < 1:
-            index, labels = sample_classes(labels, classifier.num_classes, self.sample_rate)
-            self.sampled = [SampledRows.take(classifier.student, index), SampledRows.take(classifier.teacher, index)]
-            student, teacher = (s.rows for s in self.sampled)
-            if self.compiled:
-                torch._dynamo.maybe_mark_dynamic(student, 0)
-                torch._dynamo.maybe_mark_dynamic(teacher, 0)
-            return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=student,
-                                     teacher_weight=teacher)
+            return self._forward_sampled(images, labels, domain)
         if classifier.sharded:
             student, teacher = self.embeddings(images, self.teacher_params[domain])
             return classifier.loss(student_emb=student, teacher_emb=teacher, labels=labels, **self.loss.kwargs())
         return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=classifier.student,
                                  teacher_weight=classifier.teacher)
 
+    def _sample(self, labels: torch.Tensor, classifier):
+        """This step's classes of the domain: index (K,) int64 rows of the classifier (or of this rank's
+        slice), the labels renumbered into the sample, and the virtual ClassShard of a sliced classifier
+        (None otherwise)."""
+        if classifier.sharded:
+            counts = slice_sizes(classifier.num_classes, classifier.world_size)
+            return sample_class_parallel(labels, classifier.num_classes, counts, self.sample_rate)
+        if self.world_size > 1:
+            return *sample_replicated(labels, classifier.num_classes, self.sample_rate), None
+        return *sample_classes(labels, classifier.num_classes, self.sample_rate), None
+
+    def _forward_sampled(self, images: torch.Tensor, labels: torch.Tensor, domain: str):
+        """`_forward` on a Partial-FC sample of the domain's classes (the same for teacher and student)."""
+        classifier = self.model.classifiers[domain]
+        index, labels, shard = self._sample(labels, classifier)
+        self.sampled = [SampledRows.take(classifier.student, index), SampledRows.take(classifier.teacher, index)]
+        student, teacher = (s.rows for s in self.sampled)
+        if shard is not None:
+            student_emb, teacher_emb = self.embeddings(images, self.teacher_params[domain])
+            return udon_loss(student_emb, teacher_emb, student, teacher, labels, class_shard=shard,
+                             **self.loss.kwargs())
+        if self.compiled:
+            torch._dynamo.maybe_mark_dynamic(student, 0)
+            torch._dynamo.maybe_mark_dynamic(teacher, 0)
+        return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=student,
+                                 teacher_weight=teacher)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, domain: str):
         try:
             out = self.objective(images, labels, domain)
             self.optimizer.zero_grad(set_to_none=True)
             self._backward(out)
+            if self.sampled and self.world_size > 1 and not self.sharded:
+                average_row_gradients([s.rows for s in self.sampled])
         except torch._dynamo.exc.TorchDynamoException as exc:
             raise compile_failure(exc) from None
         if self.grad_clip is not None:
@@ -207,7 +235,8 @@ class UDONStep:
             torch.nn.utils.clip_grad_norm_(grads, self.grad_clip)
             return
         replicated = [p.grad for p in self.replicated if p.grad is not None]
-        sliced = [p.grad for p in self.sharded if p.grad is not None]
+        sliced = [p.grad for p in self.sharded if p.grad is not None] + [s.rows.grad for s in self.sampled
+                                                                         if s.rows.grad is not None]
         squares = (torch.nn.utils.get_total_norm(sliced).square() if sliced
                    else torch.zeros((), device=self.sharded[0].device))
         distributed.all_reduce_sum(squares, self.world_size)
