@@ -1,4 +1,4 @@
-// Experiment (issue 23, item 5): the native head loss with its gradients computed inside the forward pass,
+// Experiment: the native head loss with its gradients computed inside the forward pass,
 // for a caller that knows the upstream row gradients before the forward (the trainer, which always
 // backpropagates the weighted total).  Built and measured by bench/fused_grad_experiment.py; not part of
 // the library (docs/kernels.md, "Gradients in the forward pass", gives the measurement and the decision).

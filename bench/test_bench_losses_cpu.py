@@ -41,7 +41,7 @@ from bench.suite import peak_rss_extra_bytes  # noqa: E402
 
 QUICK = os.environ.get("UDON_BENCH_QUICK") == "1"
 D_S, D_T = 64, 256
-# Issue shapes: B in {128, 1024} x C in {10k, 73,182 (gldv2), 224,408 (met)}, plus B = 256 at
+# Shapes: B in {128, 1024} x C in {10k, 73,182 (gldv2), 224,408 (met)}, plus B = 256 at
 # gldv2/met sizes (the chunked-vs-reference memory target is stated at B = 256, met).
 SHAPES = [(64, 4096)] if QUICK else [(128, 10000), (128, 73182), (128, 224408), (256, 73182), (256, 224408),
                                      (1024, 10000), (1024, 73182), (1024, 224408)]
