@@ -332,7 +332,7 @@ def part_sync(part: Part, dry_run: bool) -> None:
     import tempfile
 
     import torch
-    from udon_fast.config import parse_args
+    from udon_fast.commands.train import parse_args
     from udon_fast.data.synthetic import write_tiny_uned
     from udon_fast.trainer.loop import Run
     from udon_fast.trainer.state import Progress

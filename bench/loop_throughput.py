@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from udon_fast.config import parse_args
+from udon_fast.commands.train import parse_args
 from udon_fast.trainer.loop import Run
 from udon_fast.trainer.state import Progress
 

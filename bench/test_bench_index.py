@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bench.suite import quick
-from udon_fast.index import build_index
+from udon_fast.retrieval.index import build_index
 
 K = 10
 SEARCH_S: dict[str, float] = {}
@@ -40,7 +40,7 @@ def _synthetic(spread: float) -> tuple[np.ndarray, np.ndarray]:
 
 def _builtin_lite0(root) -> tuple[np.ndarray, np.ndarray]:
     from udon_fast.data import Split, load_domains, write_builtin
-    from udon_fast.evaluation import embed_split
+    from udon_fast.evaluation.protocol import embed_split
     from udon_fast.model import backbone_embedder
 
     write_builtin(root)

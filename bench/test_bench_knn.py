@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import pytest
 
-from udon_fast import knn
+from udon_fast.retrieval import knn
 
 QUICK = os.environ.get("UDON_BENCH_QUICK") == "1"
 NUM_QUERIES, NUM_INDEX = (2_000, 50_000) if QUICK else (20_000, 500_000)

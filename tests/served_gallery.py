@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from udon_fast import embed as embed_cli
-from udon_fast import index as index_cli
-from udon_fast.config import parse_args
-from udon_fast.index import load_gallery
+from udon_fast.commands import embed as embed_cli
+from udon_fast.commands import index as index_cli
+from udon_fast.commands.train import parse_args
+from udon_fast.retrieval.index import load_gallery
 from udon_fast.model import load_embedder
 from udon_fast.serve import create_app
 from udon_fast.serve.embedding import ImageEmbedder

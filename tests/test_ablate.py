@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from udon_fast import ablate
+from udon_fast.commands import ablate
 from udon_fast.ablation import VARIANTS, make_cells
 from udon_fast.ablation.summary import summarize, write_outputs
 from udon_fast.data.synthetic import write_tiny_uned
@@ -134,7 +134,7 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
 
 
 def test_replay_feeds_each_domain_its_own_loss_curve():
-    from udon_fast.ablation.replay import loss_curves, replay, starvation
+    from udon_fast.ablation.starvation import loss_curves, replay, starvation
 
     records = [{"step": 2, "domain": "a", "teacher_ce": 2.0}, {"step": 0, "domain": "a", "teacher_ce": 3.0},
                {"step": 1, "domain": "b", "teacher_ce": 1.0}, {"step": 3, "domain": "b", "teacher_ce": 1.0}]
@@ -163,6 +163,6 @@ def test_planned_steps_of_folder_domains_count_their_train_split(tmp_path, monke
         for k in range(4):
             write_image(tmp_path / "shoes" / f"class{c}" / f"{k}.jpg", (20 * c, 10 * k, 0), size=(8, 8))
     monkeypatch.setattr(builtin, "ensure_builtin", lambda: pytest.fail("the built-in dataset was loaded"))
-    config = grid.check_train_args(["--folder", f"shoes={tmp_path / 'shoes'}", "--epochs", "3", "--batch-size", "4"])
+    config = ablate.check_train_args(["--folder", f"shoes={tmp_path / 'shoes'}", "--epochs", "3", "--batch-size", "4"])
     # 10 classes: 2 test (max(2, round(2.5))), 2 val, 6 train classes of 4 images -> 24 images, 6 steps an epoch
     assert grid.planned_steps(config) == 3 * 6

@@ -16,16 +16,16 @@ import skimage.data
 import torch
 from PIL import Image
 
-from udon_fast import train as train_cli
+from udon_fast.commands import train as train_cli
 from udon_fast.data import CorruptImageError, InfoFileError, load_domains
 from udon_fast.data import verify as verify_module
 from udon_fast.data.__main__ import main as data_main
 from udon_fast.data.image_bytes import decode_check, jpeg_header_problem
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.evaluate import main as evaluate_main
-from udon_fast.embed import main as embed_main
+from udon_fast.commands.evaluate import main as evaluate_main
+from udon_fast.commands.embed import main as embed_main
 from udon_fast.model import UDONModel, save_checkpoint
-from udon_fast.search import main as search_main
+from udon_fast.commands.search import main as search_main
 
 TRAIN = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
          "--no-compile", "--no-progress", "--data-threads", "1", "--steps", "2"]

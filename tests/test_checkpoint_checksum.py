@@ -5,7 +5,7 @@ import zipfile
 import pytest
 import torch
 
-from udon_fast import train as train_cli
+from udon_fast.commands import train as train_cli
 from udon_fast.model import CheckpointError, UDONModel, load_model, save_checkpoint
 from udon_fast.model.checkpoint import read_checkpoint
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from distributed_helpers import free_port, run_ranks, use_port
-from udon_fast import train as train_cli
-from udon_fast.config import parse_args
+from udon_fast.commands import train as train_cli
+from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model import CheckpointError, load_model
 from udon_fast.model.checkpoint import read_checkpoint
@@ -39,8 +39,8 @@ def _crash_on_manifest(real):
 
 def _worker(rank, world, root, data_root, ports):
     """Data-parallel and class-parallel runs, a crashed + resumed one, evaluate on both ranks; one process per rank."""
-    from udon_fast import evaluate as evaluate_cli
-    from udon_fast.evaluation import _embed_share, embed_split, evaluate_model
+    from udon_fast.commands import evaluate as evaluate_cli
+    from udon_fast.evaluation.protocol import _embed_share, embed_split, evaluate_model
     from udon_fast.data import knn_pairs, load_domains
     from udon_fast.trainer.loop import train
 
@@ -135,7 +135,7 @@ def test_checkpoint_is_a_manifest_of_a_dcp_folder_with_the_whole_classifiers(run
 def test_class_parallel_checkpoint_exports(runs, tmp_path):
     """`python -m udon_fast.export` reads a class-parallel manifest (no classifier rows needed): the file it
     writes embeds like `load_embedder` and like the model `load_model` rebuilds from the manifest."""
-    from udon_fast import export
+    from udon_fast.commands import export
     from udon_fast.model import load_embedder
 
     root, _, _ = runs

@@ -8,18 +8,18 @@ import sys
 import numpy as np
 import pytest
 
-from udon_fast import ablate, config, embed, evaluate, export, index, info, search
-from udon_fast.ablation import replay
-from udon_fast.cli import EXIT_CODES, run_command
-from udon_fast.data import __main__ as data_cli
+from udon_fast import config
+from udon_fast.commands import ablate, embed, evaluate, export, index, info, replay, search, train
+from udon_fast.commands import data as data_cli
+from udon_fast.commands import serve as serve_cli
+from udon_fast.commands.cli import EXIT_CODES, run_command
 from udon_fast.errors import (CheckFailed, CheckpointError, CompileError, DataError, ExportCheckFailed, InputError,
                               TrainingDiverged, UdonFastError)
-from udon_fast.serve import __main__ as serve_cli
 
-COMMANDS = {"train": config.build_parser, "evaluate": evaluate.build_parser, "embed": embed.build_parser,
+COMMANDS = {"train": train.build_parser, "evaluate": evaluate.build_parser, "embed": embed.build_parser,
             "index": index.build_parser, "search": search.build_parser, "export": export.build_parser,
             "ablate": ablate.build_parser, "serve": serve_cli.build_parser, "data": data_cli.build_parser,
-            "info": info.build_parser, "ablation.replay": replay.build_parser}
+            "info": info.build_parser, "replay": replay.build_parser}
 # Old spellings kept for one release: (command, argv with the old flag, destination, value parsed).
 ALIASES = [
     ("evaluate", ["--checkpoint", "c.pt", "--out", "o", "--threads", "3"], "data_threads", 3),
@@ -51,7 +51,7 @@ def test_every_module_with_a_main_is_covered():
     package = Path(udon_fast.__file__).parent
     with_main = {str(p.relative_to(package).with_suffix("")).replace("/", ".").removesuffix(".__main__")
                  for p in package.rglob("*.py") if "\ndef main(" in p.read_text(encoding="utf-8")}
-    assert with_main == set(COMMANDS), with_main
+    assert with_main == {f"commands.{name}" for name in COMMANDS}, with_main
 
 
 @pytest.mark.parametrize("name,parser", _all_parsers(), ids=lambda v: v if isinstance(v, str) else "")
@@ -74,7 +74,7 @@ def test_train_help_comes_from_the_config_fields():
     fields = dataclasses.fields(config.TrainConfig)
     assert all(f.metadata["help"].strip() and f.metadata["group"] for f in fields)
     helps = {}
-    for action in config.build_parser()._actions:  # the first flag of a destination (--compile, not --no-compile)
+    for action in train.build_parser()._actions:  # the first flag of a destination (--compile, not --no-compile)
         helps.setdefault(action.dest, action.help)
     assert [f.name for f in fields if helps[f.name] != f.metadata["help"]] == []
 
@@ -95,8 +95,8 @@ def test_old_spellings_parse_to_the_same_destination_with_one_deprecation_line(c
 def test_the_hierarchy_keeps_the_old_bases():
     from udon_fast.ablation.grid import GridError
     from udon_fast.data.errors import DatasetError, InfoFileError
-    from udon_fast.export import ExportCheckFailed as exported
-    from udon_fast.index import IndexFileError
+    from udon_fast.commands.export import ExportCheckFailed as exported
+    from udon_fast.retrieval.index import IndexFileError
     from udon_fast.model.checkpoint import CheckpointError as checkpoint_error
     from udon_fast.model.weights import WeightsError
     from udon_fast.output_files import OutputError
@@ -149,7 +149,7 @@ def test_a_bug_keeps_its_traceback(bug, tmp_path, monkeypatch, capsys):
 
 
 def test_a_bug_in_a_process_exits_70_with_its_traceback(tmp_path):
-    code = ("import sys; from udon_fast import search\n"
+    code = ("import sys; from udon_fast.commands import search\n"
             "def broken(*a, **k): raise ValueError('not a user mistake')\n"
             "search.open_gallery = broken\n"
             f"sys.exit(search.main(['--embeddings', {str(tmp_path / 'e.npy')!r}, '--query', 'q.jpg']))")

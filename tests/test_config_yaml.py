@@ -2,8 +2,8 @@
 naming the file and the key; malformed YAML is one line too."""
 import pytest
 
-from udon_fast import train as train_cli
-from udon_fast.config import parse_args
+from udon_fast.commands import train as train_cli
+from udon_fast.commands.train import parse_args
 
 
 @pytest.mark.parametrize("text,message", [

@@ -12,9 +12,9 @@ from PIL import Image
 from udon_fast.data import InfoFileError, load_domains, load_folder_domain
 from udon_fast.data.__main__ import main as data_main
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.embed import main as embed_main
+from udon_fast.commands.embed import main as embed_main
 from udon_fast.model import UDONModel, save_checkpoint
-from udon_fast.search import main as search_main
+from udon_fast.commands.search import main as search_main
 
 APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)  # a macOS ._* file: not an image
 

@@ -121,7 +121,7 @@ def test_without_dali_training_and_evaluation_fall_back_with_one_line(tmp_path):
         "import sys\n"
         "sys.modules['nvidia.dali'] = None\n"
         "import udon_fast, udon_fast.data\n"
-        "from udon_fast import train\n"
+        "from udon_fast.commands import train\n"
         f"status = train.main({argv!r})\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('nvidia.dali') and sys.modules[m] is not None)\n"
         "print('status', status, 'dali modules', loaded)\n")

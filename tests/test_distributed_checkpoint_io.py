@@ -24,7 +24,7 @@ def _save_twice(rank, world, checkpoints, filler):
     from udon_fast.model import UDONModel
     from udon_fast.output_files import OutputError
     from udon_fast.sampler import DomainSampler
-    from udon_fast.trainer.distributed import Ranks
+    from udon_fast.distributed import Ranks
     from udon_fast.trainer.distributed_checkpoint import save_distributed_run
     from udon_fast.trainer.optimizer import build_optimizer
     from udon_fast.trainer.state import Progress

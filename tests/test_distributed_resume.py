@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from distributed_helpers import free_port, run_ranks, use_port
-from udon_fast.config import parse_args
+from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 
 GLOBAL_BATCH = 6

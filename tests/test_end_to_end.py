@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import udon_fast
-from udon_fast import embed, evaluate, export, index, search, train
+from udon_fast.commands import embed, evaluate, export, index, search, train
 from udon_fast.data import EvalLoader, Split
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",

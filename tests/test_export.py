@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import udon_fast
-from udon_fast import export
+from udon_fast.commands import export
 from udon_fast.model import CheckpointError, UDONModel, load_model, save_checkpoint
 from udon_fast.model.checkpoint import read_checkpoint
 from udon_fast.model.packaged import packaged_weights

@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_checkpoint_io import _mount_tmpfs
 
-from udon_fast import export
+from udon_fast.commands import export
 from udon_fast.model import UDONModel, save_checkpoint
 
 

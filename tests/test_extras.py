@@ -23,7 +23,7 @@ MODULE_CASES = [
     ("PIL", "udon_fast.data.image_bytes", "train"),
     ("yaml", "udon_fast.config", "train"),
     ("tqdm", "udon_fast.trainer.loop", "train"),
-    ("tqdm", "udon_fast.evaluation", "train"),
+    ("tqdm", "udon_fast.evaluation.protocol", "train"),
     ("matplotlib", "udon_fast.trainer.report", "train"),
     ("jinja2", "udon_fast.gallery.render", "train"),
     ("tensorboard", "udon_fast.trainer.tensorboard", "train"),
@@ -58,7 +58,7 @@ def test_a_missing_package_names_its_extra_on_import(monkeypatch, package, modul
 
 
 def test_export_names_its_extra(monkeypatch, tmp_path):
-    from udon_fast import export
+    from udon_fast.commands import export
 
     _hide(monkeypatch, "onnxruntime")
     with pytest.raises(MissingExtraError) as caught:

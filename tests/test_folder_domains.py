@@ -1,7 +1,9 @@
 """`--folder NAME=DIR` domains: flag parsing, the seeded class-disjoint test/val split and its record."""
 import pytest
 
-from udon_fast.config import parse_args, parse_folders
+from udon_fast.config import parse_folders
+
+from udon_fast.commands.train import parse_args
 from udon_fast.data import DatasetError, load_domains_with_splits, load_folder_domain, split_folder_domain
 from udon_fast.data.synthetic import write_image
 
@@ -94,7 +96,7 @@ def test_folders_alongside_uned_and_their_records(tmp_path):
 
 
 def test_cli_errors_for_folders_are_one_line(tmp_path, capsys):
-    from udon_fast import evaluate, train
+    from udon_fast.commands import evaluate, train
 
     tiny = class_folders(tmp_path / "tiny", 5)
     assert train.main(["--folder", f"tiny={tiny}", "--out", str(tmp_path / "run")]) == 2

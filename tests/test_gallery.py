@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from udon_fast import evaluate, search
-from udon_fast import embed as embed_cli
-from udon_fast import index as index_cli
-from udon_fast.config import parse_args
+from udon_fast.commands import evaluate, search
+from udon_fast.commands import embed as embed_cli
+from udon_fast.commands import index as index_cli
+from udon_fast.commands.train import parse_args
 from udon_fast.data import Domain, Split
-from udon_fast.evaluation import Embedded
+from udon_fast.evaluation.protocol import Embedded
 from udon_fast.gallery import compare, merged_search, sample_rows
 from udon_fast.trainer.loop import train
 

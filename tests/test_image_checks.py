@@ -16,7 +16,7 @@ from udon_fast.data.decoders import DECODERS
 from udon_fast.data.image_bytes import (DEFAULT_MAX_PIXELS, decode_check, looks_complete, max_pixels,
                                         set_max_pixels)
 from udon_fast.data.synthetic import colour_of, write_image, write_tiny_uned
-from udon_fast.embed import main as embed_main
+from udon_fast.commands.embed import main as embed_main
 from udon_fast.model import UDONModel, save_checkpoint
 
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

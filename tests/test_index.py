@@ -5,9 +5,9 @@ import faiss
 import numpy as np
 import pytest
 
-from udon_fast import index as index_cli
-from udon_fast.embed import write_embeddings as write_pair
-from udon_fast.index import IndexFileError, build_index, hnsw_parameters, ivf_parameters, load_gallery, meta_path
+from udon_fast.commands import index as index_cli
+from udon_fast.retrieval.embed import write_embeddings as write_pair
+from udon_fast.retrieval.index import IndexFileError, build_index, hnsw_parameters, ivf_parameters, load_gallery, meta_path
 
 
 def clustered(n: int, seed: int, dim: int = 32, clusters: int = 100) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from udon_fast.knn import knn_metrics, knn_metrics_by_domain
+from udon_fast.retrieval.knn import knn_metrics, knn_metrics_by_domain
 
 
 # ---- oracle: plain loops over queries, float64 dot products -------------------------------------
@@ -424,7 +424,7 @@ def test_gpu_index_matches_cpu(rng):
     agree within 2 TOL.  The metrics (per-query values in [0, 1]) then differ by at most
     (queries with such near-ties) / (scored queries).
     """
-    from udon_fast.knn import _search_batches
+    from udon_fast.retrieval.knn import _search_batches
 
     k, dim = 5, 64
     query, index = embeddings(rng, 300, dim), embeddings(rng, 2000, dim)

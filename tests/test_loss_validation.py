@@ -8,7 +8,7 @@ from loss_cases import make_inputs
 from torch.profiler import ProfilerActivity, profile
 
 import udon_fast
-from udon_fast.config import parse_args
+from udon_fast.commands.train import parse_args
 from udon_fast.losses.validate import check_class_weights
 
 BACKENDS = ["reference", "chunked", "native"]

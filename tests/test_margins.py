@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import udon_fast
 from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_head_inputs,
                         margin_of, upstream_grads)
-from udon_fast import train as train_cli
-from udon_fast.config import parse_args
+from udon_fast.commands import train as train_cli
+from udon_fast.commands.train import parse_args
 from udon_fast.losses import reference
 from udon_fast.losses.margins import ANGLE_EPS, MARGIN_TYPES, resolve, target_terms, transform
 from udon_fast.trainer.loop import _loss_options

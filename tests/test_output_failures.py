@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from test_checkpoint_io import _mount_tmpfs
 
-from udon_fast import ablate
+from udon_fast.commands import ablate
 from udon_fast.data.__main__ import main as data_main
 
 

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import udon_fast
-from udon_fast import info
+from udon_fast.commands import info
 
 
 def test_public_names_import():

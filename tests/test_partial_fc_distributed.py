@@ -233,10 +233,10 @@ def _train(rank, world, root, data_root, ports):
     for mode, port in zip(("dp", "cp"), ports):
         use_port(port)
         sums.clear()
-        train(udon_fast.config.parse_args([*base, "--out", f"{root}/{mode}", *(["--class-parallel"] if mode == "cp" else [])]))
+        train(udon_fast.commands.train.parse_args([*base, "--out", f"{root}/{mode}", *(["--class-parallel"] if mode == "cp" else [])]))
         out[mode] = list(sums)
     use_port(ports[2])  # the finished class-parallel run, resumed: its sliced AdamW state (per-row steps) reloads
-    train(udon_fast.config.parse_args([*base, "--out", f"{root}/cp", "--class-parallel", "--resume"]))
+    train(udon_fast.commands.train.parse_args([*base, "--out", f"{root}/cp", "--class-parallel", "--resume"]))
     step_module.UDONStep.apply, loop.load_distributed_run = real, real_load
     out["state_reloaded"] = (states["trained"].keys() == states["resumed"].keys() and all(
         torch.equal(value, states["resumed"][name][key]) for name, moments in states["trained"].items()

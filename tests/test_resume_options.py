@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from udon_fast import train as train_cli
-from udon_fast.config import RESUME_MAY_DIFFER, TrainConfig, parse_args
+from udon_fast.commands import train as train_cli
+from udon_fast.config import RESUME_MAY_DIFFER, TrainConfig
+from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model.checkpoint import read_checkpoint
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from udon_fast import ablate
-from udon_fast import train as train_cli
+from udon_fast.commands import ablate
+from udon_fast.commands import train as train_cli
 from udon_fast.run_lock import LOCK_FILE, FolderInUse, lock_folder
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",

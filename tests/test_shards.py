@@ -25,7 +25,7 @@ from udon_fast.data.__main__ import main as data_main
 from udon_fast.data.decoders import DECODERS
 from udon_fast.data.shards import INDEX_FILE, is_shard_root, parse_size, write_shards
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.evaluation import evaluate_model
+from udon_fast.evaluation.protocol import evaluate_model
 from udon_fast.model import UDONModel
 from udon_fast.output_files import OutputError
 

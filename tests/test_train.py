@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from udon_fast import train as train_cli
-from udon_fast.config import parse_args
+from udon_fast.commands import train as train_cli
+from udon_fast.commands.train import parse_args
 from udon_fast.data import load_domains
 from udon_fast.model import UDONModel
 from udon_fast.trainer.loop import TrainingDiverged, train
@@ -93,7 +93,7 @@ def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeyp
 
 
 def test_decoder_option_reaches_every_loader(data_root, tmp_path, monkeypatch):
-    from udon_fast import evaluation
+    from udon_fast.evaluation.protocol import protocol as evaluation
     from udon_fast.trainer import loop
 
     used = []

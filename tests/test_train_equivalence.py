@@ -25,11 +25,11 @@ import torch
 import torch.multiprocessing as mp
 from distributed_helpers import free_port
 
-from udon_fast.config import parse_args
+from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.losses.similarity import similarity_loss
 from udon_fast.trainer import step as step_module
-from udon_fast.trainer import distributed
+from udon_fast import distributed
 from udon_fast.trainer.loop import Run
 from udon_fast.trainer.state import Progress
 

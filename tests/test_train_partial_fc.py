@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from test_train_sync import _batch, _tiny_step
-from udon_fast.config import TrainConfig, parse_args
+from udon_fast.config import TrainConfig
+from udon_fast.commands.train import parse_args
 from udon_fast.losses.partial_fc import sample_classes
 
 

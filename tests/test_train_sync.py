@@ -10,8 +10,8 @@ import pytest
 import torch
 from sync_counter import SyncCounter
 
-from udon_fast import train as train_cli
-from udon_fast.config import parse_args
+from udon_fast.commands import train as train_cli
+from udon_fast.commands.train import parse_args
 from udon_fast.model import UDONModel
 from udon_fast.trainer import step as step_module
 from udon_fast.trainer.loop import Run, train

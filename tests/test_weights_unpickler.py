@@ -8,7 +8,7 @@ import torch
 from test_model_release_weights import openai_clip_state_dict, save_like_the_release
 from test_model_weights import assert_same_features, tiny_vit, udon
 
-from udon_fast import train as train_cli
+from udon_fast.commands import train as train_cli
 from udon_fast.model import WeightsError
 
 

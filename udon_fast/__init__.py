@@ -5,7 +5,7 @@ Dataflow: images -> `data` (DALI or torchvision pipelines) -> `model` (backbone 
 """
 from .errors import (CheckFailed, CheckpointError, CompileError, DataError, ExportCheckFailed, InputError,
                      TrainingDiverged, UdonFastError)
-from .knn import knn_metrics, knn_metrics_by_domain
+from .retrieval.knn import knn_metrics, knn_metrics_by_domain
 from .losses import ClassShard, UDONLoss, UDONLossOutput, normalized_softmax_ce, udon_loss
 from .sampler import DomainSampler
 

@@ -17,9 +17,9 @@ from .extras import needs_extra
 with needs_extra("train"):
     import yaml
 
-from .cli import DATA_THREADS_HELP, MAX_PIXELS_HELP, check_positive, command_parser
-from .data.decoders import DECODERS
-from .data.image_bytes import DEFAULT_MAX_PIXELS
+from .checks import check_positive
+from .data.decoders import DATA_THREADS_HELP, DECODERS
+from .data.image_bytes import DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP
 from .errors import InputError
 from .losses.backends import BACKENDS
 from .losses.margins import MARGIN_TYPES, resolve as resolve_margin
@@ -170,7 +170,7 @@ class TrainConfig:
         given, defaults = json.loads(self.to_json()), json.loads(TrainConfig().to_json())
         saved_world = saved.get("world_size", 1)
         changed = []
-        for name in _FIELDS:
+        for name in FIELDS:
             if name in RESUME_MAY_DIFFER:
                 continue
             if name == "batch_size" and saved_world != world_size:
@@ -237,11 +237,11 @@ def parse_folders(values: Iterable[str] | Mapping[str, str] | None) -> dict[str,
     return folders
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_NEGATABLE = ("distill", "similarity", "progress", "baseline")
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+NEGATABLE = ("distill", "similarity", "progress", "baseline")
 
 
-def _on_off(value: str) -> bool:
+def on_off(value: str) -> bool:
     """--compile on|off (also true/false, yes/no, 1/0)."""
     text = value.lower()
     if text in ("on", "true", "yes", "1"):
@@ -270,8 +270,8 @@ def _is_number(value: Any) -> bool:
 def _typed(name: str, value: Any, where: str) -> Any:
     """`value` for the TrainConfig field `name`, checked against the field's type and choices (a float
     field also takes an int, or a number YAML 1.1 left as text such as 1e-3); InputError naming `where`."""
-    kinds = typing.get_args(_FIELDS[name].type) if isinstance(_FIELDS[name].type, types.UnionType) \
-        else (_FIELDS[name].type,)
+    kinds = typing.get_args(FIELDS[name].type) if isinstance(FIELDS[name].type, types.UnionType) \
+        else (FIELDS[name].type,)
     if value is None and type(None) in kinds:
         return None
     kind = next(k for k in kinds if k is not type(None))
@@ -304,9 +304,9 @@ def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
     if bad_keys:
         raise InputError(f"{source}: option names must be text, got {bad_keys[0]!r}")
     names = {key: key.replace("-", "_") for key in values}
-    unknown = sorted(key for key, name in names.items() if name not in _FIELDS)
+    unknown = sorted(key for key, name in names.items() if name not in FIELDS)
     if unknown:
-        raise InputError(f"{source}: unknown option(s) {unknown}; valid: {sorted(_FIELDS)}")
+        raise InputError(f"{source}: unknown option(s) {unknown}; valid: {sorted(FIELDS)}")
     return {names[key]: _typed(names[key], value, f"{source}: {key}") for key, value in values.items()}
 
 
@@ -326,55 +326,3 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise InputError(f"{file}: a YAML mapping of option: value is expected")
     return from_mapping(values, str(file))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The train parser: --preset and --config, then one flag per TrainConfig field in its field's group, with
-    its field's help (`_option`); every default is None, so that only the flags given override."""
-    parser = command_parser("python -m udon_fast.train", "Train a UDON universal embedding. With no arguments: "
-                            "the built-in dataset on CPU.",
-                            "Precedence: the defaults < --preset < --config FILE.yaml < the flags given. Exit code "
-                            "130 on Ctrl-C: the run stops at a checkpoint, and one line says how to resume it.")
-    sources = parser.add_argument_group("presets and files")
-    sources.add_argument("--preset", choices=sorted(PRESETS), default="builtin",
-                         help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, "
-                              "10 epochs)")
-    sources.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as the flags, - or _)")
-    groups = {name: parser.add_argument_group(name) for name in (DATA, MODEL, LOSS, SCHEDULE, OUTPUT)}
-    for name, f in _FIELDS.items():
-        group, help_text, flag = groups[f.metadata["group"]], f.metadata["help"], "--" + name.replace("_", "-")
-        if name == "compile":
-            group.add_argument(flag, dest=name, nargs="?", const=True, default=None, type=_on_off,
-                               metavar="{on,off}", help=help_text)
-            group.add_argument("--no-compile", dest=name, action="store_false", help="the same as --compile off")
-        elif name in _NEGATABLE:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.type is bool:
-            group.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
-        elif name == "margins":
-            group.add_argument(flag, dest=name, type=_margins_flag, metavar="M1,M2,M3", help=help_text)
-        elif name == "domains":
-            group.add_argument(flag, dest=name, nargs="+", default=None, help=help_text)
-        elif name == "folder":
-            group.add_argument(flag, dest=name, action="append", default=None, metavar="NAME=DIR", help=help_text)
-        else:
-            kind = {int: int, float: float, int | None: int, float | None: float}.get(f.type, str)
-            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
-    return parser
-
-
-def _margins_flag(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers M1,M2,M3, got {text!r}") from None
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from the command line (presets, YAML, flags), validated."""
-    args = build_parser().parse_args(argv)
-    values = dict(PRESETS[args.preset])
-    if args.config:
-        values.update(load_yaml(args.config))
-    values.update({k: v for k, v in vars(args).items() if k in _FIELDS and v is not None})
-    return TrainConfig(**values).validate()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig, build_parser, load_yaml, parse_args, parse_folders
+from ..config import TrainConfig, parse_folders
 from ..data import default_data_root, load_domains_with_splits
 from ..errors import InputError
 from ..output_files import atomic_write_text
@@ -100,22 +100,6 @@ def raising(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     parser.error = error
     return parser
-
-
-def check_train_args(train_args: Sequence[str]) -> TrainConfig:
-    """Validate the pass-through flags with the trainer's own parser; refuse the grid's options."""
-    args = raising(build_parser()).parse_args(list(train_args))
-    given = [name for name in GRID_OPTIONS if getattr(args, name) is not None]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise GridError(f"{flags} cannot be passed through: the grid sets --sampler, --distill/--no-distill, "
-                        f"--seed and --out (= <--out>/runs/<variant>/seed<k>) for each run itself")
-    if args.config:
-        clash = sorted(set(load_yaml(args.config)) & set(GRID_OPTIONS))
-        if clash:
-            raise GridError(f"{args.config}: sets {', '.join(clash)}, which the grid sets for each run itself; "
-                            f"remove {'it' if len(clash) == 1 else 'them'} from the file")
-    return parse_args(list(train_args))
 
 
 def make_cells(out: Path, seeds: int) -> list[Cell]:

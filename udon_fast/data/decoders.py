@@ -20,6 +20,9 @@ _MODULES = {"dali": ".dali_pipelines", "torchvision": ".torchvision_pipelines"}
 _fallback_reported = False
 
 
+DATA_THREADS_HELP = "CPU threads that read and decode images (default {default})"
+
+
 def dali_import_error() -> Exception | None:
     """None when NVIDIA DALI imports, else the error it raised."""
     try:

@@ -37,6 +37,9 @@ _TAIL = 64  # bytes at the end of a PNG in which IEND may sit (some writers pad 
 # The largest image (width x height) any path decodes: PIL's decompression-bomb error limit, which the
 # evaluation paths applied before the limit was shared (`set_max_pixels` changes it for this process).
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
+MAX_PIXELS_HELP = (f"refuse images of more than this many pixels (width x height, read from the file header) on "
+                   f"every path (training skips them, evaluation names them); default {DEFAULT_MAX_PIXELS:,}, "
+                   f"PIL's decompression-bomb limit")
 _max_pixels = DEFAULT_MAX_PIXELS
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..data import Domain, Split, knn_pairs
 from ..data.image_bytes import read_encoded
-from ..evaluation import K, Embedded, _pad_labels
-from ..knn import _drop_self, _labels_match, _search_batches
+from ..evaluation.protocol import K, Embedded, _pad_labels
+from ..retrieval.knn import _drop_self, _labels_match, _search_batches
 
 SEARCH_BATCH = 4096
 

@@ -25,7 +25,7 @@ with needs_extra("serve"):
     from starlette.datastructures import UploadFile
 
 from ..gallery.render import environment
-from ..index import Gallery
+from ..retrieval.index import Gallery
 from .batcher import MicroBatcher
 from .uploads import MAX_UPLOAD_BYTES, UploadError, check_upload
 

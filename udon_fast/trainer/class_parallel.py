@@ -16,7 +16,7 @@ Rank r backpropagates J_r = total_r - (1 - 1/W) (w_sim / S) SIM^r = (global term
   rows): the rows of the data-parallel gradient.  Never reduced (kept out of DDP).
 - backbone and projections get the global terms' gradient through this rank's rows only (the embedding
   all-gather's backward reduce-scatters dE to the rows' owners) plus (w_sim / S)(1/W) dSIM^r: their SUM over
-  ranks (DDP with a summing communication hook, `distributed.data_parallel`) is the data-parallel average.
+  ranks (DDP with a summing communication hook, `data_parallel.data_parallel`) is the data-parallel average.
 The logged terms (each averaged over ranks by the loop) are the data-parallel ones.  Gradient clipping uses
 the global norm (`UDONStep._clip_gradients`).  Checkpoints: `distributed_checkpoint`.
 """

@@ -31,7 +31,7 @@ from ..model.checkpoint import CheckpointError, read_checkpoint, write_checkpoin
 from ..model.distributed_checkpoint import DISTRIBUTED, MODEL, OPTIMIZER, failure, folder
 from ..output_files import OutputError, writing
 from ..sampler import DomainSampler
-from .distributed import Ranks
+from ..distributed import Ranks
 from .state import Progress
 
 

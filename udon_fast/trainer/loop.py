@@ -15,7 +15,9 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
-from .. import evaluation, gallery
+from .. import gallery
+from ..evaluation import protocol
+from ..evaluation.results import write_results
 from ..config import TrainConfig, parse_folders
 from ..data import TrainLoader, default_data_root, load_domains_with_splits
 from ..data.image_bytes import set_max_pixels
@@ -27,7 +29,8 @@ from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
 from ..output_files import atomic_write_text, remove_stale_temp_files
 from ..sampler import DomainSampler
-from . import distributed, report
+from .. import distributed
+from . import report
 from .distributed_checkpoint import load_distributed_run, load_distributed_weights, save_distributed_run
 from .epoch_summary import EpochSummary
 from .out_folder import claimed_out
@@ -112,16 +115,16 @@ class Run:
         """Every split the run will evaluate must be evaluable and every image in it decode (before training)."""
         splits = [("test", self.domains, True)] + ([("val", self.val_domains, False)] if self.val_domains else [])
         for split, domains, separate in splits:
-            evaluation.check_evaluable(domains, split, separate=separate)
+            protocol.check_evaluable(domains, split, separate=separate)
         if self.ranks.is_main:
-            evaluation.check_eval_images(self.domains, [split for split, _, _ in splits],
+            protocol.check_eval_images(self.domains, [split for split, _, _ in splits],
                                          workers=self.config.data_threads, progress=self.config.progress)
 
     def evaluate(self, split: str, model: UDONModel | Embedder | None = None, **kwargs) -> dict[str, Any]:
         """`model` (default: the run's) on `split`: every rank embeds its share of the sets (a collective);
         the same metrics on every rank."""
         domains = self.domains if split == "test" else self.val_domains
-        return evaluation.evaluate_model(self.model if model is None else model, domains, split,
+        return protocol.evaluate_model(self.model if model is None else model, domains, split,
                                          batch_size=self.config.eval_batch_size, device=self.ranks.device,
                                          num_threads=self.config.data_threads, decoder=self.config.decoder,
                                          progress=self.config.progress and self.ranks.is_main,
@@ -296,7 +299,7 @@ class Run:
         header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
                   f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
                   f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s")
-        markdown = report.write_results(self.out, results, header)
+        markdown = write_results(self.out, results, header)
         report.plot_metrics(self.out, report.read_metrics(self.out / "metrics.jsonl"))
         print(markdown)
         return results

@@ -15,7 +15,7 @@ from ..config import TrainConfig
 from ..errors import InputError
 from ..output_files import check_writable_folder
 from ..run_lock import FolderLock, lock_folder
-from .distributed import Ranks
+from ..distributed import Ranks
 
 
 def check_resume_options(out: Path, config: TrainConfig, world_size: int = 1) -> None:

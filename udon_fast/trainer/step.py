@@ -36,7 +36,9 @@ from ..losses.validate import check_class_weights
 from ..model import UDONModel
 from ..model.sharded_classifier import slice_sizes
 from ..model.udon import head_embedding
-from . import class_parallel, distributed
+from .. import distributed
+from . import class_parallel
+from .data_parallel import data_parallel
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class UDONStep:
     (5,) stacked loss terms, the same on every rank) or an earlier step's are not finite.  Neither call
     reads a value on the host.  bf16 autocast on CUDA.
 
-    world_size > 1: the forward pass and the loss run under DDP (`distributed.data_parallel`), which
+    world_size > 1: the forward pass and the loss run under DDP (`data_parallel.data_parallel`), which
     averages the gradients over the ranks during the backward pass; class-parallel classifiers
     (`model.sharded`) stay out of it and the replicated gradients are summed (`class_parallel`).  Their
     loss runs collectives, so it stays outside the compiled region (the embeddings are compiled).
@@ -136,7 +138,7 @@ class UDONStep:
         self.objective = _Objective(self)
         if world_size > 1:
             own = [f"model.classifiers.{name}" for name in model.classifiers.state_dict()] if sharded else []
-            self.objective = distributed.data_parallel(self.objective, ignore=own, reduce="sum" if sharded else "mean")
+            self.objective = data_parallel(self.objective, ignore=own, reduce="sum" if sharded else "mean")
         self.skipped = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
         optimizer.found_inf = self.skipped  # read by the fused AdamW: 1 skips the update
 

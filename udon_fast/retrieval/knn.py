@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import positive_int
+from ..checks import positive_int
 
 DEFAULT_QUERY_BATCH_SIZE = 16384
 INDEX_MODES = ("merged", "separate")

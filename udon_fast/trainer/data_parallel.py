@@ -1,45 +1,19 @@
 """Data parallelism for `torchrun`: every rank trains on the same domain each step, on its rows of the global batch.
 
 The replicated parameters are synchronised by `torch.nn.parallel.DistributedDataParallel`
-(`data_parallel`): bucketed all-reduces that start while the backward pass is still running.  UDON trains
+(`data_parallel`; the ranks: `udon_fast.distributed`): bucketed all-reduces that start while the backward pass is still running.  UDON trains
 one domain per step (the other domains' heads get no gradient) and freezes the backbone in the first
 epochs (no gradient at all), so DDP looks for the unused parameters every step; those without a gradient
 on every rank keep none.  Class-parallel classifier slices stay out of DDP (each rank owns different
 rows); their runs sum the replicated gradients instead of averaging them (`trainer/class_parallel.py`).
 nccl on CUDA, gloo on CPU.
 """
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup() -> Ranks:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return Ranks(rank, world_size, device)
 
 
 def _sum_hook(group: dist.ProcessGroup, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -70,29 +44,3 @@ def data_parallel(module: nn.Module, ignore: Iterable[str] = (), reduce: str = "
     if reduce == "sum":
         wrapped.register_comm_hook(group, _sum_hook)
     return wrapped
-
-
-def mean_over_ranks(value: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Mean of a tensor over ranks (a copy)."""
-    value = value.detach().clone()
-    if world_size > 1:
-        dist.all_reduce(value)
-        value /= world_size
-    return value
-
-
-def all_reduce_sum(value: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Sum of a tensor over ranks (in place; returned)."""
-    if world_size > 1:
-        dist.all_reduce(value)
-    return value
-
-
-def barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()
-
-
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -6,9 +6,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .checks import positive_int
-from .data.image_bytes import DEFAULT_MAX_PIXELS
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UdonFastError
+from ..data.decoders import DATA_THREADS_HELP
+from ..data.image_bytes import DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP
+from ..errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE, UdonFastError
 
 EXIT_CODES = """exit codes (the same for every command, docs/cli.md):
   0    done
@@ -17,10 +17,6 @@ EXIT_CODES = """exit codes (the same for every command, docs/cli.md):
   70   a bug in udon_fast: the traceback is printed (please report it)
   130  interrupted (Ctrl-C)"""
 
-MAX_PIXELS_HELP = (f"refuse images of more than this many pixels (width x height, read from the file header) on "
-                   f"every path (training skips them, evaluation names them); default {DEFAULT_MAX_PIXELS:,}, "
-                   f"PIL's decompression-bomb limit")
-DATA_THREADS_HELP = "CPU threads that read and decode images (default {default})"
 DEPRECATED = "{prog}: warning: {old} is deprecated and goes in the next release; use {new}"
 
 
@@ -108,13 +104,6 @@ def add_split_seed(parser, help: str) -> None:
 
 def add_folder(parser, help: str) -> None:
     parser.add_argument("--folder", action="append", metavar="NAME=DIR", help=help)
-
-
-def check_positive(args: argparse.Namespace | object, *names: str) -> None:
-    """Raise InputError naming the flag when one of the integer options `names` of `args` (parsed
-    arguments or a config object) is below 1 (`checks.positive_int`)."""
-    for name in names:
-        positive_int(getattr(args, name), f"--{name.replace('_', '-')}")
 
 
 def run_command(main_fn: Callable[[], int], prog: str) -> int:

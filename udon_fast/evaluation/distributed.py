@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .losses.class_parallel import all_gather_into
+from ..losses.class_parallel import all_gather_into
 
 
 def rank_share(items: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ index item count as misses by default (`no_positive="miss"`, the official UnED m
 
 `distributed=True` (every rank of a torch.distributed job calls): each rank embeds a share of whole
 batches of every set, rank 0 gathers them, searches and scores, and every rank returns its results;
-identical to single-rank evaluation (`distributed_eval`).
+identical to single-rank evaluation (`evaluation.distributed`).
 """
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,19 +24,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .extras import needs_extra
+from ..extras import needs_extra
 
 with needs_extra("train"):
     from tqdm import tqdm
 
-from . import distributed_eval
-from .data import DatasetError, Domain, EvalLoader, Split, knn_pairs
-from .data.domain import INDEX_SPLIT_FOR, split_source
-from .data.verify import check_decodable
-from .errors import InputError
-from .kill_points import kill_point
-from .knn import knn_metrics_by_domain, no_positive_mode
-from .model import Embedder, UDONModel
+from . import distributed
+from ..data import DatasetError, Domain, EvalLoader, Split, knn_pairs
+from ..data.domain import INDEX_SPLIT_FOR, split_source
+from ..data.verify import check_decodable
+from ..errors import InputError
+from ..kill_points import kill_point
+from ..retrieval.knn import knn_metrics_by_domain, no_positive_mode
+from ..model import Embedder, UDONModel
 
 INDEX_MODES = ("merged", "separate", "both")
 EMBEDDINGS = ("student", "teacher", "both")
@@ -74,7 +74,7 @@ def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *
 def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batch_size: int, device: torch.device,
                  teacher: bool, num_threads: int, progress: bool, decoder: str = "dali") -> Embedded | None:
     """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
-    lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
+    lo, hi = distributed.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
     part = split.part(lo, hi)
     if hi > lo:
         mine = embed_split(model, part, domain, batch_size=batch_size, device=device, teacher=teacher,
@@ -83,8 +83,8 @@ def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batc
         student_dim = model.dim if isinstance(model, Embedder) else model.student_dim_out
         mine = Embedded(np.zeros((0, student_dim), np.float32),
                         np.zeros((0, model.teacher_dim_out), np.float32) if teacher else None, part.labels)
-    student = distributed_eval.gather_to_main(mine.student, device)
-    teachers = distributed_eval.gather_to_main(mine.teacher, device) if teacher else None
+    student = distributed.gather_to_main(mine.student, device)
+    teachers = distributed.gather_to_main(mine.teacher, device) if teacher else None
     return None if student is None else Embedded(student, teachers, split.labels)
 
 
@@ -231,4 +231,4 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
             results["student"] = {mode: _search(sets, "student", mode, no_positive) for mode in modes}
         if want_teacher:
             results["teacher"] = {"separate": _search(sets, "teacher", "separate", no_positive)}
-    return distributed_eval.broadcast_from_main(results) if distributed else results
+    return distributed.broadcast_from_main(results) if distributed else results
