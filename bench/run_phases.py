@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.suite import emit_json
-from udon_fast.evaluation.protocol import protocol as evaluation
+from udon_fast.evaluation import protocol as evaluation
 from udon_fast.commands.train import parse_args
 from udon_fast.trainer import loop
 from udon_fast.trainer import step as step_module

@@ -16,7 +16,7 @@ import torch
 
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.model import CheckpointError, UDONModel, load_model, save_checkpoint
-from udon_fast.output_files import OutputError, atomic_write, atomic_write_text, remove_stale_temp_files
+from udon_fast.files.outputs import OutputError, atomic_write, atomic_write_text, remove_stale_temp_files
 from udon_fast.trainer.report import MetricsLog, read_metrics
 
 TINY = dict(backbone_name="vit_tiny_patch16_224", image_size=32, backbone_kwargs={"depth": 1})

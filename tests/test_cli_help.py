@@ -99,8 +99,8 @@ def test_the_hierarchy_keeps_the_old_bases():
     from udon_fast.retrieval.index import IndexFileError
     from udon_fast.model.checkpoint import CheckpointError as checkpoint_error
     from udon_fast.model.weights import WeightsError
-    from udon_fast.output_files import OutputError
-    from udon_fast.run_lock import FolderInUse
+    from udon_fast.files.outputs import OutputError
+    from udon_fast.files.run_lock import FolderInUse
     from udon_fast.trainer.loop import TrainingDiverged as diverged
     from udon_fast.trainer.step import CompileError as compile_error
 

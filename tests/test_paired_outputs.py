@@ -12,7 +12,7 @@ from PIL import Image
 from udon_fast.commands import index as index_cli
 from udon_fast.commands.embed import main as embed_main
 from udon_fast.model import UDONModel, save_checkpoint
-from udon_fast.paired_files import file_sha256
+from udon_fast.files.pairs import file_sha256
 from udon_fast.commands.search import main as search_main
 
 EMBED = ["--data-threads", "1", "--decoder", "torchvision"]

@@ -12,7 +12,7 @@ import pytest
 
 from udon_fast.commands import ablate
 from udon_fast.commands import train as train_cli
-from udon_fast.run_lock import LOCK_FILE, FolderInUse, lock_folder
+from udon_fast.files.run_lock import LOCK_FILE, FolderInUse, lock_folder
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--no-compile", "--no-progress",
@@ -64,7 +64,7 @@ def test_a_second_run_and_a_second_resume_on_a_held_out_are_refused(cli, data_ro
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from udon_fast.run_lock import lock_folder; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from udon_fast.files.run_lock import lock_folder; "
                                f"lock_folder({str(out)!r}); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -27,7 +27,7 @@ from udon_fast.data.shards import INDEX_FILE, is_shard_root, parse_size, write_s
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.evaluation.protocol import evaluate_model
 from udon_fast.model import UDONModel
-from udon_fast.output_files import OutputError
+from udon_fast.files.outputs import OutputError
 
 SHARD_SIZE = "24KB"
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

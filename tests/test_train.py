@@ -93,7 +93,7 @@ def test_non_finite_loss_stops_with_step_and_domain(data_root, tmp_path, monkeyp
 
 
 def test_decoder_option_reaches_every_loader(data_root, tmp_path, monkeypatch):
-    from udon_fast.evaluation.protocol import protocol as evaluation
+    from udon_fast.evaluation import protocol as evaluation
     from udon_fast.trainer import loop
 
     used = []

@@ -11,7 +11,7 @@
         └── ExportCheckFailed      the exporter failed, or the written file does not match PyTorch
 
 `InputError` is a `ValueError`, so callers that catch ValueError around the library keep working.
-The command-line entry points (`udon_fast.cli.run_command`) turn these, and an OSError on a named
+The command-line entry points (`udon_fast.commands.cli.run_command`) turn these, and an OSError on a named
 file, into one line on stderr; every other exception keeps its traceback and exits 70: it is a bug.
 """
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from ..config import TrainConfig, parse_folders
 from ..data import default_data_root, load_domains_with_splits
 from ..errors import InputError
-from ..output_files import atomic_write_text
-from ..run_lock import LOCK_FILE
+from ..files.outputs import atomic_write_text
+from ..files.run_lock import LOCK_FILE
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def planned_steps(config: TrainConfig) -> int:
 
 def claim_folder(out: Path, train_args: Sequence[str]) -> None:
     """Create `out` with grid.json, or check that an existing grid there used the same train flags (the
-    caller holds `out`'s lock, `run_lock.lock_folder`)."""
+    caller holds `out`'s lock, `files.run_lock.lock_folder`)."""
     state = out / STATE_FILE
     if state.is_file():
         saved = json.loads(state.read_text(encoding="utf-8"))["train_args"]

@@ -18,7 +18,7 @@ with needs_extra("train"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from ..output_files import atomic_write_text, writing  # noqa: E402
+from ..files.outputs import atomic_write_text, writing  # noqa: E402
 from ..trainer.report import read_metrics  # noqa: E402
 from .grid import Cell, Variant  # noqa: E402
 

@@ -24,7 +24,7 @@ from ..ablation.grid import (GRID_OPTIONS, VARIANTS, GridError, claim_folder, ma
 from ..ablation.summary import write_outputs
 from ..config import TrainConfig, load_yaml
 from .cli import command_parser, run_command
-from ..run_lock import lock_folder
+from ..files.run_lock import lock_folder
 from .train import build_parser as train_parser
 from .train import parse_args as parse_train_args
 

@@ -9,7 +9,7 @@ from .cli import (add_data_threads, add_folder, add_max_pixels, add_split_seed, 
                    command_parser, run_command, subcommands)
 from ..config import parse_folders
 from ..errors import InputError
-from ..output_files import atomic_write_text
+from ..files.outputs import atomic_write_text
 from ..data.builtin import write_builtin
 from ..data.folder_split import load_domains_with_splits
 from ..data.image_bytes import set_max_pixels

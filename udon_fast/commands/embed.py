@@ -2,7 +2,7 @@
 
 Writes FILE.npy ((N, 64) float32, unit-norm rows) and FILE.meta.json ({"checkpoint", "paths",
 "shape", "dtype", "sha256", "bytes"}: the model used, the N image paths in row order, the array's
-shape and dtype, the .npy file's SHA-256 and size), written as a pair (`paired_files`: a failure
+shape and dtype, the .npy file's SHA-256 and size), written as a pair (`files.pairs`: a failure
 leaves the old pair); `python -m udon_fast.index build` and `python -m udon_fast.search` read them
 and check that they belong together.
 """
@@ -15,7 +15,7 @@ import torch
 from ..data.decoders import DECODERS
 from ..data.image_bytes import set_max_pixels
 from ..model import load_embedder
-from ..output_files import check_writable_folder
+from ..files.outputs import check_writable_folder
 from ..retrieval.embed import embed_paths, list_images, meta_path, write_embeddings
 from ..checks import check_positive
 from .cli import (add_batch_size, add_checkpoint, add_data_threads, add_decoder, add_max_pixels,

@@ -41,7 +41,7 @@ from ..evaluation.protocol import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, eval
 from ..gallery import merged_search, write_gallery
 from ..retrieval.knn import NO_POSITIVE_MODES
 from ..model import backbone_embedder, load_model
-from ..output_files import atomic_write_text, check_writable_folder, writing
+from ..files.outputs import atomic_write_text, check_writable_folder, writing
 from .. import distributed
 from ..evaluation.results import results_table
 

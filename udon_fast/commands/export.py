@@ -32,7 +32,7 @@ from .cli import add_checkpoint, command_parser, run_command
 from ..errors import ExportCheckFailed, InputError
 from ..extras import needs_extra
 from ..model.embedder import Embedder, load_embedder
-from ..output_files import os_error_in, writing
+from ..files.outputs import os_error_in, writing
 
 FORMATS = ("onnx", "torchscript")
 INPUT, OUTPUT = "images", "embeddings"

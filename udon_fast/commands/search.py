@@ -23,7 +23,7 @@ import torch
 from ..data.decoders import DECODERS
 from ..data.image_bytes import set_max_pixels
 from ..gallery import write_search_page
-from ..output_files import atomic_write_text
+from ..files.outputs import atomic_write_text
 from ..retrieval.embed import embed_paths
 from ..retrieval.search import html_results, open_gallery, query_embedder, query_paths, ranked
 from ..checks import check_positive

@@ -45,7 +45,7 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ..output_files import writing
+from ..files.outputs import writing
 
 VERSION = "builtin-v2"
 MARKER = ".complete"

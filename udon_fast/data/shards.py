@@ -50,7 +50,7 @@ with needs_extra("train"):
     from tqdm import tqdm
 
 from ..errors import InputError
-from ..output_files import atomic_write, atomic_write_text, writing
+from ..files.outputs import atomic_write, atomic_write_text, writing
 from .domain import Domain, Split, select_domains
 from .errors import DatasetError
 

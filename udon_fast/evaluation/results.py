@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..output_files import atomic_write_text
+from ..files.outputs import atomic_write_text
 
 METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
 STAGES = ("baseline", "initial", "final")  # the evaluated stages of a results dict, in table order

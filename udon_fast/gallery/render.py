@@ -18,7 +18,7 @@ with needs_extra("train"):
     from PIL import Image, ImageOps
 
 from ..data.image_bytes import read_encoded
-from ..output_files import atomic_write, atomic_write_text, check_writable_folder
+from ..files.outputs import atomic_write, atomic_write_text, check_writable_folder
 from .retrieval import MergedSearch, QueryResult, compare, sample_rows
 
 THUMBNAIL_SIDE = 160

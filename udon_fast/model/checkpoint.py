@@ -20,7 +20,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..kill_points import kill_point
-from ..output_files import atomic_write
+from ..files.outputs import atomic_write
 from . import distributed_checkpoint
 from .udon import UDONModel
 
@@ -35,7 +35,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (`output_files.atomic_write`: temp file, fsync, `os.replace`).
+    """Write a checkpoint atomically (`files.outputs.atomic_write`: temp file, fsync, `os.replace`).
 
     A crash, a kill or a full disk leaves either the previous file or the new one at `path`, never a
     partial file; a failed write raises `OutputError` naming `path` and the cause.  Returns the path.
@@ -60,7 +60,7 @@ def write_checkpoint(path: str | Path, config: dict[str, Any], model_state: dict
 
 
 def atomic_save(path: str | Path, payload: Any) -> Path:
-    """`torch.save(payload)` to `path` atomically (`output_files.atomic_write`); `OutputError` on failure."""
+    """`torch.save(payload)` to `path` atomically (`files.outputs.atomic_write`); `OutputError` on failure."""
     path = Path(path)
     with atomic_write(path, "checkpoint") as f:
         torch.save(payload, f)

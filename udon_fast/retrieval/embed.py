@@ -4,7 +4,7 @@ reads.
 
 FILE.npy: (N, 64) float32, unit-norm rows.  FILE.meta.json: {"checkpoint", "paths", "shape", "dtype",
 "sha256", "bytes"}: the model used, the N image paths in row order, the array's shape and dtype, the .npy
-file's SHA-256 and size; written as a pair (`paired_files`: a failure leaves the old pair).
+file's SHA-256 and size; written as a pair (`files.pairs`: a failure leaves the old pair).
 """
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from ..data import Split
 from ..data.folder import IMAGE_SUFFIXES, image_files, warn_unsupported
 from ..errors import InputError
 from ..evaluation.protocol import embed_split
-from ..paired_files import write_pair
+from ..files.pairs import write_pair
 from .index import embeddings_meta_path as meta_path
 
 def list_images(folder: Path, flag: str = "--images") -> list[str]:

@@ -8,7 +8,7 @@ finite), builds an inner-product (= cosine) index and writes GALLERY.faiss (`fai
 bytes) plus GALLERY.faiss.meta.json: {"format", "version", "kind", "requested_kind", "parameters",
 "dimension", "count", "metric", "checkpoint", "embeddings", "paths", "note", "sha256", "bytes"},
 where paths[i] is the image of index row i and sha256/bytes describe GALLERY.faiss; both files are
-written as a pair (`paired_files`).  `python -m udon_fast.search --index GALLERY.faiss` reads and
+written as a pair (`files.pairs`).  `python -m udon_fast.search --index GALLERY.faiss` reads and
 checks both.
 
 Kinds and the parameters chosen by gallery size N (recall against flat: `bench/test_bench_index.py`):
@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from ..errors import InputError
-from ..paired_files import check_pair, write_pair
+from ..files.pairs import check_pair, write_pair
 
 KINDS = ("flat", "ivf", "hnsw")
 FORMAT, VERSION = "udon_fast.index", 1
@@ -162,7 +162,7 @@ def _check_pair(data: Path, meta_file: Path, meta: dict[str, Any], writer: str) 
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """(embeddings (N, D) float32, E.meta.json {"paths", "checkpoint"?, ...}) written by
     `udon_fast.embed`; `IndexFileError` naming the file that is missing or malformed, the pair when
-    the two files do not belong together (`paired_files.check_pair`, shape), the row that is not finite."""
+    the two files do not belong together (`files.pairs.check_pair`, shape), the row that is not finite."""
     meta_file = embeddings_meta_path(path)
     if not path.is_file() or not meta_file.is_file():
         raise IndexFileError(f"--embeddings: need {path} and {meta_file} (written by udon_fast.embed)")
@@ -191,7 +191,7 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def write_gallery(out: Path, index: Any, info: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """Write the index file and its meta file as a pair (`paired_files.write_pair`); return the meta written."""
+    """Write the index file and its meta file as a pair (`files.pairs.write_pair`); return the meta written."""
     record = {"format": FORMAT, "version": VERSION, **info, "dimension": index.d, "count": index.ntotal,
               "metric": "inner_product", **meta}
     return write_pair(out, lambda f: f.write(faiss.serialize_index(index).tobytes()), meta_path(out), record,

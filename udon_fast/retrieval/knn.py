@@ -253,7 +253,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as exc:
-        raise ImportError("udon_fast.knn needs faiss, which `pip install udon_fast` installs (faiss-cpu); "
+        raise ImportError("udon_fast.retrieval.knn needs faiss, which `pip install udon_fast` installs (faiss-cpu); "
                           "for GPU indexes, faiss-gpu-cu12 in its place") from exc
     return faiss
 

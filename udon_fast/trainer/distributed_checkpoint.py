@@ -29,7 +29,7 @@ from ..data import TrainLoader
 from ..model import UDONModel
 from ..model.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from ..model.distributed_checkpoint import DISTRIBUTED, MODEL, OPTIMIZER, failure, folder
-from ..output_files import OutputError, writing
+from ..files.outputs import OutputError, writing
 from ..sampler import DomainSampler
 from ..distributed import Ranks
 from .state import Progress

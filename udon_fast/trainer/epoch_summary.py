@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..output_files import atomic_write_text
+from ..files.outputs import atomic_write_text
 from .tensorboard import LOSS_TERMS
 
 FILE = "summary.csv"

@@ -27,7 +27,7 @@ from ..losses import UDONLossOutput
 from ..model import Embedder, UDONModel, backbone_embedder
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
-from ..output_files import atomic_write_text, remove_stale_temp_files
+from ..files.outputs import atomic_write_text, remove_stale_temp_files
 from ..sampler import DomainSampler
 from .. import distributed
 from . import report

@@ -1,6 +1,6 @@
 """A run's claim on its --out: the checks before any work, and the folder lock held for the whole run.
 
-Rank 0 does the checks and holds the lock (`run_lock`); the other ranks of a torchrun job receive its
+Rank 0 does the checks and holds the lock (`files.run_lock`); the other ranks of a torchrun job receive its
 verdict in one broadcast, so a refused folder stops every rank at once and no rank waits in a
 collective that rank 0 never reaches.
 """
@@ -13,8 +13,8 @@ import torch.distributed as dist
 
 from ..config import TrainConfig
 from ..errors import InputError
-from ..output_files import check_writable_folder
-from ..run_lock import FolderLock, lock_folder
+from ..files.outputs import check_writable_folder
+from ..files.run_lock import FolderLock, lock_folder
 from ..distributed import Ranks
 
 
@@ -63,7 +63,7 @@ def _claim(config: TrainConfig, world_size: int) -> FolderLock:
 def claimed_out(config: TrainConfig, ranks: Ranks) -> Iterator[None]:
     """Check --out and hold its lock for the block (rank 0); on every rank, raise rank 0's refusal:
     --resume of a folder that does not exist, a folder that cannot be written, a folder in use by another
-    process (`run_lock.FolderInUse`), a run there without --resume, --resume with changed options."""
+    process (`files.run_lock.FolderInUse`), a run there without --resume, --resume with changed options."""
     lock, error = None, None
     if ranks.is_main:
         try:

@@ -17,7 +17,7 @@ with needs_extra("train"):
     import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from ..errors import InputError  # noqa: E402
-from ..output_files import writing  # noqa: E402
+from ..files.outputs import writing  # noqa: E402
 
 class MetricsLog:
     """metrics.jsonl opened for appending: one JSON line per step, flushed; errors name the file.

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import UdonFastError
+from ..errors import UdonFastError
 
 TEMP_MARK = ".udon-"
 TEMP_SUFFIX = ".tmp"

@@ -2,7 +2,7 @@
 `embed`, GALLERY.faiss + GALLERY.faiss.meta.json from `index build`).
 
 `write_pair` writes both to temporary files, each completely and fsynced, before either replaces
-its old file (`output_files.atomic_write`): a failure while writing (a full disk, an I/O error, an
+its old file (`files.outputs.atomic_write`): a failure while writing (a full disk, an I/O error, an
 exception) removes both temporary files and leaves the old pair.  The metadata records the data
 file's SHA-256 and size, so the short window between the two renames is covered too: a process
 killed there leaves a new metadata file beside the old data file (or the reverse), which
@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from .errors import InputError
-from .output_files import atomic_write, atomic_write_text
+from ..errors import InputError
+from .outputs import atomic_write, atomic_write_text
 
 CHUNK = 1 << 22
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .output_files import OutputError, writing
+from .outputs import OutputError, writing
 
 LOCK_FILE = ".udon-lock"
 _HOLDER_WAIT_S = 1.0  # how long a refused process waits for a holder that locked but has not described itself
