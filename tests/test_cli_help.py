@@ -95,7 +95,7 @@ def test_old_spellings_parse_to_the_same_destination_with_one_deprecation_line(c
 def test_the_hierarchy_keeps_the_old_bases():
     from udon_fast.ablation.grid import GridError
     from udon_fast.data.errors import DatasetError, InfoFileError
-    from udon_fast.commands.export import ExportCheckFailed as exported
+    from udon_fast.model.export import ExportCheckFailed as exported
     from udon_fast.retrieval.index import IndexFileError
     from udon_fast.model.checkpoint import CheckpointError as checkpoint_error
     from udon_fast.model.weights import WeightsError

@@ -58,7 +58,7 @@ def test_a_missing_package_names_its_extra_on_import(monkeypatch, package, modul
 
 
 def test_export_names_its_extra(monkeypatch, tmp_path):
-    from udon_fast.commands import export
+    from udon_fast.model import export
 
     _hide(monkeypatch, "onnxruntime")
     with pytest.raises(MissingExtraError) as caught:

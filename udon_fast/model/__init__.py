@@ -3,7 +3,8 @@
 Dataflow: images (B, 3, H, W) -> `backbone` (timm, by name, local weights only) -> L2-normalised
 features (B, F) -> `heads` (teacher projection per domain, universal student projection, cosine
 classifiers) -> embeddings.  `checkpoint` saves and rebuilds a trained model from one file;
-`embedder` gives the deployable part (backbone + student projection, or the bare backbone).
+`embedder` gives the deployable part (backbone + student projection, or the bare backbone); `export` writes
+it as one ONNX or TorchScript file.
 """
 from .backbone import create_backbone, feature_dim, normalization
 from .checkpoint import CheckpointError, load_model, save_checkpoint
