@@ -1,7 +1,8 @@
 """udon_fast: fast, exact UDON universal image embeddings.
 
 Dataflow: images -> `data` (DALI or torchvision pipelines) -> `model` (backbone + UDON heads) -> `losses`
-(fused head losses) -> optimizer; embeddings -> `knn` (faiss) -> metrics.
+(fused head losses) -> `trainer`; embeddings -> `retrieval` (faiss kNN, index files, search) -> `evaluation`.
+The command lines (`commands`) sit on top and import the library, never the reverse (docs/architecture.md).
 """
 from .errors import (CheckFailed, CheckpointError, CompileError, DataError, ExportCheckFailed, InputError,
                      TrainingDiverged, UdonFastError)
