@@ -90,7 +90,7 @@ def _class_names(domain: Domain, labels: np.ndarray) -> list[str]:
 def merged_search(domains: Mapping[str, Domain], split: str, sets: Mapping[str, tuple[Embedded, Embedded | None]],
                   k: int = K) -> MergedSearch:
     """Search every query of `split` in the merged index of student embeddings `sets` (as
-    `evaluation.evaluate_model(..., embeddings=sets)` fills them, in the order of `domains`)."""
+    `evaluation.protocol.evaluate_model(..., embeddings=sets)` fills them, in the order of `domains`)."""
     names = list(domains)
     q_emb, q_lab, q_dom, q_paths, q_names = [], [], [], [], []
     x_emb, x_lab, x_dom, x_paths, x_names, self_rows = [], [], [], [], [], []

@@ -6,7 +6,7 @@
 - `backbone_embedder(NAME, PRETRAINED, S)`: the off-the-shelf baseline, the pretrained backbone's own
   pooled features (CLS token / average pool), L2-normalised, with no projection.
 
-Both return an `Embedder`, which `evaluation.evaluate_model` scores like a `UDONModel` (student only)
+Both return an `Embedder`, which `evaluation.protocol.evaluate_model` scores like a `UDONModel` (student only)
 and `export` writes as ONNX or TorchScript.
 """
 from dataclasses import asdict, dataclass
