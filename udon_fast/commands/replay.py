@@ -1,16 +1,11 @@
-"""Replay the dynamic sampler on measured loss curves: which `update_every` starves a domain?
+"""`python -m udon_fast.ablation.replay RUN [--update-every 20 50 100] [--seeds 20] [--steps N]`: replay the
+dynamic sampler on RUN's measured loss curves: which `update_every` starves a domain
+(`udon_fast.ablation.starvation`)?
 
-`python -m udon_fast.ablation.replay RUN [--update-every 20 50 100] [--seeds 20] [--steps N]`
-
-RUN is a finished run, best one with `--sampler round_robin` (every domain's teacher CE is then
-measured all along).  The replay feeds `DomainSampler` (the real rule) with the CE a domain had
-at its k-th batch in RUN, for k = the number of batches it has drawn so far in the replay (the
-last value repeats), over RUN's number of steps, for several seeds.  A domain is *starved* at a
-step when its weight is below 1 / (10 x domains) there; the dynamic rule keeps a domain that
-goes unsampled for a whole window at its old weight, which then competes with mean CEs of a few
-nats, so a domain that misses one window tends to stay near zero for the rest of the run.
-Prints, per `update_every`: each domain's mean share of the steps, the mean number of steps it
-is starved, and in how many seeds it is starved for more than half the run.
+RUN is a finished run, best one with `--sampler round_robin` (every domain's teacher CE is then measured
+all along); the replay runs over RUN's number of steps (or --steps), for several seeds.  Prints, per
+`update_every`: each domain's mean share of the steps, the mean number of steps it is starved (its weight
+below 1 / (10 x domains)), and in how many seeds it is starved for more than half the run.
 """
 import argparse
 import sys
