@@ -29,7 +29,7 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
-from . import distributed
+from . import distributed as distributed_eval
 from ..data import DatasetError, Domain, EvalLoader, Split, knn_pairs
 from ..data.domain import INDEX_SPLIT_FOR, split_source
 from ..data.verify import check_decodable
@@ -74,7 +74,7 @@ def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *
 def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batch_size: int, device: torch.device,
                  teacher: bool, num_threads: int, progress: bool, decoder: str = "dali") -> Embedded | None:
     """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
-    lo, hi = distributed.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
+    lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
     part = split.part(lo, hi)
     if hi > lo:
         mine = embed_split(model, part, domain, batch_size=batch_size, device=device, teacher=teacher,
@@ -83,8 +83,8 @@ def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batc
         student_dim = model.dim if isinstance(model, Embedder) else model.student_dim_out
         mine = Embedded(np.zeros((0, student_dim), np.float32),
                         np.zeros((0, model.teacher_dim_out), np.float32) if teacher else None, part.labels)
-    student = distributed.gather_to_main(mine.student, device)
-    teachers = distributed.gather_to_main(mine.teacher, device) if teacher else None
+    student = distributed_eval.gather_to_main(mine.student, device)
+    teachers = distributed_eval.gather_to_main(mine.teacher, device) if teacher else None
     return None if student is None else Embedded(student, teachers, split.labels)
 
 
@@ -231,4 +231,4 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
             results["student"] = {mode: _search(sets, "student", mode, no_positive) for mode in modes}
         if want_teacher:
             results["teacher"] = {"separate": _search(sets, "teacher", "separate", no_positive)}
-    return distributed.broadcast_from_main(results) if distributed else results
+    return distributed_eval.broadcast_from_main(results) if distributed else results
