@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import udon_fast
+import udon_fast.commands.train
 from distributed_helpers import free_port, run_ranks, use_port
 from loss_cases import MARGINS
 from udon_fast.losses import ClassShard, backends, normalized_softmax_ce, udon_loss
