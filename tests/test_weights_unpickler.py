@@ -55,7 +55,7 @@ def test_train_with_a_malicious_npy_is_one_line_and_runs_nothing(data_root, tmp_
                            "vit_tiny_patch16_224", "--pretrained", str(path), "--image-size", "32", "--no-progress",
                            "--no-compile", "--data-threads", "1"])
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1, err
+    assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"udon_fast.train: error: weights file {path} refused: it holds a builtins.exec object")
     assert not marker.exists() and not (tmp_path / "run").exists()
 
