@@ -43,10 +43,10 @@ def _importers_of_commands() -> set[str]:
 
 
 def test_the_import_walk_sees_relative_and_absolute_imports():
-    """The walk resolves `from ..commands.x import main` inside a subpackage to udon_fast.commands.x."""
+    """The walk resolves `from ..commands import run` inside a subpackage to udon_fast.commands.run."""
     module = PACKAGE / "serve" / "__main__.py"
-    assert "udon_fast.commands.serve" in _imports(module)
-    assert "udon_fast.commands.train" in _imports(PACKAGE / "train.py")
+    assert "udon_fast.commands.run" in _imports(module)
+    assert "udon_fast.commands.run" in _imports(PACKAGE / "train.py")
     assert "udon_fast.errors" in _imports(PACKAGE / "commands" / "train.py")
 
 
@@ -60,9 +60,24 @@ def test_each_alias_is_thin_and_runs_its_command(alias):
     path = PACKAGE.joinpath(*alias.split(".")).with_suffix(".py")
     tree = ast.parse(path.read_text(encoding="utf-8"))
     assert len(tree.body) <= 4, f"{path}: an alias holds only its docstring, imports and the __main__ line"
-    assert f"udon_fast.commands.{ALIASES[alias]}" in _imports(path)
+    assert "udon_fast.commands.run" in _imports(path)
+    prog = "udon_fast." + alias.removesuffix(".__main__")
+    assert f'run("{ALIASES[alias]}", "{prog}")' in path.read_text()
     module = alias.removesuffix(".__main__")
     result = subprocess.run([sys.executable, "-m", f"udon_fast.{module}", "--help"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"python -m udon_fast.{module}" in result.stdout
+
+
+def test_a_command_missing_its_extra_is_one_line(monkeypatch, capsys):
+    """`python -m udon_fast.train` without the [train] extra (here: yaml hidden) stops with one line naming
+    the extra and exit 2, not an import traceback."""
+    from udon_fast.commands import run
+
+    for name in [n for n in sys.modules if n == "udon_fast.config" or n.startswith("udon_fast.commands.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    assert run("train", "udon_fast.train") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("udon_fast.train: error: ") and "[train]" in err, err

@@ -1,7 +1,7 @@
 """`python -m udon_fast.ablate`: runs udon_fast.commands.ablate."""
 import sys
 
-from .commands.ablate import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("ablate", "udon_fast.ablate"))

@@ -1,7 +1,7 @@
 """`python -m udon_fast.embed`: runs udon_fast.commands.embed."""
 import sys
 
-from .commands.embed import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("embed", "udon_fast.embed"))

@@ -1,7 +1,7 @@
 """`python -m udon_fast.evaluate`: runs udon_fast.commands.evaluate."""
 import sys
 
-from .commands.evaluate import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("evaluate", "udon_fast.evaluate"))

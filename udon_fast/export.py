@@ -1,7 +1,7 @@
 """`python -m udon_fast.export`: runs udon_fast.commands.export."""
 import sys
 
-from .commands.export import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("export", "udon_fast.export"))

@@ -1,7 +1,7 @@
 """`python -m udon_fast.index`: runs udon_fast.commands.index."""
 import sys
 
-from .commands.index import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("index", "udon_fast.index"))

@@ -1,7 +1,7 @@
 """`python -m udon_fast.info`: runs udon_fast.commands.info."""
 import sys
 
-from .commands.info import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("info", "udon_fast.info"))

@@ -1,7 +1,7 @@
 """`python -m udon_fast.search`: runs udon_fast.commands.search."""
 import sys
 
-from .commands.search import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("search", "udon_fast.search"))

@@ -1,7 +1,7 @@
 """`python -m udon_fast.train`: runs udon_fast.commands.train."""
 import sys
 
-from .commands.train import main
+from .commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("train", "udon_fast.train"))

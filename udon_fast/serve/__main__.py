@@ -1,7 +1,7 @@
 """`python -m udon_fast.serve`: runs udon_fast.commands.serve."""
 import sys
 
-from ..commands.serve import main
+from ..commands import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run("serve", "udon_fast.serve"))
