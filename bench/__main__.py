@@ -3,6 +3,7 @@ with pytest-benchmark), then write DIR/bench.json (pytest-benchmark's JSON plus 
 flag and pytest's exit status; machine facts in `machine_info["udon"]`), DIR/bench.md (tables, see
 render.py) and DIR/<group>.png charts.  `--quick` sets UDON_BENCH_QUICK=1 (under 5 minutes on 2
 cores).  Exits with pytest's status."""
+
 import argparse
 import json
 import os
@@ -25,8 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "bench.json"
     env = dict(os.environ, **({QUICK_ENV: "1"} if args.quick else {}))
-    command = [sys.executable, "-m", "pytest", str(BENCH_DIR), "-p", "no:cacheprovider", "-q",
-               f"--benchmark-json={json_path}", *args.pytest_args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(BENCH_DIR),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--benchmark-json={json_path}",
+        *args.pytest_args,
+    ]
     status = subprocess.run(command, cwd=BENCH_DIR.parent, env=env).returncode
     if not json_path.exists():
         print(f"pytest exited with {status} and wrote no {json_path}", file=sys.stderr)

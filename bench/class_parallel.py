@@ -15,6 +15,7 @@ Before starting, a job's memory is predicted from `BYTES_PER_CLASS` and refused 
 exceeds `MEMORY_FRACTION` of MemAvailable: the machine is shared, and a replicated run that cannot fit is
 never tried (its need follows from the per-class bytes measured at smaller C, see test_bench_class_parallel).
 """
+
 import argparse
 import datetime
 import json
@@ -65,16 +66,36 @@ def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: in
     from udon_fast.trainer.step import LossOptions, UDONStep
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS,
-                            timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=RANKS,
+        timeout=datetime.timedelta(minutes=30),
+    )
     base = status_kib("VmRSS") * 1024
     torch.manual_seed(0)
     sharded = mode == "class_parallel"
-    model = UDONModel("vit_tiny_patch16_224", {DOMAIN: classes}, teacher_dim=D_T, student_dim=D_S, image_size=32,
-                      backbone_kwargs={"depth": 1}, classifier_shard=(rank, RANKS) if sharded else (0, 1))
+    model = UDONModel(
+        "vit_tiny_patch16_224",
+        {DOMAIN: classes},
+        teacher_dim=D_T,
+        student_dim=D_S,
+        image_size=32,
+        backbone_kwargs={"depth": 1},
+        classifier_shard=(rank, RANKS) if sharded else (0, 1),
+    )
     optimizer = build_optimizer(model, lr=1e-3, backbone_lr_mult=1e-2, weight_decay=1e-6)
-    options = LossOptions(margin_type="arcface", margin=0.2, scale=16.0, temperature=0.1, kl_weight=1.0,
-                          similarity_weight=1.0, backend="auto", n_devices=RANKS)
+    options = LossOptions(
+        margin_type="arcface",
+        margin=0.2,
+        scale=16.0,
+        temperature=0.1,
+        kl_weight=1.0,
+        similarity_weight=1.0,
+        backend="auto",
+        n_devices=RANKS,
+    )
     step = UDONStep(model, optimizer, options, compile=False, grad_clip=None, world_size=RANKS)
     gen = torch.Generator().manual_seed(rank)
     images = torch.randn(batch, 3, 32, 32, generator=gen)
@@ -87,8 +108,13 @@ def _worker(rank: int, port: int, mode: str, classes: int, batch: int, steps: in
         if i:
             seconds.append(time.perf_counter() - start)
     dist.barrier()
-    result = {"rank": rank, "classes_held": model.teacher_classifier(DOMAIN).shape[0], "base_rss": base,
-              "peak_rss": status_kib("VmHWM") * 1024, "step_s": statistics.median(seconds)}
+    result = {
+        "rank": rank,
+        "classes_held": model.teacher_classifier(DOMAIN).shape[0],
+        "base_rss": base,
+        "peak_rss": status_kib("VmHWM") * 1024,
+        "step_s": statistics.median(seconds),
+    }
     dist.destroy_process_group()
     (Path(out_dir) / f"{rank}.json").write_text(json.dumps(result))
 
@@ -110,8 +136,10 @@ def measure(mode: str, classes: int, batch: int = 32, steps: int = 3) -> dict:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     need, free = predicted_bytes(mode, classes), meminfo_bytes("MemAvailable")
     if need > MEMORY_FRACTION * free:
-        raise MemoryError(f"{mode} at C = {classes:,} needs about {need / 2**30:.1f} GiB over {RANKS} ranks; "
-                          f"{free / 2**30:.1f} GiB are available here: not started")
+        raise MemoryError(
+            f"{mode} at C = {classes:,} needs about {need / 2**30:.1f} GiB over {RANKS} ranks; "
+            f"{free / 2**30:.1f} GiB are available here: not started"
+        )
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_worker, args=(_free_port(), mode, classes, batch, steps, out_dir), nprocs=RANKS, join=True)
         ranks = [json.loads((Path(out_dir) / f"{rank}.json").read_text()) for rank in range(RANKS)]

@@ -1,5 +1,6 @@
 """pytest setup of the bench suite: machine facts (suite.machine_facts) in the benchmark JSON's
 `machine_info`, where `python -m bench` reads them for its report."""
+
 from bench.suite import machine_facts
 
 

@@ -11,6 +11,7 @@ step by step so that the machine's load hits both alike:
 Each timed step is `step(...)` + `apply(terms)` after a barrier, on the rank's own random batch; the first
 step of each variant is a warm-up.  `python -m bench.ddp_step` prints the JSON of one job.
 """
+
 import datetime
 import json
 import statistics
@@ -45,19 +46,33 @@ def _worker(rank: int, port: int, batch: int, steps: int, out_dir: str) -> None:
             flat /= RANKS
             offset = 0
             for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=RANKS,
-                            timeout=datetime.timedelta(minutes=10))
-    options = LossOptions(margin_type="normface", margin=0.0, scale=16.0, temperature=0.1, kl_weight=1.0,
-                          similarity_weight=1.0, backend="auto", n_devices=RANKS)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=RANKS,
+        timeout=datetime.timedelta(minutes=10),
+    )
+    options = LossOptions(
+        margin_type="normface",
+        margin=0.0,
+        scale=16.0,
+        temperature=0.1,
+        kl_weight=1.0,
+        similarity_weight=1.0,
+        backend="auto",
+        n_devices=RANKS,
+    )
     steps_of = {}
     for variant in VARIANTS:
         torch.manual_seed(0)
-        model = UDONModel("tf_efficientnet_lite0", DOMAINS, pretrained=packaged_weights("tf_efficientnet_lite0"),
-                          image_size=64)
+        model = UDONModel(
+            "tf_efficientnet_lite0", DOMAINS, pretrained=packaged_weights("tf_efficientnet_lite0"), image_size=64
+        )
         optimizer = build_optimizer(model, lr=1e-3, backbone_lr_mult=1e-2, weight_decay=1e-6)
         set_backbone_frozen(model, optimizer, frozen=False)
         step_type, world = (UDONStep, RANKS) if variant == "ddp" else (HandRolledStep, 1)
@@ -96,8 +111,13 @@ def measure(batch: int = 16, steps: int = 30) -> dict:
         mp.spawn(_worker, args=(_free_port(), batch, steps, out_dir), nprocs=RANKS, join=True)
         ranks = [json.loads((Path(out_dir) / f"{rank}.json").read_text()) for rank in range(RANKS)]
     slowest = {variant: max(r[variant] for r in ranks) for variant in VARIANTS}
-    return {"ddp_s": round(slowest["ddp"], 4), "hand_rolled_s": round(slowest["hand_rolled"], 4),
-            "ratio": round(slowest["ddp"] / slowest["hand_rolled"], 3), "batch_per_rank": batch, "steps": steps}
+    return {
+        "ddp_s": round(slowest["ddp"], 4),
+        "hand_rolled_s": round(slowest["hand_rolled"], 4),
+        "ratio": round(slowest["ddp"] / slowest["hand_rolled"], 3),
+        "batch_per_rank": batch,
+        "steps": steps,
+    }
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ compilation of kernels/native/head_loss.cpp.  Then:
    gradients: baseline and experiment alternated ABBA for --rounds rounds in this process; prints the
    best and median wall-clock and process CPU seconds (all threads) and the ratios baseline / experiment.
 """
+
 import argparse
 import statistics
 import sys
@@ -27,23 +28,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from loss_cases import MARGINS, make_inputs  # noqa: E402
+
 from udon_fast.losses.margins import resolve, target_terms  # noqa: E402
 
 FLAGS = ["-O3", "-march=x86-64-v2", "-ffp-contract=off", "-fopenmp"]
 
 
 def build(folder: str):
-    cpp_extension.load(name="udon_fused_grad_experiment", sources=[str(ROOT / "bench" / "fused_grad_experiment.cpp")],
-                       extra_include_paths=[str(ROOT / "kernels" / "native")], extra_cflags=FLAGS,
-                       extra_ldflags=["-fopenmp"], build_directory=folder, is_python_module=False, verbose=False)
+    cpp_extension.load(
+        name="udon_fused_grad_experiment",
+        sources=[str(ROOT / "bench" / "fused_grad_experiment.cpp")],
+        extra_include_paths=[str(ROOT / "kernels" / "native")],
+        extra_cflags=FLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=folder,
+        is_python_module=False,
+        verbose=False,
+    )
     return torch.ops.udon_fast_fused_experiment
 
 
 def arguments(batch, classes, d_s, d_t, margin_type="arcface", options=None, scale=16.0, tau=0.1):
     """The op arguments of udon_loss's call for the trainer's weights (CE_t, CE_s, KL, SIM all 1): the
     upstream gradient of each per-row term is 1 / (4 B)."""
-    e_s, e_t, w_s, w_t, labels = (t.detach() if t.dtype.is_floating_point else t
-                                  for t in make_inputs(batch, classes, d_s, d_t))
+    e_s, e_t, w_s, w_t, labels = (
+        t.detach() if t.dtype.is_floating_point else t for t in make_inputs(batch, classes, d_s, d_t)
+    )
     margin = resolve(margin_type, **(options if options is not None else {"margin": 0.2}))
     z_y, dz_y = target_terms(margin, scale, labels, [(e_t, w_t), (e_s, w_s)])
     g = torch.full((batch,), 1.0 / (4 * batch))
@@ -96,9 +106,11 @@ def main() -> None:
     print(f"B=256 C={args.classes} Ds=64 Dt=256 fp32, {args.rounds} rounds ABBA, {torch.get_num_threads()} threads")
     for kind in ("wall", "cpu"):
         base, exp = seen["baseline"][kind], seen["experiment"][kind]
-        print(f"{kind:>4}: baseline best {min(base):.3f} s median {statistics.median(base):.3f} s; experiment best "
-              f"{min(exp):.3f} s median {statistics.median(exp):.3f} s; baseline / experiment: best "
-              f"{min(base) / min(exp):.2f}, median {statistics.median(base) / statistics.median(exp):.2f}")
+        print(
+            f"{kind:>4}: baseline best {min(base):.3f} s median {statistics.median(base):.3f} s; experiment best "
+            f"{min(exp):.3f} s median {statistics.median(exp):.3f} s; baseline / experiment: best "
+            f"{min(base) / min(exp):.2f}, median {statistics.median(base) / statistics.median(exp):.2f}"
+        )
 
 
 if __name__ == "__main__":

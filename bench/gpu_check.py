@@ -39,6 +39,7 @@ computes bf16 dots wrongly), TRITON_INTERPRET=1 (set by gpu_check.sh), perf_coun
 instead of CUDA memory, a 1-block vit_tiny at 32 px, and torch.compile with backend="eager" (dynamo
 traces the graphs, no inductor code generation) so that it fits a CI test.
 """
+
 import argparse
 import contextlib
 import datetime
@@ -80,18 +81,21 @@ class Part:
         self.save()
 
     def add_error(self, where: str, exc: BaseException) -> None:
-        self.doc["errors"].append({"where": where, "error": f"{type(exc).__name__}: {exc}",
-                                   "traceback": traceback.format_exc(limit=8)})
+        self.doc["errors"].append(
+            {"where": where, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
+        )
         self.save()
 
 
 # ---- measurement -------------------------------------------------------------------------------
+
 
 def timed_ms(fn, cuda: bool) -> float:
     """Milliseconds of a warm fn(): the median of triton.testing.do_bench on CUDA, else one
     perf_counter call (the dry run; the caller has warmed fn up)."""
     if cuda:
         import triton.testing
+
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
     start = time.perf_counter()
     fn()
@@ -101,6 +105,7 @@ def timed_ms(fn, cuda: bool) -> float:
 def use_cuda(dry_run: bool) -> bool:
     """CUDA for the real check, CPU for the dry run; the real check without a device is an error."""
     import torch
+
     if dry_run:
         return False
     if not torch.cuda.is_available():
@@ -111,6 +116,7 @@ def use_cuda(dry_run: bool) -> bool:
 def peak_mib(fn, cuda: bool) -> float | None:
     """Peak memory of one fn() above the memory allocated before it (MiB): CUDA allocator, else RSS."""
     import torch
+
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -119,17 +125,24 @@ def peak_mib(fn, cuda: bool) -> float | None:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     from bench.suite import peak_rss_extra_bytes
+
     peak = peak_rss_extra_bytes(fn)
     return None if peak is None else peak / 2**20
 
 
 # ---- parts -------------------------------------------------------------------------------------
 
+
 def environment() -> dict:
     import torch
-    info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET")}
+
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
+    }
     if info["cuda"]:
         info["device"] = torch.cuda.get_device_name()
         info["device_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
@@ -140,6 +153,7 @@ def environment() -> dict:
             info[name] = f"missing ({exc})"
     import udon_fast
     from udon_fast.losses import backends
+
     importlib.import_module("udon_fast.trainer.step")
     info["udon_fast"] = str(Path(udon_fast.__file__).parent)
     info["backends"] = {k: {"usable": ok, "reason": why} for k, (ok, why) in backends.status().items()}
@@ -159,27 +173,43 @@ def part_tests(part: Part, dry_run: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - recorded; the tests still run and show the failure
         part.add_error("environment", exc)
     junit = part.path.with_name("tests_junit.xml")
-    args = ["tests/test_losses_gpu.py", "tests/test_image_checks.py::test_motion_photo_decodes_on_the_gpu", "-m",
-            "not slow", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    args = [
+        "tests/test_losses_gpu.py",
+        "tests/test_image_checks.py::test_motion_photo_decodes_on_the_gpu",
+        "-m",
+        "not slow",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+    ]
     output = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         status = int(pytest.main(args))
-    summary = {"command": "pytest " + " ".join(args), "exit": status,
-               "seconds": round(time.perf_counter() - start, 1), "output_tail": output.getvalue()[-3000:]}
+    summary = {
+        "command": "pytest " + " ".join(args),
+        "exit": status,
+        "seconds": round(time.perf_counter() - start, 1),
+        "output_tail": output.getvalue()[-3000:],
+    }
     if junit.exists():
         suite = ET.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
         counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
         summary.update(counts)
-        summary["failed_cases"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
-                                   if c.find("failure") is not None or c.find("error") is not None]
+        summary["failed_cases"] = [
+            f"{c.get('classname')}::{c.get('name')}"
+            for c in suite.iter("testcase")
+            if c.find("failure") is not None or c.find("error") is not None
+        ]
     part.add_case(summary)
 
 
 def loss_inputs(batch: int, classes: int, dtype, device):
     import torch
+
     gen = torch.Generator(device=device).manual_seed(0)
     e_s = torch.nn.functional.normalize(torch.randn(batch, D_S, device=device, generator=gen), dim=1)
     e_t = torch.nn.functional.normalize(torch.randn(batch, D_T, device=device, generator=gen), dim=1)
@@ -199,33 +229,43 @@ def loss_step(loss_fn, inputs) -> None:
 def loss_functions(dry_run: bool) -> dict:
     """impl name -> f(e_s, e_t, w_s, w_t, labels) -> total loss (0-d)."""
     import torch
+
     import udon_fast
 
     def total(backend, *inputs):
         return udon_fast.udon_loss(*inputs, margin_type="arcface", margin=0.2, scale=16.0, backend=backend).total
 
     compile_backend = "eager" if dry_run else "inductor"
-    return {"triton": functools.partial(total, "triton"), "reference": functools.partial(total, "reference"),
-            "reference_compiled": torch.compile(functools.partial(total, "reference"), backend=compile_backend)}
+    return {
+        "triton": functools.partial(total, "triton"),
+        "reference": functools.partial(total, "reference"),
+        "reference_compiled": torch.compile(functools.partial(total, "reference"), backend=compile_backend),
+    }
 
 
 def throughput(batch: int, classes: int, element_bytes: int, ms: float) -> dict:
     flops = 8 * batch * classes * (D_S + D_T)
     hbm_bytes = 3 * classes * (D_S + D_T) * element_bytes
     tflops, gbs = flops / (ms * 1e-3) / 1e12, hbm_bytes / (ms * 1e-3) / 1e9
-    return {"tflops": round(tflops, 2), "gbs": round(gbs, 1),
-            "tflops_fraction": round(tflops / LIMITS["bf16_tflops"], 4),
-            "gbs_fraction": round(gbs / LIMITS["hbm_gbs"], 4)}
+    return {
+        "tflops": round(tflops, 2),
+        "gbs": round(gbs, 1),
+        "tflops_fraction": round(tflops / LIMITS["bf16_tflops"], 4),
+        "gbs_fraction": round(gbs / LIMITS["hbm_gbs"], 4),
+    }
 
 
 def reference_skip(per_logit: dict, logits: int) -> str | None:
     """Why a reference case of `logits` = B * C logits should not run (projected from `per_logit`), or None."""
     import torch
+
     free = torch.cuda.mem_get_info()[0]
     projected_bytes, projected_ms = per_logit["bytes"] * logits, per_logit["ms"] * logits
     if projected_bytes > REFERENCE_MEMORY_FRACTION * free:
-        return (f"projected peak {projected_bytes / 2**30:.1f} GiB > {REFERENCE_MEMORY_FRACTION} x free "
-                f"{free / 2**30:.1f} GiB")
+        return (
+            f"projected peak {projected_bytes / 2**30:.1f} GiB > {REFERENCE_MEMORY_FRACTION} x free "
+            f"{free / 2**30:.1f} GiB"
+        )
     if projected_ms > REFERENCE_MAX_MS:
         return f"projected {projected_ms:.0f} ms a call > {REFERENCE_MAX_MS:.0f} ms"
     return None
@@ -233,6 +273,7 @@ def reference_skip(per_logit: dict, logits: int) -> str | None:
 
 def part_losses(part: Part, dry_run: bool) -> None:
     import torch
+
     cuda = use_cuda(dry_run)
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     shapes = [(4, 100)] if dry_run else [(b, c) for b in (128, 1024, 4096) for c in (73182, 224408, 1_000_000)]
@@ -250,7 +291,7 @@ def part_losses(part: Part, dry_run: bool) -> None:
             try:
                 inputs = loss_inputs(batch, classes, dtype, device)
                 step = functools.partial(loss_step, fn, inputs)
-                case["peak_mib"] = peak_mib(step, cuda)   # also the warm-up (compilation)
+                case["peak_mib"] = peak_mib(step, cuda)  # also the warm-up (compilation)
                 case["ms"] = round(timed_ms(step, cuda), 4)
                 case.update(throughput(batch, classes, inputs[0].element_size(), case["ms"]))
                 if cuda and impl != "triton":
@@ -269,7 +310,9 @@ def part_losses(part: Part, dry_run: bool) -> None:
 
 def part_train(part: Part, dry_run: bool) -> None:
     import torch
+
     from udon_fast.model import UDONModel
+
     optimizer_mod = importlib.import_module("udon_fast.trainer.optimizer")
     step_mod = importlib.import_module("udon_fast.trainer.step")
     cuda = use_cuda(dry_run)
@@ -278,8 +321,15 @@ def part_train(part: Part, dry_run: bool) -> None:
         backbone, kwargs, size, batch, classes, warmup, steps = "vit_tiny_patch16_224", {"depth": 1}, 32, 4, 100, 1, 1
     else:
         backbone, kwargs, size, batch, classes, warmup, steps = "vit_base_patch16_224", {}, 224, 128, 224408, 3, 10
-    part.doc.update(backbone=backbone, backbone_kwargs=kwargs, image_size=size, batch=batch, classes=classes,
-                    warmup_steps=warmup, timed_steps=steps)
+    part.doc.update(
+        backbone=backbone,
+        backbone_kwargs=kwargs,
+        image_size=size,
+        batch=batch,
+        classes=classes,
+        warmup_steps=warmup,
+        timed_steps=steps,
+    )
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.randn(batch, 3, size, size, device=device, generator=gen)
     labels = torch.randint(0, classes, (batch,), device=device, generator=gen)
@@ -290,8 +340,16 @@ def part_train(part: Part, dry_run: bool) -> None:
             torch.manual_seed(0)
             model = UDONModel(backbone, {"met": classes}, image_size=size, backbone_kwargs=kwargs).to(device)
             optimizer = optimizer_mod.build_optimizer(model, lr=1e-3, backbone_lr_mult=0.01, weight_decay=1e-4)
-            options = step_mod.LossOptions(margin_type="arcface", margin=0.2, scale=16.0, temperature=0.1,
-                                           kl_weight=1.0, similarity_weight=1.0, backend=backend, n_devices=1)
+            options = step_mod.LossOptions(
+                margin_type="arcface",
+                margin=0.2,
+                scale=16.0,
+                temperature=0.1,
+                kl_weight=1.0,
+                similarity_weight=1.0,
+                backend=backend,
+                n_devices=1,
+            )
             step = step_mod.UDONStep(model, optimizer, options, compile=use_compile, grad_clip=None, world_size=1)
             if use_compile and dry_run:  # dynamo without inductor code generation: fits CI time
                 step.forward_loss = torch.compile(step._forward_loss, backend="eager", fullgraph=True)
@@ -309,8 +367,7 @@ def part_train(part: Part, dry_run: bool) -> None:
                 one_step()
             sync(cuda)
             seconds = (time.perf_counter() - start) / steps
-            case.update(step_ms=round(seconds * 1e3, 2), images_per_s=round(batch / seconds, 1),
-                        compiled=step.compiled)
+            case.update(step_ms=round(seconds * 1e3, 2), images_per_s=round(batch / seconds, 1), compiled=step.compiled)
             peak = peak_mib(one_step, cuda)
             case["peak_mib"] = None if peak is None else round(peak, 1)
             rates[mode] = batch / seconds
@@ -332,23 +389,65 @@ def part_sync(part: Part, dry_run: bool) -> None:
     import tempfile
 
     import torch
+
     from udon_fast.commands.train import parse_args
     from udon_fast.data.synthetic import write_tiny_uned
     from udon_fast.trainer.loop import Run
     from udon_fast.trainer.state import Progress
 
     cuda = use_cuda(dry_run)
-    model_args = (["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size",
-                   "8", "--no-compile"] if dry_run else
-                  ["--backbone", "tf_efficientnet_lite0", "--pretrained", "packaged", "--image-size", "64",
-                   "--batch-size", "32", "--compile", "on"])
+    model_args = (
+        [
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--pretrained",
+            "none",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--no-compile",
+        ]
+        if dry_run
+        else [
+            "--backbone",
+            "tf_efficientnet_lite0",
+            "--pretrained",
+            "packaged",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "32",
+            "--compile",
+            "on",
+        ]
+    )
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        write_tiny_uned(root / "data", {"shops": {"train": 20, "test": 3}, "birds": {"train": 24, "test": 3}},
-                        per_class=4)
-        argv = ["--data-root", str(root / "data"), "--out", str(root / "run"), *model_args, "--steps", "13",
-                "--log-every", "5", "--update-every", "6", "--checkpoint-every", "1000", "--frozen-epochs", "0",
-                "--no-progress", "--data-threads", "2", "--no-baseline"]
+        write_tiny_uned(
+            root / "data", {"shops": {"train": 20, "test": 3}, "birds": {"train": 24, "test": 3}}, per_class=4
+        )
+        argv = [
+            "--data-root",
+            str(root / "data"),
+            "--out",
+            str(root / "run"),
+            *model_args,
+            "--steps",
+            "13",
+            "--log-every",
+            "5",
+            "--update-every",
+            "6",
+            "--checkpoint-every",
+            "1000",
+            "--frozen-epochs",
+            "0",
+            "--no-progress",
+            "--data-threads",
+            "2",
+            "--no-baseline",
+        ]
         part.doc.update(argv=argv[4:], sync_debug_mode="error" if cuda else None)
         run = Run(parse_args(argv))
         counts = {"steps": 0, "log_points": 0}
@@ -366,6 +465,7 @@ def part_sync(part: Part, dry_run: bool) -> None:
                     return function(*args, **kwargs)
                 finally:
                     debug_mode("error")
+
             return call
 
         run.loader.next_batch = allowed(run.loader.next_batch, "steps")  # one batch a step
@@ -392,16 +492,19 @@ def part_sync(part: Part, dry_run: bool) -> None:
 
 def part_peers(part: Part, dry_run: bool) -> None:
     from bench import gpu_peers
+
     gpu_peers.run(part, dry_run, use_cuda(dry_run), timed_ms, peak_mib)
 
 
 def sync(cuda: bool) -> None:
     if cuda:
         import torch
+
         torch.cuda.synchronize()
 
 
 # ---- report ------------------------------------------------------------------------------------
+
 
 def read_parts(out: Path) -> dict:
     """Each part's JSON, with the exit status gpu_check.sh recorded and an error when it is missing."""
@@ -424,38 +527,59 @@ def read_parts(out: Path) -> dict:
 def table(parts: dict) -> str:
     lines = []
     env = parts["tests"].get("env", {})
-    lines.append(f"device: {env.get('device', 'CPU (dry run)' if parts['tests'].get('dry_run') else 'unknown')}; "
-                 f"torch {env.get('torch')}; triton {env.get('triton')}; auto backend {env.get('auto_backend')}")
+    lines.append(
+        f"device: {env.get('device', 'CPU (dry run)' if parts['tests'].get('dry_run') else 'unknown')}; "
+        f"torch {env.get('torch')}; triton {env.get('triton')}; auto backend {env.get('auto_backend')}"
+    )
     for case in parts["tests"]["cases"]:
-        lines.append(f"tests: exit {case['exit']}, passed {case.get('passed')}, failed {case.get('failures')}, "
-                     f"errors {case.get('errors')}, skipped {case.get('skipped')} ({case['seconds']} s)")
+        lines.append(
+            f"tests: exit {case['exit']}, passed {case.get('passed')}, failed {case.get('failures')}, "
+            f"errors {case.get('errors')}, skipped {case.get('skipped')} ({case['seconds']} s)"
+        )
     losses = parts["losses"]
-    lines += ["", f"losses ({losses.get('dtype')}, Ds={D_S}, Dt={D_T}; fraction of {LIMITS['bf16_tflops']:g} TFLOP/s "
-                  f"and {LIMITS['hbm_gbs']:g} GB/s)",
-              f"{'impl':<19}{'B':>6}{'C':>9}{'ms':>10}{'peak MiB':>10}{'TFLOP/s':>9}{'%':>7}{'GB/s':>8}{'%':>7}"]
+    lines += [
+        "",
+        f"losses ({losses.get('dtype')}, Ds={D_S}, Dt={D_T}; fraction of {LIMITS['bf16_tflops']:g} TFLOP/s "
+        f"and {LIMITS['hbm_gbs']:g} GB/s)",
+        f"{'impl':<19}{'B':>6}{'C':>9}{'ms':>10}{'peak MiB':>10}{'TFLOP/s':>9}{'%':>7}{'GB/s':>8}{'%':>7}",
+    ]
     for c in losses["cases"]:
         head = f"{c['impl']:<19}{c['batch']:>6}{c['classes']:>9}"
         if "ms" in c:
             peak = "-" if c.get("peak_mib") is None else f"{c['peak_mib']:.0f}"
-            lines.append(f"{head}{c['ms']:>10.3f}{peak:>10}{c['tflops']:>9.1f}{100 * c['tflops_fraction']:>7.1f}"
-                         f"{c['gbs']:>8.0f}{100 * c['gbs_fraction']:>7.1f}")
+            lines.append(
+                f"{head}{c['ms']:>10.3f}{peak:>10}{c['tflops']:>9.1f}{100 * c['tflops_fraction']:>7.1f}"
+                f"{c['gbs']:>8.0f}{100 * c['gbs_fraction']:>7.1f}"
+            )
         else:
             lines.append(f"{head}  {c.get('skipped') or c.get('error')}")
     train = parts["train"]
-    lines += ["", f"train step ({train.get('backbone')}, {train.get('image_size')} px, B={train.get('batch')}, "
-                  f"C={train.get('classes')})"]
+    lines += [
+        "",
+        f"train step ({train.get('backbone')}, {train.get('image_size')} px, B={train.get('batch')}, "
+        f"C={train.get('classes')})",
+    ]
     for c in train["cases"]:
-        lines.append(f"{c['mode']:<17} " + (f"{c['images_per_s']:>8.1f} images/s  {c['step_ms']:>9.1f} ms  peak "
-                                             f"{c.get('peak_mib')} MiB  compiled={c['compiled']}"
-                                             if "images_per_s" in c else str(c.get("error"))))
+        lines.append(
+            f"{c['mode']:<17} "
+            + (
+                f"{c['images_per_s']:>8.1f} images/s  {c['step_ms']:>9.1f} ms  peak "
+                f"{c.get('peak_mib')} MiB  compiled={c['compiled']}"
+                if "images_per_s" in c
+                else str(c.get("error"))
+            )
+        )
     speedup = train.get("speedup_compiled_fused_vs_eager_reference")
     if speedup is not None:
         lines.append(f"speedup compiled+fused vs eager+reference: {speedup}x")
     sync_part = parts["sync"]
     for c in sync_part["cases"]:
-        lines.append(f"sync check (debug mode {sync_part.get('sync_debug_mode')}): {c['steps']} steps, "
-                     f"{c['log_points']} log points, " + ("no sync between log points" if c["ok"] else c["error"]))
+        lines.append(
+            f"sync check (debug mode {sync_part.get('sync_debug_mode')}): {c['steps']} steps, "
+            f"{c['log_points']} log points, " + ("no sync between log points" if c["ok"] else c["error"])
+        )
     from bench import gpu_peers
+
     lines += ["", *gpu_peers.table_lines(parts["peers"])]
     errors = [f"{name}: {e['where']}: {e['error']}" for name, doc in parts.items() for e in doc["errors"]]
     lines += ["", "errors:" if errors else "errors: none", *errors]
@@ -465,8 +589,12 @@ def table(parts: dict) -> str:
 def report(out: Path) -> bool:
     """Write gpu_report.json, print the table; True when no part recorded an error."""
     parts = read_parts(out)
-    doc = {"dry_run": parts["tests"].get("dry_run"), "limits": LIMITS, "parts": parts,
-           "ok": all(not doc["errors"] for doc in parts.values())}
+    doc = {
+        "dry_run": parts["tests"].get("dry_run"),
+        "limits": LIMITS,
+        "parts": parts,
+        "ok": all(not doc["errors"] for doc in parts.values()),
+    }
     (out / "gpu_report.json").write_text(json.dumps(doc, indent=2))
     print(table(parts))
     return doc["ok"]

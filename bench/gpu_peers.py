@@ -14,6 +14,7 @@ Per case: median ms (triton.testing.do_bench), peak MiB above the inputs, and th
 against udon_fast's Triton result of the same shape (loss absolute; gradients relative to the largest
 Triton entry).  The dry run (CPU) runs the implementations that work without CUDA at a tiny shape.
 """
+
 import importlib
 
 SHAPES = [(256, 224408), (4096, 224408), (4096, 1_000_000)]
@@ -29,18 +30,21 @@ def _implementations():
     import udon_fast
 
     def ours(x, w, labels):
-        return udon_fast.normalized_softmax_ce(F.normalize(x, dim=1), w, labels, scale=SCALE, backend="auto",
-                                               check_inputs=False)
+        return udon_fast.normalized_softmax_ce(
+            F.normalize(x, dim=1), w, labels, scale=SCALE, backend="auto", check_inputs=False
+        )
 
     def linear(fn):
         return lambda x, w, labels: fn(SCALE * F.normalize(x, dim=1), F.normalize(w, dim=1), labels)
 
     def liger(e, c, labels):
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
         return LigerFusedLinearCrossEntropyLoss()(c, e, labels)
 
     def cce(e, c, labels):
         from cut_cross_entropy import linear_cross_entropy
+
         return linear_cross_entropy(e, c, labels, filter_eps=None)
 
     options = torch.nn.LinearCrossEntropyOptions()
@@ -100,8 +104,11 @@ def run(part, dry_run: bool, cuda: bool, timed_ms, peak_mib) -> None:
                 else:
                     case["diff_vs_udon_fast"] = {
                         "loss": float((result[0] - ours[0]).abs()),
-                        **{key: float((g - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-                           for key, g, ref in zip(("d_x", "d_weight"), result[1:], ours[1:])}}
+                        **{
+                            key: float((g - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+                            for key, g, ref in zip(("d_x", "d_weight"), result[1:], ours[1:])
+                        },
+                    }
                 case["peak_mib"] = None if case["peak_mib"] is None else round(case["peak_mib"], 1)
             except Exception as exc:  # noqa: BLE001 - recorded, the next case runs
                 case["error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -114,15 +121,19 @@ def run(part, dry_run: bool, cuda: bool, timed_ms, peak_mib) -> None:
 
 def table_lines(doc: dict) -> list[str]:
     """The report table's lines for this part."""
-    lines = [f"peers (normface CE, one head, {doc.get('dtype')}, D={doc.get('dim')}; diffs vs udon_fast)",
-             f"{'impl':<19}{'B':>6}{'C':>9}{'ms':>10}{'peak MiB':>10}{'d loss':>10}{'d x':>10}{'d W':>10}"]
+    lines = [
+        f"peers (normface CE, one head, {doc.get('dtype')}, D={doc.get('dim')}; diffs vs udon_fast)",
+        f"{'impl':<19}{'B':>6}{'C':>9}{'ms':>10}{'peak MiB':>10}{'d loss':>10}{'d x':>10}{'d W':>10}",
+    ]
     for c in doc["cases"]:
         head = f"{c['impl']:<19}{c['batch']:>6}{c['classes']:>9}"
         if "ms" in c:
             peak = "-" if c.get("peak_mib") is None else f"{c['peak_mib']:.0f}"
             d = c.get("diff_vs_udon_fast", {})
-            lines.append(f"{head}{c['ms']:>10.3f}{peak:>10}"
-                         + "".join(f"{d[k]:>10.1e}" if k in d else f"{'-':>10}" for k in ("loss", "d_x", "d_weight")))
+            lines.append(
+                f"{head}{c['ms']:>10.3f}{peak:>10}"
+                + "".join(f"{d[k]:>10.1e}" if k in d else f"{'-':>10}" for k in ("loss", "d_x", "d_weight"))
+            )
         else:
             lines.append(f"{head}  {c.get('skipped') or c.get('error')}")
     return lines

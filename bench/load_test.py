@@ -7,6 +7,7 @@ the gallery), the clients each waiting for their reply before sending the next; 
 latency, throughput and errors per level as a Markdown table, and exits 1 on any error.  Every loop
 is bounded by a request count and `--timeout` seconds; nothing is sent anywhere but 127.0.0.1.
 """
+
 import argparse
 import asyncio
 import json
@@ -22,8 +23,7 @@ import numpy as np
 HOST = "127.0.0.1"
 
 
-async def load(url: str, images: list[tuple[str, bytes]], clients: int, requests: int,
-               timeout: float = 60.0) -> dict:
+async def load(url: str, images: list[tuple[str, bytes]], clients: int, requests: int, timeout: float = 60.0) -> dict:
     """Send `requests` POST /search requests from `clients` concurrent clients; returns {"clients",
     "requests", "errors", "p50_ms", "p99_ms", "per_s", "seconds", "self_first"} where self_first counts
     replies whose top hit is the uploaded gallery image itself."""
@@ -50,9 +50,16 @@ async def load(url: str, images: list[tuple[str, bytes]], clients: int, requests
         await asyncio.wait_for(asyncio.gather(*(client(http) for _ in range(clients))), timeout)
     seconds = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": requests, "errors": errors, "seconds": seconds,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "per_s": len(latencies) / seconds, "self_first": self_first}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "errors": errors,
+        "seconds": seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "per_s": len(latencies) / seconds,
+        "self_first": self_first,
+    }
 
 
 def free_port() -> int:
@@ -96,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         process.terminate()
         process.wait(timeout=30)
-    print(f"gallery of {health['gallery']} images; {health['batches']} embedding batches for {health['images']} "
-          f"images in all (warm-up included)\n")
+    print(
+        f"gallery of {health['gallery']} images; {health['batches']} embedding batches for {health['images']} "
+        f"images in all (warm-up included)\n"
+    )
     print("| clients | requests | p50 latency (ms) | p99 latency (ms) | throughput (requests/s) | errors |")
     print("|---|---|---|---|---|---|")
     for level in levels:
-        print(f"| {level['clients']} | {level['requests']} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
-              f"{level['per_s']:.1f} | {len(level['errors'])} |")
+        print(
+            f"| {level['clients']} | {level['requests']} | {level['p50_ms']:.1f} | {level['p99_ms']:.1f} | "
+            f"{level['per_s']:.1f} | {len(level['errors'])} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"levels": levels, "health": health}, indent=1))
     failed = [e for level in levels for e in level["errors"]]

@@ -11,6 +11,7 @@ Written so that it runs against older checkouts of the trainer too (only `Run`, 
 `Progress` are used): compare two versions by running this module with each on PYTHONPATH,
 alternately, on the same machine.
 """
+
 import argparse
 import json
 import sys
@@ -31,8 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args, train_args = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as folder:
-        config = parse_args(["--steps", "40", "--checkpoint-every", "100000", "--no-progress", *train_args,
-                             "--out", str(Path(folder) / "run")])
+        config = parse_args(
+            [
+                "--steps",
+                "40",
+                "--checkpoint-every",
+                "100000",
+                "--no-progress",
+                *train_args,
+                "--out",
+                str(Path(folder) / "run"),
+            ]
+        )
         run = Run(config)
         stamps = []
         next_batch = run.loader.next_batch
@@ -57,9 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     k = args.warmup
     excluded = sum(seconds for start, seconds in paused if stamps[k] <= start < stamps[-1])
     rate = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k] - excluded)
-    report = {"argv": train_args, "steps": len(stamps), "warmup": k, "steps_per_s": round(rate, 3),
-              "images_per_s": round(rate * config.batch_size, 1), "threads": torch.get_num_threads(),
-              "compile": config.compile, "backbone": config.backbone}
+    report = {
+        "argv": train_args,
+        "steps": len(stamps),
+        "warmup": k,
+        "steps_per_s": round(rate, 3),
+        "images_per_s": round(rate * config.batch_size, 1),
+        "threads": torch.get_num_threads(),
+        "compile": config.compile,
+        "backbone": config.backbone,
+    }
     text = json.dumps(report)
     print(text)
     if args.out:

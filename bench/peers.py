@@ -28,9 +28,10 @@ Implementations (`IMPLEMENTATIONS`; `supports(name, margin_type)` says which mar
 `build(name, problem)` returns a `Run`: `step()` does one forward + backward and returns the loss
 (detached), `grads()` the gradients with respect to x (B, D) and W (C, D) of the last step.
 """
+
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,9 @@ class Run:
     grads: Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
-def make_problem(batch: int, classes: int, dim: int, margin_type: str, margin: float, scale: float = 16.0,
-                 seed: int = 0) -> Problem:
+def make_problem(
+    batch: int, classes: int, dim: int, margin_type: str, margin: float, scale: float = 16.0, seed: int = 0
+) -> Problem:
     """Random raw embeddings (norms 0.5 to 2), weights with uneven row norms, labels; seeded."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, dim, generator=gen) * (torch.rand(batch, 1, generator=gen) * 1.5 + 0.5)
@@ -83,8 +85,16 @@ def linear_ce_options(name: str):
     return torch.nn.LinearCrossEntropyOptions(batch_chunk_size=int(name.removeprefix("linear_ce_chunk")))
 
 
-IMPLEMENTATIONS = (*OURS, "reference", "reference_compiled", "linear_ce", "linear_ce_auto",
-                   *(f"linear_ce_chunk{n}" for n in LINEAR_CE_CHUNKS), "pml_cosface", "pml_arcface")
+IMPLEMENTATIONS = (
+    *OURS,
+    "reference",
+    "reference_compiled",
+    "linear_ce",
+    "linear_ce_auto",
+    *(f"linear_ce_chunk{n}" for n in LINEAR_CE_CHUNKS),
+    "pml_cosface",
+    "pml_arcface",
+)
 PML_MARGINS = {"pml_cosface": "cosface", "pml_arcface": "arcface"}
 
 
@@ -108,8 +118,16 @@ def _clear(*tensors: torch.Tensor) -> None:
 
 def _ours(p: Problem, backend: str, compiled: bool = False) -> Run:
     def loss(x, weight, labels):
-        return udon_fast.normalized_softmax_ce(F.normalize(x, dim=1), weight, labels, margin_type=p.margin_type,
-                                               margin=p.margin, scale=p.scale, backend=backend, check_inputs=False)
+        return udon_fast.normalized_softmax_ce(
+            F.normalize(x, dim=1),
+            weight,
+            labels,
+            margin_type=p.margin_type,
+            margin=p.margin,
+            scale=p.scale,
+            backend=backend,
+            check_inputs=False,
+        )
 
     fn = torch.compile(loss) if compiled else loss
 
@@ -127,8 +145,9 @@ def _linear_ce(p: Problem, name: str) -> Run:
 
     def step():
         _clear(p.x, p.weight)
-        out = F.linear_cross_entropy(p.scale * F.normalize(p.x, dim=1), F.normalize(p.weight, dim=1), p.labels,
-                                     options=options)
+        out = F.linear_cross_entropy(
+            p.scale * F.normalize(p.x, dim=1), F.normalize(p.weight, dim=1), p.labels, options=options
+        )
         out.backward()
         return out.detach()
 

@@ -10,6 +10,7 @@ Ratio vs reference: the first `extra_info` figure, in this order, named `ratio_v
 `end_to_end_ratio`), shown with its name since the direction is the bench's own (speedups: > 1 is
 faster; time ratios: > 1 is slower).  Charts plot every such ratio figure of a group's cases.
 """
+
 from pathlib import Path
 
 import matplotlib
@@ -58,8 +59,13 @@ def table_row(bench: dict) -> list[str]:
     ratio = f"{ratios[first]:g} ({first})" if first else "—"
     peaks = [f"{k}={_format_value(v)}" for k, v in extra.items() if k.startswith("peak")]
     others = [f"{k}={_format_value(v)}" for k, v in extra.items() if not k.startswith("peak") and k != first]
-    return [bench["name"], format_seconds(bench["stats"]["mean"]), ratio, ", ".join(peaks) or "—",
-            ", ".join(others) or "—"]
+    return [
+        bench["name"],
+        format_seconds(bench["stats"]["mean"]),
+        ratio,
+        ", ".join(peaks) or "—",
+        ", ".join(others) or "—",
+    ]
 
 
 def grouped(data: dict) -> dict[str, list[dict]]:
@@ -73,8 +79,10 @@ def machine_lines(data: dict) -> list[str]:
     """Machine facts: `machine_info["udon"]` (bench/conftest.py), else pytest-benchmark's own."""
     info = data.get("machine_info", {})
     facts = info.get("udon") or {
-        "cpu_model": info.get("cpu", {}).get("brand_raw", "unknown"), "cores": info.get("cpu", {}).get("count"),
-        "date": data.get("datetime")}
+        "cpu_model": info.get("cpu", {}).get("brand_raw", "unknown"),
+        "cores": info.get("cpu", {}).get("count"),
+        "date": data.get("datetime"),
+    }
     return [f"- {k}: {v}" for k, v in facts.items()]
 
 

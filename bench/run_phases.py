@@ -8,6 +8,7 @@ includes the image check), the image check alone, the off-the-shelf backbone's e
 and validation evaluations, the training steps (the first one separately: it includes torch.compile),
 the checkpoints, and the end (`Run.finish`, which holds the final test evaluation and the plots).
 """
+
 import argparse
 import functools
 import sys
@@ -17,8 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.suite import emit_json
-from udon_fast.evaluation import protocol as evaluation
 from udon_fast.commands.train import parse_args
+from udon_fast.evaluation import protocol as evaluation
 from udon_fast.trainer import loop
 from udon_fast.trainer import step as step_module
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     seconds[name] += time.perf_counter() - start
                     calls[name] += 1
+
             return call
 
         first_step = {"done": False}
@@ -52,15 +54,19 @@ def main(argv: list[str] | None = None) -> int:
             first_step["done"] = True
             return timed(label, real_call)(step, *a, **k)
 
-        patches = [(loop.Run, "__init__", timed("setup (Run(), incl. image check)", loop.Run.__init__)),
-                   (step_module.UDONStep, "__call__", step_call),
-                   (evaluation, "check_eval_images", timed("image check", evaluation.check_eval_images)),
-                   (loop.Run, "evaluate_baseline", timed("off-the-shelf backbone evaluation",
-                                                         loop.Run.evaluate_baseline)),
-                   (loop.Run, "evaluate", timed("", loop.Run.evaluate,
-                                                lambda run, split, model=None, **k: f"evaluation {split}")),
-                   (loop.Run, "save", timed("checkpoint writes", loop.Run.save)),
-                   (loop.Run, "finish", timed("finish (final test evaluation, outputs)", loop.Run.finish))]
+        patches = [
+            (loop.Run, "__init__", timed("setup (Run(), incl. image check)", loop.Run.__init__)),
+            (step_module.UDONStep, "__call__", step_call),
+            (evaluation, "check_eval_images", timed("image check", evaluation.check_eval_images)),
+            (loop.Run, "evaluate_baseline", timed("off-the-shelf backbone evaluation", loop.Run.evaluate_baseline)),
+            (
+                loop.Run,
+                "evaluate",
+                timed("", loop.Run.evaluate, lambda run, split, model=None, **k: f"evaluation {split}"),
+            ),
+            (loop.Run, "save", timed("checkpoint writes", loop.Run.save)),
+            (loop.Run, "finish", timed("finish (final test evaluation, outputs)", loop.Run.finish)),
+        ]
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, value in patches:
             setattr(owner, name, value)
@@ -71,9 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             for owner, name, value in saved:
                 setattr(owner, name, value)
         total = time.perf_counter() - start
-    report = {"argv": train_args, "steps": config.steps, "compile": config.compile, "total_s": round(total, 1),
-              "phases": {k: {"seconds": round(v, 1), "calls": calls[k]} for k, v in sorted(seconds.items(),
-                                                                                          key=lambda kv: -kv[1])}}
+    report = {
+        "argv": train_args,
+        "steps": config.steps,
+        "compile": config.compile,
+        "total_s": round(total, 1),
+        "phases": {
+            k: {"seconds": round(v, 1), "calls": calls[k]} for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])
+        },
+    }
     emit_json(report, args.out)
     return 0
 

@@ -1,4 +1,5 @@
 """Helpers shared by the bench files: quick mode, peak resident memory, CPU time, machine facts, JSON output."""
+
 import ctypes
 import ctypes.util
 import datetime

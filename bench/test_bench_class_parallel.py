@@ -14,6 +14,7 @@ fp32 weights, gradients and AdamW moments, 5,120 B, plus the flat gradient all-r
 the replicated need at C = 3M against this machine's memory; that run is never started.  A case whose
 predicted memory exceeds 85% of MemAvailable is skipped with the reason (the machine is shared).
 """
+
 import functools
 
 import pytest
@@ -28,7 +29,7 @@ CASES = [(mode, c) for c in BOTH for mode in class_parallel.MODES] + [("class_pa
 LARGE = 3_000_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured(mode: str, classes: int) -> dict:
     try:
         return class_parallel.measure(mode, classes)
@@ -50,8 +51,13 @@ def figures(result: dict) -> dict:
 def test_bench_class_parallel_step(benchmark, mode, classes):
     result = {}
     benchmark.pedantic(lambda: result.update(measured(mode, classes)), rounds=1, iterations=1)
-    benchmark.extra_info.update(mode=mode, classes=classes, ranks=class_parallel.RANKS,
-                                batch_per_rank=result["batch_per_rank"], **figures(result))
+    benchmark.extra_info.update(
+        mode=mode,
+        classes=classes,
+        ranks=class_parallel.RANKS,
+        batch_per_rank=result["batch_per_rank"],
+        **figures(result),
+    )
 
 
 @pytest.mark.skipif(QUICK, reason="needs two replicated sizes")
@@ -65,8 +71,11 @@ def test_replicated_would_not_fit(benchmark):
     need = class_parallel.RANKS * (base + fixed + per_class * LARGE)
     total = class_parallel.meminfo_bytes("MemTotal")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    benchmark.extra_info.update(replicated_bytes_per_class=round(per_class), classes=LARGE,
-                                replicated_need_gib_per_rank=round(need / class_parallel.RANKS / 2**30, 1),
-                                replicated_need_gib_two_ranks=round(need / 2**30, 1),
-                                machine_gib=round(total / 2**30, 1))
+    benchmark.extra_info.update(
+        replicated_bytes_per_class=round(per_class),
+        classes=LARGE,
+        replicated_need_gib_per_rank=round(need / class_parallel.RANKS / 2**30, 1),
+        replicated_need_gib_two_ranks=round(need / 2**30, 1),
+        machine_gib=round(total / 2**30, 1),
+    )
     assert need > total, "at C = 3M the replicated job would fit here: pick a larger C"

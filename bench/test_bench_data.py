@@ -10,6 +10,7 @@ Each DALI / torchvision case stores `<decoder>_vs_pil` (ratio of images/s, measu
 and every case `cpu_ms_per_image` (CPU time of the process and its live children per image: the
 cost, which unlike images/s does not depend on how many threads get scheduled on a busy machine).
 """
+
 import itertools
 
 import numpy as np
@@ -56,8 +57,15 @@ def batches(pipeline: str, domain: Domain):
         assert len(loader) > 0, f"{len(domain.train)} images make no batch of {BATCH}"
         yield from itertools.chain.from_iterable(itertools.repeat(loader))
         return
-    loader = TrainLoader({"all": domain}, batch_size=BATCH, image_size=IMAGE_SIZE, num_threads=THREADS,
-                         device_id=None, decoder=pipeline, **NORM)
+    loader = TrainLoader(
+        {"all": domain},
+        batch_size=BATCH,
+        image_size=IMAGE_SIZE,
+        num_threads=THREADS,
+        device_id=None,
+        decoder=pipeline,
+        **NORM,
+    )
     try:
         while True:
             yield loader.next_batch("all")
@@ -86,8 +94,11 @@ def test_bench_train_pipeline(benchmark, datasets, dataset, pipeline):
     finally:
         stream.close()
     rate = RATES[dataset, pipeline] = BATCH * BATCHES_PER_ROUND / benchmark.stats.stats.mean
-    benchmark.extra_info.update(images_per_s=round(rate, 1),
-                                cpu_ms_per_image=round(1e3 * cpu["seconds"] / cpu["images"], 2),
-                                threads=THREADS, image_size=IMAGE_SIZE)
+    benchmark.extra_info.update(
+        images_per_s=round(rate, 1),
+        cpu_ms_per_image=round(1e3 * cpu["seconds"] / cpu["images"], 2),
+        threads=THREADS,
+        image_size=IMAGE_SIZE,
+    )
     if pipeline != "pil" and (dataset, "pil") in RATES:
         benchmark.extra_info[f"{pipeline}_vs_pil"] = round(rate / RATES[dataset, "pil"], 2)

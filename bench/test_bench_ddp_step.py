@@ -4,6 +4,7 @@ Run: `pytest bench/test_bench_ddp_step.py -p no:cacheprovider` (about a minute o
 `UDON_BENCH_QUICK=1`: 4 timed steps instead of 30.  pytest-benchmark's time is the whole job; read
 extra_info: ddp_s and hand_rolled_s (median seconds per step, interleaved in one job) and their ratio.
 """
+
 from bench import ddp_step
 from bench.suite import quick
 

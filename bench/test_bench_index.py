@@ -12,6 +12,7 @@ Run: `pytest bench/test_bench_index.py`.  Each case stores in `extra_info`: kind
 recall_at_10 (mean fraction of the exact top 10 returned), build_s, search_s (the benchmarked
 call), speedup_vs_flat (flat search_s / search_s, same run).
 """
+
 import time
 
 import numpy as np
@@ -49,8 +50,9 @@ def _builtin_lite0(root) -> tuple[np.ndarray, np.ndarray]:
         paths = paths[:1_500]
     embedder = backbone_embedder("tf_efficientnet_lite0", "packaged", 64)
     split = Split(paths, np.zeros(len(paths), np.int64), name="all")
-    x = embed_split(embedder, split, None, batch_size=128, device=torch.device("cpu"), teacher=False,
-                    progress=False).student
+    x = embed_split(
+        embedder, split, None, batch_size=128, device=torch.device("cpu"), teacher=False, progress=False
+    ).student
     held_out = np.random.default_rng(0).permutation(len(x))
     return np.ascontiguousarray(x[held_out[500:]]), np.ascontiguousarray(x[held_out[:500]])
 
@@ -77,7 +79,14 @@ def test_bench_index_recall_vs_flat(benchmark, gallery, kind):
     SEARCH_S[f"{name}/{kind}"] = benchmark.stats.stats.mean
     benchmark.group = f"index {name}"
     benchmark.extra_info.update(
-        gallery=name, count=len(vectors), dim=vectors.shape[1], queries=len(queries), kind=info["kind"],
-        parameters=info["parameters"], recall_at_10=round(recall, 4), build_s=round(build_s, 2),
+        gallery=name,
+        count=len(vectors),
+        dim=vectors.shape[1],
+        queries=len(queries),
+        kind=info["kind"],
+        parameters=info["parameters"],
+        recall_at_10=round(recall, 4),
+        build_s=round(build_s, 2),
         search_s=round(benchmark.stats.stats.mean, 4),
-        speedup_vs_flat=round(SEARCH_S.get(f"{name}/flat", float("nan")) / benchmark.stats.stats.mean, 2))
+        speedup_vs_flat=round(SEARCH_S.get(f"{name}/flat", float("nan")) / benchmark.stats.stats.mean, 2),
+    )

@@ -12,6 +12,7 @@ Figures in `benchmark.extra_info` (seconds unless named otherwise):
   because the end-to-end difference is within the run-to-run noise of the search.
 - end_to_end_ratio: knn_metrics_s / search_s.
 """
+
 import os
 import time
 
@@ -36,8 +37,10 @@ def unit_rows(rng, n):
 def data():
     rng = np.random.default_rng(0)
     return {
-        "query_emb": unit_rows(rng, NUM_QUERIES), "query_labels": rng.integers(0, NUM_CLASSES, NUM_QUERIES),
-        "index_emb": unit_rows(rng, NUM_INDEX), "index_labels": rng.integers(0, NUM_CLASSES, NUM_INDEX),
+        "query_emb": unit_rows(rng, NUM_QUERIES),
+        "query_labels": rng.integers(0, NUM_CLASSES, NUM_QUERIES),
+        "index_emb": unit_rows(rng, NUM_INDEX),
+        "index_labels": rng.integers(0, NUM_CLASSES, NUM_INDEX),
         "query_domains": rng.integers(0, NUM_DOMAINS, NUM_QUERIES),
         "index_domains": rng.integers(0, NUM_DOMAINS, NUM_INDEX),
     }
@@ -45,8 +48,14 @@ def data():
 
 def run_knn_metrics(data):
     return knn.knn_metrics(
-        data["query_emb"], data["query_labels"], data["index_emb"], data["index_labels"],
-        query_domains=data["query_domains"], index_domains=data["index_domains"], k=K, use_gpu=False,
+        data["query_emb"],
+        data["query_labels"],
+        data["index_emb"],
+        data["index_labels"],
+        query_domains=data["query_domains"],
+        index_domains=data["index_domains"],
+        k=K,
+        use_gpu=False,
     )
 
 
@@ -63,20 +72,26 @@ def test_bench_knn_metrics_vs_faiss_search(benchmark, data, monkeypatch):
 
     def precomputed_search(query, index_emb, k, batch_size, use_gpu):
         for first in range(0, len(query), batch_size):
-            yield first, ids[first:first + batch_size]
+            yield first, ids[first : first + batch_size]
 
     monkeypatch.setattr(knn, "_search_batches", precomputed_search)
     start = time.perf_counter()
     assert run_knn_metrics(data) == metrics
     metrics_only_s = time.perf_counter() - start
 
-    benchmark.extra_info.update({
-        "num_queries": NUM_QUERIES, "num_index": NUM_INDEX, "dim": DIM, "k": K,
-        "search_s": round(search_s, 3), "knn_metrics_s": round(knn_metrics_s, 3),
-        "metrics_only_s": round(metrics_only_s, 3),
-        "overhead_fraction": round(metrics_only_s / search_s, 4),
-        "end_to_end_ratio": round(knn_metrics_s / search_s, 4),
-        "target_overhead_fraction": TARGET_OVERHEAD,
-    })
+    benchmark.extra_info.update(
+        {
+            "num_queries": NUM_QUERIES,
+            "num_index": NUM_INDEX,
+            "dim": DIM,
+            "k": K,
+            "search_s": round(search_s, 3),
+            "knn_metrics_s": round(knn_metrics_s, 3),
+            "metrics_only_s": round(metrics_only_s, 3),
+            "overhead_fraction": round(metrics_only_s / search_s, 4),
+            "end_to_end_ratio": round(knn_metrics_s / search_s, 4),
+            "target_overhead_fraction": TARGET_OVERHEAD,
+        }
+    )
     assert metrics["num_queries"] == NUM_QUERIES and 0.0 <= metrics["mmp_at_5"] <= 1.0
     assert metrics_only_s / search_s <= TARGET_OVERHEAD

@@ -8,6 +8,7 @@ shape to a smoke run.  pytest-benchmark times a pair of steps, one default then 
 each also timed on its own: the variants interleave so that both see the same load on a shared
 machine, and `benchmark.extra_info` stores both medians and their ratio.
 """
+
 import os
 import statistics
 import sys
@@ -60,6 +61,8 @@ def test_options_layer_cost_native(benchmark):
     info["median_default_s"] = round(statistics.median(default_times), 4)
     info["median_smoothing_class_weight_s"] = round(statistics.median(option_times), 4)
     info["ratio_options_over_default"] = round(statistics.median(option_times) / statistics.median(default_times), 3)
-    print(f"\noptions layer, native, {info['shape']}: default {info['median_default_s']} s, "
-          f"label_smoothing + class_weight {info['median_smoothing_class_weight_s']} s, "
-          f"ratio {info['ratio_options_over_default']}")
+    print(
+        f"\noptions layer, native, {info['shape']}: default {info['median_default_s']} s, "
+        f"label_smoothing + class_weight {info['median_smoothing_class_weight_s']} s, "
+        f"ratio {info['ratio_options_over_default']}"
+    )

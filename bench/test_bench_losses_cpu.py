@@ -21,6 +21,7 @@ freed heap pages (hence the clamp at 0).
 torch's CPU allocator returns large blocks to the OS, so RSS tracks live tensors; tracemalloc would
 not see torch's allocations at all.
 """
+
 import json
 import os
 import subprocess
@@ -43,8 +44,20 @@ QUICK = os.environ.get("UDON_BENCH_QUICK") == "1"
 D_S, D_T = 64, 256
 # Shapes: B in {128, 1024} x C in {10k, 73,182 (gldv2), 224,408 (met)}, plus B = 256 at
 # gldv2/met sizes (the chunked-vs-reference memory target is stated at B = 256, met).
-SHAPES = [(64, 4096)] if QUICK else [(128, 10000), (128, 73182), (128, 224408), (256, 73182), (256, 224408),
-                                     (1024, 10000), (1024, 73182), (1024, 224408)]
+SHAPES = (
+    [(64, 4096)]
+    if QUICK
+    else [
+        (128, 10000),
+        (128, 73182),
+        (128, 224408),
+        (256, 73182),
+        (256, 224408),
+        (1024, 10000),
+        (1024, 73182),
+        (1024, 224408),
+    ]
+)
 ROUNDS = 2 if QUICK else 3
 
 
@@ -90,8 +103,9 @@ def _measure_peak_extra(backend, batch, classes):
 
 def peak_extra_bytes(backend, batch, classes):
     """Peak extra memory of one step of `backend`, measured in a fresh subprocess (see module doc)."""
-    result = subprocess.run([sys.executable, __file__, backend, str(batch), str(classes)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, __file__, backend, str(batch), str(classes)], capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
 
 

@@ -4,6 +4,7 @@ Run explicitly: `python -m pytest bench/test_bench_losses_gpu.py -q --junitxml=b
 records the median milliseconds of both backends as junit properties; in bf16 it also asserts that
 triton beats chunked (fp32 runs the kernels' exact-fp32 dots and is recorded only).
 """
+
 import pytest
 import torch
 
@@ -30,8 +31,7 @@ def _median_ms(module, inputs, repeats=20):
 
     e_t, w_t, e_s, w_s, labels = inputs
     z_y, dz_y = target_terms(resolve("normface"), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1,
-                tau_s=0.1)
+    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1, tau_s=0.1)
     rows = torch.full((inputs[0].shape[0],), 1.0 / inputs[0].shape[0], device="cuda")
 
     def step():

@@ -16,6 +16,7 @@ AdamW kernel called on each row as its own tensor; one timing each, after the ro
 Peak memory: per rate in a fresh subprocess (bench.suite.peak_rss_extra_bytes): peak RSS of one step
 above the resident inputs (weight, embeddings), the step's gradients and sampled copy included.
 """
+
 import json
 import math
 import os
@@ -24,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +81,20 @@ def _per_row_step(optimizer, sampled):
         exp_avg, exp_avg_sq = state["exp_avg"].index_select(0, index), state["exp_avg_sq"].index_select(0, index)
         steps = state["step"].index_select(0, index).add_(1)
         tensors = [list(t.unbind(0)) for t in (rows, sampled.rows.grad, exp_avg, exp_avg_sq)]
-        torch._fused_adamw_(*tensors, [], list(steps.unbind(0)), lr=group["lr"], beta1=group["betas"][0],
-                            beta2=group["betas"][1], weight_decay=group["weight_decay"], eps=group["eps"],
-                            maximize=False, amsgrad=False, grad_scale=None, found_inf=optimizer.found_inf)
+        torch._fused_adamw_(
+            *tensors,
+            [],
+            list(steps.unbind(0)),
+            lr=group["lr"],
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+            amsgrad=False,
+            grad_scale=None,
+            found_inf=optimizer.found_inf,
+        )
         steps.sub_(optimizer.found_inf)
         sampled.parameter.index_copy_(0, index, rows)
         state["exp_avg"].index_copy_(0, index, exp_avg)
@@ -124,7 +135,8 @@ def test_native_speed_against_sample_rate(benchmark):
         sampled = _step(rate, *inputs)
         info[f"per_row_optimizer_r{rate}_s"] = round(_optimizer_seconds(rate, inputs[1], sampled, _per_row_step), 4)
         info[f"speedup_optimizer_r{rate}_over_per_row"] = round(
-            info[f"per_row_optimizer_r{rate}_s"] / optimizer_times[rate], 1)
+            info[f"per_row_optimizer_r{rate}_s"] / optimizer_times[rate], 1
+        )
         inputs[0].grad = inputs[1].grad = None
     print(json.dumps(info, indent=1))
     assert all(times[rate] > 0 for rate in RATES)

@@ -32,6 +32,7 @@ pytest-benchmark itself times the native step in the test's process; `extra_info
 and the ratios of each implementation's time over native's and of the fastest peer over native
 (peers: everything that is not udon_fast's native or chunked backend).
 """
+
 import json
 import subprocess
 import sys
@@ -82,8 +83,12 @@ def measure(name: str, margin_type: str, classes: int, ref_dir: Path) -> dict:
     peak = peak_rss_extra_bytes(timed_step)
     for _ in range(ROUNDS if classes <= SMALL else 1):
         timed_step()
-    result = {"name": name, "seconds": min(times), "cpu_seconds": min(cpu),
-              "peak_extra_mib": None if peak is None else peak / 2**20}
+    result = {
+        "name": name,
+        "seconds": min(times),
+        "cpu_seconds": min(cpu),
+        "peak_extra_mib": None if peak is None else peak / 2**20,
+    }
     grads = [g.detach() for g in run.grads()]
     ref_path = ref_dir / f"{margin_type}_{classes}.pt"
     if name == "reference":
@@ -97,8 +102,9 @@ def measure(name: str, margin_type: str, classes: int, ref_dir: Path) -> dict:
 
 def run_case(name: str, margin_type: str, classes: int, ref_dir: Path) -> dict:
     """`measure` in a fresh subprocess."""
-    result = subprocess.run([sys.executable, __file__, name, margin_type, str(classes), str(ref_dir)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, __file__, name, margin_type, str(classes), str(ref_dir)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{name} {margin_type} C={classes} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -106,16 +112,20 @@ def run_case(name: str, margin_type: str, classes: int, ref_dir: Path) -> dict:
 
 def table(classes: int, margin_type: str, cases: dict) -> str:
     """Text table of one (C, margin): every case with time, ratio over native, peak, differences."""
-    lines = [f"B={BATCH} C={classes} D={DIM} {margin_type} fp32 forward+backward",
-             f"{'implementation':<20}{'time s':>9}{'/native':>9}{'CPU s':>9}{'/native':>9}{'peak MiB':>10}"
-             f"{'d loss':>10}{'d x':>10}{'d W':>10}"]
+    lines = [
+        f"B={BATCH} C={classes} D={DIM} {margin_type} fp32 forward+backward",
+        f"{'implementation':<20}{'time s':>9}{'/native':>9}{'CPU s':>9}{'/native':>9}{'peak MiB':>10}"
+        f"{'d loss':>10}{'d x':>10}{'d W':>10}",
+    ]
     native, native_cpu = cases["native"]["seconds"], cases["native"]["cpu_seconds"]
     for name, r in cases.items():
         d = r.get("diff", {})
         peak = "-" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.1f}"
-        lines.append(f"{name:<20}{r['seconds']:>9.3f}{r['seconds'] / native:>9.2f}"
-                     f"{r['cpu_seconds']:>9.3f}{r['cpu_seconds'] / native_cpu:>9.2f}{peak:>10}"
-                     + "".join(f"{d[k]:>10.1e}" if k in d else f"{'(ref)':>10}" for k in TOLERANCE))
+        lines.append(
+            f"{name:<20}{r['seconds']:>9.3f}{r['seconds'] / native:>9.2f}"
+            f"{r['cpu_seconds']:>9.3f}{r['cpu_seconds'] / native_cpu:>9.2f}{peak:>10}"
+            + "".join(f"{d[k]:>10.1e}" if k in d else f"{'(ref)':>10}" for k in TOLERANCE)
+        )
     return "\n".join(lines)
 
 

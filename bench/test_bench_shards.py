@@ -18,6 +18,7 @@ per mode; the machine is shared, so compare within one run.  Run: `pytest bench/
 (`UDON_BENCH_QUICK=1`: 10,000 images, smaller reads).  The JPEGs and shards are written once per run
 into a temporary directory (about 1 GB).
 """
+
 import json
 import os
 import time
@@ -59,7 +60,7 @@ def _write_images(root: str, start: int, stop: int) -> list[dict]:
         rel = f"bench/{i // 1000:03d}/{i}.jpg"
         path = Path(root) / "images" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(photo[y:y + SIDE, x:x + SIDE]).save(path, "JPEG", quality=85)
+        Image.fromarray(photo[y : y + SIDE, x : x + SIDE]).save(path, "JPEG", quality=85)
         entries.append({"path": rel, "class_id": i % CLASSES})
     return entries
 
@@ -107,8 +108,15 @@ def _read(root: Path) -> tuple[float, int]:
 
 def _train(root: Path) -> tuple[float, int]:
     start = time.perf_counter()
-    loader = TrainLoader(load_domains(root), batch_size=BATCH, image_size=IMAGE_SIZE, num_threads=THREADS,
-                         device_id=None, decoder="torchvision", **NORM)
+    loader = TrainLoader(
+        load_domains(root),
+        batch_size=BATCH,
+        image_size=IMAGE_SIZE,
+        num_threads=THREADS,
+        device_id=None,
+        decoder="torchvision",
+        **NORM,
+    )
     try:
         loader.next_batch("bench")
         first = time.perf_counter()
@@ -122,8 +130,11 @@ def _train(root: Path) -> tuple[float, int]:
 def _eval(root: Path) -> tuple[float, int]:
     start = time.perf_counter()
     split = load_domains(root)["bench"].train.part(0, EVAL_IMAGES)
-    batches = iter(EvalLoader(split, batch_size=BATCH, image_size=IMAGE_SIZE, num_threads=THREADS, device_id=None,
-                              decoder="dali", **NORM))
+    batches = iter(
+        EvalLoader(
+            split, batch_size=BATCH, image_size=IMAGE_SIZE, num_threads=THREADS, device_id=None, decoder="dali", **NORM
+        )
+    )
     next(batches)
     first = time.perf_counter()
     count = sum(len(images) for images, _ in batches)
@@ -149,7 +160,8 @@ def test_bench_shards_vs_files(benchmark, roots, mode, storage):
 
     benchmark.pedantic(run, setup=cold, rounds=ROUNDS, iterations=1)
     rate = RATES[mode, storage] = float(np.mean(measured["rate"]))
-    benchmark.extra_info.update(images_per_s=round(rate, 1), first_batch_s=round(float(np.mean(measured["first"])), 3),
-                                images=IMAGES)
+    benchmark.extra_info.update(
+        images_per_s=round(rate, 1), first_batch_s=round(float(np.mean(measured["first"])), 3), images=IMAGES
+    )
     if storage == "shards" and (mode, "files") in RATES:
         benchmark.extra_info["shards_vs_files"] = round(rate / RATES[mode, "files"], 2)

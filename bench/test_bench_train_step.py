@@ -15,6 +15,7 @@ Figures in `benchmark.extra_info`:
   (MiB; `suite.peak_rss_extra_bytes`), absent where the peak mark cannot be reset.
 - compiled: whether torch.compile took (UDONStep falls back to eager with a warning).
 """
+
 import copy
 import time
 
@@ -37,8 +38,16 @@ DOMAIN = "gldv2"
 
 
 def loss_options(backend: str) -> LossOptions:
-    return LossOptions(margin_type="arcface", margin=0.2, scale=16.0, temperature=0.1, kl_weight=1.0,
-                       similarity_weight=1.0, backend=backend, n_devices=1)
+    return LossOptions(
+        margin_type="arcface",
+        margin=0.2,
+        scale=16.0,
+        temperature=0.1,
+        kl_weight=1.0,
+        similarity_weight=1.0,
+        backend=backend,
+        n_devices=1,
+    )
 
 
 def make_step(model: UDONModel, compile: bool, backend: str) -> UDONStep:
@@ -79,11 +88,17 @@ def test_bench_train_step_compiled_fused_vs_eager_reference(benchmark, batch):
         run_step(step, images, labels)
 
     benchmark.pedantic(run_step, args=(fused, images, labels), rounds=ROUNDS, iterations=1)
-    seconds = {"fused": benchmark.stats.stats.min,
-               "reference": best_seconds(reference, images, labels, ROUNDS)}
+    seconds = {"fused": benchmark.stats.stats.min, "reference": best_seconds(reference, images, labels, ROUNDS)}
     info = benchmark.extra_info
-    info.update(backbone=BACKBONE, depth=BACKBONE_KWARGS.get("depth", 12), image_size=IMAGE_SIZE, batch=BATCH,
-                classes=CLASSES, compiled=fused.compiled, threads=torch.get_num_threads())
+    info.update(
+        backbone=BACKBONE,
+        depth=BACKBONE_KWARGS.get("depth", 12),
+        image_size=IMAGE_SIZE,
+        batch=BATCH,
+        classes=CLASSES,
+        compiled=fused.compiled,
+        threads=torch.get_num_threads(),
+    )
     for name, step in (("fused", fused), ("reference", reference)):
         info[f"images_per_s_{name}"] = round(BATCH / seconds[name], 1)
         peak = peak_rss_extra_bytes(lambda: run_step(step, images, labels))

@@ -26,6 +26,7 @@ are padded to a power of two >= 16 and masked.  No (B, C) tensor exists: each pr
 (BLOCK_B, BLOCK_C) tile.  Every output element is written by exactly one program (no atomics), so
 results are deterministic.
 """
+
 import triton
 import triton.language as tl
 
@@ -70,21 +71,40 @@ def _cosines(e, w, norm, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _online_lse(m, l, x):
+def _online_lse(m, s, x):
     """Merge a (BLOCK_B, BLOCK_C) tile of logits (-inf where masked, >= 1 finite per row) into the
     running (max, sum): returns new max, new sum, rescale factor and exp(x - new max)."""
     m_new = tl.maximum(m, tl.max(x, axis=1))
     alpha = tl.exp2((m - m_new) * LOG2E)
     p = tl.exp2((x - m_new[:, None]) * LOG2E)
-    return m_new, l * alpha + tl.sum(p, axis=1), alpha, p
+    return m_new, s * alpha + tl.sum(p, axis=1), alpha, p
 
 
 @triton.jit
-def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part_ptr,
-                   B, C, DT, DS, tiles_per_split, scale, inv_tau_t, inv_tau_s,
-                   TWO_HEADS: tl.constexpr, HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
-                   BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
+def forward_kernel(
+    e_t_ptr,
+    w_t_ptr,
+    e_s_ptr,
+    w_s_ptr,
+    labels_ptr,
+    z_y_ptr,
+    part_ptr,
+    B,
+    C,
+    DT,
+    DS,
+    tiles_per_split,
+    scale,
+    inv_tau_t,
+    inv_tau_s,
+    TWO_HEADS: tl.constexpr,
+    HEADS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_DS: tl.constexpr,
+):
     """Partial softmax states of one batch tile over one class split.
 
     Grid: (cdiv(B, BLOCK_B), splits); split j covers class tiles [j*tiles_per_split, ...) and holds
@@ -138,8 +158,7 @@ def forward_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, part
 
 
 @triton.jit
-def _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_ptr, rows, row_mask, HEAD: tl.constexpr,
-                    HEADS: tl.constexpr):
+def _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_ptr, rows, row_mask, HEAD: tl.constexpr, HEADS: tl.constexpr):
     """Per-row backward inputs of one head (HEAD: TEACHER or STUDENT, of HEADS columns): z_y, dz_y,
     the CE log-sum-exp (stats column HEAD: `Stat.LSE_ZT` / `LSE_ZS` are the heads' indices) and the CE
     row gradient, each (BLOCK_B,) f32 (zero where masked)."""
@@ -167,12 +186,36 @@ def _kl_grad(cos_t, cos_s, valid, lse_a, lse_b, g_kl_over_tau, inv_tau_t, inv_ta
 
 
 @triton.jit
-def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_y_ptr, stats_ptr,
-                       g_ce_t_ptr, g_ce_s_ptr, g_kl_ptr, d_w_t_ptr, d_w_s_ptr,
-                       B, C, DT, DS, scale, inv_tau_t, inv_tau_s,
-                       TWO_HEADS: tl.constexpr, HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                       GRAD_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
+def grad_weight_kernel(
+    e_t_ptr,
+    w_t_ptr,
+    e_s_ptr,
+    w_s_ptr,
+    labels_ptr,
+    z_y_ptr,
+    dz_y_ptr,
+    stats_ptr,
+    g_ce_t_ptr,
+    g_ce_s_ptr,
+    g_kl_ptr,
+    d_w_t_ptr,
+    d_w_s_ptr,
+    B,
+    C,
+    DT,
+    DS,
+    scale,
+    inv_tau_t,
+    inv_tau_s,
+    TWO_HEADS: tl.constexpr,
+    HEADS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    GRAD_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_DS: tl.constexpr,
+):
     """dW_t (C, DT) and dW_s (C, DS) rows of one class tile, in W's dtype, written once.
 
     Grid: (cdiv(C, BLOCK_C),); loops over all batch tiles, recomputing the cosines and G.
@@ -197,42 +240,73 @@ def grad_weight_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, 
         valid = row_mask[:, None] & col_mask[None, :]
         e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
         cos_t = _cosines(e_t, w_t, norm_t, DOT_PRECISION)
-        z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask,
-                                                 TEACHER, HEADS)
+        z_y, dz_y, lse_z, g_ce = _load_row_terms(
+            z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, TEACHER, HEADS
+        )
         g_t = _ce_grad(cos_t, is_target, valid, z_y, dz_y, lse_z, g_ce, scale)
-        acc_t += tl.dot(tl.trans(g_t / norm_t[None, :]).to(GRAD_DTYPE), e_t.to(GRAD_DTYPE),
-                        input_precision=DOT_PRECISION)
+        acc_t += tl.dot(
+            tl.trans(g_t / norm_t[None, :]).to(GRAD_DTYPE), e_t.to(GRAD_DTYPE), input_precision=DOT_PRECISION
+        )
         g_cos_t += tl.sum(g_t * cos_t, axis=0)
         if TWO_HEADS:
             e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
             cos_s = _cosines(e_s, w_s, norm_s, DOT_PRECISION)
-            z_y, dz_y, lse_z, g_ce = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask,
-                                                     STUDENT, HEADS)
+            z_y, dz_y, lse_z, g_ce = _load_row_terms(
+                z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask, STUDENT, HEADS
+            )
             lse_a = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_A, mask=row_mask, other=0.0)
             lse_b = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_B, mask=row_mask, other=0.0)
             g_kl_over_tau = tl.load(g_kl_ptr + rows, mask=row_mask, other=0.0) * inv_tau_s
             g_s = _ce_grad(cos_s, is_target, valid, z_y, dz_y, lse_z, g_ce, scale)
             g_s += _kl_grad(cos_t, cos_s, valid, lse_a, lse_b, g_kl_over_tau, inv_tau_t, inv_tau_s)
-            acc_s += tl.dot(tl.trans(g_s / norm_s[None, :]).to(GRAD_DTYPE), e_s.to(GRAD_DTYPE),
-                            input_precision=DOT_PRECISION)
+            acc_s += tl.dot(
+                tl.trans(g_s / norm_s[None, :]).to(GRAD_DTYPE), e_s.to(GRAD_DTYPE), input_precision=DOT_PRECISION
+            )
             g_cos_s += tl.sum(g_s * cos_s, axis=0)
     d_w_t = acc_t - (g_cos_t / (norm_t * norm_t))[:, None] * w_t.to(tl.float32)
     cols64 = cols.to(tl.int64)
-    tl.store(d_w_t_ptr + cols64[:, None] * DT + offs_dt[None, :], d_w_t,
-             mask=col_mask[:, None] & (offs_dt < DT)[None, :])
+    tl.store(
+        d_w_t_ptr + cols64[:, None] * DT + offs_dt[None, :], d_w_t, mask=col_mask[:, None] & (offs_dt < DT)[None, :]
+    )
     if TWO_HEADS:
         d_w_s = acc_s - (g_cos_s / (norm_s * norm_s))[:, None] * w_s.to(tl.float32)
-        tl.store(d_w_s_ptr + cols64[:, None] * DS + offs_ds[None, :], d_w_s,
-                 mask=col_mask[:, None] & (offs_ds < DS)[None, :])
+        tl.store(
+            d_w_s_ptr + cols64[:, None] * DS + offs_ds[None, :], d_w_s, mask=col_mask[:, None] & (offs_ds < DS)[None, :]
+        )
 
 
 @triton.jit
-def grad_emb_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_y_ptr, stats_ptr,
-                    g_ce_t_ptr, g_ce_s_ptr, g_kl_ptr, d_e_t_ptr, d_e_s_ptr,
-                    B, C, DT, DS, tiles_per_split, scale, inv_tau_t, inv_tau_s,
-                    TWO_HEADS: tl.constexpr, HEADS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                    GRAD_DTYPE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
+def grad_emb_kernel(
+    e_t_ptr,
+    w_t_ptr,
+    e_s_ptr,
+    w_s_ptr,
+    labels_ptr,
+    z_y_ptr,
+    dz_y_ptr,
+    stats_ptr,
+    g_ce_t_ptr,
+    g_ce_s_ptr,
+    g_kl_ptr,
+    d_e_t_ptr,
+    d_e_s_ptr,
+    B,
+    C,
+    DT,
+    DS,
+    tiles_per_split,
+    scale,
+    inv_tau_t,
+    inv_tau_s,
+    TWO_HEADS: tl.constexpr,
+    HEADS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    GRAD_DTYPE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    BLOCK_DS: tl.constexpr,
+):
     """Partial dE of one batch tile over one class split: d_e_t (splits, B, DT), d_e_s (splits, B, DS) f32.
 
     Grid: (cdiv(B, BLOCK_B), splits), splits as in `forward_kernel`; the launcher sums the splits.
@@ -242,14 +316,16 @@ def grad_emb_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_
     row_mask = rows < B
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=-1).to(tl.int32)
     e_t = _load_rows(e_t_ptr, rows, row_mask, DT, BLOCK_DT)
-    z_y_t, dz_y_t, lse_zt, g_ce_t = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask,
-                                                    TEACHER, HEADS)
+    z_y_t, dz_y_t, lse_zt, g_ce_t = _load_row_terms(
+        z_y_ptr, dz_y_ptr, stats_ptr, g_ce_t_ptr, rows, row_mask, TEACHER, HEADS
+    )
     acc_t = tl.zeros((BLOCK_B, BLOCK_DT), tl.float32)
     acc_s = tl.zeros((BLOCK_B, BLOCK_DS), tl.float32)
     if TWO_HEADS:
         e_s = _load_rows(e_s_ptr, rows, row_mask, DS, BLOCK_DS)
-        z_y_s, dz_y_s, lse_zs, g_ce_s = _load_row_terms(z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr,
-                                                        rows, row_mask, STUDENT, HEADS)
+        z_y_s, dz_y_s, lse_zs, g_ce_s = _load_row_terms(
+            z_y_ptr, dz_y_ptr, stats_ptr, g_ce_s_ptr, rows, row_mask, STUDENT, HEADS
+        )
         lse_a = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_A, mask=row_mask, other=0.0)
         lse_b = tl.load(stats_ptr + rows * STAT_COLUMNS + LSE_B, mask=row_mask, other=0.0)
         g_kl_over_tau = tl.load(g_kl_ptr + rows, mask=row_mask, other=0.0) * inv_tau_s
@@ -269,13 +345,16 @@ def grad_emb_kernel(e_t_ptr, w_t_ptr, e_s_ptr, w_s_ptr, labels_ptr, z_y_ptr, dz_
             cos_s = _cosines(e_s, w_s, norm_s, DOT_PRECISION)
             g_s = _ce_grad(cos_s, is_target, valid, z_y_s, dz_y_s, lse_zs, g_ce_s, scale)
             g_s += _kl_grad(cos_t, cos_s, valid, lse_a, lse_b, g_kl_over_tau, inv_tau_t, inv_tau_s)
-            acc_s += tl.dot((g_s / norm_s[None, :]).to(GRAD_DTYPE), w_s.to(GRAD_DTYPE),
-                            input_precision=DOT_PRECISION)
+            acc_s += tl.dot((g_s / norm_s[None, :]).to(GRAD_DTYPE), w_s.to(GRAD_DTYPE), input_precision=DOT_PRECISION)
     part_rows = (split * B + rows).to(tl.int64)
     offs_dt = tl.arange(0, BLOCK_DT)
-    tl.store(d_e_t_ptr + part_rows[:, None] * DT + offs_dt[None, :], acc_t,
-             mask=row_mask[:, None] & (offs_dt < DT)[None, :])
+    tl.store(
+        d_e_t_ptr + part_rows[:, None] * DT + offs_dt[None, :], acc_t, mask=row_mask[:, None] & (offs_dt < DT)[None, :]
+    )
     if TWO_HEADS:
         offs_ds = tl.arange(0, BLOCK_DS)
-        tl.store(d_e_s_ptr + part_rows[:, None] * DS + offs_ds[None, :], acc_s,
-                 mask=row_mask[:, None] & (offs_ds < DS)[None, :])
+        tl.store(
+            d_e_s_ptr + part_rows[:, None] * DS + offs_ds[None, :],
+            acc_s,
+            mask=row_mask[:, None] & (offs_ds < DS)[None, :],
+        )

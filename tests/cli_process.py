@@ -6,6 +6,7 @@ stderr captured in a log file, and optionally the kill hook armed (`UDON_FAST_KI
 `udon_fast.kill_points`).  A crash of the command (a segfault, SIGKILL) cannot take the test
 process with it: it shows as a negative exit code.
 """
+
 import importlib
 import multiprocessing
 import os
@@ -20,8 +21,14 @@ from tqdm import tqdm
 
 from udon_fast.kill_points import ENV, kill_point
 
-PRELOAD = ["udon_fast.train", "udon_fast.trainer.loop", "udon_fast.evaluate", "udon_fast.embed", "udon_fast.search",
-           "udon_fast.data.__main__"]
+PRELOAD = [
+    "udon_fast.train",
+    "udon_fast.trainer.loop",
+    "udon_fast.evaluate",
+    "udon_fast.embed",
+    "udon_fast.search",
+    "udon_fast.data.__main__",
+]
 
 
 @dataclass
@@ -44,7 +51,7 @@ def _main_in_child(module: str, argv: list[str], kill_at: str | None, log: str) 
     # tqdm's default lock is a multiprocessing semaphore, which a killed child would leak (a warning
     # at exit); a thread lock does its job in this one process.
     tqdm.set_lock(threading.RLock())
-    code = importlib.import_module(f"udon_fast.{module}").main(argv)
+    code = importlib.import_module(f"udon_fast.commands.{module}").main(argv)
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)

@@ -1,5 +1,6 @@
 """Shared pytest setup: `gpu` tests skip cleanly without CUDA; every test starts seeded; the tiny
 two-domain UnED dataset the trainer tests share."""
+
 import pytest
 import torch
 
@@ -34,8 +35,11 @@ def data_root(tmp_path_factory):
     from udon_fast.data.synthetic import write_tiny_uned
 
     root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
-                           "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
+    write_tiny_uned(
+        root,
+        {"shops": {"train": 6, "val": 3, "test": 3, "index": 3}, "birds": {"train": 10, "val": 4, "test": 4}},
+        per_class=3,
+    )
     return root
 
 

@@ -1,4 +1,5 @@
 """Run a function on N local gloo ranks (spawned processes, a free port each time) and collect what each returns."""
+
 import datetime
 import os
 import pickle
@@ -20,12 +21,23 @@ def free_port() -> int:
 def _entry(rank, world, port, process_group, fn, args, out_dir):
     torch.set_num_threads(1)
     if not process_group:
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                          MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            OMP_NUM_THREADS="1",
+        )
         result = fn(rank, world, *args)
     else:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=120))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=120),
+        )
         try:
             result = fn(rank, world, *args)
             dist.barrier()

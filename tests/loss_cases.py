@@ -1,4 +1,5 @@
 """Random UDON head-loss inputs and the comparison of a backend against `reference`."""
+
 import os
 
 import pytest
@@ -10,8 +11,12 @@ from udon_fast.losses.margins import ANGLE_EPS, Margin, resolve, target_terms, t
 
 # (margin_type, its keyword arguments): every margin type of margins.MARGIN_TYPES.  The combined one
 # has m1 != 1, m2 and m3 all active.
-MARGINS = [("normface", {}), ("cosface", {"margin": 0.35}), ("arcface", {"margin": 0.5}),
-           ("combined", {"margins": (1.2, 0.3, 0.15)})]
+MARGINS = [
+    ("normface", {}),
+    ("cosface", {"margin": 0.35}),
+    ("arcface", {"margin": 0.5}),
+    ("combined", {"margins": (1.2, 0.3, 0.15)}),
+]
 EXTREME = dict(scale=64.0, teacher_temperature=0.02, student_temperature=0.02)
 
 
@@ -52,12 +57,12 @@ def assert_results_close(got, want, rtol, atol):
     (out, grads), (ref_out, ref_grads) = got, want
     names = ["total", "teacher_ce", "student_ce", "kl", "similarity"]
     for name, a, b in zip(names, out, ref_out):
-        torch.testing.assert_close(a.float().cpu(), b.float().cpu(), rtol=rtol, atol=atol,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.float().cpu(), b.float().cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
     for name, a, b in zip(["d student_emb", "d teacher_emb", "d student_weight", "d teacher_weight"], grads, ref_grads):
         scale = b.abs().max().clamp_min(1e-12)
-        torch.testing.assert_close((a.float() / scale).cpu(), (b.float() / scale).cpu(), rtol=rtol, atol=atol,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            (a.float() / scale).cpu(), (b.float() / scale).cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}"
+        )
 
 
 def assert_matches_reference(backend, batch, classes, d_s, d_t, *, rtol=2e-4, atol=2e-5, **kwargs):
@@ -67,16 +72,26 @@ def assert_matches_reference(backend, batch, classes, d_s, d_t, *, rtol=2e-4, at
 
 # ---- per-row losses and gradients of the fused ops (the contract of udon_fast/losses/head_op.py) ----
 
+
 def fused_backends(*, triton: bool = True) -> list:
     """pytest params of the fused backends runnable on CPU tensors here: chunked, native when built,
     triton under TRITON_INTERPRET=1 (its CUDA runs are in the gpu-marked tests)."""
-    params = [pytest.param("chunked"),
-              pytest.param("native", marks=pytest.mark.skipif(not backends.status()["native"][0],
-                                                               reason="native library not built"))]
+    params = [
+        pytest.param("chunked"),
+        pytest.param(
+            "native", marks=pytest.mark.skipif(not backends.status()["native"][0], reason="native library not built")
+        ),
+    ]
     if triton:
-        params.append(pytest.param("triton", marks=pytest.mark.skipif(
-            os.environ.get("TRITON_INTERPRET") != "1" or not backends.status()["triton"][0],
-            reason="the triton backend on CPU tensors needs TRITON_INTERPRET=1")))
+        params.append(
+            pytest.param(
+                "triton",
+                marks=pytest.mark.skipif(
+                    os.environ.get("TRITON_INTERPRET") != "1" or not backends.status()["triton"][0],
+                    reason="the triton backend on CPU tensors needs TRITON_INTERPRET=1",
+                ),
+            )
+        )
     return params
 
 
@@ -109,8 +124,18 @@ def fused_rows(backend, *, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, ta
     (ce_t, ce_s, kl, stats)."""
     heads = [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)]
     z_y, dz_y = target_terms(margin, scale, labels, heads)
-    return backends.fused_op(backend)(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y,
-                                      scale=float(scale), tau_t=float(tau_t), tau_s=float(tau_s))
+    return backends.fused_op(backend)(
+        e_t=e_t,
+        w_t=w_t,
+        e_s=e_s,
+        w_s=w_s,
+        labels=labels,
+        z_y=z_y,
+        dz_y=dz_y,
+        scale=float(scale),
+        tau_t=float(tau_t),
+        tau_s=float(tau_s),
+    )
 
 
 def head_rows_and_grads(backend, inputs, upstream, *, margin, scale, tau_t=0.1, tau_s=0.1, single_head=False):
@@ -123,8 +148,17 @@ def head_rows_and_grads(backend, inputs, upstream, *, margin, scale, tau_t=0.1, 
     """
     e_s, e_t, w_s, w_t, labels = inputs
     student = (None, None) if single_head else (e_s, w_s)
-    args = dict(e_t=e_t, w_t=w_t, e_s=student[0], w_s=student[1], labels=labels, margin=margin, scale=float(scale),
-                tau_t=float(tau_t), tau_s=float(tau_s))
+    args = dict(
+        e_t=e_t,
+        w_t=w_t,
+        e_s=student[0],
+        w_s=student[1],
+        labels=labels,
+        margin=margin,
+        scale=float(scale),
+        tau_t=float(tau_t),
+        tau_s=float(tau_s),
+    )
     if backend == "reference":
         rows = reference.head_loss_rows(**args)
     else:
@@ -140,21 +174,25 @@ def assert_rows_and_grads_close(got, want, *, rtol=2e-4, atol=2e-5):
     (rows, grads), (ref_rows, ref_grads) = got, want
     for name, a, b in zip(["CE_t", "CE_s", "KL"], rows, ref_rows):
         assert torch.isfinite(a).all(), f"{name} rows are not finite"
-        torch.testing.assert_close(a.float().cpu(), b.float().cpu(), rtol=rtol, atol=atol,
-                                   msg=lambda m: f"{name} rows: {m}")
+        torch.testing.assert_close(
+            a.float().cpu(), b.float().cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{name} rows: {m}"
+        )
     for name, a, b in zip(["d e_t", "d w_t", "d e_s", "d w_s"], grads, ref_grads):
-        assert a.shape == b.shape and torch.isfinite(a).all(), f"{name}: {tuple(a.shape)}, finite {torch.isfinite(a).all()}"
+        assert a.shape == b.shape and torch.isfinite(a).all(), (
+            f"{name}: {tuple(a.shape)}, finite {torch.isfinite(a).all()}"
+        )
         scale = b.float().abs().max().clamp_min(1e-12)
-        torch.testing.assert_close((a.float() / scale).cpu(), (b.float() / scale).cpu(), rtol=rtol, atol=atol,
-                                   msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            (a.float() / scale).cpu(), (b.float() / scale).cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}"
+        )
 
 
 # ---- bf16 / fp16 inputs: error bounds against the fp32 reference ----------------------------------
 
-UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # u: |fl(x) - x| <= u |x|
-FP32_ROUNDOFF = 2.0 ** -24
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # u: |fl(x) - x| <= u |x|
+FP32_ROUNDOFF = 2.0**-24
 # Triton's backward rounds dL/dcos to bf16 for bf16 inputs and to tf32 (11 significant bits) for fp16.
-TRITON_GRAD_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+TRITON_GRAD_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
 def rounded_inputs(inputs, dtype):
@@ -189,8 +227,9 @@ def row_error_bounds(inputs, dtype, *, margin, scale, tau_t, tau_s):
     delta_t = 3 * u + 2 * (e_t.shape[1] + 4) * FP32_ROUNDOFF
     delta_s = 3 * u + 2 * (e_s.shape[1] + 4) * FP32_ROUNDOFF
     cos_t, cos_s = reference.cosine_logits(e_t, w_t), reference.cosine_logits(e_s, w_s)
-    rows = reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=scale,
-                                    tau_t=tau_t, tau_s=tau_s)
+    rows = reference.head_loss_rows(
+        e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s
+    )
 
     def ce_bound(cos, delta):
         cos_y = cos.gather(1, labels[:, None])[:, 0]
@@ -202,7 +241,10 @@ def row_error_bounds(inputs, dtype, *, margin, scale, tau_t, tau_s):
     diff = cos_t / tau_t - cos_s / tau_s
     spread = diff.amax(dim=1) - diff.amin(dim=1)
     kl = 2 * (alpha + beta) + torch.expm1(torch.tensor(2 * alpha)) * spread / 2
-    return [bound + 1e-4 * (1 + row.abs()) for bound, row in zip((ce_bound(cos_t, delta_t), ce_bound(cos_s, delta_s), kl), rows)]
+    return [
+        bound + 1e-4 * (1 + row.abs())
+        for bound, row in zip((ce_bound(cos_t, delta_t), ce_bound(cos_s, delta_s), kl), rows)
+    ]
 
 
 def grad_error_bounds(inputs, upstream, ref_grads, *, grad_roundoff, out_roundoff, margin, scale, tau_t, tau_s):
@@ -222,16 +264,18 @@ def grad_error_bounds(inputs, upstream, ref_grads, *, grad_roundoff, out_roundof
     e_s, e_t, w_s, w_t = (t.detach().float() for t in tensors)
     cos_t = reference.cosine_logits(e_t, w_t).requires_grad_()
     cos_s = reference.cosine_logits(e_s, w_s).requires_grad_()
-    rows = (reference.softmax_ce_rows(cos_t, labels, margin, scale),
-            reference.softmax_ce_rows(cos_s, labels, margin, scale),
-            reference.kl_rows(cos_t, cos_s, tau_t, tau_s))
+    rows = (
+        reference.softmax_ce_rows(cos_t, labels, margin, scale),
+        reference.softmax_ce_rows(cos_s, labels, margin, scale),
+        reference.kl_rows(cos_t, cos_s, tau_t, tau_s),
+    )
     g_t, g_s = torch.autograd.grad(rows, (cos_t, cos_s), grad_outputs=upstream)
     gamma = (w_t.shape[0] + e_t.shape[0] + 4 * scale * max(e_t.shape[1], e_s.shape[1]) + 64) * FP32_ROUNDOFF
     bounds = []
     for g, cos, e, w in ((g_t, cos_t, e_t, w_t), (g_s, cos_s, e_s, w_s)):
         norm = w.norm(dim=1)
         g_n = (g / norm).abs()
-        cos_term = (g * cos.detach()).abs().sum(dim=0) / norm ** 2
+        cos_term = (g * cos.detach()).abs().sum(dim=0) / norm**2
         bounds.append((grad_roundoff + gamma) * (g_n @ w.abs()))
         bounds.append((grad_roundoff + gamma) * (g_n.t() @ e.abs() + cos_term[:, None] * w.abs()))
     return [b + out_roundoff * r.abs() + 1e-7 * r.abs().max() for b, r in zip(bounds, ref_grads)]
@@ -244,13 +288,16 @@ def assert_within(name, got, want, bound):
     assert torch.isfinite(err).all(), f"{name}: non-finite values"
     ratio = err / bound
     worst = int(ratio.argmax())
-    assert ratio.max() <= 1, (f"{name}: error {err.flatten()[worst]:.3g} exceeds its bound {bound.flatten()[worst]:.3g} "
-                              f"at flat index {worst} (max error / bound {ratio.max():.3g})")
+    assert ratio.max() <= 1, (
+        f"{name}: error {err.flatten()[worst]:.3g} exceeds its bound {bound.flatten()[worst]:.3g} "
+        f"at flat index {worst} (max error / bound {ratio.max():.3g})"
+    )
     return float(ratio.max())
 
 
-def assert_low_precision_matches_reference(backend, inputs32, dtype, *, margin: Margin, scale=16.0,
-                                           tau_t=0.1, tau_s=0.07, grad_roundoff=0.0):
+def assert_low_precision_matches_reference(
+    backend, inputs32, dtype, *, margin: Margin, scale=16.0, tau_t=0.1, tau_s=0.07, grad_roundoff=0.0
+):
     """`backend` on `inputs32` rounded to `dtype`, through its op with non-uniform row gradients:
     rows against the fp32 reference on the original inputs within `row_error_bounds`, and against
     the fp32 reference on the rounded values to fp32 accuracy (2e-4; every backend computes in fp32
@@ -263,9 +310,12 @@ def assert_low_precision_matches_reference(backend, inputs32, dtype, *, margin: 
     rows, grads = head_rows_and_grads(backend, low, upstream, **options)
     exact_rows, _ = head_rows_and_grads("reference", inputs32, upstream, **options)
     upcast_rows, upcast_grads = head_rows_and_grads("reference", upcast, upstream, **options)
-    row_ratio = max(assert_within(f"{name} rows vs the fp32 inputs' reference", a, b, bound)
-                    for name, a, b, bound in zip(["CE_t", "CE_s", "KL"], rows, exact_rows,
-                                                 row_error_bounds(inputs32, dtype, **options)))
+    row_ratio = max(
+        assert_within(f"{name} rows vs the fp32 inputs' reference", a, b, bound)
+        for name, a, b, bound in zip(
+            ["CE_t", "CE_s", "KL"], rows, exact_rows, row_error_bounds(inputs32, dtype, **options)
+        )
+    )
     for name, a, b in zip(["CE_t", "CE_s", "KL"], rows, upcast_rows):
         torch.testing.assert_close(a.cpu(), b.cpu(), rtol=2e-4, atol=2e-5, msg=lambda m: f"{name} rows: {m}")
     u = UNIT_ROUNDOFF[dtype]

@@ -1,5 +1,6 @@
 """Helpers of the service and browser tests: a tiny trained gallery index, and the service run by
 uvicorn in a thread of the test process on a free port of 127.0.0.1."""
+
 import socket
 import threading
 import time
@@ -11,16 +12,39 @@ import uvicorn
 from udon_fast.commands import embed as embed_cli
 from udon_fast.commands import index as index_cli
 from udon_fast.commands.train import parse_args
-from udon_fast.retrieval.index import load_gallery
 from udon_fast.model import load_embedder
+from udon_fast.retrieval.index import load_gallery
 from udon_fast.serve import create_app
 from udon_fast.serve.embedding import ImageEmbedder
 from udon_fast.trainer.loop import train
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--checkpoint-every", "4", "--eval-batch-size", "16", "--frozen-epochs", "1",
-        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1", "--decoder", "torchvision",
-        "--gallery", "4"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "4",
+    "--eval-batch-size",
+    "16",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--decoder",
+    "torchvision",
+    "--gallery",
+    "4",
+]
 
 
 def trained_gallery(data_root: Path, folder: Path) -> tuple[Path, Path]:
@@ -28,9 +52,23 @@ def trained_gallery(data_root: Path, folder: Path) -> tuple[Path, Path]:
     and build a flat index: (run folder, index file)."""
     run = folder / "run"
     train(parse_args(["--data-root", str(data_root), "--out", str(run), *TINY, "--steps", "4"]))
-    assert embed_cli.main(["--checkpoint", str(run / "checkpoints" / "best.pt"), "--images",
-                           str(Path(data_root) / "images"), "--out", str(folder / "e.npy"), "--decoder", "torchvision",
-                           "--data-threads", "1"]) == 0
+    assert (
+        embed_cli.main(
+            [
+                "--checkpoint",
+                str(run / "checkpoints" / "best.pt"),
+                "--images",
+                str(Path(data_root) / "images"),
+                "--out",
+                str(folder / "e.npy"),
+                "--decoder",
+                "torchvision",
+                "--data-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert index_cli.main(["build", "--embeddings", str(folder / "e.npy"), "--out", str(folder / "g.faiss")]) == 0
     return run, folder / "g.faiss"
 

@@ -13,6 +13,7 @@ A value leaves the device in two ways, and both are caught:
 `paused()` stops counting (the data loader, which works on host tensors by design).  Counting is
 done once per reader call: a patched reader that calls an operator counts once, not twice.
 """
+
 import contextlib
 import threading
 from collections import Counter
@@ -20,10 +21,29 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-READERS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__complex__",
-           "__format__", "__array__")
-DATA_DEPENDENT = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique_dim",
-                  "aten::_unique", "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave"}
+READERS = (
+    "item",
+    "tolist",
+    "numpy",
+    "cpu",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__complex__",
+    "__format__",
+    "__array__",
+)
+DATA_DEPENDENT = {
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::unique_dim",
+    "aten::_unique",
+    "aten::_unique2",
+    "aten::unique_consecutive",
+    "aten::repeat_interleave",
+}
 
 MASK_INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}
 

@@ -1,17 +1,34 @@
 """`python -m udon_fast.ablate`: the grid on a tiny dataset, its resume, its report and its errors."""
+
 import json
 
 import pytest
 
-from udon_fast.commands import ablate
 from udon_fast.ablation import VARIANTS, make_cells
 from udon_fast.ablation.summary import summarize, write_outputs
+from udon_fast.commands import ablate
 from udon_fast.data.synthetic import write_tiny_uned
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--eval-batch-size", "16", "--no-compile", "--data-threads", "1", "--steps", "2",
-        "--no-progress"]
-
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--eval-batch-size",
+    "16",
+    "--no-compile",
+    "--data-threads",
+    "1",
+    "--steps",
+    "2",
+    "--no-progress",
+]
 
 
 def _error(capsys) -> str:
@@ -71,16 +88,19 @@ def test_a_failing_run_stops_the_grid_with_one_line(tmp_path, capsys):
     assert not (out / "runs" / "dynamic_only").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--sampler", "balanced"], "--sampler cannot be passed through"),
-    (["--no-distill"], "--distill cannot be passed through"),
-    (["--seed", "3"], "--seed cannot be passed through"),
-    (["--resume"], "--resume cannot be passed through"),
-    (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--sampler", "balanced"], "--sampler cannot be passed through"),
+        (["--no-distill"], "--distill cannot be passed through"),
+        (["--seed", "3"], "--seed cannot be passed through"),
+        (["--resume"], "--resume cannot be passed through"),
+        (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(argv, message, tmp_path, capsys):
     assert ablate.main(["--out", str(tmp_path / "grid"), *argv]) == 2
     assert message in _error(capsys)
@@ -97,15 +117,22 @@ def test_grid_options_in_a_config_file_are_refused(tmp_path, capsys):
 
 
 def _fake_run(cell, p_at_1: dict[str, float], steps: dict[str, int] | None = None) -> None:
-    leaf = lambda scale: {**{d: {"p_at_1": scale * v, "mmp_at_5": scale * v / 2} for d, v in p_at_1.items()},
-                          "mean": {"p_at_1": scale * sum(p_at_1.values()) / len(p_at_1),
-                                   "mmp_at_5": scale * sum(p_at_1.values()) / len(p_at_1) / 2}}
+    def leaf(scale):
+        return {
+            **{d: {"p_at_1": scale * v, "mmp_at_5": scale * v / 2} for d, v in p_at_1.items()},
+            "mean": {
+                "p_at_1": scale * sum(p_at_1.values()) / len(p_at_1),
+                "mmp_at_5": scale * sum(p_at_1.values()) / len(p_at_1) / 2,
+            },
+        }
+
     cell.out.mkdir(parents=True)
     results = {stage: {"student": {"merged": leaf(scale)}} for stage, scale in (("initial", 0.5), ("final", 1.0))}
     (cell.out / "results.json").write_text(json.dumps(results))
     domains = [d for d, n in (steps or {}).items() for _ in range(n)]
-    (cell.out / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "domain": d}) + "\n"
-                                                    for i, d in enumerate(domains)))
+    (cell.out / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": i, "domain": d}) + "\n" for i, d in enumerate(domains))
+    )
 
 
 def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
@@ -136,8 +163,12 @@ def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
 def test_replay_feeds_each_domain_its_own_loss_curve():
     from udon_fast.ablation.starvation import loss_curves, replay, starvation
 
-    records = [{"step": 2, "domain": "a", "teacher_ce": 2.0}, {"step": 0, "domain": "a", "teacher_ce": 3.0},
-               {"step": 1, "domain": "b", "teacher_ce": 1.0}, {"step": 3, "domain": "b", "teacher_ce": 1.0}]
+    records = [
+        {"step": 2, "domain": "a", "teacher_ce": 2.0},
+        {"step": 0, "domain": "a", "teacher_ce": 3.0},
+        {"step": 1, "domain": "b", "teacher_ce": 1.0},
+        {"step": 3, "domain": "b", "teacher_ce": 1.0},
+    ]
     curves = loss_curves(records)
     assert curves == {"a": [3.0, 2.0], "b": [1.0, 1.0]}
     run = replay(curves, total_steps=4, update_every=2, seed=0)
@@ -149,7 +180,10 @@ def test_replay_feeds_each_domain_its_own_loss_curve():
     assert short["easy"]["missed_windows"] > 80 and short["easy"]["replays_with_a_miss"] == 4
     assert short["easy"]["share"] < 0.05 and short["hard"]["missed_windows"] == 0
     assert starvation(lopsided, 400, update_every=400, seeds=2)["easy"] == {
-        "share": pytest.approx(1 / 3, abs=0.01), "missed_windows": 0.0, "replays_with_a_miss": 0}
+        "share": pytest.approx(1 / 3, abs=0.01),
+        "missed_windows": 0.0,
+        "replays_with_a_miss": 0,
+    }
 
 
 def test_planned_steps_of_folder_domains_count_their_train_split(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ header segments (PIL skips them, DALI's JPEG parser fails on them and crashed th
 batch size 128) and random bytes over the middle of the entropy-coded data (PIL refuses them).
 Commands run in forked processes (`cli` fixture), so a crash shows as an exit code.
 """
+
 import io
 import json
 import os
@@ -17,18 +18,32 @@ import torch
 from PIL import Image
 
 from udon_fast.commands import train as train_cli
+from udon_fast.commands.data import main as data_main
+from udon_fast.commands.embed import main as embed_main
+from udon_fast.commands.evaluate import main as evaluate_main
+from udon_fast.commands.search import main as search_main
 from udon_fast.data import CorruptImageError, InfoFileError, load_domains
 from udon_fast.data import verify as verify_module
-from udon_fast.data.__main__ import main as data_main
 from udon_fast.data.image_bytes import decode_check, jpeg_header_problem
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.commands.evaluate import main as evaluate_main
-from udon_fast.commands.embed import main as embed_main
 from udon_fast.model import UDONModel, save_checkpoint
-from udon_fast.commands.search import main as search_main
 
-TRAIN = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-         "--no-compile", "--no-progress", "--data-threads", "1", "--steps", "2"]
+TRAIN = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--no-compile",
+    "--no-progress",
+    "--data-threads",
+    "1",
+    "--steps",
+    "2",
+]
 
 
 def _photo_jpeg(side: int) -> bytes:
@@ -48,14 +63,14 @@ def garbage_in_middle() -> bytes:
     """400 random bytes over the middle of the scan data: SOI/EOI intact, the decoder fails."""
     data = bytearray(_photo_jpeg(256))
     middle = len(data) // 2
-    data[middle:middle + 400] = np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    data[middle : middle + 400] = np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
     return bytes(data)
 
 
 def _one_error_line(output: str, command: str) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
-    assert "Traceback" not in output and len([l for l in lines if "error" in l]) == 1, output[-3000:]
-    (line,) = [l for l in lines if l.startswith(f"udon_fast.{command}: error: ")]
+    assert "Traceback" not in output and len([line for line in lines if "error" in line]) == 1, output[-3000:]
+    (line,) = [found for found in lines if found.startswith(f"udon_fast.{command}: error: ")]
     return line
 
 
@@ -64,16 +79,21 @@ def damaged(tmp_path_factory):
     """A UnED root whose shops test split (150 images, more than one eval batch of 128) holds the junk-header
     JPEG and whose birds val split holds the garbage one; a checkpoint of a small model for its domains."""
     root = tmp_path_factory.mktemp("damaged")
-    write_tiny_uned(root, {"shops": {"train": 4, "test": 75, "index": 4},
-                           "birds": {"train": 5, "val": 4, "test": 4}}, per_class=2)
+    write_tiny_uned(
+        root, {"shops": {"train": 4, "test": 75, "index": 4}, "birds": {"train": 5, "val": 4, "test": 4}}, per_class=2
+    )
     header = root / "images" / "shops" / "test" / "c30_0.jpg"
     middle = root / "images" / "birds" / "val" / "c1_0.jpg"
     header.write_bytes(junk_in_header())
     middle.write_bytes(garbage_in_middle())
     domains = load_domains(root)
     torch.manual_seed(0)
-    model = UDONModel("vit_tiny_patch16_224", {n: d.num_classes for n, d in domains.items()}, image_size=32,
-                      backbone_kwargs={"depth": 1})
+    model = UDONModel(
+        "vit_tiny_patch16_224",
+        {n: d.num_classes for n, d in domains.items()},
+        image_size=32,
+        backbone_kwargs={"depth": 1},
+    )
     checkpoint = save_checkpoint(root / "model.pt", model)
     return root, checkpoint, str(header), str(middle)
 
@@ -161,11 +181,17 @@ def test_empty_eval_split_is_refused_when_loading(tmp_path, capsys):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("splits,problem", [
-    ({"train": 3, "test": 2}, "test.json: 4 image(s); a per-domain kNN index with k = 5 needs at least 6"),
-    ({"train": 3, "test": 4, "index": 2}, "index.json: 4 image(s); a per-domain kNN index with k = 5 needs at least 5"),
-    ({"train": 3, "val": 4}, "domain 'a' has no test split"),
-])
+@pytest.mark.parametrize(
+    "splits,problem",
+    [
+        ({"train": 3, "test": 2}, "test.json: 4 image(s); a per-domain kNN index with k = 5 needs at least 6"),
+        (
+            {"train": 3, "test": 4, "index": 2},
+            "index.json: 4 image(s); a per-domain kNN index with k = 5 needs at least 5",
+        ),
+        ({"train": 3, "val": 4}, "domain 'a' has no test split"),
+    ],
+)
 def test_split_that_cannot_be_evaluated_is_named_before_training(tmp_path, capsys, splits, problem):
     root = write_tiny_uned(tmp_path, {"a": splits, "b": {"train": 2, "test": 3}})
     assert train_cli.main(["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN]) == 2
@@ -180,8 +206,10 @@ def test_verify_lists_every_missing_and_undecodable_file(tmp_path, capsys):
     missing = [images / "a" / "train" / f"c{c}_0.jpg" for c in range(7)]
     for path in missing:
         path.unlink()
-    broken = sorted([images / "a" / "train" / f"c{c}_1.jpg" for c in range(20)]
-                    + [images / "b" / "train" / f"c{c}_0.jpg" for c in range(15)])
+    broken = sorted(
+        [images / "a" / "train" / f"c{c}_1.jpg" for c in range(20)]
+        + [images / "b" / "train" / f"c{c}_0.jpg" for c in range(15)]
+    )
     for path in broken:
         path.write_bytes(path.read_bytes()[:60])
     (images / "b" / "val" / "c2_1.jpg").write_bytes(junk_in_header())
@@ -215,18 +243,35 @@ def test_verify_lists_every_missing_and_undecodable_file(tmp_path, capsys):
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("main,argv,message", [
-    (evaluate_main, ["--checkpoint", "x.pt", "--out", "o", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (evaluate_main, ["--checkpoint", "x.pt", "--out", "o", "--data-threads", "-2"], "--data-threads must be >= 1, got -2"),
-    (embed_main, ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--batch-size", "0"],
-     "--batch-size must be >= 1, got 0"),
-    (embed_main, ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--data-threads", "0"],
-     "--data-threads must be >= 1, got 0"),
-    (search_main, ["--embeddings", "e.npy", "--query", "q.jpg", "--top", "0"], "--top must be >= 1, got 0"),
-    (data_main, ["verify", "--data-root", "r", "--data-threads", "0"], "--data-threads must be >= 1, got 0"),
-    (train_cli.main, ["--eval-batch-size", "0"], "--eval-batch-size must be >= 1, got 0"),
-    (train_cli.main, ["--data-threads", "0"], "--data-threads must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "main,argv,message",
+    [
+        (
+            evaluate_main,
+            ["--checkpoint", "x.pt", "--out", "o", "--batch-size", "0"],
+            "--batch-size must be >= 1, got 0",
+        ),
+        (
+            evaluate_main,
+            ["--checkpoint", "x.pt", "--out", "o", "--data-threads", "-2"],
+            "--data-threads must be >= 1, got -2",
+        ),
+        (
+            embed_main,
+            ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--batch-size", "0"],
+            "--batch-size must be >= 1, got 0",
+        ),
+        (
+            embed_main,
+            ["--checkpoint", "x.pt", "--images", "i", "--out", "o.npy", "--data-threads", "0"],
+            "--data-threads must be >= 1, got 0",
+        ),
+        (search_main, ["--embeddings", "e.npy", "--query", "q.jpg", "--top", "0"], "--top must be >= 1, got 0"),
+        (data_main, ["verify", "--data-root", "r", "--data-threads", "0"], "--data-threads must be >= 1, got 0"),
+        (train_cli.main, ["--eval-batch-size", "0"], "--eval-batch-size must be >= 1, got 0"),
+        (train_cli.main, ["--data-threads", "0"], "--data-threads must be >= 1, got 0"),
+    ],
+)
 def test_non_positive_sizes_and_threads_get_one_line(main, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -239,17 +284,23 @@ def test_malformed_inputs_of_search_and_evaluate_are_named(tmp_path, damaged, ca
     not_a_checkpoint.write_text('{"final": {}}')
     assert evaluate_main(["--checkpoint", str(not_a_checkpoint), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err == f"udon_fast.evaluate: error: {not_a_checkpoint} is not a udon_fast checkpoint (not a file written " \
-                  f"by torch.save; checkpoints are the .pt files in a run's checkpoints/ folder)\n"
+    assert (
+        err == f"udon_fast.evaluate: error: {not_a_checkpoint} is not a udon_fast checkpoint (not a file written "
+        f"by torch.save; checkpoints are the .pt files in a run's checkpoints/ folder)\n"
+    )
     embeddings, meta = tmp_path / "e.npy", tmp_path / "e.meta.json"
     np.save(embeddings, np.eye(3, dtype=np.float32))
     meta.write_text('{"checkpoint": "m.pt", "paths": ["a.jpg", "b.jpg", "c.jpg"')
     query = tmp_path / "q.jpg"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(query)
-    cases = [(lambda: None, f"{meta}: malformed JSON"),
-             (lambda: meta.write_text('{"checkpoint": 3, "paths": ["a.jpg", "b.jpg", "c.jpg"]}'),
-              f"{meta}: expected {{\"paths\": [image paths]"),
-             (lambda: embeddings.write_text("a,b,c\n1,2,3\n"), f"--embeddings {embeddings} is not a .npy array")]
+    cases = [
+        (lambda: None, f"{meta}: malformed JSON"),
+        (
+            lambda: meta.write_text('{"checkpoint": 3, "paths": ["a.jpg", "b.jpg", "c.jpg"]}'),
+            f'{meta}: expected {{"paths": [image paths]',
+        ),
+        (lambda: embeddings.write_text("a,b,c\n1,2,3\n"), f"--embeddings {embeddings} is not a .npy array"),
+    ]
     for damage, message in cases:
         damage()
         assert search_main(["--embeddings", str(embeddings), "--query", str(query)]) == 2
@@ -257,18 +308,38 @@ def test_malformed_inputs_of_search_and_evaluate_are_named(tmp_path, damaged, ca
         assert err.startswith(f"udon_fast.search: error: {message}") and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("backbone,size,message", [
-    ("tf_efficientnet_lite0", 7, "image size 7 is too small for backbone 'tf_efficientnet_lite0': its total stride "
-                                 "is 32, so use at least 32"),
-    ("tf_efficientnet_lite0", 1, "image size 1 is too small for backbone 'tf_efficientnet_lite0'"),
-    ("vit_tiny_patch16_224", 40, "image size 40 does not suit backbone 'vit_tiny_patch16_224': it cuts images into "
-                                 "16 px patches, so use a multiple of 16 (e.g. 32 or 48)"),
-    ("vit_tiny_patch16_224", 8, "image size 8 does not suit backbone 'vit_tiny_patch16_224'"),
-])
+@pytest.mark.parametrize(
+    "backbone,size,message",
+    [
+        (
+            "tf_efficientnet_lite0",
+            7,
+            "image size 7 is too small for backbone 'tf_efficientnet_lite0': its total stride "
+            "is 32, so use at least 32",
+        ),
+        ("tf_efficientnet_lite0", 1, "image size 1 is too small for backbone 'tf_efficientnet_lite0'"),
+        (
+            "vit_tiny_patch16_224",
+            40,
+            "image size 40 does not suit backbone 'vit_tiny_patch16_224': it cuts images into "
+            "16 px patches, so use a multiple of 16 (e.g. 32 or 48)",
+        ),
+        ("vit_tiny_patch16_224", 8, "image size 8 does not suit backbone 'vit_tiny_patch16_224'"),
+    ],
+)
 def test_image_sizes_the_backbone_cannot_use_are_refused(backbone, size, message, tmp_path, capsys):
     root = write_tiny_uned(tmp_path, {"a": {"train": 3, "test": 3}})
-    argv = ["--data-root", str(root), "--out", str(tmp_path / "run"), *TRAIN, "--backbone", backbone,
-            "--image-size", str(size)]
+    argv = [
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        *TRAIN,
+        "--backbone",
+        backbone,
+        "--image-size",
+        str(size),
+    ]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"udon_fast.train: error: {message}") and err.count("\n") == 1
@@ -277,6 +348,8 @@ def test_image_sizes_the_backbone_cannot_use_are_refused(backbone, size, message
 def test_resume_needs_an_existing_out(tmp_path, capsys):
     missing = tmp_path / "never_ran"
     assert train_cli.main(["--out", str(missing), "--resume", *TRAIN]) == 2
-    assert capsys.readouterr().err == (f"udon_fast.train: error: --resume: --out {missing} does not exist, so there "
-                                       f"is no run to continue (drop --resume to start a new run there)\n")
+    assert capsys.readouterr().err == (
+        f"udon_fast.train: error: --resume: --out {missing} does not exist, so there "
+        f"is no run to continue (drop --resume to start a new run there)\n"
+    )
     assert not missing.exists()

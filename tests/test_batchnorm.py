@@ -4,6 +4,7 @@ Every UDON batch comes from one domain, so the running statistics must stay froz
 affine weights train; and that state must hold from construction on, not only after an evaluation
 has called `train()` again (a resumed run skips the initial evaluation).
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -13,14 +14,23 @@ from udon_fast.model.packaged import packaged_weights
 from udon_fast.trainer.optimizer import build_optimizer, set_backbone_frozen
 from udon_fast.trainer.step import LossOptions, UDONStep
 
-LOSS = LossOptions(margin_type="normface", margin=0.0, scale=16.0, temperature=0.1, kl_weight=1.0,
-                   similarity_weight=1.0, backend="chunked", n_devices=1)
+LOSS = LossOptions(
+    margin_type="normface",
+    margin=0.0,
+    scale=16.0,
+    temperature=0.1,
+    kl_weight=1.0,
+    similarity_weight=1.0,
+    backend="chunked",
+    n_devices=1,
+)
 
 
 @pytest.fixture()
 def model():
-    return UDONModel("tf_efficientnet_lite0", {"a": 5, "b": 3}, pretrained=packaged_weights("tf_efficientnet_lite0"),
-                     image_size=32)
+    return UDONModel(
+        "tf_efficientnet_lite0", {"a": 5, "b": 3}, pretrained=packaged_weights("tf_efficientnet_lite0"), image_size=32
+    )
 
 
 def _batchnorms(model: UDONModel) -> list[nn.modules.batchnorm._BatchNorm]:

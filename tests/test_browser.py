@@ -4,6 +4,7 @@ Opens the served page, uploads an image and checks that its top-k images render 
 size), shows an upload error; opens a gallery page from disk and checks its thumbnails and marks.
 Screenshots land in the test's tmp folder (docs/ holds copies).  Skipped, with the reason, only where
 Chromium is not installed (`.ci/run` installs it with apt-get)."""
+
 import shutil
 from pathlib import Path
 
@@ -11,14 +12,26 @@ import pytest
 from served_gallery import ServerThread, service
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-extensions",
+]
 RENDERED = """sel => { const imgs = [...document.querySelectorAll(sel)];
   return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0; }"""
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no browser: {CHROMIUM} is not installed "
-                                "(apt-get install -y chromium; .ci/run does this and these tests skip only when "
-                                "that install fails)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason=f"no browser: {CHROMIUM} is not installed "
+    "(apt-get install -y chromium; .ci/run does this and these tests skip only when "
+    "that install fails)",
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Checkpoints carry a CRC-32 per record (torch.save's zip archive) and every load verifies them: flipped
 bytes are refused with one line naming the file, for the library and for train --resume."""
+
 import zipfile
 
 import pytest
@@ -43,8 +44,10 @@ def test_a_flipped_byte_in_a_tensor_is_refused_naming_the_file_and_record(checkp
     damaged = _flipped(checkpoint, tmp_path / "damaged.pt", start + record.file_size // 2)
     with pytest.raises(CheckpointError) as error:
         load_model(damaged)
-    assert str(error.value) == (f"checkpoint {damaged} is damaged: record {record.filename!r} does not match its "
-                                f"CRC-32 checksum (flipped or overwritten bytes); use another checkpoint or rerun")
+    assert str(error.value) == (
+        f"checkpoint {damaged} is damaged: record {record.filename!r} does not match its "
+        f"CRC-32 checksum (flipped or overwritten bytes); use another checkpoint or rerun"
+    )
 
 
 def test_a_flip_anywhere_is_refused_or_changes_nothing(checkpoint, tmp_path):
@@ -67,9 +70,28 @@ def test_a_flip_anywhere_is_refused_or_changes_nothing(checkpoint, tmp_path):
 
 def test_resume_from_a_damaged_last_pt_is_one_line(data_root, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--data-root", str(data_root), "--out", str(out), "--backbone", "vit_tiny_patch16_224", "--pretrained",
-            "none", "--image-size", "32", "--batch-size", "8", "--no-compile", "--no-progress", "--data-threads", "1",
-            "--eval-batch-size", "16", "--steps", "2"]
+    argv = [
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(out),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--no-compile",
+        "--no-progress",
+        "--data-threads",
+        "1",
+        "--eval-batch-size",
+        "16",
+        "--steps",
+        "2",
+    ]
     assert train_cli.main(argv) == 0
     last = out / "checkpoints" / "last.pt"
     _flipped(last, last, last.stat().st_size // 2)

@@ -2,6 +2,7 @@
 that is not a checkpoint.  The full disk is a real tmpfs of a few MB (CI runs as root); where
 mounting is not permitted those tests skip and say why.
 """
+
 import fcntl
 import json
 import os
@@ -15,14 +16,34 @@ import pytest
 import torch
 
 from udon_fast.data.synthetic import write_tiny_uned
-from udon_fast.model import CheckpointError, UDONModel, load_model, save_checkpoint
 from udon_fast.files.outputs import OutputError, atomic_write, atomic_write_text, remove_stale_temp_files
+from udon_fast.model import CheckpointError, UDONModel, load_model, save_checkpoint
 from udon_fast.trainer.report import MetricsLog, read_metrics
 
 TINY = dict(backbone_name="vit_tiny_patch16_224", image_size=32, backbone_kwargs={"depth": 1})
-RUN = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "packaged", "--image-size", "32", "--batch-size", "8",
-       "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--no-compile", "--no-progress",
-       "--deterministic", "--data-threads", "1", "--steps", "4"]
+RUN = [
+    "--backbone",
+    "tf_efficientnet_lite0",
+    "--pretrained",
+    "packaged",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-batch-size",
+    "16",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    "4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +54,9 @@ def model():
 
 def _mount_tmpfs(where: Path, *options: str) -> None:
     where.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}); CI runs as root")
 
@@ -105,8 +127,9 @@ def test_a_write_in_progress_is_never_removed_as_stale(tmp_path):
 def test_a_file_that_is_not_a_checkpoint_gets_one_line_naming_it(tmp_path):
     not_torch = tmp_path / "results.json"
     not_torch.write_text(json.dumps({"final": {}}))
-    with pytest.raises(CheckpointError, match=f"{not_torch} is not a udon_fast checkpoint .not a file written by "
-                                              f"torch.save") as error:
+    with pytest.raises(
+        CheckpointError, match=f"{not_torch} is not a udon_fast checkpoint .not a file written by torch.save"
+    ) as error:
         load_model(not_torch)
     foreign_objects = tmp_path / "pickled.pt"
     torch.save({"format": "udon_fast.checkpoint", "obj": OutputError("x")}, foreign_objects)
@@ -147,8 +170,9 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 6, "test": 3, "index": 3}, "birds": {"train": 10, "test": 4}},
-                    per_class=3)
+    write_tiny_uned(
+        root, {"shops": {"train": 6, "test": 3, "index": 3}, "birds": {"train": 10, "test": 4}}, per_class=3
+    )
     return root
 
 
@@ -167,9 +191,11 @@ def test_train_on_a_full_disk_stops_with_one_line_and_a_valid_checkpoint(small_d
     errors = [line for line in resumed.output.splitlines() if "error" in line.lower()]
     assert resumed.code == 2 and "Traceback" not in resumed.output, resumed.output[-3000:]
     # No val split here: the end of an epoch writes best.pt (the epoch's model), then last.pt.
-    assert len(errors) == 1 and re.fullmatch(f"udon_fast.train: error: cannot write checkpoint "
-                                             f"{re.escape(str(last.parent))}/(best|last).pt: No space left on device",
-                                             errors[0]), errors
+    assert len(errors) == 1 and re.fullmatch(
+        f"udon_fast.train: error: cannot write checkpoint "
+        f"{re.escape(str(last.parent))}/(best|last).pt: No space left on device",
+        errors[0],
+    ), errors
     assert last.read_bytes() == saved and load_model(last)[1]["extra"]["progress"]["step"] == 2
     assert not [p for p in out.rglob("*.tmp")]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3]
@@ -179,8 +205,10 @@ def test_unwritable_out_is_refused_before_any_work(cli, data_root, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     run = cli("train", ["--data-root", data_root, "--out", blocker / "run", *RUN], tmp_path / "notdir.log")
-    assert run.code == 2 and run.output.strip() == \
-        f"udon_fast.train: error: cannot write --out {blocker / 'run'}: Not a directory"
+    assert (
+        run.code == 2
+        and run.output.strip() == f"udon_fast.train: error: cannot write --out {blocker / 'run'}: Not a directory"
+    )
     read_only = tmp_path / "read_only"
     if os.geteuid() == 0:
         _mount_tmpfs(read_only, "ro", "size=1m")
@@ -194,5 +222,7 @@ def test_unwritable_out_is_refused_before_any_work(cli, data_root, tmp_path):
     finally:
         if os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(read_only)], check=False)
-    assert run.code == 2 and run.output.strip() == \
-        f"udon_fast.train: error: cannot write --out {read_only / 'run'}: {cause}"
+    assert (
+        run.code == 2
+        and run.output.strip() == f"udon_fast.train: error: cannot write --out {read_only / 'run'}: {cause}"
+    )

@@ -4,15 +4,16 @@ gradients to 1e-5 in fp32, for every margin type (loss_cases.MARGINS), uneven ro
 slice holds none of the batch's labels, an empty slice, the single-head CE, every fused CPU backend;
 plus the errors every rank raises together.  One process group of 3 ranks for the module; the 2-rank
 cases run on a subgroup (ClassShard.group)."""
+
 import os
 
 import pytest
 import torch
 import torch.distributed as dist
-
-import udon_fast
 from distributed_helpers import run_ranks
 from loss_cases import MARGINS as MARGIN_CASES
+
+import udon_fast
 from udon_fast.losses import backends
 from udon_fast.losses.similarity import similarity_loss
 
@@ -23,24 +24,37 @@ MARGINS = dict(MARGIN_CASES)  # margin_type -> its keyword arguments
 
 
 def _case(name, rows, counts, margin_type, backend, labels="random", single_head=False):
-    return dict(name=name, rows=rows, counts=counts, margin_type=margin_type, backend=backend, labels=labels,
-                single_head=single_head)
+    return dict(
+        name=name,
+        rows=rows,
+        counts=counts,
+        margin_type=margin_type,
+        backend=backend,
+        labels=labels,
+        single_head=single_head,
+    )
 
 
 CASES = {
     2: [_case(f"2-{m}", (5, 3), (20, 17), m, NATIVE) for m in MARGINS]
-    + [_case("2-chunked-rank1-owns-no-label", (4, 4), (9, 28), "arcface", "chunked", labels="first_slice"),
-       _case("2-empty-slice-one-row", (1, 6), (37, 0), "cosface", NATIVE),
-       _case("2-single-head", (3, 5), (11, 26), "arcface", NATIVE, single_head=True),
-       _case("2-single-head-chunked", (3, 5), (11, 26), "cosface", "chunked", single_head=True),
-       _case("2-combined-empty-slice-chunked", (1, 6), (37, 0), "combined", "chunked"),
-       _case("2-combined-single-head", (3, 5), (11, 26), "combined", NATIVE, single_head=True)]
-    + ([_case("2-triton", (5, 3), (20, 17), "arcface", "triton"),
-        _case("2-triton-combined", (5, 3), (20, 17), "combined", "triton")]
-       if os.environ.get("TRITON_INTERPRET") == "1" and backends.status()["triton"][0] else []),
+    + [
+        _case("2-chunked-rank1-owns-no-label", (4, 4), (9, 28), "arcface", "chunked", labels="first_slice"),
+        _case("2-empty-slice-one-row", (1, 6), (37, 0), "cosface", NATIVE),
+        _case("2-single-head", (3, 5), (11, 26), "arcface", NATIVE, single_head=True),
+        _case("2-single-head-chunked", (3, 5), (11, 26), "cosface", "chunked", single_head=True),
+        _case("2-combined-empty-slice-chunked", (1, 6), (37, 0), "combined", "chunked"),
+        _case("2-combined-single-head", (3, 5), (11, 26), "combined", NATIVE, single_head=True),
+    ]
+    + (
+        [
+            _case("2-triton", (5, 3), (20, 17), "arcface", "triton"),
+            _case("2-triton-combined", (5, 3), (20, 17), "combined", "triton"),
+        ]
+        if os.environ.get("TRITON_INTERPRET") == "1" and backends.status()["triton"][0]
+        else []
+    ),
     3: [_case(f"3-{m}", (4, 1, 6), (10, 25, 15), m, NATIVE) for m in MARGINS]
-    + [_case("3-chunked-only-rank0-owns-labels", (2, 2, 2), (30, 10, 10), "normface", "chunked",
-             labels="first_slice")],
+    + [_case("3-chunked-only-rank0-owns-labels", (2, 2, 2), (30, 10, 10), "normface", "chunked", labels="first_slice")],
 }
 
 
@@ -82,8 +96,8 @@ def _compare(rank, case, seed, group):
     leaves = [t.clone().requires_grad_() for t in full[:4]]
     ref_values, ref_total = _loss(case, *leaves, full[4], backend="reference")
     ref_total.backward()
-    lo, hi = sum(case["rows"][:rank]), sum(case["rows"][:rank + 1])
-    start, stop = sum(case["counts"][:rank]), sum(case["counts"][:rank + 1])
+    lo, hi = sum(case["rows"][:rank]), sum(case["rows"][: rank + 1])
+    start, stop = sum(case["counts"][:rank]), sum(case["counts"][: rank + 1])
     e_s, e_t = (t[lo:hi].clone().requires_grad_() for t in full[:2])
     w_s, w_t = (t[start:stop].clone().requires_grad_() for t in full[2:4])
     shard = udon_fast.ClassShard(start, sum(case["counts"]), group)
@@ -110,21 +124,40 @@ def _error_cases(rank, group):
     case = _case("errors", (3, 3), (20, 17), "normface", "chunked")
     e_s, e_t, w_s, w_t, labels = _inputs(case, 0)
     start, stop = (0, 20) if rank == 0 else (20, 37)
-    mine = (e_s[3 * rank:3 * rank + 3], e_t[3 * rank:3 * rank + 3], w_s[start:stop], w_t[start:stop])
-    bad_labels = labels[3 * rank:3 * rank + 3].clone()
+    mine = (e_s[3 * rank : 3 * rank + 3], e_t[3 * rank : 3 * rank + 3], w_s[start:stop], w_t[start:stop])
+    bad_labels = labels[3 * rank : 3 * rank + 3].clone()
     if rank == 1:
         bad_labels[0] = 37
-    out = {"bad_label": _raised(lambda: udon_fast.udon_loss(*mine, bad_labels, backend="chunked",
-                                                            class_shard=udon_fast.ClassShard(start, 37, group)))}
+    out = {
+        "bad_label": _raised(
+            lambda: udon_fast.udon_loss(
+                *mine, bad_labels, backend="chunked", class_shard=udon_fast.ClassShard(start, 37, group)
+            )
+        )
+    }
     overlap = (0, 20) if rank == 0 else (10, 37)
-    out["overlap"] = _raised(lambda: udon_fast.udon_loss(
-        *mine[:2], w_s[overlap[0]:overlap[1]], w_t[overlap[0]:overlap[1]], labels[3 * rank:3 * rank + 3],
-        backend="chunked", class_shard=udon_fast.ClassShard(overlap[0], 37, group)))
-    out["reference"] = _raised(lambda: udon_fast.udon_loss(*mine, labels[3 * rank:3 * rank + 3], backend="reference",
-                                                           class_shard=udon_fast.ClassShard(start, 37, group)))
+    out["overlap"] = _raised(
+        lambda: udon_fast.udon_loss(
+            *mine[:2],
+            w_s[overlap[0] : overlap[1]],
+            w_t[overlap[0] : overlap[1]],
+            labels[3 * rank : 3 * rank + 3],
+            backend="chunked",
+            class_shard=udon_fast.ClassShard(overlap[0], 37, group),
+        )
+    )
+    out["reference"] = _raised(
+        lambda: udon_fast.udon_loss(
+            *mine,
+            labels[3 * rank : 3 * rank + 3],
+            backend="reference",
+            class_shard=udon_fast.ClassShard(start, 37, group),
+        )
+    )
     out["shard"] = _raised(lambda: udon_fast.ClassShard(38, 37))
-    local = udon_fast.udon_loss(*mine, labels[3 * rank:3 * rank + 3], backend="chunked",
-                                class_shard=udon_fast.ClassShard(start, 37, group))
+    local = udon_fast.udon_loss(
+        *mine, labels[3 * rank : 3 * rank + 3], backend="chunked", class_shard=udon_fast.ClassShard(start, 37, group)
+    )
     out["similarity"] = abs(float(local.similarity - similarity_loss(mine[0], mine[1])))
     return out
 

@@ -1,27 +1,30 @@
 """Sharded classifiers in the model (`DomainClassifier`): slices drawn equal to the unsharded initialisation,
 torch.chunk's rank partition, the shard metadata in the state dict, logits and loss, argument errors
 (single process; the distributed runs are in test_class_parallel_train.py)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from udon_fast.losses import udon_loss
 from udon_fast.model import UDONModel
 from udon_fast.model.heads import ROWS_PER_DRAW, lecun_uniform_classifier
-from udon_fast.losses import udon_loss
 from udon_fast.model.sharded_classifier import HEADS, DomainClassifier, class_slice
 
 TINY = dict(backbone_name="vit_tiny_patch16_224", image_size=32, backbone_kwargs={"depth": 2})
 
 
-@pytest.mark.parametrize("classes,rows", [(10, (0, 10)), (10, (3, 7)), (10, (10, 10)),
-                                          (2 * ROWS_PER_DRAW + 5, (ROWS_PER_DRAW - 3, 2 * ROWS_PER_DRAW + 1))])
+@pytest.mark.parametrize(
+    "classes,rows",
+    [(10, (0, 10)), (10, (3, 7)), (10, (10, 10)), (2 * ROWS_PER_DRAW + 5, (ROWS_PER_DRAW - 3, 2 * ROWS_PER_DRAW + 1))],
+)
 def test_slice_is_the_rows_of_the_full_initialisation(classes, rows):
     torch.manual_seed(4)
     full = lecun_uniform_classifier(classes, 7)
     after_full = torch.rand(3)
     torch.manual_seed(4)
     part = lecun_uniform_classifier(classes, 7, rows)
-    assert torch.equal(part, full[rows[0]:rows[1]])
+    assert torch.equal(part, full[rows[0] : rows[1]])
     assert torch.equal(torch.rand(3), after_full)
 
 
@@ -40,12 +43,17 @@ def test_model_with_a_classifier_shard_matches_the_unsharded_model(world):
                 start, stop = class_slice(domains[name.split(".")[1]], rank, world)
                 want = want[start:stop]
             if name.endswith("layout"):
-                want = torch.tensor([domains[name.split(".")[1]], rank, world,
-                                     *class_slice(domains[name.split(".")[1]], rank, world)])
+                want = torch.tensor(
+                    [domains[name.split(".")[1]], rank, world, *class_slice(domains[name.split(".")[1]], rank, world)]
+                )
             assert torch.equal(value, want), name
     assert not full.sharded and not list(full.sharded_parameters())
     assert sorted(n for n, _ in part.sharded_parameters()) == [
-        "classifiers.cars.student", "classifiers.cars.teacher", "classifiers.sop.student", "classifiers.sop.teacher"]
+        "classifiers.cars.student",
+        "classifiers.cars.teacher",
+        "classifiers.sop.student",
+        "classifiers.sop.teacher",
+    ]
 
 
 def test_a_slice_refuses_the_rows_of_another_slice():

@@ -2,6 +2,7 @@
 checkpoint layout (a manifest and its folder), whole classifiers read back equal to the data-parallel run's,
 an exact resume after a crash between the DCP folder and the manifest, evaluation and export from the
 manifest, and `evaluate` embedding on both ranks with the single-rank results."""
+
 import json
 import shutil
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from distributed_helpers import free_port, run_ranks, use_port
+
 from udon_fast.commands import train as train_cli
 from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
@@ -19,9 +20,33 @@ from udon_fast.model.checkpoint import read_checkpoint
 from udon_fast.trainer import distributed_checkpoint
 from udon_fast.trainer.state import load_run
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "4", "--frozen-epochs", "1",
-        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1", "--steps", "6", "--grad-clip", "0.05"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-batch-size",
+    "4",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    "6",
+    "--grad-clip",
+    "0.05",
+]
 TERMS = ("total", "teacher_ce", "student_ce", "kl", "similarity")
 CRASH_STEP = 4
 
@@ -40,8 +65,8 @@ def _crash_on_manifest(real):
 def _worker(rank, world, root, data_root, ports):
     """Data-parallel and class-parallel runs, a crashed + resumed one, evaluate on both ranks; one process per rank."""
     from udon_fast.commands import evaluate as evaluate_cli
-    from udon_fast.evaluation.protocol import _embed_share, embed_split, evaluate_model
     from udon_fast.data import knn_pairs, load_domains
+    from udon_fast.evaluation.protocol import _embed_share, embed_split, evaluate_model
     from udon_fast.trainer.loop import train
 
     root, out = Path(root), {}
@@ -63,9 +88,20 @@ def _worker(rank, world, root, data_root, ports):
     use_port(ports[3])
     train(parse_args([*base, "--out", str(root / "crashed"), "--class-parallel", "--resume"]))
     use_port(ports[4])
-    out["evaluate_rc"] = evaluate_cli.main(["--checkpoint", str(root / "cp" / "checkpoints" / "best.pt"),
-                                            "--data-root", str(data_root), "--out", str(root / "evaluated"),
-                                            "--batch-size", "4", "--data-threads", "1"])
+    out["evaluate_rc"] = evaluate_cli.main(
+        [
+            "--checkpoint",
+            str(root / "cp" / "checkpoints" / "best.pt"),
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(root / "evaluated"),
+            "--batch-size",
+            "4",
+            "--data-threads",
+            "1",
+        ]
+    )
     model, _ = load_model(root / "cp" / "checkpoints" / "best.pt")
     domains = load_domains(data_root, list(model.domains))
     if rank == 0:
@@ -78,8 +114,9 @@ def _worker(rank, world, root, data_root, ports):
         shared = _embed_share(model, query, "birds", **options)
         if rank == 0:
             alone = embed_split(model, query, "birds", **options)
-            out["same_embeddings"] = (np.array_equal(shared.student, alone.student)
-                                      and np.array_equal(shared.teacher, alone.teacher))
+            out["same_embeddings"] = np.array_equal(shared.student, alone.student) and np.array_equal(
+                shared.teacher, alone.teacher
+            )
     finally:
         torch.distributed.destroy_process_group()
     return out
@@ -89,15 +126,19 @@ def _worker(rank, world, root, data_root, ports):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("class_parallel")
     data_root = root / "uned"
-    write_tiny_uned(data_root, {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
-                                "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
+    write_tiny_uned(
+        data_root,
+        {"shops": {"train": 6, "val": 3, "test": 3, "index": 3}, "birds": {"train": 10, "val": 4, "test": 4}},
+        per_class=3,
+    )
     results = run_ranks(_worker, 2, str(root), str(data_root), [free_port() for _ in range(6)], process_group=False)
     return root, data_root, results
 
 
 def _metrics(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-            for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in path.read_text().splitlines()
+    ]
 
 
 def test_losses_match_a_data_parallel_run(runs):
@@ -120,9 +161,13 @@ def test_checkpoint_is_a_manifest_of_a_dcp_folder_with_the_whole_classifiers(run
     assert len(info["data"]) == len(info["rng"]) == 2
     best_step = read_checkpoint(checkpoints / "best.pt", model_state=False)["extra"]["distributed_checkpoint"]["step"]
     assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == sorted(
-        [f"best-step{best_step:09d}", "last-step000000006"])
+        [f"best-step{best_step:09d}", "last-step000000006"]
+    )
     assert sorted(p.name for p in (checkpoints / "last-step000000006").iterdir()) == [
-        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     model, _ = load_model(checkpoints / "last.pt")
     assert model.teacher_classifier("shops").shape == (6, 256) and model.student_classifier("birds").shape == (10, 64)
     reference, _ = load_model(root / "dp" / "checkpoints" / "last.pt")
@@ -156,9 +201,11 @@ def test_resume_after_a_crash_before_the_manifest_is_exact(runs):
     assert "rank 0 failed to write " in results[1]["crash"] and "simulated crash" in results[1]["crash"]
     left = results[0]["after_crash"]
     assert f"last-step{CRASH_STEP:09d}" in left  # orphaned: the manifest never named it
-    assert "last-step000000003" in left          # what the surviving manifest names
+    assert "last-step000000003" in left  # what the surviving manifest names
     assert _metrics(root / "crashed" / "metrics.jsonl") == _metrics(root / "cp" / "metrics.jsonl")
-    assert json.loads((root / "crashed" / "results.json").read_text()) == json.loads((root / "cp" / "results.json").read_text())
+    assert json.loads((root / "crashed" / "results.json").read_text()) == json.loads(
+        (root / "cp" / "results.json").read_text()
+    )
     assert not any(f"step{CRASH_STEP:09d}" in p.name for p in (root / "crashed" / "checkpoints").iterdir())
 
 
@@ -179,8 +226,11 @@ def test_a_distributed_checkpoint_names_what_is_wrong(runs, tmp_path):
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint folder .*last-step000000006: rank\(s\) \[0\]"):
         load_model(checkpoints / "last.pt")
     shutil.rmtree(checkpoints / "last-step000000006")
-    with pytest.raises(CheckpointError, match=r"last.pt names the checkpoint folder .*last-step000000006, which "
-                                              r"cannot be read"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"last.pt names the checkpoint folder .*last-step000000006, which "
+        r"cannot be read",
+    ):
         load_model(checkpoints / "last.pt")
 
 

@@ -1,5 +1,6 @@
 """The declared contracts: fused loss backends (`losses/head_backend.py`), the shared column layouts
 (`losses/layout.py`), decoder pipelines (`data/pipeline.py`) and `UDONLoss`'s spelled-out signature."""
+
 import importlib
 import inspect
 import io
@@ -17,12 +18,15 @@ from udon_fast.losses import backends, chunked, head_backend
 from udon_fast.losses.head_backend import FusedBackend, HeadBackend, HeadBackward, HeadForward
 from udon_fast.losses.layout import MAX_FIELDS, SUM_FIELDS, Head, Partial, Stat
 
-BACKEND_MODULES = {"chunked": "udon_fast.losses.chunked", "triton": "udon_fast.losses.triton_backend",
-                   "native": "udon_fast.losses.native_backend"}
+BACKEND_MODULES = {
+    "chunked": "udon_fast.losses.chunked",
+    "triton": "udon_fast.losses.triton_backend",
+    "native": "udon_fast.losses.native_backend",
+}
 
 
 def _parameters(function, drop_self: bool = False) -> list[tuple[str, inspect._ParameterKind, object]]:
-    parameters = list(inspect.signature(function).parameters.values())[int(drop_self):]
+    parameters = list(inspect.signature(function).parameters.values())[int(drop_self) :]
     return [(p.name, p.kind, p.default) for p in parameters]
 
 
@@ -54,11 +58,11 @@ def test_the_registry_holds_the_backends_of_the_available_modules():
 
 def test_a_backend_off_the_contract_is_refused():
     def positional_forward(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
-        return chunked.forward(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=scale,
-                               tau_t=tau_t, tau_s=tau_s)
+        return chunked.forward(
+            e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t, tau_s=tau_s
+        )
 
-    def swapped_backward(*, g_ce_t, g_ce_s, g_kl, e_s, w_s, e_t, w_t, labels, stats, z_y, dz_y, scale, tau_t,
-                         tau_s):
+    def swapped_backward(*, g_ce_t, g_ce_s, g_kl, e_s, w_s, e_t, w_t, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
         raise AssertionError("never called")
 
     with pytest.raises(TypeError, match="'bad_forward': forward"):
@@ -105,8 +109,12 @@ def _jpeg(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8).copy()
 
 
-DECODERS = [pytest.param("dali", marks=pytest.mark.skipif(decoders.dali_import_error() is not None,
-                                                          reason="NVIDIA DALI not importable")), "torchvision"]
+DECODERS = [
+    pytest.param(
+        "dali", marks=pytest.mark.skipif(decoders.dali_import_error() is not None, reason="NVIDIA DALI not importable")
+    ),
+    "torchvision",
+]
 OPTIONS = dict(batch_size=2, image_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_threads=1, device_id=None)
 
 
@@ -120,17 +128,24 @@ def test_every_decoder_satisfies_the_pipeline_protocol(decoder):
     encoded = [_jpeg(rng, 24, 20), _jpeg(rng, 18, 30)]
 
     def train_source():
-        return (encoded, np.array([[3], [1]], dtype=np.int64), np.array([0.5, 0.0], dtype=np.float32),
-                np.array([0.5, 1.0], dtype=np.float32), np.array([0, 1], dtype=np.int32))
+        return (
+            encoded,
+            np.array([[3], [1]], dtype=np.int64),
+            np.array([0.5, 0.0], dtype=np.float32),
+            np.array([0.5, 1.0], dtype=np.float32),
+            np.array([0, 1], dtype=np.int32),
+        )
 
-    class EvalSource:   # as `sources.EvalSource`: callable, and its split (not in shards: no members)
+    class EvalSource:  # as `sources.EvalSource`: callable, and its split (not in shards: no members)
         split = SimpleNamespace(members=None)
 
         def __call__(self):
             return encoded
 
-    for pipe, shapes in ((decoders.train_pipeline(decoder, train_source, **OPTIONS), [(2, 3, 16, 16), (2, 1)]),
-                         (decoders.eval_pipeline(decoder, EvalSource(), **OPTIONS), [(2, 3, 16, 16)])):
+    for pipe, shapes in (
+        (decoders.train_pipeline(decoder, train_source, **OPTIONS), [(2, 3, 16, 16), (2, 1)]),
+        (decoders.eval_pipeline(decoder, EvalSource(), **OPTIONS), [(2, 3, 16, 16)]),
+    ):
         assert isinstance(pipe, DecoderPipeline)
         try:
             pipe.schedule_run()

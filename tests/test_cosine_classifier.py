@@ -1,16 +1,17 @@
 """udon_fast.CosineClassifier: the trainer's initialisation, the loss of normalized_softmax_ce (all margins,
 Partial FC, options passed through), logits and a tiled top-k equal to logits' own, the state_dict with its
 slice, and the README's "replace your ArcFace head" example as written."""
+
 import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import udon_fast
 from distributed_helpers import run_ranks
 from loss_cases import MARGINS, fused_backends
+
+import udon_fast
 from udon_fast.model.heads import lecun_uniform_classifier
 
 
@@ -32,8 +33,15 @@ def test_forward_is_normalized_softmax_ce_of_the_normalised_embeddings(backend, 
     loss.backward()
     got = emb.grad.clone(), head.weight.grad.clone()
     emb.grad = head.weight.grad = None
-    want = udon_fast.normalized_softmax_ce(F.normalize(emb, dim=-1), head.weight, labels, margin_type=margin_type,
-                                           scale=30.0, backend="reference", **options)
+    want = udon_fast.normalized_softmax_ce(
+        F.normalize(emb, dim=-1),
+        head.weight,
+        labels,
+        margin_type=margin_type,
+        scale=30.0,
+        backend="reference",
+        **options,
+    )
     want.backward()
     torch.testing.assert_close(loss, want, rtol=2e-4, atol=2e-5)
     torch.testing.assert_close(got[0], emb.grad, rtol=2e-4, atol=2e-5)
@@ -49,8 +57,15 @@ def test_partial_fc_trains_the_sampled_rows_only():
     loss.backward()
     assert head.weight.grad is None and head.sampled.rows.grad.shape == (25, 16)
     index = head.sampled.index
-    want = udon_fast.normalized_softmax_ce(F.normalize(emb, dim=-1), before[index], torch.searchsorted(index, labels),
-                                           margin_type="arcface", margin=0.5, scale=32.0, backend="reference")
+    want = udon_fast.normalized_softmax_ce(
+        F.normalize(emb, dim=-1),
+        before[index],
+        torch.searchsorted(index, labels),
+        margin_type="arcface",
+        margin=0.5,
+        scale=32.0,
+        backend="reference",
+    )
     torch.testing.assert_close(loss, want)
     optimizer.step()
     head.step_sampled(optimizer)
@@ -70,15 +85,23 @@ def test_partial_fc_passes_the_options_on_the_sampled_classes():
     logits = 20.0 * F.normalize(emb, dim=-1) @ F.normalize(head.weight.detach()[index], dim=-1).T
     target = torch.searchsorted(index, labels.clamp_min(0))
     logits[torch.arange(5), target] -= 20.0 * 0.3
-    want = F.cross_entropy(logits, torch.where(labels == -100, -100, target), weight=class_weight[index],
-                           ignore_index=-100, label_smoothing=0.1, reduction="none")
+    want = F.cross_entropy(
+        logits,
+        torch.where(labels == -100, -100, target),
+        weight=class_weight[index],
+        ignore_index=-100,
+        label_smoothing=0.1,
+        reduction="none",
+    )
     torch.testing.assert_close(loss, want, rtol=2e-4, atol=2e-5)
 
 
 def test_partial_fc_off_in_eval_mode_and_at_rate_1():
     head = udon_fast.CosineClassifier(50, 8, sample_rate=0.1).eval()
     emb, labels = torch.randn(3, 8), torch.tensor([1, 2, 3])
-    assert torch.equal(head(emb, labels), udon_fast.normalized_softmax_ce(F.normalize(emb, dim=-1), head.weight, labels))
+    assert torch.equal(
+        head(emb, labels), udon_fast.normalized_softmax_ce(F.normalize(emb, dim=-1), head.weight, labels)
+    )
     assert head.sampled is None
 
 

@@ -1,11 +1,12 @@
 """The built-in dataset (generated once per session) and the `python -m udon_fast.data` CLI."""
+
 import json
 
 import numpy as np
 import pytest
 
+from udon_fast.commands.data import main
 from udon_fast.data import TrainLoader, ensure_builtin, knn_pairs, load_domains
-from udon_fast.data.__main__ import main
 from udon_fast.data.builtin import MARKER, UNSEEN_CLASS_DOMAINS, VERSION, _faces, _glyphs, _landmarks
 from udon_fast.data.synthetic import write_tiny_uned
 
@@ -85,8 +86,9 @@ def test_builtin_seed_changes_the_data(tmp_path):
 
 def test_builtin_trains_through_dali(builtin_root):
     domains = load_domains(builtin_root)
-    train = TrainLoader(domains, batch_size=8, image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3,
-                        num_threads=1, device_id=None)
+    train = TrainLoader(
+        domains, batch_size=8, image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, num_threads=1, device_id=None
+    )
     for name, d in domains.items():
         images, labels = train.next_batch(name)
         assert images.shape == (8, 3, 64, 64) and labels.max() < d.num_classes

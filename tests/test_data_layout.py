@@ -1,11 +1,11 @@
 """UnED / folder layout parsing, validation errors, class remapping and kNN pairs."""
+
 import json
 
 import numpy as np
 import pytest
 
-from udon_fast.data import (DatasetError, InfoFileError, MissingFilesError, knn_pairs, load_domains,
-                            load_folder_domain)
+from udon_fast.data import DatasetError, InfoFileError, MissingFilesError, knn_pairs, load_domains, load_folder_domain
 from udon_fast.data.synthetic import write_image, write_tiny_uned
 
 
@@ -31,8 +31,13 @@ def test_eval_only_classes_follow_train_classes(tmp_path):
 
 
 def test_knn_pairs_are_data_driven(tmp_path):
-    root = write_tiny_uned(tmp_path, {"plain": {"train": 2, "val": 2, "test": 2},
-                                      "met": {"train": 2, "val": 2, "small_index": 2, "test": 2, "index": 3}})
+    root = write_tiny_uned(
+        tmp_path,
+        {
+            "plain": {"train": 2, "val": 2, "test": 2},
+            "met": {"train": 2, "val": 2, "small_index": 2, "test": 2, "index": 3},
+        },
+    )
     domains = load_domains(root)
     query, index = knn_pairs(domains["plain"], "test")
     assert query is domains["plain"].splits["test"] and index is None
@@ -49,8 +54,11 @@ def test_multi_label_and_non_ascii_names(tmp_path):
         write_image(tmp_path / "images" / name, (40 * i, 0, 0))
     info = tmp_path / "info_files" / "mix"
     info.mkdir(parents=True)
-    entries = [{"path": names[0], "class_id": 5}, {"path": names[1], "class_id": [9, 5]},
-               {"path": names[2], "class_id": [7]}]
+    entries = [
+        {"path": names[0], "class_id": 5},
+        {"path": names[1], "class_id": [9, 5]},
+        {"path": names[2], "class_id": [7]},
+    ]
     (info / "train.json").write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
     (info / "test.json").write_text(json.dumps([{"path": names[1], "class_id": [5, 11, 9]}]), encoding="utf-8")
     mix = load_domains(tmp_path)["mix"]
@@ -75,15 +83,18 @@ def test_missing_files_are_reported_together(tmp_path):
     assert sorted(error.value.missing) == [str(root / "info_files/a/train.json"), str(root / "info_files/b/train.json")]
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("[{\"path\": \"x.jpg\", \"class_id\": 1},", "malformed JSON"),
-    ("{\"path\": \"x.jpg\"}", "expected a JSON list"),
-    ("[{\"path\": \"a/train/c0_0.jpg\", \"class_id\": 1}, {\"class_id\": 2}]", "entry 1 has no field 'path'"),
-    ("[{\"path\": \"a/train/c0_0.jpg\"}]", "entry 0 has no field 'class_id'"),
-    ("[{\"path\": \"a/train/c0_0.jpg\", \"class_id\": \"cat\"}]", "entry 0 field 'class_id'"),
-    ("[{\"path\": \"a/train/c0_0.jpg\", \"class_id\": []}]", "entry 0 field 'class_id'"),
-    ("[{\"path\": 3, \"class_id\": 1}]", "entry 0 field 'path'"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('[{"path": "x.jpg", "class_id": 1},', "malformed JSON"),
+        ('{"path": "x.jpg"}', "expected a JSON list"),
+        ('[{"path": "a/train/c0_0.jpg", "class_id": 1}, {"class_id": 2}]', "entry 1 has no field 'path'"),
+        ('[{"path": "a/train/c0_0.jpg"}]', "entry 0 has no field 'class_id'"),
+        ('[{"path": "a/train/c0_0.jpg", "class_id": "cat"}]', "entry 0 field 'class_id'"),
+        ('[{"path": "a/train/c0_0.jpg", "class_id": []}]', "entry 0 field 'class_id'"),
+        ('[{"path": 3, "class_id": 1}]', "entry 0 field 'path'"),
+    ],
+)
 def test_malformed_info_file_names_file_and_field(tmp_path, content, expected):
     root = write_tiny_uned(tmp_path, {"a": {"train": 1, "val": 1}})
     (root / "info_files" / "a" / "val.json").write_text(content, encoding="utf-8")

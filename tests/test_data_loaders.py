@@ -2,6 +2,7 @@
 datasets: shapes, order, determinism, sharding, resume and corrupt files.  Images are normalised
 with mean 0 / std 1 where the colour (which encodes the image index, see `synthetic.colour_of`) is
 read back."""
+
 import logging
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_flip_and_crop_vary_per_sample(tmp_path, decoder):
     Image.fromarray(gradient).save(path, quality=98)
     domains = {"g": load_folder_domain(tmp_path / "g")}
     images, _ = loader(domains, decoder, batch_size=16).next_batch("g")
-    slope = (images[:, 0, :, -4:].mean(dim=(1, 2)) - images[:, 0, :, :4].mean(dim=(1, 2)))
+    slope = images[:, 0, :, -4:].mean(dim=(1, 2)) - images[:, 0, :, :4].mean(dim=(1, 2))
     assert (slope > 0.2).any() and (slope < -0.2).any()  # some flipped, some not
     assert len({round(float(x), 3) for x in images[:, 0, 0, 0]}) > 4  # crop positions vary
 
@@ -108,6 +109,7 @@ def test_two_ranks_partition_each_epoch(unique, decoder):
 def test_global_batches_do_not_depend_on_the_rank_count(unique, decoder):
     """Global batch 6 over 20 samples on 1, 2 and 3 ranks (crossing epoch boundaries): rank r's rows are rows
     r, r + W, ... of the same global batches; a position saved on 2 ranks resumes on 3 at the same batch."""
+
     def global_batches(world, steps, state=None):
         ranks = [loader(unique, decoder, batch_size=6 // world, rank=r, world_size=world) for r in range(world)]
         if state is not None:
@@ -183,7 +185,7 @@ def test_eval_resizes_shorter_side_and_centre_crops(tmp_path, decoder):
     image[:, 40:, 2] = 255
     Image.fromarray(image).save(tmp_path / "x.jpg", quality=98)
     split = Split([str(tmp_path / "x.jpg")], np.zeros(1, dtype=np.int64))
-    (x, _), = evaluator(split, decoder)
+    ((x, _),) = evaluator(split, decoder)
     assert x.shape == (1, 3, 32, 32)
     assert x[0, 0, :, :14].mean() > 0.9 and x[0, 2, :, :14].mean() < 0.1
     assert x[0, 2, :, 18:].mean() > 0.9 and x[0, 0, :, 18:].mean() < 0.1
@@ -205,8 +207,9 @@ def test_argument_errors(unique):
 
 
 def test_pil_baseline_matches_dali_conventions(unique):
-    images, labels = next(iter(pil_train_loader(unique["u"].train, batch_size=5, image_size=32, num_workers=0,
-                                                **IDENTITY)))
+    images, labels = next(
+        iter(pil_train_loader(unique["u"].train, batch_size=5, image_size=32, num_workers=0, **IDENTITY))
+    )
     assert images.shape == (5, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert indices_of(images) == labels.tolist()
     assert colour_of(3) == (48, 0, 0)

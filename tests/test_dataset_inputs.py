@@ -1,6 +1,7 @@
 """What users' folders and info files hold besides clean images: hidden files and folders, images in
 the wrong place or format, entries that point outside the data root, duplicates, NUL bytes, deeply
 nested JSON.  Each is ignored, refused or reported in one line naming the file (and entry)."""
+
 import json
 import logging
 import shutil
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from udon_fast.data import InfoFileError, load_domains, load_folder_domain
-from udon_fast.data.__main__ import main as data_main
-from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast.commands.data import main as data_main
 from udon_fast.commands.embed import main as embed_main
-from udon_fast.model import UDONModel, save_checkpoint
 from udon_fast.commands.search import main as search_main
+from udon_fast.data import InfoFileError, load_domains, load_folder_domain
+from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast.model import UDONModel, save_checkpoint
 
 APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)  # a macOS ._* file: not an image
 
@@ -60,8 +61,10 @@ def test_images_left_out_of_a_folder_domain_are_named(tmp_path, caplog):
         domain = load_folder_domain(root)
     assert domain.train.paths == [str(root / "a" / "0.jpg"), str(root / "b" / "0.jpg")]
     nested, loose, gif = (record.getMessage() for record in caplog.records)
-    assert nested.startswith(f"folder domain 'cars' ({root}): 2 image(s) in sub-folders of class folders are not "
-                             f"used") and str(root / "a" / "extra" / "deeper" / "1.jpg") in nested
+    assert (
+        nested.startswith(f"folder domain 'cars' ({root}): 2 image(s) in sub-folders of class folders are not used")
+        and str(root / "a" / "extra" / "deeper" / "1.jpg") in nested
+    )
     assert str(root / "stray.jpg") in loose and "are not used" in loose
     assert "1 file(s) of an image format the decoders do not read" in gif and str(root / "b" / "anim.gif") in gif
 
@@ -83,8 +86,10 @@ def test_embed_takes_one_image_file_and_skips_hidden_files(tmp_path, checkpoint,
     common = ["--checkpoint", checkpoint, "--data-threads", "1", "--decoder", "torchvision"]
     with caplog.at_level(logging.WARNING, logger="udon_fast.data"):
         assert embed_main([*common, "--images", str(folder), "--out", str(out)]) == 0
-    assert json.loads(out.with_suffix(".meta.json").read_text())["paths"] == [str(folder / "a.jpg"),
-                                                                               str(folder / "sub" / "b.png")]
+    assert json.loads(out.with_suffix(".meta.json").read_text())["paths"] == [
+        str(folder / "a.jpg"),
+        str(folder / "sub" / "b.png"),
+    ]
     assert str(folder / "c.gif") in caplog.text and "not used" in caplog.text
     single = tmp_path / "one.npy"
     assert embed_main([*common, "--images", str(folder / "a.jpg"), "--out", str(single)]) == 0
@@ -110,12 +115,15 @@ def _set_entry(root, split: str, index: int, path: str) -> str:
     return str(info)
 
 
-@pytest.mark.parametrize("entry,problem", [
-    ("/etc/passwd", "is an absolute path"),
-    ("../../../../../../../../etc/passwd", "leads outside the data root's images/ folder"),
-    ("a/train/../../../info_files/a/train.json", "leads outside the data root's images/ folder"),
-    ("a/train/c0\x00_0.jpg", "holds a NUL byte"),
-])
+@pytest.mark.parametrize(
+    "entry,problem",
+    [
+        ("/etc/passwd", "is an absolute path"),
+        ("../../../../../../../../etc/passwd", "leads outside the data root's images/ folder"),
+        ("a/train/../../../info_files/a/train.json", "leads outside the data root's images/ folder"),
+        ("a/train/c0\x00_0.jpg", "holds a NUL byte"),
+    ],
+)
 def test_entries_that_leave_the_data_root_are_refused(uned, capsys, entry, problem):
     info = _set_entry(uned, "train", 1, entry)
     with pytest.raises(InfoFileError) as raised:

@@ -1,6 +1,7 @@
 """The two decoders (DALI, torchvision) give the same batches on the CPU: identical labels and sample
 order, pixels equal up to resampling rounding, on photo-like images of several sizes and formats;
 a resume crosses decoders; without DALI the loaders fall back to torchvision with one log line."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,16 @@ def photos(tmp_path_factory) -> Path:
     """A two-class folder domain of photo-like images: JPEG (large, small, grey, EXIF-rotated), PNG
     (RGB, RGBA), BMP."""
     root, rng = tmp_path_factory.mktemp("photos"), np.random.default_rng(0)
-    specs = [((120, 160), "jpg"), ((36, 48), "jpg"), ((70, 50), "png"), ((60, 80), "bmp"), ((64, 64), "grey"),
-             ((80, 60), "exif"), ((50, 50), "rgba"), ((33, 97), "jpg")]
+    specs = [
+        ((120, 160), "jpg"),
+        ((36, 48), "jpg"),
+        ((70, 50), "png"),
+        ((60, 80), "bmp"),
+        ((64, 64), "grey"),
+        ((80, 60), "exif"),
+        ((50, 50), "rgba"),
+        ((33, 97), "jpg"),
+    ]
     for i, (size, kind) in enumerate(specs):
         folder = root / f"c{i % 2}"
         folder.mkdir(exist_ok=True)
@@ -57,8 +66,9 @@ def assert_close_pixels(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def train_batches(domain, decoder, count, state=None):
-    loader = TrainLoader({"p": domain}, batch_size=5, image_size=32, num_threads=2, device_id=None, seed=3,
-                         decoder=decoder, **IDENTITY)
+    loader = TrainLoader(
+        {"p": domain}, batch_size=5, image_size=32, num_threads=2, device_id=None, seed=3, decoder=decoder, **IDENTITY
+    )
     if state is not None:
         loader.load_state_dict(state)
     batches = [loader.next_batch("p") for _ in range(count)]
@@ -87,8 +97,10 @@ def test_a_resume_crosses_decoders(photos):
 
 def test_eval_batches_agree_across_decoders(photos):
     split = load_folder_domain(photos).train
-    dali, torchvision = (list(EvalLoader(split, batch_size=3, image_size=40, num_threads=2, device_id=None,
-                                         decoder=decoder, **IDENTITY)) for decoder in ("dali", "torchvision"))
+    dali, torchvision = (
+        list(EvalLoader(split, batch_size=3, image_size=40, num_threads=2, device_id=None, decoder=decoder, **IDENTITY))
+        for decoder in ("dali", "torchvision")
+    )
     assert [len(x) for x, _ in torchvision] == [3, 3, 2]
     for (x, y), (x2, y2) in zip(dali, torchvision):
         assert torch.equal(y, y2)
@@ -97,8 +109,15 @@ def test_eval_batches_agree_across_decoders(photos):
 
 def test_exif_orientation_is_applied(photos):
     rotated = next(p for p in sorted(photos.rglob("*.jpg")) if Image.open(p).getexif().get(0x0112) == EXIF_ROTATE_90)
-    (x, _), = EvalLoader(Split([str(rotated)], np.zeros(1, dtype=np.int64)), batch_size=1, image_size=60,
-                         num_threads=1, device_id=None, decoder="torchvision", **IDENTITY)
+    ((x, _),) = EvalLoader(
+        Split([str(rotated)], np.zeros(1, dtype=np.int64)),
+        batch_size=1,
+        image_size=60,
+        num_threads=1,
+        device_id=None,
+        decoder="torchvision",
+        **IDENTITY,
+    )
     upright = np.asarray(Image.open(rotated).convert("RGB").transpose(Image.Transpose.ROTATE_270))
     assert upright.shape[:2] == (60, 80)  # (80, 60) stored, rotated 90 degrees by its EXIF tag
     expected = torch.from_numpy(upright[:, 10:70].copy()).permute(2, 0, 1) / 255
@@ -114,9 +133,26 @@ def test_unknown_decoder_is_refused():
 def test_without_dali_training_and_evaluation_fall_back_with_one_line(tmp_path):
     """A run with DALI made unimportable (None in sys.modules): train + evaluate work, one log line."""
     root = write_tiny_uned(tmp_path / "data", {"a": {"train": 4, "val": 2, "test": 2}}, per_class=3)
-    argv = ["--data-root", str(root), "--out", str(tmp_path / "run"), "--backbone", "vit_tiny_patch16_224",
-            "--pretrained", "none", "--image-size", "32", "--batch-size", "4", "--steps", "2", "--no-compile",
-            "--no-progress", "--data-threads", "1"]
+    argv = [
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--no-compile",
+        "--no-progress",
+        "--data-threads",
+        "1",
+    ]
     script = (
         "import sys\n"
         "sys.modules['nvidia.dali'] = None\n"
@@ -124,7 +160,8 @@ def test_without_dali_training_and_evaluation_fall_back_with_one_line(tmp_path):
         "from udon_fast.commands import train\n"
         f"status = train.main({argv!r})\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('nvidia.dali') and sys.modules[m] is not None)\n"
-        "print('status', status, 'dali modules', loaded)\n")
+        "print('status', status, 'dali modules', loaded)\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "status 0 dali modules []" in result.stdout
@@ -139,8 +176,16 @@ def test_torchvision_on_cuda_matches_the_cpu(photos):
     domain = load_folder_domain(photos)
     batches = {}
     for decoder, device_id in (("torchvision", None), ("torchvision", 0), ("dali", 0)):
-        loader = TrainLoader({"p": domain}, batch_size=5, image_size=32, num_threads=2, device_id=device_id,
-                             seed=3, decoder=decoder, **IDENTITY)
+        loader = TrainLoader(
+            {"p": domain},
+            batch_size=5,
+            image_size=32,
+            num_threads=2,
+            device_id=device_id,
+            seed=3,
+            decoder=decoder,
+            **IDENTITY,
+        )
         batches[decoder, device_id] = [loader.next_batch("p") for _ in range(2)]
     for key in (("torchvision", 0), ("dali", 0)):
         for (x, y), (x2, y2) in zip(batches["torchvision", None], batches[key]):

@@ -1,5 +1,6 @@
 """docs/deployment.md's preprocessing recipe for the ONNX file (without udon_fast) gives the images both
 decoders give, also for a photo stored sideways with an EXIF orientation tag, as phones write them."""
+
 import re
 from pathlib import Path
 
@@ -18,8 +19,11 @@ SIZE = 32
 def recipe_preprocessing(image_path: Path) -> np.ndarray:
     """Run the doc's recipe from the image to `x` (1, 3, S, S), the ONNX model's input."""
     block = re.search(r"Using the ONNX file without udon_fast:\n\n```python\n(.*?)```", DOC.read_text(), re.S).group(1)
-    kept = [line for line in block.splitlines()
-            if not line.startswith(("import json", "meta = ", "session = ", "embedding = "))]
+    kept = [
+        line
+        for line in block.splitlines()
+        if not line.startswith(("import json", "meta = ", "session = ", "embedding = "))
+    ]
     code = "\n".join(kept).replace('"query.jpg"', repr(str(image_path)))
     namespace = {"np": np, "meta": {"image_size": SIZE, "mean": MEAN, "std": STD}}
     exec(compile(code, str(DOC), "exec"), namespace)
@@ -35,8 +39,16 @@ def test_recipe_applies_the_exif_orientation_like_the_decoders(tmp_path, decoder
     exif[0x0112] = 6
     path = tmp_path / "sideways.jpg"
     Image.fromarray(pixels).save(path, "JPEG", quality=95, exif=exif.tobytes())
-    (ours, _), = EvalLoader(Split([str(path)], np.zeros(1, np.int64)), batch_size=1, image_size=SIZE, mean=MEAN,
-                            std=STD, num_threads=1, device_id=None, decoder=decoder)
+    ((ours, _),) = EvalLoader(
+        Split([str(path)], np.zeros(1, np.int64)),
+        batch_size=1,
+        image_size=SIZE,
+        mean=MEAN,
+        std=STD,
+        num_threads=1,
+        device_id=None,
+        decoder=decoder,
+    )
     ours = ours.numpy()
     red = ours[0, 0] * STD[0] + MEAN[0]
     assert red[:12].mean() > 0.8 and red[-12:].mean() < 0.1  # the decoder turned it upright

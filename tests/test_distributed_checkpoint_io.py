@@ -1,12 +1,11 @@
 """A full disk while a 2-rank run writes its DCP checkpoint: one line on every rank naming the folder and the
 cause, and the previous checkpoint (manifest and folder) intact and readable.  The disk is a real 48 MiB
 tmpfs (CI runs as root); where mounting is not permitted the test skips and says why."""
+
 import subprocess
 from pathlib import Path
 
-import pytest
 import torch
-
 from distributed_helpers import run_ranks
 from test_checkpoint_io import _mount_tmpfs
 
@@ -21,10 +20,10 @@ class _Positions:
 
 
 def _save_twice(rank, world, checkpoints, filler):
-    from udon_fast.model import UDONModel
-    from udon_fast.files.outputs import OutputError
-    from udon_fast.sampler import DomainSampler
     from udon_fast.distributed import Ranks
+    from udon_fast.files.outputs import OutputError
+    from udon_fast.model import UDONModel
+    from udon_fast.sampler import DomainSampler
     from udon_fast.trainer.distributed_checkpoint import save_distributed_run
     from udon_fast.trainer.optimizer import build_optimizer
     from udon_fast.trainer.state import Progress

@@ -12,23 +12,46 @@ another rank count); its logged rank mean differs between rank counts: the large
 recorded (`similarity_max_relative_difference`; 0.53 for 2 -> 3 and 1.11 for 3 -> 2 when written: SIM
 over b x b blocks with b = 3 against b = 2 is a different quantity, not a rounding difference).
 """
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-
 from distributed_helpers import free_port, run_ranks, use_port
+
 from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 
 GLOBAL_BATCH = 6
 STEPS = 7
 STOP_AFTER = 4
-BASE = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--update-every", "2",
-        "--checkpoint-every", "2", "--eval-batch-size", "4", "--frozen-epochs", "1", "--no-compile", "--no-progress",
-        "--deterministic", "--data-threads", "1", "--steps", str(STEPS), "--no-baseline", "--class-parallel",
-        "--no-similarity"]
+BASE = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-batch-size",
+    "4",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    str(STEPS),
+    "--no-baseline",
+    "--class-parallel",
+    "--no-similarity",
+]
 GLOBAL_TERMS = ("teacher_ce", "student_ce", "kl")
 
 
@@ -65,8 +88,9 @@ def _worker(rank, world, data_root, root, ports, resume_from):
 
 
 def _metrics(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-            for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in path.read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +110,20 @@ def _resume_on_two(rank, world, data_root, root, port):
     from udon_fast.trainer.loop import train
 
     use_port(port)
-    train(parse_args(["--data-root", str(data_root), *BASE, "--batch-size", str(GLOBAL_BATCH // world),
-                      "--out", str(Path(root) / "resumed3to2"), "--resume"]))
+    train(
+        parse_args(
+            [
+                "--data-root",
+                str(data_root),
+                *BASE,
+                "--batch-size",
+                str(GLOBAL_BATCH // world),
+                "--out",
+                str(Path(root) / "resumed3to2"),
+                "--resume",
+            ]
+        )
+    )
 
 
 @pytest.mark.parametrize("saved,resumed", [(2, 3), (3, 2)])

@@ -1,4 +1,5 @@
 """`python -m udon_fast.evaluate`, `udon_fast.embed` and `udon_fast.search` on a tiny dataset."""
+
 import json
 import subprocess
 import sys
@@ -7,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from udon_fast.data import load_domains
-from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.commands import embed as embed_cli
 from udon_fast.commands import evaluate as evaluate_cli
-from udon_fast.evaluation import protocol as evaluation
 from udon_fast.commands import search as search_cli
+from udon_fast.data import load_domains
+from udon_fast.data.synthetic import write_tiny_uned
+from udon_fast.evaluation import protocol as evaluation
 from udon_fast.evaluation.protocol import evaluate_model
 from udon_fast.model import UDONModel, save_checkpoint
 
@@ -21,8 +22,11 @@ from udon_fast.model import UDONModel, save_checkpoint
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("uned")
     # shops: test class 4 (3 queries) is absent from the index: those queries have no positive
-    write_tiny_uned(root, {"shops": {"train": 5, "val": 3, "test": 5, "index": 4},
-                           "birds": {"train": 6, "val": 3, "test": 4}}, per_class=3)
+    write_tiny_uned(
+        root,
+        {"shops": {"train": 5, "val": 3, "test": 5, "index": 4}, "birds": {"train": 6, "val": 3, "test": 4}},
+        per_class=3,
+    )
     domains = load_domains(root)
     torch.manual_seed(0)
     model = UDONModel("vit_tiny_patch16_224", {n: d.num_classes for n, d in domains.items()}, image_size=32)
@@ -42,8 +46,9 @@ def test_evaluate_writes_results_matching_the_library(setup, tmp_path):
     expected = evaluate_model(model, domains, "test", progress=False)
     assert saved == json.loads(json.dumps(expected))
     csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert csv_rows[0] == ("embedding,index,domain,p_at_1,mmp_at_5,num_queries,num_queries_without_positives,"
-                           "no_positive")
+    assert csv_rows[0] == (
+        "embedding,index,domain,p_at_1,mmp_at_5,num_queries,num_queries_without_positives,no_positive"
+    )
     assert len(csv_rows) == 1 + 3 * 3
     assert csv_rows[2].startswith("student,merged,shops,") and csv_rows[2].endswith(",15,3,miss")
     assert csv_rows[3].startswith("student,merged,mean,") and csv_rows[3].endswith(",27,3,miss")
@@ -54,13 +59,30 @@ def test_evaluate_writes_results_matching_the_library(setup, tmp_path):
 
 def test_evaluate_no_positive_exclude(setup, tmp_path):
     root, domains, model, checkpoint = setup
-    result = _run("evaluate", "--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(tmp_path),
-                  "--index", "separate", "--embedding", "student", "--no-positive", "exclude")
+    result = _run(
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path),
+        "--index",
+        "separate",
+        "--embedding",
+        "student",
+        "--no-positive",
+        "exclude",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     exclude = json.loads((tmp_path / "results.json").read_text())["student"]["separate"]
-    assert exclude == json.loads(json.dumps(evaluate_model(
-        model, domains, "test", index="separate", embedding="student", no_positive="exclude",
-        progress=False)["student"]["separate"]))
+    assert exclude == json.loads(
+        json.dumps(
+            evaluate_model(
+                model, domains, "test", index="separate", embedding="student", no_positive="exclude", progress=False
+            )["student"]["separate"]
+        )
+    )
     assert exclude["mean"]["no_positive"] == "exclude"
     assert (exclude["shops"]["num_queries"], exclude["shops"]["num_queries_without_positives"]) == (15, 3)
     miss = evaluate_model(model, domains, "test", index="separate", embedding="student", progress=False)
@@ -81,8 +103,21 @@ def test_evaluate_rejects_an_unknown_no_positive_rule(setup, tmp_path):
 
 def test_evaluate_options_select_what_is_computed(setup, tmp_path):
     root, _, _, checkpoint = setup
-    result = _run("evaluate", "--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(tmp_path),
-                  "--split", "val", "--index", "merged", "--embedding", "student")
+    result = _run(
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path),
+        "--split",
+        "val",
+        "--index",
+        "merged",
+        "--embedding",
+        "student",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert list(saved) == ["student"] and list(saved["student"]) == ["merged"]
@@ -94,12 +129,33 @@ def test_evaluate_embed_and_search_pass_the_decoder_on(setup, tmp_path, capsys, 
     used = []
     loader = evaluation.EvalLoader
     monkeypatch.setattr(evaluation, "EvalLoader", lambda *args, **kw: used.append(kw["decoder"]) or loader(*args, **kw))
-    assert evaluate_cli.main(["--checkpoint", str(checkpoint), "--data-root", str(root), "--out", str(tmp_path),
-                              "--decoder", "torchvision", "--index", "separate", "--embedding", "student"]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data-root",
+                str(root),
+                "--out",
+                str(tmp_path),
+                "--decoder",
+                "torchvision",
+                "--index",
+                "separate",
+                "--embedding",
+                "student",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "results.json").is_file() and len(used) == 3  # shops: test, index; birds: test
     images, out = root / "images" / "shops" / "test", tmp_path / "emb.npy"
-    assert embed_cli.main(["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out),
-                           "--decoder", "torchvision"]) == 0
+    assert (
+        embed_cli.main(
+            ["--checkpoint", str(checkpoint), "--images", str(images), "--out", str(out), "--decoder", "torchvision"]
+        )
+        == 0
+    )
     query = json.loads((tmp_path / "emb.meta.json").read_text())["paths"][4]
     capsys.readouterr()
     assert search_cli.main(["--embeddings", str(out), "--query", query, "--top", "2", "--decoder", "torchvision"]) == 0

@@ -11,17 +11,18 @@ positive in their index ("shops" test class 121 is missing from its index split,
 singleton label set); they are scored by the rule the results state ("no_positive" in each
 leaf's mean; without that key, the library's earlier fixed rule: excluded from the means).
 """
+
 import inspect
 import json
 
 import numpy as np
 import pytest
 import torch
-
 from test_knn import oracle
-from udon_fast.evaluation import protocol as evaluation
+
 from udon_fast.data import load_domains
 from udon_fast.data.synthetic import colour_of, write_image, write_tiny_uned
+from udon_fast.evaluation import protocol as evaluation
 from udon_fast.model import UDONModel
 from udon_fast.model.packaged import packaged_weights
 
@@ -53,14 +54,24 @@ def _write_tags(root, first_colour):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("uned")
-    write_tiny_uned(root, {"shops": {"train": 4, "val": 3, "small_index": 3, "test": 4, "index": 3},
-                           "birds": {"train": 5, "val": 3, "test": 4}}, per_class=3)
+    write_tiny_uned(
+        root,
+        {
+            "shops": {"train": 4, "val": 3, "small_index": 3, "test": 4, "index": 3},
+            "birds": {"train": 5, "val": 3, "test": 4},
+        },
+        per_class=3,
+    )
     _write_tags(root, first_colour=1000)  # write_tiny_uned used colours 0..86: no two images alike
     domains = load_domains(root)
     assert domains["tags"].splits["test"].labels.shape == (9, 2)
     torch.manual_seed(0)
-    model = UDONModel("tf_efficientnet_lite0", {n: d.num_classes for n, d in domains.items()}, image_size=32,
-                      pretrained=packaged_weights("tf_efficientnet_lite0"))
+    model = UDONModel(
+        "tf_efficientnet_lite0",
+        {n: d.num_classes for n, d in domains.items()},
+        image_size=32,
+        pretrained=packaged_weights("tf_efficientnet_lite0"),
+    )
     captured = {}
 
     def capture(model, split, domain, **kwargs):
@@ -71,8 +82,10 @@ def evaluated(tmp_path_factory):
     real = evaluation.embed_split
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(evaluation, "embed_split", capture)
-        results = {split: evaluation.evaluate_model(model, domains, split, batch_size=16, progress=False)
-                   for split in ("test", "val")}
+        results = {
+            split: evaluation.evaluate_model(model, domains, split, batch_size=16, progress=False)
+            for split in ("test", "val")
+        }
     return domains, captured, results
 
 
@@ -104,8 +117,15 @@ def _expected_separate(pairs, kind, rule):
     expected = {}
     for name, (query, index) in pairs.items():
         own = query if index is None else index
-        expected[name] = _oracle(getattr(query, kind), query.labels, getattr(own, kind), own.labels, k=K,
-                                 query_is_index=index is None, rule=rule)
+        expected[name] = _oracle(
+            getattr(query, kind),
+            query.labels,
+            getattr(own, kind),
+            own.labels,
+            k=K,
+            query_is_index=index is None,
+            rule=rule,
+        )
     return expected
 
 
@@ -119,8 +139,12 @@ def _expected_merged(pairs, kind, rule):
     """Every query against the union of all domains' index sets (built in reverse domain order),
     skipping its own row where its domain is leave-one-out."""
     names = list(pairs)
-    width = max(1 if e.labels.ndim == 1 else e.labels.shape[1]
-                for query, index in pairs.values() for e in (query, index) if e is not None)
+    width = max(
+        1 if e.labels.ndim == 1 else e.labels.shape[1]
+        for query, index in pairs.values()
+        for e in (query, index)
+        if e is not None
+    )
     index_emb, index_labels, index_domains, start = [], [], [], {}
     offset = 0
     for d in reversed(range(len(names))):
@@ -139,9 +163,17 @@ def _expected_merged(pairs, kind, rule):
         query_domains.append(np.full(len(query.labels), d))
         rows = start[d] + np.arange(len(query.labels)) if index is None else np.full(len(query.labels), -1)
         self_rows.append(rows)
-    result = _oracle(np.concatenate(query_emb), np.concatenate(query_labels), np.concatenate(index_emb),
-                     np.concatenate(index_labels), np.concatenate(query_domains), np.concatenate(index_domains),
-                     k=K, self_rows=np.concatenate(self_rows), rule=rule)
+    result = _oracle(
+        np.concatenate(query_emb),
+        np.concatenate(query_labels),
+        np.concatenate(index_emb),
+        np.concatenate(index_labels),
+        np.concatenate(query_domains),
+        np.concatenate(index_domains),
+        k=K,
+        self_rows=np.concatenate(self_rows),
+        rule=rule,
+    )
     return {names[d]: metrics for d, metrics in result["per_domain"].items()}
 
 

@@ -1,6 +1,7 @@
 """`udon_fast.load_embedder` and `python -m udon_fast.export`: the default EfficientNet-Lite0 (packaged
 ImageNet weights, BatchNorm) and a ViT, ONNX through onnxruntime and TorchScript through torch.jit.load.
 (EfficientNet-Lite0 to ONNX runs in tests/test_end_to_end.py, on a trained checkpoint and real photos.)"""
+
 import json
 import warnings
 
@@ -26,16 +27,22 @@ def _images(n: int, seed: int) -> torch.Tensor:
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    lite0 = UDONModel("tf_efficientnet_lite0", {"cars": 5, "birds": 3}, image_size=SIZE,
-                      pretrained=packaged_weights("tf_efficientnet_lite0"))
+    lite0 = UDONModel(
+        "tf_efficientnet_lite0",
+        {"cars": 5, "birds": 3},
+        image_size=SIZE,
+        pretrained=packaged_weights("tf_efficientnet_lite0"),
+    )
     vit = UDONModel("vit_tiny_patch16_224", {"cars": 5}, image_size=SIZE, backbone_kwargs={"depth": 2})
     for model in (lite0, vit):  # trained-looking weights: BatchNorm statistics and projections off their init
         with torch.no_grad():
             for name, tensor in model.state_dict().items():
                 if name.endswith(("running_mean", "student_projection.0.bias")):
                     tensor.add_(0.1 * torch.randn_like(tensor))
-    return {"lite0": (lite0.eval(), save_checkpoint(root / "lite0.pt", lite0)),
-            "vit": (vit.eval(), save_checkpoint(root / "vit.pt", vit))}
+    return {
+        "lite0": (lite0.eval(), save_checkpoint(root / "lite0.pt", lite0)),
+        "vit": (vit.eval(), save_checkpoint(root / "vit.pt", vit)),
+    }
 
 
 @pytest.mark.parametrize("name", ["lite0", "vit"])
@@ -56,8 +63,11 @@ def test_load_embedder_needs_no_classifier_or_teacher(checkpoints, tmp_path):
     """A checkpoint holding only slices of the classifiers (class-parallel) or none at all still embeds."""
     model, path = checkpoints["lite0"]
     saved = read_checkpoint(path)
-    saved["model"] = {k: v[:1] if "classifiers" in k else v for k, v in saved["model"].items()
-                      if not k.startswith("teacher_projections.")}
+    saved["model"] = {
+        k: v[:1] if "classifiers" in k else v
+        for k, v in saved["model"].items()
+        if not k.startswith("teacher_projections.")
+    }
     sliced = tmp_path / "sliced.pt"
     torch.save(saved, sliced)
     with pytest.raises(CheckpointError):
@@ -117,8 +127,10 @@ def test_export_matches_load_embedder(checkpoints, tmp_path, capsys, name, fmt):
 
 
 def test_export_errors_are_one_line(checkpoints, tmp_path, capsys):
-    assert export.main(["--checkpoint", str(tmp_path / "none.pt"), "--format", "onnx",
-                        "--out", str(tmp_path / "x.onnx")]) == 2
+    assert (
+        export.main(["--checkpoint", str(tmp_path / "none.pt"), "--format", "onnx", "--out", str(tmp_path / "x.onnx")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("udon_fast.export: error:") and "none.pt" in err and err.count("\n") == 1
     assert not (tmp_path / "x.onnx").exists()

@@ -1,5 +1,6 @@
 """Export failures are one line and leave nothing behind: TorchScript on a full disk (a real tmpfs; skipped
 where mounting is not permitted), an ONNX opset the exporter cannot write."""
+
 import subprocess
 
 import pytest
@@ -27,15 +28,23 @@ def test_torchscript_on_a_full_disk_is_one_line_and_removes_its_temp_file(cli, c
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
     assert run.code == 2, run.output[-3000:]
-    assert run.output.strip() == f"udon_fast.export: error: cannot write torchscript file {out}: No space left on device"
+    assert (
+        run.output.strip() == f"udon_fast.export: error: cannot write torchscript file {out}: No space left on device"
+    )
     assert leftovers == []
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--format", "onnx", "--opset", "1"], "--opset 1 is not supported: the ONNX exporter writes opsets 18 to "),
-    (["--format", "onnx", "--opset", "99"], "--opset 99 is not supported: the ONNX exporter writes opsets 18 to "),
-    (["--format", "torchscript", "--opset", "18"], "--opset applies to --format onnx only, got --format torchscript"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--format", "onnx", "--opset", "1"], "--opset 1 is not supported: the ONNX exporter writes opsets 18 to "),
+        (["--format", "onnx", "--opset", "99"], "--opset 99 is not supported: the ONNX exporter writes opsets 18 to "),
+        (
+            ["--format", "torchscript", "--opset", "18"],
+            "--opset applies to --format onnx only, got --format torchscript",
+        ),
+    ],
+)
 def test_an_opset_the_exporter_cannot_write_is_refused(argv, message, checkpoint, tmp_path, capsys):
     out = tmp_path / "embedder.onnx"
     assert export.main(["--checkpoint", str(checkpoint), "--out", str(out), *argv]) == 2

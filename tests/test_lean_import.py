@@ -1,5 +1,6 @@
 """`import udon_fast` is light: no Triton, no native library, no custom ops, no optional package; the
 backends are decided on first use, also when that first use is inside a torch.compile trace."""
+
 import subprocess
 import sys
 
@@ -69,6 +70,7 @@ def test_first_use_inside_a_compiled_function_is_one_graph_and_matches_the_refer
 def test_the_compile_mark_is_what_torch_compiler_sets():
     """backends marks its lazy checks as `torch.compiler.assume_constant_result` would, without importing
     torch._dynamo; if torch changes how that decorator marks a function, this fails."""
+
     def plain():
         return 0
 

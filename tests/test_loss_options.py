@@ -3,16 +3,17 @@ against `F.cross_entropy` on the reference's materialised margin logits, forward
 on every backend (triton under TRITON_INTERPRET=1), every margin type, each option alone and combined;
 udon_loss's KL and SIM with ignored rows; every row ignored; bad values; the class-parallel loss on 2
 and 3 gloo ranks with uneven slices against the single-process reference."""
+
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import udon_fast
 from distributed_helpers import run_ranks
 from loss_cases import MARGINS, fused_backends, make_inputs
 from test_class_parallel_loss import _case, _inputs, run_cases
+
+import udon_fast
 from udon_fast.losses import backends, chunked, reference
 from udon_fast.losses.margins import NO_TARGET, resolve
 
@@ -41,8 +42,17 @@ def _options(name, classes):
     }[name]
 
 
-OPTION_SETS = ["sum", "none", "ignore", "ignore-a-class", "smoothing", "class-weight", "all-mean", "all-sum",
-               "all-none"]
+OPTION_SETS = [
+    "sum",
+    "none",
+    "ignore",
+    "ignore-a-class",
+    "smoothing",
+    "class-weight",
+    "all-mean",
+    "all-sum",
+    "all-none",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -78,9 +88,14 @@ def expected_ce(emb, weight, labels, margin_type, margin_options, options):
     """F.cross_entropy with the options on the reference's logits (its ignore_index default when None)."""
     ignore = options.get("ignore_index")
     z = reference_logits(emb, weight, labels, margin_type, margin_options, ignore)
-    return F.cross_entropy(z, labels, weight=options.get("class_weight"),
-                           ignore_index=IGNORE if ignore is None else ignore,
-                           reduction=options.get("reduction", "mean"), label_smoothing=options.get("label_smoothing", 0.0))
+    return F.cross_entropy(
+        z,
+        labels,
+        weight=options.get("class_weight"),
+        ignore_index=IGNORE if ignore is None else ignore,
+        reduction=options.get("reduction", "mean"),
+        label_smoothing=options.get("label_smoothing", 0.0),
+    )
 
 
 def _value_and_grads(value, leaves, probe):
@@ -103,19 +118,29 @@ SHAPES = [(1, 5, 7), (9, 201, 13)]  # (B, C, D): B = 1; C = 201 over tiles of 64
 @pytest.mark.parametrize("margin_type,margin_options", MARGINS)
 @pytest.mark.parametrize("option_set", OPTION_SETS)
 @pytest.mark.parametrize("batch,classes,dim", SHAPES)
-def test_normalized_softmax_ce_matches_f_cross_entropy(backend, margin_type, margin_options, option_set, batch,
-                                                       classes, dim):
+def test_normalized_softmax_ce_matches_f_cross_entropy(
+    backend, margin_type, margin_options, option_set, batch, classes, dim
+):
     if backend == "triton" and (batch, margin_type) != (9, "combined") and option_set not in ("all-none", "all-sum"):
         pytest.skip("the Triton interpreter is slow: its cases are the combined margin and the combined options")
     _, emb, _, weight, labels = make_inputs(batch, classes, dim, dim, seed=batch + classes)
     options = _options(option_set, classes)
     labels = _labels_with_ignored(labels, options.get("ignore_index"))
-    probe = torch.randn(batch, generator=torch.Generator().manual_seed(3)) if options.get("reduction") == "none" \
+    probe = (
+        torch.randn(batch, generator=torch.Generator().manual_seed(3))
+        if options.get("reduction") == "none"
         else torch.tensor(0.7)
-    got = _value_and_grads(udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type,
-                                                           scale=SCALE, backend=backend, **margin_options, **options),
-                           (emb, weight), probe)
-    want = _value_and_grads(expected_ce(emb, weight, labels, margin_type, margin_options, options), (emb, weight), probe)
+    )
+    got = _value_and_grads(
+        udon_fast.normalized_softmax_ce(
+            emb, weight, labels, margin_type=margin_type, scale=SCALE, backend=backend, **margin_options, **options
+        ),
+        (emb, weight),
+        probe,
+    )
+    want = _value_and_grads(
+        expected_ce(emb, weight, labels, margin_type, margin_options, options), (emb, weight), probe
+    )
     _assert_close(got, want)
 
 
@@ -126,8 +151,9 @@ def expected_udon(inputs, margin_type, margin_options, options, weights):
     keep = torch.ones_like(labels, dtype=torch.bool) if ignore is None else labels != ignore
     ce_t = expected_ce(e_t, w_t, labels, margin_type, margin_options, options)
     ce_s = expected_ce(e_s, w_s, labels, margin_type, margin_options, options)
-    kl = torch.where(keep, reference.kl_rows(reference.cosine_logits(e_t, w_t), reference.cosine_logits(e_s, w_s),
-                                             0.1, 0.07), 0.0)
+    kl = torch.where(
+        keep, reference.kl_rows(reference.cosine_logits(e_t, w_t), reference.cosine_logits(e_s, w_s), 0.1, 0.07), 0.0
+    )
     squares = (e_s @ e_s.t() - (e_t @ e_t.t()).detach()).square() * (keep[:, None] & keep[None, :])
     sim = squares.sum(dim=1) / 4.0
     if reduction == "sum":
@@ -161,13 +187,21 @@ def test_udon_loss_matches_f_cross_entropy(backend, margin_type, margin_options,
     options = _options(option_set, classes)
     labels = _labels_with_ignored(inputs[4], options.get("ignore_index"))
     inputs = (*inputs[:4], labels)
-    kwargs = dict(margin_type=margin_type, **margin_options, scale=SCALE, teacher_temperature=0.1,
-                  student_temperature=0.07, **dict(zip(("teacher_ce_weight", "student_ce_weight", "kl_weight",
-                                                         "similarity_weight"), UDON_WEIGHTS)))
+    kwargs = dict(
+        margin_type=margin_type,
+        **margin_options,
+        scale=SCALE,
+        teacher_temperature=0.1,
+        student_temperature=0.07,
+        **dict(zip(("teacher_ce_weight", "student_ce_weight", "kl_weight", "similarity_weight"), UDON_WEIGHTS)),
+    )
     reduction = options.get("reduction", "mean")
-    got = _udon_results(udon_fast.udon_loss(*inputs, backend=backend, **kwargs, **options), inputs[:4], batch, reduction)
-    want = _udon_results(expected_udon(inputs, margin_type, margin_options, options, UDON_WEIGHTS), inputs[:4], batch,
-                         reduction)
+    got = _udon_results(
+        udon_fast.udon_loss(*inputs, backend=backend, **kwargs, **options), inputs[:4], batch, reduction
+    )
+    want = _udon_results(
+        expected_udon(inputs, margin_type, margin_options, options, UDON_WEIGHTS), inputs[:4], batch, reduction
+    )
     _assert_close(got, want)
 
 
@@ -179,14 +213,16 @@ def test_every_row_ignored_is_f_cross_entropy(backend, reduction):
     labels = torch.full_like(labels, IGNORE)
     options = dict(reduction=reduction, ignore_index=IGNORE, label_smoothing=0.2, class_weight=_class_weight(201))
     probe = torch.ones(4) if reduction == "none" else torch.tensor(1.0)
-    got = _value_and_grads(udon_fast.normalized_softmax_ce(emb, weight, labels, backend=backend, **options),
-                           (emb, weight), probe)
+    got = _value_and_grads(
+        udon_fast.normalized_softmax_ce(emb, weight, labels, backend=backend, **options), (emb, weight), probe
+    )
     want = _value_and_grads(expected_ce(emb, weight, labels, "normface", {}, options), (emb, weight), probe)
     _assert_close(got, want)
     assert all(bool((g == 0).all()) for g in got[1])
     assert torch.isnan(got[0]).all() if reduction == "mean" else bool((got[0] == 0).all())
-    out = udon_fast.udon_loss(*make_inputs(4, 201, 13, 13)[:4], labels, backend=backend, reduction=reduction,
-                              ignore_index=IGNORE)
+    out = udon_fast.udon_loss(
+        *make_inputs(4, 201, 13, 13)[:4], labels, backend=backend, reduction=reduction, ignore_index=IGNORE
+    )
     for term in out[1:4]:
         assert torch.isnan(term).all() if reduction == "mean" else bool((term == 0).all())
     assert bool((out.similarity == 0).all())  # no pair of kept rows: nothing to distil
@@ -197,8 +233,9 @@ def test_defaults_are_the_plain_means():
     inputs = make_inputs(6, 201, 13, 24)
     out = udon_fast.udon_loss(*inputs, backend="native" if backends.status()["native"][0] else "chunked")
     e_s, e_t, w_s, w_t, labels = inputs
-    rows = reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=resolve("normface"),
-                                    scale=16.0, tau_t=0.1, tau_s=0.1)
+    rows = reference.head_loss_rows(
+        e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=resolve("normface"), scale=16.0, tau_t=0.1, tau_s=0.1
+    )
     for term, row in zip(out[1:4], rows):
         torch.testing.assert_close(term, row.mean(), rtol=2e-5, atol=2e-6)
     none = udon_fast.udon_loss(*inputs, reduction="none")
@@ -212,31 +249,50 @@ def test_udon_loss_module_carries_the_options():
     options = dict(reduction="sum", ignore_index=2, label_smoothing=0.1, class_weight=weight)
     module = udon_fast.UDONLoss(backend="chunked", **options)
     assert module.class_weight is weight and "label_smoothing=0.1" in repr(module)
-    torch.testing.assert_close(torch.stack(list(module(*inputs))),
-                               torch.stack(list(udon_fast.udon_loss(*inputs, backend="chunked", **options))))
+    torch.testing.assert_close(
+        torch.stack(list(module(*inputs))),
+        torch.stack(list(udon_fast.udon_loss(*inputs, backend="chunked", **options))),
+    )
     with pytest.raises(ValueError, match="^reduction must be one of"):
         udon_fast.UDONLoss(reduction="avg")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(reduction="avg"), r"^reduction must be one of \('mean', 'sum', 'none'\), got 'avg'$"),
-    (dict(ignore_index=1.5), r"^ignore_index must be an int or None, got 1.5$"),
-    (dict(ignore_index=True), r"^ignore_index must be an int or None, got True$"),
-    (dict(label_smoothing=1.5), r"^label_smoothing must be a number in \[0, 1\], got 1.5$"),
-    (dict(label_smoothing=float("nan")), r"^label_smoothing must be a number in \[0, 1\], got nan$"),
-    (dict(class_weight=torch.ones(4)), r"^class_weight must be a floating \(C,\) = \(5,\) tensor, got torch.float32 "
-                                       r"of shape \(4,\)$"),
-    (dict(class_weight=torch.ones(5, dtype=torch.int64)), r"^class_weight must be a floating \(C,\) = \(5,\) tensor"),
-    (dict(class_weight=torch.tensor([1.0, 2.0, float("inf"), 1.0, 1.0])), r"^class_weight contains NaN or inf values$"),
-    (dict(ignore_index=-100, labels=[0, -100, -7]), r"^labels must lie in \[0, 5\), got values in \[-7, 0\]$"),
-    (dict(labels=[0, -100, 3]), r"^labels must lie in \[0, 5\), got values in \[-100, 3\] \(rows to skip need "
-                                r"ignore_index\)$"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(reduction="avg"), r"^reduction must be one of \('mean', 'sum', 'none'\), got 'avg'$"),
+        (dict(ignore_index=1.5), r"^ignore_index must be an int or None, got 1.5$"),
+        (dict(ignore_index=True), r"^ignore_index must be an int or None, got True$"),
+        (dict(label_smoothing=1.5), r"^label_smoothing must be a number in \[0, 1\], got 1.5$"),
+        (dict(label_smoothing=float("nan")), r"^label_smoothing must be a number in \[0, 1\], got nan$"),
+        (
+            dict(class_weight=torch.ones(4)),
+            r"^class_weight must be a floating \(C,\) = \(5,\) tensor, got torch.float32 "
+            r"of shape \(4,\)$",
+        ),
+        (
+            dict(class_weight=torch.ones(5, dtype=torch.int64)),
+            r"^class_weight must be a floating \(C,\) = \(5,\) tensor",
+        ),
+        (
+            dict(class_weight=torch.tensor([1.0, 2.0, float("inf"), 1.0, 1.0])),
+            r"^class_weight contains NaN or inf values$",
+        ),
+        (dict(ignore_index=-100, labels=[0, -100, -7]), r"^labels must lie in \[0, 5\), got values in \[-7, 0\]$"),
+        (
+            dict(labels=[0, -100, 3]),
+            r"^labels must lie in \[0, 5\), got values in \[-100, 3\] \(rows to skip need "
+            r"ignore_index\)$",
+        ),
+    ],
+)
 def test_bad_options_raise_one_line_naming_the_argument(kwargs, message):
     _, emb, _, weight, labels = make_inputs(3, 5, 7, 7)
     labels = torch.tensor(kwargs.pop("labels", labels.tolist()))
-    for call in (lambda: udon_fast.normalized_softmax_ce(emb, weight, labels, backend="chunked", **kwargs),
-                 lambda: udon_fast.udon_loss(emb, emb, weight, weight, labels, backend="chunked", **kwargs)):
+    for call in (
+        lambda: udon_fast.normalized_softmax_ce(emb, weight, labels, backend="chunked", **kwargs),
+        lambda: udon_fast.udon_loss(emb, emb, weight, weight, labels, backend="chunked", **kwargs),
+    ):
         with pytest.raises((ValueError, TypeError), match=message):
             call()
 
@@ -251,15 +307,21 @@ SHARD_OPTIONS = {
     "class-weight-none": dict(reduction="none", class_weight=True),
 }
 SHARD_CASES = {
-    2: [dict(_case("2-combined", (5, 3), (20, 17), "combined", NATIVE), options="all-mean"),
+    2: [
+        dict(_case("2-combined", (5, 3), (20, 17), "combined", NATIVE), options="all-mean"),
         dict(_case("2-arcface-chunked", (4, 4), (9, 28), "arcface", "chunked"), options="all-sum"),
         dict(_case("2-empty-slice", (1, 6), (37, 0), "cosface", NATIVE), options="smoothing"),
-        dict(_case("2-single-head-none", (3, 5), (11, 26), "arcface", NATIVE, single_head=True),
-             options="class-weight-none"),
-        dict(_case("2-single-head-all", (3, 5), (11, 26), "combined", "chunked", single_head=True),
-             options="all-sum")]
-    + ([dict(_case("2-triton", (5, 3), (20, 17), "combined", "triton"), options="all-mean")]
-       if os.environ.get("TRITON_INTERPRET") == "1" and backends.status()["triton"][0] else []),
+        dict(
+            _case("2-single-head-none", (3, 5), (11, 26), "arcface", NATIVE, single_head=True),
+            options="class-weight-none",
+        ),
+        dict(_case("2-single-head-all", (3, 5), (11, 26), "combined", "chunked", single_head=True), options="all-sum"),
+    ]
+    + (
+        [dict(_case("2-triton", (5, 3), (20, 17), "combined", "triton"), options="all-mean")]
+        if os.environ.get("TRITON_INTERPRET") == "1" and backends.status()["triton"][0]
+        else []
+    ),
     3: [dict(_case(f"3-{m}", (4, 1, 6), (10, 25, 15), m, NATIVE), options="all-mean") for m, _ in MARGINS]
     + [dict(_case("3-rank1-all-ignored", (4, 2, 3), (10, 25, 15), "normface", "chunked"), options="all-sum")],
 }
@@ -276,8 +338,9 @@ def _shard_loss(case, e_s, e_t, w_s, w_t, labels, **kwargs):
     margin = dict(MARGINS)[case["margin_type"]]
     if case["single_head"]:
         return udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=case["margin_type"], **margin, **kwargs)
-    out = udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, margin_type=case["margin_type"], similarity_weight=0.0,
-                              **margin, **kwargs)
+    out = udon_fast.udon_loss(
+        e_s, e_t, w_s, w_t, labels, margin_type=case["margin_type"], similarity_weight=0.0, **margin, **kwargs
+    )
     return torch.stack([out.total, out.teacher_ce, out.student_ce, out.kl])
 
 
@@ -293,10 +356,11 @@ def _shard_compare(rank, case, seed, group):
     leaves = [t.clone().requires_grad_() for t in (e_s, e_t, w_s, w_t)]
     ref = _shard_loss(case, *leaves, labels, backend="reference", **options)
     (ref * (probe if ref.dim() == 1 and case["single_head"] else 1.0)).sum().backward()
-    lo, hi = sum(case["rows"][:rank]), sum(case["rows"][:rank + 1])
-    start, stop = sum(case["counts"][:rank]), sum(case["counts"][:rank + 1])
-    mine = [t[lo:hi].clone().requires_grad_() for t in (e_s, e_t)] + \
-           [t[start:stop].clone().requires_grad_() for t in (w_s, w_t)]
+    lo, hi = sum(case["rows"][:rank]), sum(case["rows"][: rank + 1])
+    start, stop = sum(case["counts"][:rank]), sum(case["counts"][: rank + 1])
+    mine = [t[lo:hi].clone().requires_grad_() for t in (e_s, e_t)] + [
+        t[start:stop].clone().requires_grad_() for t in (w_s, w_t)
+    ]
     shard = udon_fast.ClassShard(start, sum(case["counts"]), group)
     value = _shard_loss(case, *mine, labels[lo:hi], backend=case["backend"], class_shard=shard, **options)
     (value * (probe if value.dim() == 1 and case["single_head"] else 1.0)).sum().backward()
@@ -319,8 +383,16 @@ def _shard_worker(rank, world, cases):
         e_s, e_t, w_s, w_t, labels = _inputs(_case("x", (3, 3), (20, 17), "normface", "chunked"), 0)
         rows, cls = slice(3 * rank, 3 * rank + 3), slice(0, 20) if rank == 0 else slice(20, 37)
         try:
-            udon_fast.udon_loss(e_s[rows], e_t[rows], w_s[cls], w_t[cls], labels[rows], backend="chunked",
-                                class_shard=shard, reduction="none")
+            udon_fast.udon_loss(
+                e_s[rows],
+                e_t[rows],
+                w_s[cls],
+                w_t[cls],
+                labels[rows],
+                backend="chunked",
+                class_shard=shard,
+                reduction="none",
+            )
             results["none-refused"] = "no error"
         except ValueError as exc:
             results["none-refused"] = str(exc)
@@ -350,8 +422,14 @@ def test_options_trace_under_torch_compile_without_graph_breaks():
     inputs = make_inputs(6, 50, 13, 24)
     labels = inputs[4].clone()
     labels[1] = IGNORE
-    options = dict(margin_type="arcface", margin=0.3, ignore_index=IGNORE, label_smoothing=0.2,
-                   class_weight=_class_weight(50), backend="chunked")
+    options = dict(
+        margin_type="arcface",
+        margin=0.3,
+        ignore_index=IGNORE,
+        label_smoothing=0.2,
+        class_weight=_class_weight(50),
+        backend="chunked",
+    )
 
     def loss(e_s, e_t, w_s, w_t):
         return udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, **options).total

@@ -1,4 +1,5 @@
 """Loss input validation: class-weight rows without a direction and margins outside their range."""
+
 import math
 import re
 
@@ -51,14 +52,18 @@ def test_finite_but_huge_rows_are_named_not_a_nan_loss(backend, argument):
     original = inputs[argument]
     inputs[argument] = original.clone()
     inputs[argument][3] *= 1e20  # finite, but the loss's float32 terms overflow: the total was NaN
-    message = ("row 3 (class 3) is too large to normalise in float32" if argument.endswith("weight")
-               else "row 3 has norm 1e+20, too large for the loss in float32")
+    message = (
+        "row 3 (class 3) is too large to normalise in float32"
+        if argument.endswith("weight")
+        else "row 3 has norm 1e+20, too large for the loss in float32"
+    )
     with pytest.raises(ValueError, match=rf"^{argument} {re.escape(message)}"):
         udon_fast.udon_loss(*inputs.values(), backend=backend)
     head = argument.split("_")[0]
     with pytest.raises(ValueError, match=rf"^(emb|weight) {re.escape(message)}"):
-        udon_fast.normalized_softmax_ce(inputs[f"{head}_emb"], inputs[f"{head}_weight"], inputs["labels"],
-                                        backend=backend)
+        udon_fast.normalized_softmax_ce(
+            inputs[f"{head}_emb"], inputs[f"{head}_weight"], inputs["labels"], backend=backend
+        )
     inputs[argument] = original.clone()
     inputs[argument][3] *= 1e3 if argument.endswith("emb") else 1e18  # large, but the loss stays finite
     assert torch.isfinite(udon_fast.udon_loss(*inputs.values(), backend=backend).total)
@@ -88,24 +93,43 @@ def test_weight_check_allocates_no_class_by_dim_temporary(dtype):
     assert 0 < largest <= 4096 * 4  # the (C,) row norms, nothing of size C x D
 
 
-@pytest.mark.parametrize("margin_type,margin,valid", [
-    ("normface", 0.0, True), ("normface", 0.3, False), ("normface", -0.1, False),
-    ("cosface", 0.0, True), ("cosface", 0.99, True), ("cosface", 1.0, False), ("cosface", -1.0, False),
-    ("arcface", 0.0, True), ("arcface", 1.5, True), ("arcface", math.pi / 2, False), ("arcface", 4.0, False),
-    ("arcface", -0.2, False),
-])
+@pytest.mark.parametrize(
+    "margin_type,margin,valid",
+    [
+        ("normface", 0.0, True),
+        ("normface", 0.3, False),
+        ("normface", -0.1, False),
+        ("cosface", 0.0, True),
+        ("cosface", 0.99, True),
+        ("cosface", 1.0, False),
+        ("cosface", -1.0, False),
+        ("arcface", 0.0, True),
+        ("arcface", 1.5, True),
+        ("arcface", math.pi / 2, False),
+        ("arcface", 4.0, False),
+        ("arcface", -0.2, False),
+    ],
+)
 def test_margin_ranges(margin_type, margin, valid):
     e_s, e_t, w_s, w_t, labels = _inputs()
-    calls = [lambda: udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, margin_type=margin_type, margin=margin),
-             lambda: udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, margin=margin),
-             lambda: udon_fast.UDONLoss(margin_type=margin_type, margin=margin),
-             lambda: parse_args(["--margin-type", margin_type, "--margin", str(margin)])]
-    expected = {"normface": "margin = 0 (it has no margin)", "cosface": "0 <= margin < 1",
-                "arcface": "0 <= margin < 1.5708"}[margin_type]
+    calls = [
+        lambda: udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, margin_type=margin_type, margin=margin),
+        lambda: udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, margin=margin),
+        lambda: udon_fast.UDONLoss(margin_type=margin_type, margin=margin),
+        lambda: parse_args(["--margin-type", margin_type, "--margin", str(margin)]),
+    ]
+    expected = {
+        "normface": "margin = 0 (it has no margin)",
+        "cosface": "0 <= margin < 1",
+        "arcface": "0 <= margin < 1.5708",
+    }[margin_type]
     for call in calls:
         if valid:
             call()
         else:
-            with pytest.raises(ValueError, match=rf"margin {margin!r} is outside the valid range for "
-                                                 rf"(--margin-type )?{margin_type}: {re.escape(expected)}"):
+            with pytest.raises(
+                ValueError,
+                match=rf"margin {margin!r} is outside the valid range for "
+                rf"(--margin-type )?{margin_type}: {re.escape(expected)}",
+            ):
                 call()

@@ -1,9 +1,10 @@
 """Public loss API: argument errors, the module wrapper, the gradient routing of docs/method.md, torch.compile."""
+
 import pytest
 import torch
+from loss_cases import assert_results_close, make_inputs, run, run_loss
 
 import udon_fast
-from loss_cases import assert_results_close, make_inputs, run, run_loss
 
 
 def _args(batch=4, classes=10):
@@ -11,15 +12,18 @@ def _args(batch=4, classes=10):
     return [e_s, e_t, w_s, w_t, labels]
 
 
-@pytest.mark.parametrize("index,bad,match", [
-    (0, torch.zeros(4, 9), "student_emb has dimension 9"),
-    (1, torch.zeros(5, 12), "labels has 4 entries but teacher_emb has 5 rows"),
-    (3, torch.zeros(11, 12), "student_weight has 10 classes but teacher_weight has 11"),
-    (4, torch.tensor([0, 1, 2, 10]), r"labels must lie in \[0, 10\)"),
-    (4, torch.tensor([0, 1, -1, 3]), r"labels must lie in \[0, 10\)"),
-    (4, torch.tensor([0, 1, 2]), "labels has 3 entries"),
-    (0, torch.zeros(4, 8, 1), "student_emb must be 2-D"),
-])
+@pytest.mark.parametrize(
+    "index,bad,match",
+    [
+        (0, torch.zeros(4, 9), "student_emb has dimension 9"),
+        (1, torch.zeros(5, 12), "labels has 4 entries but teacher_emb has 5 rows"),
+        (3, torch.zeros(11, 12), "student_weight has 10 classes but teacher_weight has 11"),
+        (4, torch.tensor([0, 1, 2, 10]), r"labels must lie in \[0, 10\)"),
+        (4, torch.tensor([0, 1, -1, 3]), r"labels must lie in \[0, 10\)"),
+        (4, torch.tensor([0, 1, 2]), "labels has 3 entries"),
+        (0, torch.zeros(4, 8, 1), "student_emb must be 2-D"),
+    ],
+)
 def test_bad_shapes_and_labels_raise_value_error(index, bad, match):
     args = _args()
     args[index] = bad
@@ -27,11 +31,14 @@ def test_bad_shapes_and_labels_raise_value_error(index, bad, match):
         udon_fast.udon_loss(*args, backend="chunked")
 
 
-@pytest.mark.parametrize("index,bad,match", [
-    (4, torch.tensor([0, 1, 2, 3], dtype=torch.int32), "labels must have dtype"),
-    (2, torch.zeros(10, 8, dtype=torch.float64), "student_weight must have dtype"),
-    (1, [[0.0] * 12] * 4, "teacher_emb must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "index,bad,match",
+    [
+        (4, torch.tensor([0, 1, 2, 3], dtype=torch.int32), "labels must have dtype"),
+        (2, torch.zeros(10, 8, dtype=torch.float64), "student_weight must have dtype"),
+        (1, [[0.0] * 12] * 4, "teacher_emb must be a torch.Tensor"),
+    ],
+)
 def test_bad_types_raise_type_error(index, bad, match):
     args = _args()
     args[index] = bad
@@ -51,17 +58,20 @@ def test_non_finite_inputs_are_named(name, value):
         udon_fast.udon_loss(*args)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"margin_type": "sphereface"}, "margin_type must be one of"),
-    ({"scale": 0.0}, "scale must be a finite number > 0"),
-    ({"scale": -3.0}, "scale must be a finite number > 0"),
-    ({"teacher_temperature": 0.0}, "teacher_temperature must be"),
-    ({"student_temperature": -0.1}, "student_temperature must be"),
-    ({"margin": float("nan")}, "margin must be a finite number"),
-    ({"kl_weight": -1.0}, "kl_weight must be a finite number >= 0"),
-    ({"teacher_ce_weight": 0, "student_ce_weight": 0, "kl_weight": 0, "similarity_weight": 0}, "must not all be 0"),
-    ({"backend": "cuda"}, "backend must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"margin_type": "sphereface"}, "margin_type must be one of"),
+        ({"scale": 0.0}, "scale must be a finite number > 0"),
+        ({"scale": -3.0}, "scale must be a finite number > 0"),
+        ({"teacher_temperature": 0.0}, "teacher_temperature must be"),
+        ({"student_temperature": -0.1}, "student_temperature must be"),
+        ({"margin": float("nan")}, "margin must be a finite number"),
+        ({"kl_weight": -1.0}, "kl_weight must be a finite number >= 0"),
+        ({"teacher_ce_weight": 0, "student_ce_weight": 0, "kl_weight": 0, "similarity_weight": 0}, "must not all be 0"),
+        ({"backend": "cuda"}, "backend must be one of"),
+    ],
+)
 def test_bad_options_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         udon_fast.udon_loss(*_args(), **kwargs)
@@ -95,8 +105,12 @@ def test_gradient_routing_follows_spec(backend):
     """CE_t reaches only the teacher side; CE_s and KL only the student side; SIM only e_s."""
     inputs = make_inputs(5, 17, 8, 12)
     e_s, e_t, w_s, w_t, labels = inputs
-    expected = {"teacher_ce": [False, True, False, True], "student_ce": [True, False, True, False],
-                "kl": [True, False, True, False], "similarity": [True, False, False, False]}
+    expected = {
+        "teacher_ce": [False, True, False, True],
+        "student_ce": [True, False, True, False],
+        "kl": [True, False, True, False],
+        "similarity": [True, False, False, False],
+    }
     for term, reached in expected.items():
         out = udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, backend=backend)
         getattr(out, term).backward()
@@ -109,11 +123,13 @@ def test_gradient_routing_follows_spec(backend):
 def test_single_head_matches_teacher_ce():
     e_s, e_t, w_s, w_t, labels = _args()
     for margin_type, margin in (("normface", 0.0), ("cosface", 0.3), ("arcface", 0.3)):
-        full = udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, margin_type=margin_type, margin=margin,
-                                   backend="reference")
+        full = udon_fast.udon_loss(
+            e_s, e_t, w_s, w_t, labels, margin_type=margin_type, margin=margin, backend="reference"
+        )
         for backend in ("reference", "chunked"):
-            single = udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, margin=margin,
-                                                     backend=backend)
+            single = udon_fast.normalized_softmax_ce(
+                e_t, w_t, labels, margin_type=margin_type, margin=margin, backend=backend
+            )
             torch.testing.assert_close(single, full.teacher_ce)
 
 

@@ -1,6 +1,6 @@
 """The chunked backend with many small class chunks (the full matrix is in test_losses_matrix.py)."""
-import pytest
 
+import pytest
 from loss_cases import assert_matches_reference
 
 

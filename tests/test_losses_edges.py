@@ -12,12 +12,20 @@ labels on tile boundaries, odd embedding widths.
 
 Non-uniform per-row upstream gradients go through each backend's op (see test_losses_row_grads.py).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_cases import (
+    MARGINS,
+    assert_rows_and_grads_close,
+    fused_backends,
+    head_rows_and_grads,
+    make_head_inputs,
+    margin_of,
+    upstream_grads,
+)
 
-from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_head_inputs,
-                        margin_of, upstream_grads)
 from udon_fast.losses.margins import transform
 
 EXTREME = dict(scale=128.0, tau_t=0.005, tau_s=0.005)
@@ -80,12 +88,13 @@ def _boundary_labels(tile: int, classes: int) -> list[int]:
 def tiles(monkeypatch, request):
     """configure(backend) cuts the classes into small tiles (several, the last ragged) and returns
     the tile size in classes."""
+
     def configure(backend):
         if backend == "chunked":
             from udon_fast.losses import chunked
 
             monkeypatch.setattr(chunked, "TILE_ELEMENTS", 1)  # the 64-class minimum chunk
-            return chunked.chunk_size(1, 10 ** 6)
+            return chunked.chunk_size(1, 10**6)
         if backend == "native":
             from udon_fast.losses import native_backend
 

@@ -2,12 +2,21 @@
 bf16/fp16 inputs against the fp32 reference within bounds derived from their unit roundoff, single
 head, determinism, and the UnED-sized head (B = 128, C = 224,408) without a (B, C) allocation.
 Skipped without CUDA."""
+
 import pytest
 import torch
+from loss_cases import (
+    EXTREME,
+    MARGINS,
+    TRITON_GRAD_ROUNDOFF,
+    assert_low_precision_matches_reference,
+    assert_results_close,
+    make_inputs,
+    margin_of,
+    run,
+)
 
 import udon_fast
-from loss_cases import (EXTREME, MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference,
-                        assert_results_close, make_inputs, margin_of, run)
 from udon_fast.losses.margins import target_terms
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -58,8 +67,9 @@ def test_triton_cuda_low_precision_matches_fp32_reference(dtype, margin_type, op
     (test_losses_low_precision.py), which checks their logic there.
     """
     inputs = make_inputs(batch, classes, d_s, d_t, device="cuda")
-    assert_low_precision_matches_reference("triton", inputs, dtype, margin=margin_of(margin_type, options),
-                                           grad_roundoff=TRITON_GRAD_ROUNDOFF[dtype])
+    assert_low_precision_matches_reference(
+        "triton", inputs, dtype, margin=margin_of(margin_type, options), grad_roundoff=TRITON_GRAD_ROUNDOFF[dtype]
+    )
 
 
 @pytest.mark.parametrize("margin_type,options", MARGINS)
@@ -67,8 +77,7 @@ def test_triton_cuda_single_head(margin_type, options):
     _, emb, _, weight, labels = make_inputs(64, 3001, 48, 96, device="cuda")
     results = []
     for backend in ("reference", "triton"):
-        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, **options,
-                                               backend=backend)
+        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, **options, backend=backend)
         results.append(([loss.detach()], list(torch.autograd.grad(loss, (emb, weight)))))
     assert_results_close(results[1], results[0], rtol=2e-4, atol=2e-5)
 
@@ -82,8 +91,7 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in inputs)
     normface = margin_of("normface", {})
     z_y, dz_y = target_terms(normface, 16.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1,
-                tau_s=0.1)
+    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1, tau_s=0.1)
     rows = torch.full((batch,), 1.0 / batch, device="cuda")
 
     def step():
@@ -91,7 +99,7 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
         grads = triton_backend.backward(g_ce_t=rows, g_ce_s=rows, g_kl=rows, stats=stats, **args)
         return (ce_t, ce_s, kl), grads
 
-    step()                                                   # compile outside the measurement
+    step()  # compile outside the measurement
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -99,8 +107,17 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base - sum(g.numel() * g.element_size() for g in grads)
     assert extra < batch * MET_CLASSES * 4 // 4, f"extra peak {extra / 2**20:.1f} MiB"
-    ref_rows = reference.head_loss_rows(e_t=e_t.float(), w_t=w_t.float(), e_s=e_s.float(), w_s=w_s.float(),
-                                        labels=labels, margin=normface, scale=16.0, tau_t=0.1, tau_s=0.1)
+    ref_rows = reference.head_loss_rows(
+        e_t=e_t.float(),
+        w_t=w_t.float(),
+        e_s=e_s.float(),
+        w_s=w_s.float(),
+        labels=labels,
+        margin=normface,
+        scale=16.0,
+        tau_t=0.1,
+        tau_s=0.1,
+    )
     for got, want in zip(head_rows, ref_rows):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
@@ -108,12 +125,14 @@ def test_triton_cuda_met_head_never_allocates_batch_by_classes():
 def test_triton_cuda_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(128, 30001, 64, 256, device="cuda"))
     terms = target_terms(margin_of("arcface", {"margin": 0.5}), 16.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=terms[0], dz_y=terms[1], scale=16.0,
-                tau_t=0.1, tau_s=0.1)
+    args = dict(
+        e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=terms[0], dz_y=terms[1], scale=16.0, tau_t=0.1, tau_s=0.1
+    )
     *_, stats = triton_backend.forward(**args)
     rows = torch.linspace(0.5, 1.5, 128, device="cuda")
     first, second = [
         triton_backend.backward(g_ce_t=rows, g_ce_s=rows.flip(0), g_kl=rows * 0.3, stats=stats, **args)
-        for _ in range(2)]
+        for _ in range(2)
+    ]
     for a, b in zip(first, second):
         assert torch.equal(a, b)

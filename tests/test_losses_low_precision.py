@@ -11,13 +11,19 @@ input dtype within `grad_error_bounds` of the reference at the rounded point: fo
 native only the final rounding to the input dtype (they keep dL/dcos in fp32), for Triton also its
 rounding of dL/dcos.
 """
+
 import os
 
 import pytest
 import torch
-
-from loss_cases import (MARGINS, TRITON_GRAD_ROUNDOFF, assert_low_precision_matches_reference, fused_backends,
-                        make_inputs, margin_of)
+from loss_cases import (
+    MARGINS,
+    TRITON_GRAD_ROUNDOFF,
+    assert_low_precision_matches_reference,
+    fused_backends,
+    make_inputs,
+    margin_of,
+)
 
 DTYPES = [torch.bfloat16, torch.float16]
 
@@ -33,6 +39,10 @@ def test_cpu_backends_low_precision_match_fp32_reference(backend, dtype, margin_
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 @pytest.mark.parametrize("margin_type,options", MARGINS)
 def test_triton_interpreter_fp16_matches_fp32_reference(margin_type, options):
-    assert_low_precision_matches_reference("triton", make_inputs(64, 3001, 48, 96), torch.float16,
-                                           margin=margin_of(margin_type, options),
-                                           grad_roundoff=TRITON_GRAD_ROUNDOFF[torch.float16])
+    assert_low_precision_matches_reference(
+        "triton",
+        make_inputs(64, 3001, 48, 96),
+        torch.float16,
+        margin=margin_of(margin_type, options),
+        grad_roundoff=TRITON_GRAD_ROUNDOFF[torch.float16],
+    )

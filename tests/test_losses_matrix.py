@@ -1,14 +1,18 @@
 """The CPU fused backends (chunked, native) against `reference` in fp32: all five outputs and all four
 gradients, on the full matrix of margins x B x C x (Ds, Dt), plus extreme scale and temperatures.
 (Triton's interpreter runs a covering design of the same axes: test_losses_triton.py.)"""
-import pytest
 
+import pytest
 from loss_cases import EXTREME, MARGINS, assert_matches_reference
+
 from udon_fast.losses import backends
 
-BACKENDS = [pytest.param("chunked"),
-            pytest.param("native", marks=pytest.mark.skipif(not backends.status()["native"][0],
-                                                             reason="native library not built"))]
+BACKENDS = [
+    pytest.param("chunked"),
+    pytest.param(
+        "native", marks=pytest.mark.skipif(not backends.status()["native"][0], reason="native library not built")
+    ),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,12 +1,13 @@
 """The native (C++/OpenMP) backend: small tiles, determinism, the single-head path, reduced-precision
 inputs and torch.compile (its fp32 matrix against `reference` is in test_losses_matrix.py)."""
+
 import pytest
 import torch
+from loss_cases import MARGINS, assert_matches_reference, make_inputs, margin_of, run
 
 import udon_fast
-from loss_cases import MARGINS, assert_matches_reference, make_inputs, margin_of, run
-from udon_fast.losses.margins import target_terms
 from udon_fast.losses import backends
+from udon_fast.losses.margins import target_terms
 
 pytestmark = pytest.mark.skipif(not backends.status()["native"][0], reason="native library not built")
 
@@ -43,8 +44,7 @@ def test_native_single_head(margin_type, options):
     _, e_t, _, w_t, labels = make_inputs(7, 1000, 48, 96)
     results = {}
     for backend in ("reference", "native"):
-        loss = udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, **options,
-                                               backend=backend)
+        loss = udon_fast.normalized_softmax_ce(e_t, w_t, labels, margin_type=margin_type, **options, backend=backend)
         loss.backward()
         results[backend] = (loss.detach(), e_t.grad.clone(), w_t.grad.clone())
         e_t.grad = w_t.grad = None
@@ -57,13 +57,36 @@ def test_native_single_head_stats():
 
     _, e_t, _, w_t, labels = make_inputs(7, 100, 48, 96)
     z_y, dz_y = target_terms(margin_of("normface", {}), 16.0, labels, [(e_t, w_t)])
-    ce_t, ce_s, kl, stats = native_backend.forward(e_t=e_t.detach(), w_t=w_t.detach(), e_s=None, w_s=None,
-                                                   labels=labels, z_y=z_y, dz_y=dz_y, scale=16.0, tau_t=0.1, tau_s=0.1)
+    ce_t, ce_s, kl, stats = native_backend.forward(
+        e_t=e_t.detach(),
+        w_t=w_t.detach(),
+        e_s=None,
+        w_s=None,
+        labels=labels,
+        z_y=z_y,
+        dz_y=dz_y,
+        scale=16.0,
+        tau_t=0.1,
+        tau_s=0.1,
+    )
     assert stats.shape == (7, 4) and torch.isinf(stats[:, 1:]).all() and (stats[:, 1:] < 0).all()
     assert not ce_s.any() and not kl.any()
-    grads = torch.ops.udon_fast_native.head_backward(torch.ones(7), torch.zeros(7), torch.zeros(7), e_t.detach(),
-                                                     w_t.detach(), None, None, labels, stats, z_y, dz_y, 16.0, 0.1,
-                                                     0.1)
+    grads = torch.ops.udon_fast_native.head_backward(
+        torch.ones(7),
+        torch.zeros(7),
+        torch.zeros(7),
+        e_t.detach(),
+        w_t.detach(),
+        None,
+        None,
+        labels,
+        stats,
+        z_y,
+        dz_y,
+        16.0,
+        0.1,
+        0.1,
+    )
     assert grads[2].shape == (0,) and grads[3].shape == (0,)
 
 
@@ -75,10 +98,11 @@ def test_native_reduced_precision_inputs(dtype):
     for a, b in zip(out, ref_out):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    for a, b, t in zip(grads, ref_grads, inputs[:4]):
+    for a, b in zip(grads[:4], ref_grads):
         assert a.dtype == dtype
-        torch.testing.assert_close(a.float() / b.float().abs().max(), b.float() / b.float().abs().max(),
-                                   rtol=2e-2, atol=1e-2)
+        torch.testing.assert_close(
+            a.float() / b.float().abs().max(), b.float() / b.float().abs().max(), rtol=2e-2, atol=1e-2
+        )
 
 
 def test_native_torch_compile_fullgraph():

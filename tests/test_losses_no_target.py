@@ -1,22 +1,30 @@
 """NO_TARGET (-1) labels in every fused backend against `reference`: rows whose target class is not among
 the classes given (what a class-parallel slice sees for rows owned elsewhere).  Per-row CE, KL, the four
 log-sum-exps and all four gradients, fp32, all margins; the public API keeps rejecting -1."""
+
 import os
 
 import pytest
 import torch
+from loss_cases import MARGINS, fused_rows, make_inputs, margin_of
 
 import udon_fast
-from loss_cases import MARGINS, fused_rows, make_inputs, margin_of
 from udon_fast.losses import backends, reference
 from udon_fast.losses.margins import NO_TARGET, resolve
 
-FUSED = [pytest.param("chunked"),
-         pytest.param("native", marks=pytest.mark.skipif(not backends.status()["native"][0],
-                                                          reason="native library not built")),
-         pytest.param("triton", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1"
-                                                          or not backends.status()["triton"][0],
-                                                          reason="triton runs here only with TRITON_INTERPRET=1"))]
+FUSED = [
+    pytest.param("chunked"),
+    pytest.param(
+        "native", marks=pytest.mark.skipif(not backends.status()["native"][0], reason="native library not built")
+    ),
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(
+            os.environ.get("TRITON_INTERPRET") != "1" or not backends.status()["triton"][0],
+            reason="triton runs here only with TRITON_INTERPRET=1",
+        ),
+    ),
+]
 TAU_T, TAU_S, SCALE = 0.1, 0.07, 16.0
 
 
@@ -33,21 +41,28 @@ def _labels(batch, classes, pattern, seed=3):
 
 def _reference(e_s, e_t, w_s, w_t, labels, margin):
     """Per-row (ce_t, ce_s, kl) and the (B, 4) log-sum-exps, eagerly from `reference`."""
-    rows = reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=SCALE,
-                                    tau_t=TAU_T, tau_s=TAU_S)
+    rows = reference.head_loss_rows(
+        e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=SCALE, tau_t=TAU_T, tau_s=TAU_S
+    )
     cos_t = reference.cosine_logits(e_t, w_t)
     cos_s = reference.cosine_logits(e_s, w_s)
-    stats = torch.stack([
-        torch.logsumexp(reference.margin_logits(cos_t, labels, margin, SCALE), dim=1),
-        torch.logsumexp(reference.margin_logits(cos_s, labels, margin, SCALE), dim=1),
-        torch.logsumexp(cos_t / TAU_T, dim=1), torch.logsumexp(cos_s / TAU_S, dim=1)], dim=1)
+    stats = torch.stack(
+        [
+            torch.logsumexp(reference.margin_logits(cos_t, labels, margin, SCALE), dim=1),
+            torch.logsumexp(reference.margin_logits(cos_s, labels, margin, SCALE), dim=1),
+            torch.logsumexp(cos_t / TAU_T, dim=1),
+            torch.logsumexp(cos_s / TAU_S, dim=1),
+        ],
+        dim=1,
+    )
     return rows, stats
 
 
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("margin_type,options", MARGINS)
-@pytest.mark.parametrize("batch,classes,pattern", [(1, 1, "all"), (7, 300, "mixed"), (24, 1000, "mixed"),
-                                                   (33, 5, "all")])
+@pytest.mark.parametrize(
+    "batch,classes,pattern", [(1, 1, "all"), (7, 300, "mixed"), (24, 1000, "mixed"), (33, 5, "all")]
+)
 def test_no_target_rows_match_reference(backend, margin_type, options, batch, classes, pattern):
     e_s, e_t, w_s, w_t, _ = make_inputs(batch, classes, 48, 96)
     labels = _labels(batch, classes, pattern)
@@ -55,8 +70,9 @@ def test_no_target_rows_match_reference(backend, margin_type, options, batch, cl
     probe = [torch.linspace(0.5, 1.5, batch), torch.linspace(1.2, -0.3, batch), torch.linspace(0.2, 0.9, batch)]
     (ref_rows, ref_stats) = _reference(e_s, e_t, w_s, w_t, labels, margin)
     ref_grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip(ref_rows, probe)), (e_s, e_t, w_s, w_t))
-    ce_t, ce_s, kl, stats = fused_rows(backend, e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin,
-                                       scale=SCALE, tau_t=TAU_T, tau_s=TAU_S)
+    ce_t, ce_s, kl, stats = fused_rows(
+        backend, e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=SCALE, tau_t=TAU_T, tau_s=TAU_S
+    )
     grads = torch.autograd.grad(sum((r * p).sum() for r, p in zip((ce_t, ce_s, kl), probe)), (e_s, e_t, w_s, w_t))
     for name, got, want in zip(("ce_t", "ce_s", "kl", "stats"), (ce_t, ce_s, kl, stats), (*ref_rows, ref_stats)):
         torch.testing.assert_close(got.detach(), want.detach(), rtol=2e-5, atol=2e-5, msg=lambda m: f"{name}: {m}")

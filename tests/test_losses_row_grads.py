@@ -6,14 +6,24 @@ gradients, would still pass.  Here three different non-uniform (B,) gradients (s
 go straight into each backend's registered op (`backends.fused_op`), two heads and one, and all
 gradients are compared with torch.autograd through `reference.head_loss_rows` weighted the same way.
 """
-import pytest
 
-from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_inputs,
-                        margin_of, upstream_grads)
+import pytest
+from loss_cases import (
+    MARGINS,
+    assert_rows_and_grads_close,
+    fused_backends,
+    head_rows_and_grads,
+    make_inputs,
+    margin_of,
+    upstream_grads,
+)
 
 # (margin_type, options, B, C): every margin once with one class tile and with several (C = 3001).
-CASES = [(margin_type, options, batch, classes) for batch, classes in ((7, 1000), (33, 3001))
-         for margin_type, options in MARGINS]
+CASES = [
+    (margin_type, options, batch, classes)
+    for batch, classes in ((7, 1000), (33, 3001))
+    for margin_type, options in MARGINS
+]
 
 
 def _compare(backend, inputs, single_head, margin_type, options):

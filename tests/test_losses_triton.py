@@ -7,25 +7,29 @@ smallest and largest (B, C); extreme scale / temperatures, the single-head `norm
 many small class tiles and splits, and a bitwise-deterministic backward.  The CUDA runs of the full
 product (fp32 and bf16) are in test_losses_gpu.py.
 """
+
 import os
 
 import pytest
 import torch
+from loss_cases import EXTREME, MARGINS, assert_matches_reference, make_inputs, margin_of
 
 import udon_fast
-from loss_cases import EXTREME, MARGINS, assert_matches_reference, make_inputs, margin_of
 from udon_fast.losses.margins import target_terms
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("runs the Triton kernels on CPU tensors: set TRITON_INTERPRET=1 (CUDA runs: test_losses_gpu.py)",
-                allow_module_level=True)
+    pytest.skip(
+        "runs the Triton kernels on CPU tensors: set TRITON_INTERPRET=1 (CUDA runs: test_losses_gpu.py)",
+        allow_module_level=True,
+    )
 pytest.importorskip("triton", reason="triton is not installed")
 
 from udon_fast.losses import triton_backend  # noqa: E402  (needs TRITON_INTERPRET checked first)
 
-
-SHAPES = ([(batch, classes, 48, 96) for batch in (1, 7, 64) for classes in (1, 3, 1000, 3001)]
-          + [(1, 1, 64, 256), (64, 3001, 64, 256)])
+SHAPES = [(batch, classes, 48, 96) for batch in (1, 7, 64) for classes in (1, 3, 1000, 3001)] + [
+    (1, 1, 64, 256),
+    (64, 3001, 64, 256),
+]
 
 
 @pytest.mark.parametrize("margin_type,options", MARGINS)
@@ -53,8 +57,7 @@ def test_triton_single_head_matches_reference(margin_type, options, batch, class
     _, emb, _, weight, labels = make_inputs(batch, classes, 48, 96)
     losses, grads = [], []
     for backend in ("reference", "triton"):
-        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, **options,
-                                               backend=backend)
+        loss = udon_fast.normalized_softmax_ce(emb, weight, labels, margin_type=margin_type, **options, backend=backend)
         losses.append(loss.detach())
         grads.append(torch.autograd.grad(loss, (emb, weight)))
     torch.testing.assert_close(losses[1], losses[0], rtol=2e-4, atol=2e-5)
@@ -73,20 +76,23 @@ def test_triton_mixed_dtypes_promote():
     want = triton_backend.forward(e_t=e_t.half().float(), w_t=w_t, e_s=e_s.half().float(), w_s=w_s, **args)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
-    grads = triton_backend.backward(g_ce_t=rows, g_ce_s=rows, g_kl=rows, e_t=e_t.half(), w_t=w_t, e_s=e_s.half(),
-                                    w_s=w_s, stats=got[3], **args)
+    grads = triton_backend.backward(
+        g_ce_t=rows, g_ce_s=rows, g_kl=rows, e_t=e_t.half(), w_t=w_t, e_s=e_s.half(), w_s=w_s, stats=got[3], **args
+    )
     assert [g.dtype for g in grads] == [torch.float16, torch.float32, torch.float16, torch.float32]
 
 
 def test_triton_backward_is_deterministic():
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_inputs(64, 3001, 48, 96))
     terms = target_terms(margin_of("arcface", {"margin": 0.5}), 64.0, labels, [(e_t, w_t), (e_s, w_s)])
-    args = dict(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=terms[0], dz_y=terms[1], scale=64.0,
-                tau_t=0.1, tau_s=0.1)
+    args = dict(
+        e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=terms[0], dz_y=terms[1], scale=64.0, tau_t=0.1, tau_s=0.1
+    )
     ce_t, ce_s, kl, stats = triton_backend.forward(**args)
     rows = torch.linspace(0.5, 1.5, 64)
     first, second = [
         triton_backend.backward(g_ce_t=rows, g_ce_s=rows.flip(0), g_kl=rows * 0.3, stats=stats, **args)
-        for _ in range(2)]
+        for _ in range(2)
+    ]
     for a, b in zip(first, second):
         assert torch.equal(a, b)

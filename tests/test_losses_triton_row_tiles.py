@@ -6,10 +6,10 @@ UnED preset, two full tiles) and 130 (a ragged third tile), with several class t
 non-uniform per-row upstream gradients through the op (rows and all four gradients).
 Interpreter runs (TRITON_INTERPRET=1, CPU tensors) and CUDA runs (marker gpu).
 """
+
 import os
 
 import pytest
-
 from loss_cases import MARGINS, assert_rows_and_grads_close, head_rows_and_grads, make_inputs, margin_of, upstream_grads
 
 pytest.importorskip("triton", reason="triton is not installed")
@@ -23,12 +23,13 @@ def _check(device, batch, margin_type, options, classes, d_s, d_t):
     inputs = make_inputs(batch, classes, d_s, d_t, device=device)
     upstream = upstream_grads(batch, device=device)
     options = dict(margin=margin_of(margin_type, options), scale=16.0, tau_t=0.1, tau_s=0.07)
-    assert_rows_and_grads_close(head_rows_and_grads("triton", inputs, upstream, **options),
-                                head_rows_and_grads("reference", inputs, upstream, **options))
+    assert_rows_and_grads_close(
+        head_rows_and_grads("triton", inputs, upstream, **options),
+        head_rows_and_grads("reference", inputs, upstream, **options),
+    )
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 @pytest.mark.parametrize("batch,margin_type,options", INTERPRETER_CASES)
 def test_interpreter_several_row_tiles_match_reference(batch, margin_type, options):
     _check("cpu", batch, margin_type, options, 3001, 48, 96)

@@ -11,15 +11,23 @@
 - One-line errors naming the argument (`margins`, `margin`, `--margins`), and the trainer's
   `--margin-type combined --margins m1,m2,m3` reaching udon_loss.
 """
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_cases import (
+    MARGINS,
+    assert_rows_and_grads_close,
+    fused_backends,
+    head_rows_and_grads,
+    make_head_inputs,
+    margin_of,
+    upstream_grads,
+)
 
 import udon_fast
-from loss_cases import (MARGINS, assert_rows_and_grads_close, fused_backends, head_rows_and_grads, make_head_inputs,
-                        margin_of, upstream_grads)
 from udon_fast.commands import train as train_cli
 from udon_fast.commands.train import parse_args
 from udon_fast.losses import reference
@@ -37,8 +45,12 @@ def test_every_margin_type_is_tested_on_every_backend():
 def test_slope_is_the_derivative_of_the_value(margin_type, options):
     """f' of `transform` against autograd of its f, float64, on a grid of [-1, 1] with both clamp edges."""
     margin = margin_of(margin_type, options)
-    grid = torch.cat([torch.linspace(-1, 1, 2001, dtype=torch.float64),
-                      torch.tensor([-1 + 2e-6, -1 + 1e-3, 1 - 1e-3, 1 - 2e-6], dtype=torch.float64)])
+    grid = torch.cat(
+        [
+            torch.linspace(-1, 1, 2001, dtype=torch.float64),
+            torch.tensor([-1 + 2e-6, -1 + 1e-3, 1 - 1e-3, 1 - 2e-6], dtype=torch.float64),
+        ]
+    )
     cos = grid.clone().requires_grad_()
     value, slope = transform(margin, cos)
     (autograd,) = torch.autograd.grad(value.sum(), cos)
@@ -50,8 +62,10 @@ def test_combined_follows_insightface_formula_and_contains_arcface_and_cosface()
     m1, m2, m3 = COMBINED
     expected = torch.tensor([math.cos(m1 * math.acos(c) + m2) - m3 for c in cos.tolist()], dtype=torch.float64)
     torch.testing.assert_close(transform(resolve("combined", margins=COMBINED), cos)[0], expected, rtol=0, atol=1e-12)
-    for combined, single in ((resolve("combined", margins=(1.0, 0.5, 0.0)), resolve("arcface", 0.5)),
-                             (resolve("combined", margins=(1.0, 0.0, 0.35)), resolve("cosface", 0.35))):
+    for combined, single in (
+        (resolve("combined", margins=(1.0, 0.5, 0.0)), resolve("arcface", 0.5)),
+        (resolve("combined", margins=(1.0, 0.0, 0.35)), resolve("cosface", 0.35)),
+    ):
         for got, want in zip(transform(combined, cos), transform(single, cos)):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
@@ -122,19 +136,26 @@ def test_angular_edges_match_reference(backend, margin_type, options, single_hea
     assert (cos_y[2:4].abs() < 1 - ANGLE_EPS).all()
     upstream = upstream_grads(len(TARGET_COSINES))
     options = dict(margin=margin, scale=16.0, tau_t=0.1, tau_s=0.07, single_head=single_head)
-    assert_rows_and_grads_close(head_rows_and_grads(backend, inputs, upstream, **options),
-                                head_rows_and_grads("reference", inputs, upstream, **options))
+    assert_rows_and_grads_close(
+        head_rows_and_grads(backend, inputs, upstream, **options),
+        head_rows_and_grads("reference", inputs, upstream, **options),
+    )
 
 
 @pytest.mark.parametrize("backend", fused_backends(triton=False))
 def test_combined_batch_of_one_matches_reference(backend):
     """B = 1 through the public API, two heads and one, C = 3001 (several tiles, the last ragged)."""
     inputs = _rows_at([-0.9], 3001, 13, 37)
-    for fn in (lambda b, *x: udon_fast.udon_loss(*x, margin_type="combined", margins=COMBINED, backend=b).total,
-               lambda b, e_s, e_t, w_s, w_t, y: udon_fast.normalized_softmax_ce(
-                   e_t, w_t, y, margin_type="combined", margins=COMBINED, backend=b)):
-        got, want = [(fn(b, *inputs), torch.autograd.grad(fn(b, *inputs), inputs[:4], allow_unused=True))
-                     for b in (backend, "reference")]
+    for fn in (
+        lambda b, *x: udon_fast.udon_loss(*x, margin_type="combined", margins=COMBINED, backend=b).total,
+        lambda b, e_s, e_t, w_s, w_t, y: udon_fast.normalized_softmax_ce(
+            e_t, w_t, y, margin_type="combined", margins=COMBINED, backend=b
+        ),
+    ):
+        got, want = [
+            (fn(b, *inputs), torch.autograd.grad(fn(b, *inputs), inputs[:4], allow_unused=True))
+            for b in (backend, "reference")
+        ]
         torch.testing.assert_close(got[0], want[0], rtol=2e-4, atol=2e-5)
         for a, b in zip(got[1], want[1]):
             if b is None:
@@ -167,14 +188,18 @@ BAD = [
     (dict(margin_type="combined", margins=(1.0, 0.3)), "margins must be 3 finite numbers (m1, m2, m3) for combined"),
     (dict(margin_type="combined", margins=(1.0, float("nan"), 0.1)), "margins must be 3 finite numbers"),
     (dict(margin_type="combined", margins="1,0.3,0.1"), "margins must be 3 finite numbers"),
-    (dict(margin_type="combined", margins=(0.9, 0.3, 0.1)), f"margins (0.9, 0.3, 0.1) is outside the valid range for "
-                                                            f"combined: {RANGE}"),
+    (
+        dict(margin_type="combined", margins=(0.9, 0.3, 0.1)),
+        f"margins (0.9, 0.3, 0.1) is outside the valid range for combined: {RANGE}",
+    ),
     (dict(margin_type="combined", margins=(1.0, -0.1, 0.1)), "is outside the valid range for combined"),
     (dict(margin_type="combined", margins=(1.0, 0.3, -0.1)), "is outside the valid range for combined"),
     (dict(margin_type="combined", margins=(2.0, 0.0, 0.0)), "is outside the valid range for combined"),  # m1 pi/2 = pi
     (dict(margin_type="combined", margins=(1.0, 0.5, 0.9)), "is outside the valid range for combined"),  # cos(.5) < .9
-    (dict(margin_type="combined", margin=0.2, margins=COMBINED), "margin is not used by combined: give margins "
-                                                                 "(m1, m2, m3) instead; got 0.2"),
+    (
+        dict(margin_type="combined", margin=0.2, margins=COMBINED),
+        "margin is not used by combined: give margins (m1, m2, m3) instead; got 0.2",
+    ),
     (dict(margin_type="arcface", margin=0.2, margins=COMBINED), "margins is not used by arcface (it takes margin)"),
 ]
 
@@ -182,9 +207,11 @@ BAD = [
 @pytest.mark.parametrize("options,message", BAD)
 def test_bad_margins_are_one_line_errors_naming_the_argument(options, message):
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_head_inputs([0, 2, 1], 8, 12, 5))
-    calls = [lambda: udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, **options),
-             lambda: udon_fast.normalized_softmax_ce(e_t, w_t, labels, **options),
-             lambda: udon_fast.UDONLoss(**options)]
+    calls = [
+        lambda: udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, **options),
+        lambda: udon_fast.normalized_softmax_ce(e_t, w_t, labels, **options),
+        lambda: udon_fast.UDONLoss(**options),
+    ]
     for call in calls:
         with pytest.raises(ValueError) as raised:
             call()
@@ -212,18 +239,26 @@ def test_trainer_accepts_the_combined_margin(tmp_path, capsys):
     assert tuple(parse_args(["--config", str(yaml_file)]).margins) == (1.0, 0.5, 0.0)
     e_s, e_t, w_s, w_t, labels = (t.detach() for t in make_head_inputs([0, 2, 1], 8, 12, 5))
     trainer = udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, **_loss_options(config, 1).kwargs())
-    direct = udon_fast.udon_loss(e_s, e_t, w_s, w_t, labels, margin_type="combined", margins=COMBINED,
-                                 kl_weight=1.0, similarity_weight=1.0)
+    direct = udon_fast.udon_loss(
+        e_s, e_t, w_s, w_t, labels, margin_type="combined", margins=COMBINED, kl_weight=1.0, similarity_weight=1.0
+    )
     torch.testing.assert_close(trainer.total, direct.total)
     for argv, message in (
-            (["--margin-type", "combined"], "--margins must be 3 finite numbers (m1, m2, m3) for --margin-type "
-                                            "combined, got None"),
-            (["--margin-type", "combined", "--margins", "1,0.3,0.1", "--margin", "0.2"],
-             "--margin is not used by --margin-type combined: give --margins (m1, m2, m3) instead"),
-            (["--margin-type", "combined", "--margins", "0.5,0.3,0.1"],
-             f"--margins (0.5, 0.3, 0.1) is outside the valid range for --margin-type combined: {RANGE}"),
-            (["--margins", "1,0.3,0.1"], "--margins is not used by --margin-type normface (it takes --margin)"),
-            (["--margin-type", "combined", "--margins", "1,x,0"], "argument --margins: expected numbers M1,M2,M3")):
+        (
+            ["--margin-type", "combined"],
+            "--margins must be 3 finite numbers (m1, m2, m3) for --margin-type combined, got None",
+        ),
+        (
+            ["--margin-type", "combined", "--margins", "1,0.3,0.1", "--margin", "0.2"],
+            "--margin is not used by --margin-type combined: give --margins (m1, m2, m3) instead",
+        ),
+        (
+            ["--margin-type", "combined", "--margins", "0.5,0.3,0.1"],
+            f"--margins (0.5, 0.3, 0.1) is outside the valid range for --margin-type combined: {RANGE}",
+        ),
+        (["--margins", "1,0.3,0.1"], "--margins is not used by --margin-type normface (it takes --margin)"),
+        (["--margin-type", "combined", "--margins", "1,x,0"], "argument --margins: expected numbers M1,M2,M3"),
+    ):
         assert _exit_code(argv) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err

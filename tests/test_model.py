@@ -1,4 +1,5 @@
 """UDONModel: shapes, unit norms, teacher/student paths, parameter groups, init, backbone factory."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Atomic checkpoints: save, rebuild from the file alone, clear errors."""
+
 import os
 
 import pytest
@@ -15,8 +16,13 @@ def trained():
     """A model and optimizer after one AdamW step with the two parameter groups of docs/method.md."""
     torch.manual_seed(0)
     model = UDONModel(domains={"cars": 5, "sop": 9}, teacher_dim=[32, 16], **TINY)
-    opt = torch.optim.AdamW([{"params": list(model.head_parameters()), "lr": 1e-3},
-                             {"params": list(model.backbone_parameters()), "lr": 1e-5}], weight_decay=1e-6)
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(model.head_parameters()), "lr": 1e-3},
+            {"params": list(model.backbone_parameters()), "lr": 1e-5},
+        ],
+        weight_decay=1e-6,
+    )
     student, teacher = model(torch.randn(2, 3, 32, 32), "sop")
     (student.sum() + teacher.sum()).backward()
     opt.step()
@@ -26,7 +32,9 @@ def trained():
 def test_round_trip_rebuilds_identical_model(tmp_path, trained):
     model, opt = trained
     sampler = DomainSampler({"cars": 5, "sop": 9}, total_steps=10)
-    path = save_checkpoint(tmp_path / "ckpt" / "last.pt", model, opt, extra={"step": 7, "sampler": sampler.state_dict()})
+    path = save_checkpoint(
+        tmp_path / "ckpt" / "last.pt", model, opt, extra={"step": 7, "sampler": sampler.state_dict()}
+    )
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
     loaded, ckpt = load_model(path)
     x = torch.randn(3, 3, 32, 32)
@@ -35,8 +43,9 @@ def test_round_trip_rebuilds_identical_model(tmp_path, trained):
         assert torch.equal(loaded.embed(x, domain="cars", teacher=True), model.embed(x, domain="cars", teacher=True))
     assert ckpt["extra"]["step"] == 7 and ckpt["config"] == model.config
     assert ckpt["config"]["mean"] == list(model.mean)
-    restored = torch.optim.AdamW([{"params": list(loaded.head_parameters())},
-                                  {"params": list(loaded.backbone_parameters())}])
+    restored = torch.optim.AdamW(
+        [{"params": list(loaded.head_parameters())}, {"params": list(loaded.backbone_parameters())}]
+    )
     restored.load_state_dict(ckpt["optimizer"])
     assert restored.param_groups[1]["lr"] == 1e-5
     DomainSampler({"cars": 5, "sop": 9}, total_steps=10).load_state_dict(ckpt["extra"]["sampler"])

@@ -1,5 +1,6 @@
 """The official UDON release's starting weights: the CLIP `vit_b16.npy` (pickled dict of torch tensors,
 OpenAI key names) and the AugReg `.npz`, on small files of the same structure written here."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,14 @@ def save_like_the_release(state_dict: dict, path) -> None:
 def openai_clip_state_dict(source: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The OpenAI CLIP layout of a timm pre-norm ViT: visual tower, `visual.proj`, a text tower."""
     state = to_openclip(source.state_dict())
-    state.update({"text_projection": torch.randn(8, 16), "positional_embedding": torch.randn(7, 8),
-                  "ln_final.weight": torch.ones(8), "transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8)})
+    state.update(
+        {
+            "text_projection": torch.randn(8, 16),
+            "positional_embedding": torch.randn(7, 8),
+            "ln_final.weight": torch.ones(8),
+            "transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8),
+        }
+    )
     return state
 
 

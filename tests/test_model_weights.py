@@ -1,4 +1,5 @@
 """Loading local backbone weights: timm .pth/.safetensors, OpenCLIP, AugReg .npz, lukemelas EfficientNet."""
+
 import numpy as np
 import pytest
 import safetensors.torch
@@ -6,7 +7,7 @@ import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from udon_fast.model import UDONModel, WeightsError, load_backbone_weights
+from udon_fast.model import UDONModel, WeightsError
 
 ARCH, DEPTH, HEADS = "vit_tiny_patch16_224", 2, 3
 
@@ -18,8 +19,9 @@ def tiny_vit(image_size: int, **kwargs) -> torch.nn.Module:
 
 
 def udon(image_size: int, pretrained, **kwargs) -> UDONModel:
-    return UDONModel(ARCH, {"a": 3}, pretrained=pretrained, image_size=image_size,
-                     backbone_kwargs={"depth": DEPTH, **kwargs}).eval()
+    return UDONModel(
+        ARCH, {"a": 3}, pretrained=pretrained, image_size=image_size, backbone_kwargs={"depth": DEPTH, **kwargs}
+    ).eval()
 
 
 def assert_same_features(source: torch.nn.Module, model: UDONModel, image_size: int) -> None:
@@ -30,11 +32,22 @@ def assert_same_features(source: torch.nn.Module, model: UDONModel, image_size: 
 
 def to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm ViT (pre_norm) keys -> OpenCLIP `visual.*` keys, plus text-tower keys that must be ignored."""
-    swaps = [("patch_embed.proj", "conv1"), ("transformer_blocks.", "transformer.resblocks."),
-             ("norm_pre", "ln_pre"), ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"),
-             ("attn.proj", "attn.out_proj"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]
-    out = {"logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.randn(5, 8),
-           "visual.proj": torch.randn(sd["cls_token"].shape[-1], 16)}
+    swaps = [
+        ("patch_embed.proj", "conv1"),
+        ("transformer_blocks.", "transformer.resblocks."),
+        ("norm_pre", "ln_pre"),
+        ("norm1", "ln_1"),
+        ("norm2", "ln_2"),
+        ("attn.qkv.", "attn.in_proj_"),
+        ("attn.proj", "attn.out_proj"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+    ]
+    out = {
+        "logit_scale": torch.tensor(4.6),
+        "token_embedding.weight": torch.randn(5, 8),
+        "visual.proj": torch.randn(sd["cls_token"].shape[-1], 16),
+    }
     for k, v in sd.items():
         if k.startswith("head."):
             continue
@@ -53,20 +66,30 @@ def to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_augreg_npz(sd: dict[str, torch.Tensor], path) -> None:
     """timm ViT state dict -> AugReg JAX .npz layout (what timm's `_load_weights` reads)."""
-    n = lambda t: t.detach().numpy()
+
+    def n(t):
+        return t.detach().numpy()
+
     dim = sd["cls_token"].shape[-1]
     hd = dim // HEADS
-    w = {"embedding/kernel": n(sd["patch_embed.proj.weight"].permute(2, 3, 1, 0)),
-         "embedding/bias": n(sd["patch_embed.proj.bias"]), "cls": n(sd["cls_token"]),
-         "Transformer/posembed_input/pos_embedding": n(sd["pos_embed"]),
-         "Transformer/encoder_norm/scale": n(sd["norm.weight"]), "Transformer/encoder_norm/bias": n(sd["norm.bias"]),
-         "head/kernel": n(sd["head.weight"].t()), "head/bias": n(sd["head.bias"])}
+    w = {
+        "embedding/kernel": n(sd["patch_embed.proj.weight"].permute(2, 3, 1, 0)),
+        "embedding/bias": n(sd["patch_embed.proj.bias"]),
+        "cls": n(sd["cls_token"]),
+        "Transformer/posembed_input/pos_embedding": n(sd["pos_embed"]),
+        "Transformer/encoder_norm/scale": n(sd["norm.weight"]),
+        "Transformer/encoder_norm/bias": n(sd["norm.bias"]),
+        "head/kernel": n(sd["head.weight"].t()),
+        "head/bias": n(sd["head.bias"]),
+    }
     for i in range(DEPTH):
         b, p = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
         mha = p + "MultiHeadDotProductAttention_1/"
         for j, name in enumerate(("query", "key", "value")):
-            w[mha + name + "/kernel"] = n(sd[b + "attn.qkv.weight"][j * dim:(j + 1) * dim].t().reshape(dim, HEADS, hd))
-            w[mha + name + "/bias"] = n(sd[b + "attn.qkv.bias"][j * dim:(j + 1) * dim].reshape(HEADS, hd))
+            w[mha + name + "/kernel"] = n(
+                sd[b + "attn.qkv.weight"][j * dim : (j + 1) * dim].t().reshape(dim, HEADS, hd)
+            )
+            w[mha + name + "/bias"] = n(sd[b + "attn.qkv.bias"][j * dim : (j + 1) * dim].reshape(HEADS, hd))
         w[mha + "out/kernel"] = n(sd[b + "attn.proj.weight"].t().reshape(HEADS, hd, dim))
         w[mha + "out/bias"] = n(sd[b + "attn.proj.bias"])
         for ln, norm in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
@@ -145,8 +168,17 @@ def test_real_efficientnet_lite0_imagenet_weights():
     model = UDONModel("tf_efficientnet_lite0", {"a": 3}, pretrained=path).eval()
     raw = torch.load(path, map_location="cpu", weights_only=True)
     photos = [skimage_data.chelsea(), skimage_data.coffee()]
-    x = torch.cat([torch.nn.functional.interpolate(torch.from_numpy(p).permute(2, 0, 1)[None].float() / 255,
-                                                   size=(224, 224), mode="bilinear", antialias=True) for p in photos])
+    x = torch.cat(
+        [
+            torch.nn.functional.interpolate(
+                torch.from_numpy(p).permute(2, 0, 1)[None].float() / 255,
+                size=(224, 224),
+                mode="bilinear",
+                antialias=True,
+            )
+            for p in photos
+        ]
+    )
     x = (x - torch.tensor(model.mean)[:, None, None]) / torch.tensor(model.std)[:, None, None]
     with torch.no_grad():
         logits = model.backbone(x) @ raw["_fc.weight"].t() + raw["_fc.bias"]

@@ -1,4 +1,5 @@
 """The native library is built, loads, registers its ops and is what backend="auto" picks on CPU."""
+
 import pytest
 import torch
 
@@ -42,8 +43,10 @@ def test_op_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="label"):
         torch.ops.udon_fast_native.head_forward(e, w, None, None, torch.tensor([0, 1, 5]), z_y, z_y, 16.0, 0.1, 0.1)
     with pytest.raises(RuntimeError, match="disagree"):
-        torch.ops.udon_fast_native.head_forward(e, w[:, :4], None, None, torch.tensor([0, 1, 2]), z_y, z_y, 16.0,
-                                                0.1, 0.1)
+        torch.ops.udon_fast_native.head_forward(
+            e, w[:, :4], None, None, torch.tensor([0, 1, 2]), z_y, z_y, 16.0, 0.1, 0.1
+        )
     with pytest.raises(RuntimeError, match=r"z_y and dz_y must be \(B, 1\) float32"):
-        torch.ops.udon_fast_native.head_forward(e, w, None, None, torch.tensor([0, 1, 2]), z_y[:, 0], z_y, 16.0,
-                                                0.1, 0.1)
+        torch.ops.udon_fast_native.head_forward(
+            e, w, None, None, torch.tensor([0, 1, 2]), z_y[:, 0], z_y, 16.0, 0.1, 0.1
+        )

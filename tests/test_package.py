@@ -1,4 +1,5 @@
 """The package imports on a CPU-only machine and reports its accelerated paths."""
+
 import subprocess
 import sys
 
@@ -13,8 +14,17 @@ def test_public_names_import():
 
 def test_info_runs_and_reports_every_component():
     result = subprocess.run([sys.executable, "-m", "udon_fast.info"], capture_output=True, text=True, check=True)
-    for item in ("torch", "CUDA device", "triton", "DALI", "faiss", "timm", "loss backend native",
-                 "loss backend triton", "backend='auto' on"):
+    for item in (
+        "torch",
+        "CUDA device",
+        "triton",
+        "DALI",
+        "faiss",
+        "timm",
+        "loss backend native",
+        "loss backend triton",
+        "backend='auto' on",
+    ):
         assert item in result.stdout, item
 
 
@@ -22,4 +32,3 @@ def test_info_rows_are_honest_about_cuda():
     rows = dict(info.report())
     assert rows["CUDA device"].startswith("yes") == udon_fast.losses.backends.torch.cuda.is_available()
     assert rows["loss backend reference"].startswith("available")
-

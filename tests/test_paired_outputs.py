@@ -1,6 +1,7 @@
 """`embed` and `index build` write their data file and metadata file as a pair: a full disk leaves the
 old pair, and `index build` / `search` refuse files that do not belong together or a gallery row
 that is not finite, in one line naming the files (or the row)."""
+
 import errno
 import json
 import os
@@ -11,9 +12,9 @@ from PIL import Image
 
 from udon_fast.commands import index as index_cli
 from udon_fast.commands.embed import main as embed_main
-from udon_fast.model import UDONModel, save_checkpoint
-from udon_fast.files.pairs import file_sha256
 from udon_fast.commands.search import main as search_main
+from udon_fast.files.pairs import file_sha256
+from udon_fast.model import UDONModel, save_checkpoint
 
 EMBED = ["--data-threads", "1", "--decoder", "torchvision"]
 
@@ -130,8 +131,9 @@ def test_a_row_that_is_not_finite_is_named(tmp_path, embedded, capsys):
     vectors = np.load(out)
     vectors[2, 5] = np.nan
     np.save(out, vectors)  # a pair again: the checksum recorded is the new file's
-    out.with_suffix(".meta.json").write_text(json.dumps({**meta, "sha256": file_sha256(out),
-                                                         "bytes": out.stat().st_size}))
+    out.with_suffix(".meta.json").write_text(
+        json.dumps({**meta, "sha256": file_sha256(out), "bytes": out.stat().st_size})
+    )
     assert index_cli.main(["build", "--embeddings", str(out), "--out", str(tmp_path / "g.faiss")]) == 2
     assert f"row 2 ({meta['paths'][2]}) holds NaN or inf values" in _one_line(capsys, "index")
     assert search_main(["--embeddings", str(out), "--query", str(folder / "0.jpg")]) == 2

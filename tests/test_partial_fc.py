@@ -1,18 +1,20 @@
 """Partial FC (losses/partial_fc.py): the sampled classes, the loss exact on them on every backend, and the
 AdamW step of the sampled rows is tested in tests/test_row_adamw.py."""
+
 import math
 
 import pytest
 import torch
+from loss_cases import MARGINS, assert_results_close, fused_backends, make_inputs, run, run_loss
 
 import udon_fast
-from loss_cases import MARGINS, assert_results_close, fused_backends, make_inputs, run, run_loss
 from udon_fast.losses.margins import NO_TARGET
 from udon_fast.losses.partial_fc import SampledRows, sample_classes, sample_size
 
 
-@pytest.mark.parametrize("classes,batch,rate", [(1000, 64, 0.1), (1000, 64, 0.01), (37, 5, 0.5), (3, 8, 0.1),
-                                                (1, 1, 1.0)])
+@pytest.mark.parametrize(
+    "classes,batch,rate", [(1000, 64, 0.1), (1000, 64, 0.01), (37, 5, 0.5), (3, 8, 0.1), (1, 1, 1.0)]
+)
 def test_sample_keeps_every_positive_and_has_a_fixed_size(classes, batch, rate):
     labels = torch.randint(0, classes, (batch,))
     index, sampled = sample_classes(labels, classes, rate)
@@ -50,8 +52,9 @@ BACKENDS = [pytest.param("reference"), *fused_backends()]
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("margin_type,options", MARGINS)
-@pytest.mark.parametrize("batch,classes,d_s,d_t,rate", [(1, 7, 5, 9, 0.3), (13, 301, 16, 33, 0.1),
-                                                        (8, 1000, 64, 256, 0.01)])
+@pytest.mark.parametrize(
+    "batch,classes,d_s,d_t,rate", [(1, 7, 5, 9, 0.3), (13, 301, 16, 33, 0.1), (8, 1000, 64, 256, 0.01)]
+)
 def test_loss_is_exact_on_the_sample(backend, margin_type, options, batch, classes, d_s, d_t, rate):
     """udon_loss on the sampled rows with the renumbered labels against the reference that materialises
     the logits of the same rows (forward and the gradients of the embeddings and of the sampled rows),
@@ -79,4 +82,3 @@ def test_loss_is_exact_on_the_sample(backend, margin_type, options, batch, class
         assert not grad_full[outside].any()
         scale = grad_full.abs().max().clamp_min(1e-12)
         torch.testing.assert_close(grad_rows / scale, grad_full[index] / scale, rtol=2e-4, atol=2e-5)
-

@@ -10,17 +10,18 @@ classes, and the averaged row gradients of the global batch.
 Trainer: short 2-rank runs with --sample-rate 0.5, class-parallel and data-parallel, whose replicated
 weights stay identical on both ranks after every step.
 """
+
 import json
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from distributed_helpers import free_port, run_ranks, use_port
+from loss_cases import MARGINS
 
 import udon_fast
 import udon_fast.commands.train
-from distributed_helpers import free_port, run_ranks, use_port
-from loss_cases import MARGINS
 from udon_fast.losses import ClassShard, backends, normalized_softmax_ce, udon_loss
 from udon_fast.losses.partial_fc import sample_size
 from udon_fast.losses.partial_fc_distributed import average_row_gradients, sample_class_parallel, sample_replicated
@@ -32,7 +33,8 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 # name, C, B_r, sample_rate, margin_type, options
 CLASS_PARALLEL = [(f"13-{m}", 13, 1, 0.3, m, {}) for m, _ in MARGINS] + [
     ("40-options", 40, 2, 0.25, "arcface", dict(ignore_index=-100, class_weight=True, label_smoothing=0.1)),
-    ("4-empty-slice", 4, 1, 0.5, "cosface", {})]  # slices 2, 2, 0
+    ("4-empty-slice", 4, 1, 0.5, "cosface", {}),
+]  # slices 2, 2, 0
 
 
 def _class_parallel(rank, world):
@@ -51,11 +53,12 @@ def _class_parallel(rank, world):
         full = udon_fast.CosineClassifier(classes, D, **head_options).weight.detach()
         torch.manual_seed(0)
         start = class_slice(classes, rank, world)[0]
-        head = udon_fast.CosineClassifier(classes, D, **head_options, sample_rate=rate,
-                                          class_shard=ClassShard(start, classes))
+        head = udon_fast.CosineClassifier(
+            classes, D, **head_options, sample_rate=rate, class_shard=ClassShard(start, classes)
+        )
         torch.manual_seed(100 + rank)  # every rank draws its own sample
-        mine = emb[rank * rows:(rank + 1) * rows].clone().requires_grad_()
-        loss = head(mine, labels[rank * rows:(rank + 1) * rows], backend=NATIVE, **options)
+        mine = emb[rank * rows : (rank + 1) * rows].clone().requires_grad_()
+        loss = head(mine, labels[rank * rows : (rank + 1) * rows], backend=NATIVE, **options)
         loss.backward()
         sampled = [None] * world
         dist.all_gather_object(sampled, (head.sampled.index + start).tolist())
@@ -69,8 +72,14 @@ def _class_parallel(rank, world):
             reference_options["class_weight"] = options["class_weight"][union]
         in_range = (labels >= 0) & (labels < classes)
         renumbered = torch.where(in_range, torch.searchsorted(union, labels.clamp(0, classes - 1)), labels)
-        reference = normalized_softmax_ce(F.normalize(reference_emb, dim=-1), reference_rows, renumbered,
-                                          **head_options, backend="reference", **reference_options)
+        reference = normalized_softmax_ce(
+            F.normalize(reference_emb, dim=-1),
+            reference_rows,
+            renumbered,
+            **head_options,
+            backend="reference",
+            **reference_options,
+        )
         reference.backward()
         row_grad = head.sampled.rows.grad.clone()
         own = slice(virtual, virtual + len(sampled[rank]))
@@ -87,14 +96,21 @@ def _class_parallel(rank, world):
         outside[index] = False
         state = optimizer.state[head.weight]
         results[name] = dict(
-            slice_ok=torch.equal(full[start:start + head.weight.shape[0]], before),
-            sizes=[len(part) for part in sampled], union=union, labels=labels, loss=(loss.detach(), reference.detach()),
-            emb_grad=(mine.grad, reference_emb.grad[rank * rows:(rank + 1) * rows]),
+            slice_ok=torch.equal(full[start : start + head.weight.shape[0]], before),
+            sizes=[len(part) for part in sampled],
+            union=union,
+            labels=labels,
+            loss=(loss.detach(), reference.detach()),
+            emb_grad=(mine.grad, reference_emb.grad[rank * rows : (rank + 1) * rows]),
             row_grad=(row_grad, reference_rows.grad[own]),
             stepped=(head.weight.detach()[index], reference_param.detach()[own]),
-            untouched=(torch.equal(head.weight.detach()[outside], before[outside])
-                       and not state["exp_avg"][outside].any() and not state["exp_avg_sq"][outside].any()
-                       and torch.equal(state["step"], (~outside).float())))
+            untouched=(
+                torch.equal(head.weight.detach()[outside], before[outside])
+                and not state["exp_avg"][outside].any()
+                and not state["exp_avg_sq"][outside].any()
+                and torch.equal(state["step"], (~outside).float())
+            ),
+        )
     # udon_loss, both heads, on the virtual class space of sample_class_parallel
     gen = torch.Generator().manual_seed(3)
     classes, rows = 13, 2
@@ -106,16 +122,31 @@ def _class_parallel(rank, world):
     torch.manual_seed(200 + rank)
     mine = slice(rank * rows, (rank + 1) * rows)
     index, virtual_labels, shard = sample_class_parallel(labels[mine], classes, counts, 0.3)
-    parts = [e_s[mine].clone().requires_grad_(), e_t[mine].clone().requires_grad_(),
-             w_s[start + index].clone().requires_grad_(), w_t[start + index].clone().requires_grad_()]
-    out = udon_loss(*parts, virtual_labels, margin_type="arcface", margin=0.4, backend=NATIVE, class_shard=shard,
-                   similarity_weight=0.0)  # SIM is per rank under class parallelism
+    parts = [
+        e_s[mine].clone().requires_grad_(),
+        e_t[mine].clone().requires_grad_(),
+        w_s[start + index].clone().requires_grad_(),
+        w_t[start + index].clone().requires_grad_(),
+    ]
+    out = udon_loss(
+        *parts,
+        virtual_labels,
+        margin_type="arcface",
+        margin=0.4,
+        backend=NATIVE,
+        class_shard=shard,
+        similarity_weight=0.0,
+    )  # SIM is per rank under class parallelism
     out.total.backward()
     sampled = [None] * world
     dist.all_gather_object(sampled, (index + start).tolist())
-    results["udon_loss"] = dict(shard=(shard.start, shard.num_classes), virtual_labels=virtual_labels,
-                                union=torch.tensor([c for part in sampled for c in part]),
-                                terms=torch.stack(list(out)).detach(), grads=[p.grad for p in parts])
+    results["udon_loss"] = dict(
+        shard=(shard.start, shard.num_classes),
+        virtual_labels=virtual_labels,
+        union=torch.tensor([c for part in sampled for c in part]),
+        terms=torch.stack(list(out)).detach(),
+        grads=[p.grad for p in parts],
+    )
     return results
 
 
@@ -148,8 +179,9 @@ def test_udon_loss_on_the_virtual_class_space(class_parallel):
     union = class_parallel[0]["udon_loss"]["union"]
     rows_s, rows_t = w_s[union].requires_grad_(), w_t[union].requires_grad_()
     virtual = torch.searchsorted(union, labels)
-    out = udon_loss(e_s, e_t, rows_s, rows_t, virtual, margin_type="arcface", margin=0.4, backend="reference",
-                    similarity_weight=0.0)
+    out = udon_loss(
+        e_s, e_t, rows_s, rows_t, virtual, margin_type="arcface", margin=0.4, backend="reference", similarity_weight=0.0
+    )
     out.total.backward()
     shards = [r["udon_loss"]["shard"] for r in class_parallel]
     assert [s[1] for s in shards] == [len(union)] * 3 and [s[0] for s in shards] == sorted(s[0] for s in shards)
@@ -174,8 +206,14 @@ def _replicated(rank, world):
         mine = slice(rank * rows, (rank + 1) * rows)
         index, sampled_labels = sample_replicated(labels[mine], classes, rate)
         sampled_rows = weight[index].clone().requires_grad_()
-        normalized_softmax_ce(F.normalize(emb[mine], dim=-1), sampled_rows, sampled_labels, margin_type="arcface",
-                              margin=0.5, backend=NATIVE).backward()
+        normalized_softmax_ce(
+            F.normalize(emb[mine], dim=-1),
+            sampled_rows,
+            sampled_labels,
+            margin_type="arcface",
+            margin=0.5,
+            backend=NATIVE,
+        ).backward()
         average_row_gradients([sampled_rows])
         results.append(dict(index=index, sampled_labels=sampled_labels, grad=sampled_rows.grad))
     return results
@@ -194,8 +232,14 @@ def test_data_parallel_ranks_sample_the_same_classes_and_average_the_row_gradien
         sampled_labels = torch.cat([r[case]["sampled_labels"] for r in ranks])
         assert torch.equal(index[sampled_labels], labels)
         reference_rows = weight[index].requires_grad_()
-        normalized_softmax_ce(F.normalize(emb, dim=-1), reference_rows, sampled_labels, margin_type="arcface",
-                              margin=0.5, backend="reference").backward()
+        normalized_softmax_ce(
+            F.normalize(emb, dim=-1),
+            reference_rows,
+            sampled_labels,
+            margin_type="arcface",
+            margin=0.5,
+            backend="reference",
+        ).backward()
         for rank in ranks:
             torch.testing.assert_close(rank[case]["grad"], reference_rows.grad, **TOL)
 
@@ -211,13 +255,21 @@ def _train(rank, world, root, data_root, ports):
     sums, states = [], {}
 
     def sliced_state(model, optimizer):
-        return {n: {k: v.clone() for k, v in optimizer.state[p].items()} for n, p in model.sharded_parameters()
-                if p in optimizer.state}
+        return {
+            n: {k: v.clone() for k, v in optimizer.state[p].items()}
+            for n, p in model.sharded_parameters()
+            if p in optimizer.state
+        }
 
     def apply(self, terms):
         real(self, terms)
-        sums.append([p.detach().double().sum().item() for n, p in self.model.named_parameters()
-                     if not (n.startswith("classifiers.") and self.sharded)])
+        sums.append(
+            [
+                p.detach().double().sum().item()
+                for n, p in self.model.named_parameters()
+                if not (n.startswith("classifiers.") and self.sharded)
+            ]
+        )
         states["trained"] = sliced_state(self.model, self.optimizer)
 
     def load(path, model, optimizer, *args):
@@ -227,21 +279,52 @@ def _train(rank, world, root, data_root, ports):
 
     step_module.UDONStep.apply, loop.load_distributed_run = apply, load
     out = {}
-    base = ["--data-root", str(data_root), "--backbone", "vit_tiny_patch16_224", "--pretrained", "none",
-            "--image-size", "32", "--batch-size", "4", "--update-every", "2", "--checkpoint-every", "2",
-            "--eval-batch-size", "4", "--frozen-epochs", "0", "--no-compile", "--no-progress", "--deterministic",
-            "--data-threads", "1", "--steps", "4", "--sample-rate", "0.5"]
+    base = [
+        "--data-root",
+        str(data_root),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--update-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--eval-batch-size",
+        "4",
+        "--frozen-epochs",
+        "0",
+        "--no-compile",
+        "--no-progress",
+        "--deterministic",
+        "--data-threads",
+        "1",
+        "--steps",
+        "4",
+        "--sample-rate",
+        "0.5",
+    ]
     for mode, port in zip(("dp", "cp"), ports):
         use_port(port)
         sums.clear()
-        train(udon_fast.commands.train.parse_args([*base, "--out", f"{root}/{mode}", *(["--class-parallel"] if mode == "cp" else [])]))
+        train(
+            udon_fast.commands.train.parse_args(
+                [*base, "--out", f"{root}/{mode}", *(["--class-parallel"] if mode == "cp" else [])]
+            )
+        )
         out[mode] = list(sums)
     use_port(ports[2])  # the finished class-parallel run, resumed: its sliced AdamW state (per-row steps) reloads
     train(udon_fast.commands.train.parse_args([*base, "--out", f"{root}/cp", "--class-parallel", "--resume"]))
     step_module.UDONStep.apply, loop.load_distributed_run = real, real_load
-    out["state_reloaded"] = (states["trained"].keys() == states["resumed"].keys() and all(
-        torch.equal(value, states["resumed"][name][key]) for name, moments in states["trained"].items()
-        for key, value in moments.items()))
+    out["state_reloaded"] = states["trained"].keys() == states["resumed"].keys() and all(
+        torch.equal(value, states["resumed"][name][key])
+        for name, moments in states["trained"].items()
+        for key, value in moments.items()
+    )
     out["per_row_steps"] = sorted({tuple(m["step"].shape) for m in states["trained"].values()})
     return out
 
@@ -250,10 +333,12 @@ def test_trainer_runs_partial_fc_on_two_ranks_with_replicas_identical(tmp_path):
     from udon_fast.data.synthetic import write_tiny_uned
     from udon_fast.model import load_model
 
-    data_root = write_tiny_uned(tmp_path / "uned", {"shops": {"train": 24, "val": 3, "test": 3, "index": 3},
-                                                    "birds": {"train": 20, "val": 4, "test": 4}}, per_class=2)
-    ranks = run_ranks(_train, 2, str(tmp_path), str(data_root), [free_port() for _ in range(3)],
-                     process_group=False)
+    data_root = write_tiny_uned(
+        tmp_path / "uned",
+        {"shops": {"train": 24, "val": 3, "test": 3, "index": 3}, "birds": {"train": 20, "val": 4, "test": 4}},
+        per_class=2,
+    )
+    ranks = run_ranks(_train, 2, str(tmp_path), str(data_root), [free_port() for _ in range(3)], process_group=False)
     for mode in ("dp", "cp"):
         assert len(ranks[0][mode]) == 4 and ranks[0][mode] == ranks[1][mode], mode
         metrics = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]

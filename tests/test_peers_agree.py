@@ -1,6 +1,7 @@
 """Every implementation of bench/peers.py (ours and the peers) against udon_fast's reference on small shapes:
 the loss and both gradients in fp32, for every margin the implementation computes.  It catches a peer
 configured wrongly in the benchmark (pml's ArcFace margin in degrees, its scale and its (D, C) weight)."""
+
 import sys
 from pathlib import Path
 
@@ -15,9 +16,14 @@ from udon_fast.losses import backends  # noqa: E402
 pytest.importorskip("pytorch_metric_learning", reason="pytorch-metric-learning is the [test] extra's peer")
 
 MARGINS = {"normface": 0.0, "cosface": 0.35, "arcface": 0.5}
-CASES = [(name, margin_type) for name in peers.IMPLEMENTATIONS for margin_type in MARGINS
-         if peers.supports(name, margin_type) and name != "reference"
-         and not (name == "reference_compiled" and margin_type != "normface")]  # one inductor compile
+CASES = [
+    (name, margin_type)
+    for name in peers.IMPLEMENTATIONS
+    for margin_type in MARGINS
+    if peers.supports(name, margin_type)
+    and name != "reference"
+    and not (name == "reference_compiled" and margin_type != "normface")
+]  # one inductor compile
 
 
 def _results(name, problem):

@@ -1,4 +1,5 @@
 """The README's two install commands, setup.py's extras and .ci/run stay in step."""
+
 import ast
 from pathlib import Path
 
@@ -49,11 +50,27 @@ def test_core_is_lean_and_the_extras_nest():
     assert set(extras["train"]) <= set(extras["serve"]) and set(extras["train"]) <= set(extras["export"])
     assert set(extras["all"]) < set(extras["test"])
     everything = core + [requirement for group in extras.values() for requirement in group]
-    assert not any(requirement.startswith("faiss-gpu") for requirement in everything), \
+    assert not any(requirement.startswith("faiss-gpu") for requirement in everything), (
         "faiss-gpu-cu12 and faiss-cpu install the same module: docs/install.md"
+    )
 
 
 def test_ci_proves_the_core_alone_installs_and_runs():
     run = (ROOT / ".ci" / "run").read_text()
     assert "python -m venv" in run and "--system-site-packages" not in run
     assert ".ci/clean_install_check.py" in run
+
+
+def test_ci_lints_with_the_pre_commit_ruff_before_the_tests():
+    """.ci/run runs `ruff check` and `ruff format --check` before the README's test command, with the ruff
+    version .pre-commit-config.yaml pins, and pyproject.toml configures ruff."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    pinned = next(
+        line.split("v", 1)[1]
+        for line in (ROOT / ".pre-commit-config.yaml").read_text().splitlines()
+        if line.strip().startswith("rev:")
+    )
+    assert f"pip install -q ruff=={pinned}\n" in ci
+    test_command = _readme_commands()[1]
+    assert ci.index("ruff check .\n") < ci.index("ruff format --check .\n") < ci.index(test_command)
+    assert "[tool.ruff.lint]" in (ROOT / "pyproject.toml").read_text()

@@ -7,6 +7,7 @@ that imported udon_fast once, one CPU thread).  The kill hook (`UDON_FAST_KILL_A
 that finishes before its point is reached is not a failure: the chain goes on and must still end
 with the outputs of the uninterrupted run.
 """
+
 import json
 import signal
 from pathlib import Path
@@ -17,10 +18,27 @@ from cli_process import hit_kill_point, kill_chain
 
 from udon_fast.kill_points import ENV, kill_point
 
-COMMON = ["--batch-size", "8", "--update-every", "3", "--log-every", "4", "--checkpoint-every", "3",
-          "--eval-batch-size", "16",
-          "--frozen-epochs", "1", "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1",
-          "--steps", "8"]
+COMMON = [
+    "--batch-size",
+    "8",
+    "--update-every",
+    "3",
+    "--log-every",
+    "4",
+    "--checkpoint-every",
+    "3",
+    "--eval-batch-size",
+    "16",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    "8",
+]
 BACKBONES = {
     # The default backbone and weights at the smallest image size it accepts (its total stride).
     "lite0": ["--backbone", "tf_efficientnet_lite0", "--pretrained", "packaged", "--image-size", "32"],
@@ -31,14 +49,16 @@ BACKBONES = {
 # counted in its own process; a resumed run has no initial evaluation.
 CHAIN = [
     ("step:2", "before the first checkpoint"),
-    ("step:5", "mid-epoch, two steps after the checkpoint of step 3, between the log points 4 and 6 (the "
-               "5th step's row not written yet)"),
+    (
+        "step:5",
+        "mid-epoch, two steps after the checkpoint of step 3, between the log points 4 and 6 (the "
+        "5th step's row not written yet)",
+    ),
     ("evaluation:1", "during the validation of step 6"),
     ("checkpoint_write:2", "while last.pt of step 6 is written (best.pt already replaced)"),
     ("checkpoint:1", "right after last.pt of step 6"),
     (None, "to the end"),
 ]
-
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -3,6 +3,7 @@ applied to each row as its own parameter, stepped only when the row is sampled: 
 paths where they serve torch's AdamW (the native kernel for fused groups on CPU, torch ops for the
 others).  The torch-op path also serves fused groups on accelerators; on CPU it is checked against the
 fused AdamW within rtol 2e-6 (torch.sqrt on CPU and the fused kernel's sqrt instruction differ by an ulp)."""
+
 import pytest
 import torch
 
@@ -57,8 +58,12 @@ def _train(dim, fused, weight_decay=0.05, lr=0.01, maximize=False):
 def _reference_state(rows, reference, dim):
     zeros = torch.zeros(dim)
     state = [reference.state.get(r) or {"step": torch.tensor(0.0), "exp_avg": zeros, "exp_avg_sq": zeros} for r in rows]
-    return (torch.stack([r.detach() for r in rows]), torch.stack([s["exp_avg"] for s in state]),
-            torch.stack([s["exp_avg_sq"] for s in state]), torch.stack([s["step"].float() for s in state]))
+    return (
+        torch.stack([r.detach() for r in rows]),
+        torch.stack([s["exp_avg"] for s in state]),
+        torch.stack([s["exp_avg_sq"] for s in state]),
+        torch.stack([s["step"].float() for s in state]),
+    )
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -1,6 +1,7 @@
 """One process per output folder: a second train or --resume on a folder a run holds exits at once with one
 line naming the holder, torchrun's ranks all stop (no deadlock), ablate's grid folder is locked, and a dead
 holder never blocks the next run."""
+
 import json
 import os
 import signal
@@ -14,9 +15,29 @@ from udon_fast.commands import ablate
 from udon_fast.commands import train as train_cli
 from udon_fast.files.run_lock import LOCK_FILE, FolderInUse, lock_folder
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--no-compile", "--no-progress",
-        "--deterministic", "--data-threads", "1", "--steps", "4"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-batch-size",
+    "16",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    "4",
+]
 
 
 def _train_held_at_first_step(argv, ready, release):
@@ -64,13 +85,23 @@ def test_a_second_run_and_a_second_resume_on_a_held_out_are_refused(cli, data_ro
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from udon_fast.files.run_lock import lock_folder; "
-                               f"lock_folder({str(out)!r}); print('locked', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from udon_fast.files.run_lock import lock_folder; "
+            f"lock_folder({str(out)!r}); print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderInUse, match=rf"^--out {out} is in use by another run: pid {holder.pid} on host "
-                                              rf"{socket.gethostname()}, started \d{{4}}-\d\d-\d\dT[\d:]+Z: .*time"):
+        with pytest.raises(
+            FolderInUse,
+            match=rf"^--out {out} is in use by another run: pid {holder.pid} on host "
+            rf"{socket.gethostname()}, started \d{{4}}-\d\d-\d\dT[\d:]+Z: .*time",
+        ):
             lock_folder(out)
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -92,9 +123,26 @@ def test_torchrun_ranks_all_stop_when_rank_0_finds_the_folder_in_use(data_root, 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with lock_folder(out):
         result = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-             "-m", "udon_fast.train", "--data-root", str(data_root), "--out", str(out), *TINY],
-            capture_output=True, text=True, env=env, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--standalone",
+                "-m",
+                "udon_fast.train",
+                "--data-root",
+                str(data_root),
+                "--out",
+                str(out),
+                *TINY,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     assert result.returncode != 0
     # Rank 0's refusal; rank 1 got the same verdict and stops with the same line, unless torchrun, seeing
     # rank 0 exit first, stops it before it prints (a race between the two exits).  Either way no hang.

@@ -1,8 +1,9 @@
 """DomainSampler: strategies, dynamic update math, resume, errors."""
+
 import json
 import math
-from fractions import Fraction
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 

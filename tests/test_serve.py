@@ -1,6 +1,7 @@
 """The search service: POST /search (one or several images), GET /, /healthz, only gallery images
 served (path traversal 404), clear 4xx for bad uploads, the micro-batcher, the CLI's bad inputs, and a
 small bounded load of concurrent clients against a real uvicorn on 127.0.0.1 (no errors, right hits)."""
+
 import asyncio
 import io
 import threading
@@ -12,8 +13,8 @@ from PIL import Image
 from served_gallery import ServerThread, service
 
 from bench.load_test import load
+from udon_fast.commands.serve import main as serve_main
 from udon_fast.serve import MicroBatcher
-from udon_fast.serve.__main__ import main as serve_main
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,24 @@ def test_page_and_health(client):
     assert health["status"] == "ok" and health["gallery"] == len(gallery.paths) and health["dimension"] == 64
 
 
-@pytest.mark.parametrize("path", [
-    "/image/../../../etc/passwd", "/image/..%2F..%2F..%2Fetc%2Fpasswd", "/image/%2e%2e/%2e%2e/etc/passwd",
-    "/image/-1", "/image/999999", "/image/1.0", "/image/%2Fetc%2Fpasswd", "/etc/passwd", "/../../etc/passwd",
-    "/image//etc/passwd", "/static/../udon_fast/__init__.py", "/image/%C2%B2", "/image/%D9%A1",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/image/../../../etc/passwd",
+        "/image/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/image/%2e%2e/%2e%2e/etc/passwd",
+        "/image/-1",
+        "/image/999999",
+        "/image/1.0",
+        "/image/%2Fetc%2Fpasswd",
+        "/etc/passwd",
+        "/../../etc/passwd",
+        "/image//etc/passwd",
+        "/static/../udon_fast/__init__.py",
+        "/image/%C2%B2",
+        "/image/%D9%A1",
+    ],
+)
 def test_only_gallery_images_are_served(client, path):
     http, _ = client
     reply = http.get(path)

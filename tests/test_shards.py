@@ -5,6 +5,7 @@ from them exactly as from the files, damaged members named, bad arguments and a 
 The tiny datasets are solid-colour JPEGs (`synthetic.write_tiny_uned`); shards of 24 KB hold a few
 images each, so splits span several shards and a rank's share of a split starts and ends mid-shard.
 """
+
 import json
 import os
 import shutil
@@ -16,29 +17,56 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_bad_inputs import garbage_in_middle
 
-from udon_fast.data import (CorruptImageError, DatasetError, EvalLoader, MissingFilesError, TrainLoader, load_domains,
-                            load_domains_with_splits)
-from udon_fast.data.__main__ import main as data_main
+from udon_fast.commands.data import main as data_main
+from udon_fast.data import (
+    CorruptImageError,
+    DatasetError,
+    EvalLoader,
+    MissingFilesError,
+    TrainLoader,
+    load_domains,
+    load_domains_with_splits,
+)
 from udon_fast.data.decoders import DECODERS
 from udon_fast.data.shards import INDEX_FILE, is_shard_root, parse_size, write_shards
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.evaluation.protocol import evaluate_model
-from udon_fast.model import UDONModel
 from udon_fast.files.outputs import OutputError
+from udon_fast.model import UDONModel
 
 SHARD_SIZE = "24KB"
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-RUN = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "packaged", "--image-size", "32", "--batch-size", "8",
-       "--update-every", "2", "--checkpoint-every", "3", "--eval-batch-size", "16", "--no-compile", "--no-progress",
-       "--deterministic", "--data-threads", "1", "--steps", "8", "--decoder", "torchvision"]
+RUN = [
+    "--backbone",
+    "tf_efficientnet_lite0",
+    "--pretrained",
+    "packaged",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--eval-batch-size",
+    "16",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    "8",
+    "--decoder",
+    "torchvision",
+]
 
 
 def shard(source: Path, out: Path, *extra: str) -> Path:
-    assert data_main(["shard", "--data-root", str(source), "--out", str(out), "--shard-size", SHARD_SIZE,
-                      *extra]) == 0
+    assert data_main(["shard", "--data-root", str(source), "--out", str(out), "--shard-size", SHARD_SIZE, *extra]) == 0
     return out
 
 
@@ -46,8 +74,11 @@ def shard(source: Path, out: Path, *extra: str) -> Path:
 def roots(tmp_path_factory):
     """(UnED root, its shard root): "shops" (val/test searching index splits) and "birds" (leave-one-out)."""
     base = tmp_path_factory.mktemp("shards")
-    files = write_tiny_uned(base / "uned", {"shops": {"train": 6, "val": 3, "test": 3, "index": 3},
-                                            "birds": {"train": 10, "val": 4, "test": 4}}, per_class=3)
+    files = write_tiny_uned(
+        base / "uned",
+        {"shops": {"train": 6, "val": 3, "test": 3, "index": 3}, "birds": {"train": 10, "val": 4, "test": 4}},
+        per_class=3,
+    )
     return files, shard(files, base / "shards")
 
 
@@ -68,15 +99,23 @@ def test_writer_and_index_round_trip(roots):
         assert loaded.class_map == domain.class_map and loaded.num_classes == domain.num_classes == entry["num_classes"]
         assert dict(map(tuple, entry["class_map"])) == domain.class_map  # original int ids kept as ints
         for split_name, split in domain.splits.items():
-            spec, table = entry["splits"][split_name], json.loads((shards / entry["splits"][split_name]["members"]).read_text())
+            spec, table = (
+                entry["splits"][split_name],
+                json.loads((shards / entry["splits"][split_name]["members"]).read_text()),
+            )
             read_back = loaded.splits[split_name]
             assert spec["count"] == len(split) == len(read_back) and np.array_equal(read_back.labels, split.labels)
             assert table["source"] == split.paths and table["label"] == split.labels.tolist()
-            assert len(spec["shards"]) > 1 and max(s["count"] for s in spec["shards"]) > 2 and sum(s["count"] for s in spec["shards"]) == len(split)
+            assert (
+                len(spec["shards"]) > 1
+                and max(s["count"] for s in spec["shards"]) > 2
+                and sum(s["count"] for s in spec["shards"]) == len(split)
+            )
             for k, entry_shard in enumerate(spec["shards"]):
                 tar_path = shards / entry_shard["file"]
-                assert tar_path.stat().st_size == entry_shard["bytes"] and (entry_shard["bytes"] <= 24_000
-                                                                            or entry_shard["count"] == 1)
+                assert tar_path.stat().st_size == entry_shard["bytes"] and (
+                    entry_shard["bytes"] <= 24_000 or entry_shard["count"] == 1
+                )
                 rows = range(entry_shard["first"], entry_shard["first"] + entry_shard["count"])
                 assert [table["shard"][i] for i in rows] == [k] * len(rows)
                 with tarfile.open(tar_path) as tar:
@@ -91,8 +130,11 @@ def test_writer_and_index_round_trip(roots):
                 dali_index = (shards / entry_shard["index"]).read_text().splitlines()
                 assert dali_index[0] == f"v1.2 {len(rows)}"
                 first = dali_index[1].split()
-                assert first[:4] == ["jpg", str(table["offset"][rows[0]]), str(table["size"][rows[0]]),
-                                     f"{keys[0]}.jpg"] and first[4] == "cls" and len(first) == 8
+                assert (
+                    first[:4] == ["jpg", str(table["offset"][rows[0]]), str(table["size"][rows[0]]), f"{keys[0]}.jpg"]
+                    and first[4] == "cls"
+                    and len(first) == 8
+                )
             for i in range(len(split)):
                 assert np.array_equal(read_back.read(i), np.fromfile(split.paths[i], dtype=np.uint8))
                 tar_name, member = read_back.paths[i].rsplit(":", 1)
@@ -122,8 +164,9 @@ def test_multi_label_splits_keep_every_label(tmp_path):
     info.write_text(json.dumps(entries))
     expected = load_domains(root)["tags"]
     loaded = load_domains(shard(root, tmp_path / "shards"))["tags"]
-    assert loaded.splits["test"].multi_label and np.array_equal(loaded.splits["test"].labels,
-                                                                 expected.splits["test"].labels)
+    assert loaded.splits["test"].multi_label and np.array_equal(
+        loaded.splits["test"].labels, expected.splits["test"].labels
+    )
     assert loaded.class_map == expected.class_map and 121 in loaded.class_map  # an id seen only in test
     with tarfile.open(tmp_path / "shards" / "tags" / "test-000000.tar") as tar:
         assert int(tar.extractfile("000000001.cls").read()) == expected.splits["test"].labels[1, 0]
@@ -135,8 +178,11 @@ def _train_loader(domains, decoder, **kw):
 
 
 def _eval(split, decoder, batch_size=4):
-    return list(EvalLoader(split, batch_size=batch_size, image_size=32, num_threads=1, device_id=None,
-                           decoder=decoder, **IDENTITY))
+    return list(
+        EvalLoader(
+            split, batch_size=batch_size, image_size=32, num_threads=1, device_id=None, decoder=decoder, **IDENTITY
+        )
+    )
 
 
 def test_both_decoders_read_the_same_batches_as_from_files(roots, decoder):
@@ -159,7 +205,7 @@ def test_both_decoders_read_the_same_batches_as_from_files(roots, decoder):
             # a rank's share of whole batches (distributed evaluation) starts and ends inside shards
             share = by_shard[name].splits[split_name].part(3, len(split) - 2)
             images = torch.cat([x for x, _ in _eval(share, decoder, batch_size=3)])
-            assert torch.equal(images, torch.cat([x for x, _ in expected])[3:len(split) - 2])
+            assert torch.equal(images, torch.cat([x for x, _ in expected])[3 : len(split) - 2])
 
 
 def test_loader_resume_from_shards_is_exact(roots, decoder):
@@ -199,18 +245,19 @@ def test_training_and_resume_from_shards_match_training_from_files(roots, cli, t
     files, shards = roots
     from_files = cli("train", ["--data-root", files, *RUN, "--out", tmp_path / "files"], tmp_path / "files.log")
     assert from_files.code == 0, from_files.output[-3000:]
-    killed = cli("train", ["--data-root", shards, *RUN, "--out", tmp_path / "tars"], tmp_path / "killed.log",
-                 "step:5")
+    killed = cli("train", ["--data-root", shards, *RUN, "--out", tmp_path / "tars"], tmp_path / "killed.log", "step:5")
     assert killed.code == -signal.SIGKILL, killed.output[-3000:]
-    resumed = cli("train", ["--data-root", shards, *RUN, "--out", tmp_path / "tars", "--resume"],
-                  tmp_path / "resumed.log")
+    resumed = cli(
+        "train", ["--data-root", shards, *RUN, "--out", tmp_path / "tars", "--resume"], tmp_path / "resumed.log"
+    )
     assert resumed.code == 0, resumed.output[-3000:]
     assert _metrics(tmp_path / "tars") == _metrics(tmp_path / "files")
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("files", "tars")]
     assert results[0] == results[1]
     # the gallery's thumbnails, read from the tars: the same images as from the files
-    thumbs = [sorted(p.read_bytes() for p in (tmp_path / run / "gallery" / "thumbs").iterdir())
-              for run in ("files", "tars")]
+    thumbs = [
+        sorted(p.read_bytes() for p in (tmp_path / run / "gallery" / "thumbs").iterdir()) for run in ("files", "tars")
+    ]
     assert thumbs[0] and thumbs[0] == thumbs[1]
 
 
@@ -284,7 +331,11 @@ def test_bad_arguments_and_broken_shard_roots_give_one_line(roots, tmp_path, cap
     assert "no 'info_files/' folder" in _one_line(capsys)
     assert not (tmp_path / "x").exists()
     assert (parse_size("256MB"), parse_size("1.5 GB"), parse_size("64MiB"), parse_size("4096")) == (
-        256 * 10 ** 6, 15 * 10 ** 8, 64 * 2 ** 20, 4096)
+        256 * 10**6,
+        15 * 10**8,
+        64 * 2**20,
+        4096,
+    )
 
     broken = tmp_path / "broken"
     shutil.copytree(shards, broken)
@@ -309,14 +360,15 @@ def test_bad_arguments_and_broken_shard_roots_give_one_line(roots, tmp_path, cap
 def test_a_full_disk_gives_one_line_and_leaves_nothing(roots, tmp_path, capsys):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}); CI runs as root")
     try:
         assert data_main(["shard", "--data-root", str(roots[0]), "--out", str(disk / "shards")]) == 2
         line = _one_line(capsys)
-        assert line.startswith(f"udon_fast.data: error: cannot write ") and line.endswith(": No space left on device")
+        assert line.startswith("udon_fast.data: error: cannot write ") and line.endswith(": No space left on device")
         assert str(disk) in line and os.listdir(disk) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)

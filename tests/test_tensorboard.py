@@ -1,6 +1,7 @@
 """--tensorboard event files and summary.csv, and both across four kills and resumes: the resumed run's
 events, read back with TensorBoard's own EventAccumulator, hold every step once, equal to the
 uninterrupted run's (images/s aside)."""
+
 import csv
 import signal
 from pathlib import Path
@@ -10,10 +11,34 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from udon_fast.losses.api import UDONLossOutput
 
-ARGS = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--checkpoint-every", "3", "--eval-batch-size", "16", "--frozen-epochs", "1",
-        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1", "--steps", "8",
-        "--gallery", "0", "--tensorboard"]
+ARGS = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "3",
+    "--eval-batch-size",
+    "16",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+    "--steps",
+    "8",
+    "--gallery",
+    "0",
+    "--tensorboard",
+]
 # 48 train images / batch 8 = 6 steps per epoch; checkpoints after steps 3, 6 (validation) and 8
 # (validation).  The kills leave logged steps and a logged validation past the last checkpoint.
 CHAIN = [
@@ -68,8 +93,16 @@ def test_events_and_summary_survive_kills_and_resumes(cli, data_root, tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1"] and [r["end_step"] for r in rows] == ["6", "8"]
     assert [r["steps"] for r in rows] == ["6", "2"]
     for mine, theirs in zip(rows, _summary(reference)):
-        for column in ("total", "teacher_ce", "kl", "lr_heads", "val_p_at_1", "val_mmp_at_5", "val_p_at_1_birds",
-                       "val_mmp_at_5_shops"):
+        for column in (
+            "total",
+            "teacher_ce",
+            "kl",
+            "lr_heads",
+            "val_p_at_1",
+            "val_mmp_at_5",
+            "val_p_at_1_birds",
+            "val_mmp_at_5_shops",
+        ):
             assert mine[column] == theirs[column], column
     for row, (_, value) in zip(rows, expected["val/p_at_1/mean"]):  # events hold float32
         assert abs(float(row["val_p_at_1"]) - value) < 1e-6

@@ -1,9 +1,9 @@
 """The trainer end to end on a tiny generated dataset: outputs, NaN stop, torchrun (resume: test_resume.py)."""
+
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +14,29 @@ from udon_fast.data import load_domains
 from udon_fast.model import UDONModel
 from udon_fast.trainer.loop import TrainingDiverged, train
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--update-every", "2", "--checkpoint-every", "2", "--eval-batch-size", "16", "--frozen-epochs", "1",
-        "--no-compile", "--no-progress", "--deterministic", "--data-threads", "1"]
-
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--update-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--eval-batch-size",
+    "16",
+    "--frozen-epochs",
+    "1",
+    "--no-compile",
+    "--no-progress",
+    "--deterministic",
+    "--data-threads",
+    "1",
+]
 
 
 def _args(data_root, out, *extra):
@@ -33,14 +52,31 @@ def finished_run(data_root, tmp_path_factory):
 
 def test_outputs_of_a_run(finished_run):
     out, results = finished_run
-    for name in ("config.json", "metrics.jsonl", "results.json", "results.md", "loss_per_domain.png",
-                 "sampler_weights.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "results.md",
+        "loss_per_domain.png",
+        "sampler_weights.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(8))
     for record in records:
-        assert {"domain", "total", "teacher_ce", "student_ce", "kl", "similarity", "lr", "sampler_weights",
-                "images_per_s"} <= set(record)
+        assert {
+            "domain",
+            "total",
+            "teacher_ce",
+            "student_ce",
+            "kl",
+            "similarity",
+            "lr",
+            "sampler_weights",
+            "images_per_s",
+        } <= set(record)
         assert abs(sum(record["sampler_weights"].values()) - 1) < 1e-9
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -50,8 +86,13 @@ def test_outputs_of_a_run(finished_run):
         assert set(saved[stage]["teacher"]) == {"separate"}
         for leaf in (saved[stage]["student"]["merged"], saved[stage]["teacher"]["separate"]):
             assert set(leaf) == {"shops", "birds", "mean"}
-            assert set(leaf["mean"]) == {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives",
-                                         "no_positive"}
+            assert set(leaf["mean"]) == {
+                "p_at_1",
+                "mmp_at_5",
+                "num_queries",
+                "num_queries_without_positives",
+                "no_positive",
+            }
             assert leaf["mean"]["no_positive"] == "miss"
             assert set(leaf["shops"]) == {"p_at_1", "mmp_at_5", "num_queries", "num_queries_without_positives"}
     markdown = (out / "results.md").read_text()
@@ -108,14 +149,17 @@ def test_decoder_option_reaches_every_loader(data_root, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "tv" / "config.json").read_text())["decoder"] == "torchvision"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--sampler", "fast"], "--sampler must be one of dynamic, round_robin, balanced, dataset_size"),
-    (["--margin-type", "sphere"], "--margin-type must be one of normface, cosface, arcface"),
-    (["--loss-backend", "cuda"], "--loss-backend must be one of"),
-    (["--decoder", "pil"], "--decoder must be one of dali, torchvision; got 'pil'"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--config", "/nonexistent.yaml"], "--config file not found"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--sampler", "fast"], "--sampler must be one of dynamic, round_robin, balanced, dataset_size"),
+        (["--margin-type", "sphere"], "--margin-type must be one of normface, cosface, arcface"),
+        (["--loss-backend", "cuda"], "--loss-backend must be one of"),
+        (["--decoder", "pil"], "--decoder must be one of dali, torchvision; got 'pil'"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--config", "/nonexistent.yaml"], "--config file not found"),
+    ],
+)
 def test_invalid_options_list_valid_values(argv, message, capsys):
     assert train_cli.main(argv) == 2
     assert message in capsys.readouterr().err
@@ -134,8 +178,14 @@ def test_yaml_config_and_unknown_keys(tmp_path):
 
 def test_uned_preset_is_the_papers_setup():
     config = parse_args(["--preset", "uned", "--data-root", "/data/uned"])
-    assert (config.backbone, config.image_size, config.batch_size, config.epochs, config.frozen_epochs,
-            config.update_every) == ("vit_base_patch16_224", 224, 128, 10, 2, 1000)
+    assert (
+        config.backbone,
+        config.image_size,
+        config.batch_size,
+        config.epochs,
+        config.frozen_epochs,
+        config.update_every,
+    ) == ("vit_base_patch16_224", 224, 128, 10, 2, 1000)
 
 
 @pytest.mark.slow
@@ -143,9 +193,22 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",  # a free port
-         "-m", "udon_fast.train", *_args(data_root, out, "--steps", "4")],
-        capture_output=True, text=True, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",  # a free port
+            "-m",
+            "udon_fast.train",
+            *_args(data_root, out, "--steps", "4"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3]
@@ -173,8 +236,9 @@ def test_compiled_step_matches_eager(finished_run, data_root, tmp_path):
             assert got[term] == pytest.approx(want[term], rel=1e-4, abs=1e-7), (step, term)
     domains = load_domains(data_root)
     torch.manual_seed(config.seed)  # the trainer's initial model
-    initial = UDONModel(config.backbone, {n: d.num_classes for n, d in domains.items()},
-                        image_size=config.image_size).state_dict()
+    initial = UDONModel(
+        config.backbone, {n: d.num_classes for n, d in domains.items()}, image_size=config.image_size
+    ).state_dict()
     want = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)["model"]
     got = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
     for name, value in want.items():

@@ -17,6 +17,7 @@ AdamW steps within 5% of each tensor's change (AdamW normalises each element's s
 with a near-zero gradient turn rounding differences into a sizeable part of their step);
 BatchNorm running statistics identical.
 """
+
 import json
 import os
 
@@ -25,11 +26,11 @@ import torch
 import torch.multiprocessing as mp
 from distributed_helpers import free_port
 
+from udon_fast import distributed
 from udon_fast.commands.train import parse_args
 from udon_fast.data.synthetic import write_tiny_uned
 from udon_fast.losses.similarity import similarity_loss
 from udon_fast.trainer import step as step_module
-from udon_fast import distributed
 from udon_fast.trainer.loop import Run
 from udon_fast.trainer.state import Progress
 
@@ -38,9 +39,27 @@ STEPS = 4
 
 
 def _config(data_root, out, world_size):
-    return parse_args(["--data-root", str(data_root), "--out", str(out), "--steps", str(STEPS),
-                       "--batch-size", str(GLOBAL_BATCH // world_size), "--image-size", "32", "--frozen-epochs", "0",
-                       "--no-similarity", "--no-compile", "--no-progress", "--data-threads", "1"])
+    return parse_args(
+        [
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(out),
+            "--steps",
+            str(STEPS),
+            "--batch-size",
+            str(GLOBAL_BATCH // world_size),
+            "--image-size",
+            "32",
+            "--frozen-epochs",
+            "0",
+            "--no-similarity",
+            "--no-compile",
+            "--no-progress",
+            "--data-threads",
+            "1",
+        ]
+    )
 
 
 def _run_steps(config) -> dict:
@@ -48,8 +67,12 @@ def _run_steps(config) -> dict:
     first step's (all-reduced) gradients, the initial and final model states and (rank 0) the
     metrics records."""
     run = Run(config)
-    seen = {"batches": [], "embeddings": [], "grads": {},
-            "initial": {k: v.clone() for k, v in run.model.state_dict().items()}}
+    seen = {
+        "batches": [],
+        "embeddings": [],
+        "grads": {},
+        "initial": {k: v.clone() for k, v in run.model.state_dict().items()},
+    }
     next_batch, apply, loss = run.loader.next_batch, run.step_fn.apply, step_module.udon_loss
 
     def recording_next_batch(domain):
@@ -77,15 +100,17 @@ def _run_steps(config) -> dict:
         step_module.udon_loss = loss
         run.loader.close()
     seen["state"] = {k: v.clone() for k, v in run.model.state_dict().items()}
-    seen["metrics"] = [json.loads(line) for line in (run.out / "metrics.jsonl").read_text().splitlines()] \
-        if run.ranks.is_main else []
+    seen["metrics"] = (
+        [json.loads(line) for line in (run.out / "metrics.jsonl").read_text().splitlines()] if run.ranks.is_main else []
+    )
     return seen
 
 
 def _rank_main(rank, port, data_root, out, results):
     """One torchrun-like rank: the environment torchrun sets, then `_run_steps`."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
     torch.set_num_threads(1)
     try:
         torch.save(_run_steps(_config(data_root, out, 2)), results / f"rank{rank}.pt")
@@ -136,8 +161,9 @@ def test_gradients_and_parameters_match(runs):
     for name, grad in one["grads"].items():
         assert torch.equal(rank0["grads"][name], rank1["grads"][name]), f"ranks disagree on {name}"
         scale = grad.abs().max().clamp_min(1e-20)
-        torch.testing.assert_close(rank0["grads"][name] / scale, grad / scale, rtol=1e-4, atol=1e-4,
-                                   msg=lambda m: f"gradient of {name}: {m}")
+        torch.testing.assert_close(
+            rank0["grads"][name] / scale, grad / scale, rtol=1e-4, atol=1e-4, msg=lambda m: f"gradient of {name}: {m}"
+        )
     assert all(torch.equal(one["initial"][k], v) for k, v in rank0["initial"].items()), "same initial model"
     initial = one["initial"]
     for name, value in one["state"].items():
@@ -146,5 +172,6 @@ def test_gradients_and_parameters_match(runs):
             assert torch.equal(other, value), name
             continue
         change = (value - initial[name]).norm()
-        assert (other - value).norm() <= 0.05 * change + 1e-12, \
+        assert (other - value).norm() <= 0.05 * change + 1e-12, (
             f"{name}: 2-rank and 1-rank parameters differ by {(other - value).norm():.3g}, change {change:.3g}"
+        )

@@ -1,12 +1,13 @@
 """The trainer's --sample-rate (Partial FC): the flag, the step on the sampled rows of both classifiers
 (the others and their AdamW state untouched), and the compiled step without graph breaks (one graph for
 every domain: test_train_sync.py)."""
+
 import pytest
 import torch
-
 from test_train_sync import _batch, _tiny_step
-from udon_fast.config import TrainConfig
+
 from udon_fast.commands.train import parse_args
+from udon_fast.config import TrainConfig
 from udon_fast.losses.partial_fc import sample_classes
 
 
@@ -54,8 +55,11 @@ def test_compiled_sampled_region_has_no_graph_break():
     model, _, step = _sampled_step(compile=True)
     images, labels = _batch(70, 0)
     index, sampled = sample_classes(labels, 70, 0.5)
-    rows = [model.classifiers["b"].student.detach()[index].requires_grad_(),
-            model.classifiers["b"].teacher.detach()[index].requires_grad_()]
-    explanation = torch._dynamo.explain(step._forward_loss)(images, sampled, step.teacher_params["b"],
-                                                            student_weight=rows[0], teacher_weight=rows[1])
+    rows = [
+        model.classifiers["b"].student.detach()[index].requires_grad_(),
+        model.classifiers["b"].teacher.detach()[index].requires_grad_(),
+    ]
+    explanation = torch._dynamo.explain(step._forward_loss)(
+        images, sampled, step.teacher_params["b"], student_weight=rows[0], teacher_weight=rows[1]
+    )
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons

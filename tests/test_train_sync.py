@@ -3,6 +3,7 @@ tests/sync_counter.py, which patches every tensor reader and watches every aten 
 steps skipped on the device, the per-step rows independent of --log-every, and the compiled step
 (backbone, heads and fused loss in one graph, the same graph for every domain, a compile failure
 one line naming --compile off)."""
+
 import functools
 import json
 
@@ -20,10 +21,31 @@ from udon_fast.trainer.state import Progress
 from udon_fast.trainer.step import LossOptions, UDONStep, check_classifiers
 
 # The default backbone with its packaged weights (BatchNorm), at the smallest size it accepts.
-DEFAULT = ["--backbone", "tf_efficientnet_lite0", "--pretrained", "packaged", "--image-size", "32",
-           "--batch-size", "8", "--eval-batch-size", "16", "--no-progress", "--data-threads", "1"]
-LOSS = LossOptions(margin_type="arcface", margin=0.2, scale=16.0, temperature=0.1, kl_weight=1.0,
-                   similarity_weight=1.0, backend="auto", n_devices=1)
+DEFAULT = [
+    "--backbone",
+    "tf_efficientnet_lite0",
+    "--pretrained",
+    "packaged",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "16",
+    "--no-progress",
+    "--data-threads",
+    "1",
+]
+LOSS = LossOptions(
+    margin_type="arcface",
+    margin=0.2,
+    scale=16.0,
+    temperature=0.1,
+    kl_weight=1.0,
+    similarity_weight=1.0,
+    backend="auto",
+    n_devices=1,
+)
 
 
 def _counted_train(run: Run, syncs: SyncCounter) -> int:
@@ -39,12 +61,14 @@ def _counted_train(run: Run, syncs: SyncCounter) -> int:
                 note.append(1)
             with syncs.phase(phase):
                 return function(*args, **kwargs)
+
         return call
 
     def loader_paused(function):
         def call(*args, **kwargs):
             with syncs.paused():
                 return function(*args, **kwargs)
+
         return call
 
     run.loader.next_batch = loader_paused(run.loader.next_batch)
@@ -66,9 +90,27 @@ def test_default_configuration_makes_no_sync_between_log_points(data_root, tmp_p
     before this change made 7 per step: labels min and max, two embedding finiteness checks, two
     classifier-norm checks, the terms' tolist.)  Eager: the compiled step's 0 graph breaks are
     tested below, and a graph without breaks makes no host read.  Partial FC samples on the device too."""
-    config = parse_args(["--data-root", str(data_root), "--out", str(tmp_path / "run"), *DEFAULT, "--steps", "9",
-                         "--log-every", "3", "--update-every", "4", "--checkpoint-every", "1000",
-                         "--frozen-epochs", "1", "--no-compile", *options])
+    config = parse_args(
+        [
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(tmp_path / "run"),
+            *DEFAULT,
+            "--steps",
+            "9",
+            "--log-every",
+            "3",
+            "--update-every",
+            "4",
+            "--checkpoint-every",
+            "1000",
+            "--frozen-epochs",
+            "1",
+            "--no-compile",
+            *options,
+        ]
+    )
     run = Run(config)
     try:
         with SyncCounter() as syncs:
@@ -83,11 +125,20 @@ def test_default_configuration_makes_no_sync_between_log_points(data_root, tmp_p
 
 
 def test_the_counter_misses_no_reader():
-    readers = [lambda t: t.item(), lambda t: bool(t), lambda t: float(t), lambda t: int(t), lambda t: t.tolist(),
-               lambda t: t.numpy(), lambda t: f"{t:.1f}", lambda t: [1, 2][t], lambda t: t.nonzero(),
-               lambda t: torch.zeros(3)[t.bool().expand(3)],
-               lambda t: torch.zeros(3).index_put_((t.bool().expand(3),), t),
-               lambda t: t.cpu()]
+    readers = [
+        lambda t: t.item(),
+        lambda t: bool(t),
+        lambda t: float(t),
+        lambda t: int(t),
+        lambda t: t.tolist(),
+        lambda t: t.numpy(),
+        lambda t: f"{t:.1f}",
+        lambda t: [1, 2][t],
+        lambda t: t.nonzero(),
+        lambda t: torch.zeros(3)[t.bool().expand(3)],
+        lambda t: torch.zeros(3).index_put_((t.bool().expand(3),), t),
+        lambda t: t.cpu(),
+    ]
     x = torch.tensor(1.0)
     for reader in readers:
         with SyncCounter() as syncs:
@@ -97,11 +148,15 @@ def test_the_counter_misses_no_reader():
 
 def _tiny_step(compile=False, sample_rate=1.0, domains=None):
     torch.manual_seed(0)
-    model = UDONModel("vit_tiny_patch16_224", domains or {"a": 5, "b": 7, "c": 3}, image_size=32,
-                      backbone_kwargs={"depth": 1})
+    model = UDONModel(
+        "vit_tiny_patch16_224", domains or {"a": 5, "b": 7, "c": 3}, image_size=32, backbone_kwargs={"depth": 1}
+    )
     optimizer = build_optimizer(model, lr=1e-2, backbone_lr_mult=1.0, weight_decay=1e-4)
-    return model, optimizer, UDONStep(model, optimizer, LOSS, compile=compile, grad_clip=1.0, world_size=1,
-                                      sample_rate=sample_rate)
+    return (
+        model,
+        optimizer,
+        UDONStep(model, optimizer, LOSS, compile=compile, grad_clip=1.0, world_size=1, sample_rate=sample_rate),
+    )
 
 
 def _batch(classes, seed):
@@ -121,8 +176,11 @@ def test_a_non_finite_step_and_every_later_one_are_skipped_on_the_device(monkeyp
     step.apply(torch.stack(list(step(images, labels, "a"))))
     good = _state(model, optimizer)
     real = step_module.udon_loss
-    monkeypatch.setattr(step_module, "udon_loss",
-                        lambda *a, **k: (lambda out: type(out)(out.total * float("nan"), *out[1:]))(real(*a, **k)))
+    monkeypatch.setattr(
+        step_module,
+        "udon_loss",
+        lambda *a, **k: (lambda out: type(out)(out.total * float("nan"), *out[1:]))(real(*a, **k)),
+    )
     terms = torch.stack(list(step(images, labels, "b")))
     assert not torch.isfinite(terms).all()
     step.apply(terms)
@@ -167,16 +225,39 @@ def _rows(out):
 def test_rows_do_not_depend_on_log_every(data_root, tmp_path):
     """--log-every 1 reads every step, as the loop did before log points; 4 defers the reads: the same
     rows (every field but the timing), the same results, the same checkpoint."""
-    common = ["--data-root", str(data_root), "--backbone", "vit_tiny_patch16_224", "--pretrained", "none",
-              "--image-size", "32", "--batch-size", "8", "--eval-batch-size", "16", "--update-every", "3",
-              "--checkpoint-every", "5", "--steps", "7", "--no-compile", "--no-progress", "--deterministic",
-              "--data-threads", "1", "--no-baseline"]
+    common = [
+        "--data-root",
+        str(data_root),
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--eval-batch-size",
+        "16",
+        "--update-every",
+        "3",
+        "--checkpoint-every",
+        "5",
+        "--steps",
+        "7",
+        "--no-compile",
+        "--no-progress",
+        "--deterministic",
+        "--data-threads",
+        "1",
+        "--no-baseline",
+    ]
     for every in ("1", "4"):
         train(parse_args([*common, "--out", str(tmp_path / every), "--log-every", every]))
     assert _rows(tmp_path / "1") == _rows(tmp_path / "4")
     assert [r["step"] for r in _rows(tmp_path / "4")] == list(range(7))
-    assert (json.loads((tmp_path / "1" / "results.json").read_text())
-            == json.loads((tmp_path / "4" / "results.json").read_text()))
+    assert json.loads((tmp_path / "1" / "results.json").read_text()) == json.loads(
+        (tmp_path / "4" / "results.json").read_text()
+    )
     one, four = (torch.load(tmp_path / e / "checkpoints" / "last.pt", weights_only=True) for e in ("1", "4"))
     for name, value in one["model"].items():
         assert torch.equal(value, four["model"][name]), name
@@ -208,8 +289,12 @@ def test_compiled_region_has_no_graph_break(backbone, kwargs):
     step = UDONStep(model, build_optimizer(model, 1e-3, 1e-2, 1e-6), LOSS, compile=True, grad_clip=None, world_size=1)
     images, labels = _batch(5, 0)
     explanation = torch._dynamo.explain(step._forward_loss)(
-        images, labels, step.teacher_params["a"], student_weight=model.student_classifier("a"),
-        teacher_weight=model.teacher_classifier("a"))
+        images,
+        labels,
+        step.teacher_params["a"],
+        student_weight=model.student_classifier("a"),
+        teacher_weight=model.teacher_classifier("a"),
+    )
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 
@@ -219,9 +304,30 @@ def test_a_compile_failure_is_one_line_naming_compile_off(data_root, tmp_path, m
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=failing_backend))
     torch._dynamo.reset()
-    code = train_cli.main(["--data-root", str(data_root), "--out", str(tmp_path / "run"), "--backbone",
-                           "vit_tiny_patch16_224", "--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-                           "--steps", "2", "--no-progress", "--data-threads", "1", "--no-baseline", "--compile", "on"])
+    code = train_cli.main(
+        [
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(tmp_path / "run"),
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--pretrained",
+            "none",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--no-progress",
+            "--data-threads",
+            "1",
+            "--no-baseline",
+            "--compile",
+            "on",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and err[0].startswith("udon_fast.train: error: torch.compile failed (")

@@ -1,5 +1,6 @@
 """`.npy` weights are read by a restricted unpickler: the release's pickled dict of tensors still loads, while a
 file whose objects would run code (a `__reduce__` that writes a marker) is refused before anything runs."""
+
 import io
 
 import numpy as np
@@ -51,9 +52,24 @@ def test_train_with_a_malicious_npy_is_one_line_and_runs_nothing(data_root, tmp_
     marker = tmp_path / "marker"
     path = tmp_path / "evil.npy"
     np.save(path, {"visual.conv1.weight": WritesMarker(marker)}, allow_pickle=True)
-    code = train_cli.main(["--data-root", str(data_root), "--out", str(tmp_path / "run"), "--backbone",
-                           "vit_tiny_patch16_224", "--pretrained", str(path), "--image-size", "32", "--no-progress",
-                           "--no-compile", "--data-threads", "1"])
+    code = train_cli.main(
+        [
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(tmp_path / "run"),
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--pretrained",
+            str(path),
+            "--image-size",
+            "32",
+            "--no-progress",
+            "--no-compile",
+            "--data-threads",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"udon_fast.train: error: weights file {path} refused: it holds a builtins.exec object")

@@ -4,18 +4,46 @@ Dataflow: images -> `data` (DALI or torchvision pipelines) -> `model` (backbone 
 (fused head losses) -> `trainer`; embeddings -> `retrieval` (faiss kNN, index files, search) -> `evaluation`.
 The command lines (`commands`) sit on top and import the library, never the reverse (docs/architecture.md).
 """
-from .errors import (CheckFailed, CheckpointError, CompileError, DataError, ExportCheckFailed, InputError,
-                     TrainingDiverged, UdonFastError)
-from .retrieval.knn import knn_metrics, knn_metrics_by_domain
+
+from .errors import (
+    CheckFailed,
+    CheckpointError,
+    CompileError,
+    DataError,
+    ExportCheckFailed,
+    InputError,
+    TrainingDiverged,
+    UdonFastError,
+)
 from .losses import ClassShard, UDONLoss, UDONLossOutput, normalized_softmax_ce, udon_loss
+from .retrieval.knn import knn_metrics, knn_metrics_by_domain
 from .sampler import DomainSampler
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassShard", "CosineClassifier", "DomainSampler", "UDONLoss", "UDONLossOutput", "__version__", "knn_metrics",
-           "knn_metrics_by_domain", "load_embedder", "normalized_softmax_ce", "udon_loss"]
-__all__ += ["CheckFailed", "CheckpointError", "CompileError", "DataError", "ExportCheckFailed", "InputError",
-            "TrainingDiverged", "UdonFastError"]  # udon_fast.errors
+__all__ = [
+    "ClassShard",
+    "CosineClassifier",
+    "DomainSampler",
+    "UDONLoss",
+    "UDONLossOutput",
+    "__version__",
+    "knn_metrics",
+    "knn_metrics_by_domain",
+    "load_embedder",
+    "normalized_softmax_ce",
+    "udon_loss",
+]
+__all__ += [
+    "CheckFailed",
+    "CheckpointError",
+    "CompileError",
+    "DataError",
+    "ExportCheckFailed",
+    "InputError",
+    "TrainingDiverged",
+    "UdonFastError",
+]  # udon_fast.errors
 
 
 def __getattr__(name: str):

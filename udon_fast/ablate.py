@@ -1,4 +1,5 @@
 """`python -m udon_fast.ablate`: runs udon_fast.commands.ablate."""
+
 import sys
 
 from .commands import run

@@ -1,4 +1,5 @@
 """Checks of arguments shared by the library and the command lines (`check_positive` names flags)."""
+
 from typing import Any
 
 import numpy as np

@@ -2,15 +2,17 @@
 
 Precedence: dataclass defaults < `--preset` < `--config FILE.yaml` < explicit flags.
 """
+
 import argparse
 import dataclasses
 import json
 import re
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .extras import needs_extra
 
@@ -22,7 +24,8 @@ from .data.decoders import DATA_THREADS_HELP, DECODERS
 from .data.image_bytes import DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP
 from .errors import InputError
 from .losses.backends import BACKENDS
-from .losses.margins import MARGIN_TYPES, resolve as resolve_margin
+from .losses.margins import MARGIN_TYPES
+from .losses.margins import resolve as resolve_margin
 from .losses.partial_fc import check_sample_rate
 from .sampler import STRATEGIES
 
@@ -40,13 +43,19 @@ class TrainConfig:
     """Everything a run varies: each field is a flag (--name-with-dashes) whose help and --help group are
     the field's metadata.  Neither `data_root` nor `folder`: the built-in dataset."""
 
-    data_root: str | None = _option(None, DATA, "UnED root (info_files/, images/) or a shard folder; default: "
-                                                "the built-in dataset unless --folder is given")
+    data_root: str | None = _option(
+        None,
+        DATA,
+        "UnED root (info_files/, images/) or a shard folder; default: the built-in dataset unless --folder is given",
+    )
     domains: list[str] | None = _option(None, DATA, "domains to train on (default: all found)")
     folder: list[str] | None = _option(
-        None, DATA, "NAME=DIR: a folder-per-class domain (DIR/<class>/<image> or DIR/{train,val,test,...}/<class>/"
-                    "<image>); repeatable, combinable with --data-root.  Without test/ (val/) folders, a seeded "
-                    "class-disjoint test (val) split is made and recorded in config.json and the checkpoints")
+        None,
+        DATA,
+        "NAME=DIR: a folder-per-class domain (DIR/<class>/<image> or DIR/{train,val,test,...}/<class>/"
+        "<image>); repeatable, combinable with --data-root.  Without test/ (val/) folders, a seeded "
+        "class-disjoint test (val) split is made and recorded in config.json and the checkpoints",
+    )
     split_seed: int = _option(0, DATA, "seed of the class split of --folder domains without test/val folders")
     max_pixels: int = _option(DEFAULT_MAX_PIXELS, DATA, MAX_PIXELS_HELP)
     out: str = _option("runs/udon", OUTPUT, "output folder of the run (default runs/udon)")
@@ -56,14 +65,21 @@ class TrainConfig:
     batch_size: int = _option(32, SCHEDULE, "images per training step on each rank (default 32)")
     backbone: str = _option("tf_efficientnet_lite0", MODEL, "timm backbone name (default tf_efficientnet_lite0)")
     pretrained: str | None = _option(
-        "packaged", MODEL, "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz, the UDON "
-                           "release's CLIP vit_b16.npy), 'packaged' (default) for weights shipped in an installed "
-                           "package, or 'none'")
+        "packaged",
+        MODEL,
+        "local backbone weights (timm/OpenCLIP state dict, safetensors, AugReg .npz, the UDON "
+        "release's CLIP vit_b16.npy), 'packaged' (default) for weights shipped in an installed "
+        "package, or 'none'",
+    )
     image_size: int = _option(64, MODEL, "image side in pixels the backbone sees (default 64)")
     teacher_dim: int = _option(256, MODEL, "width of each domain teacher's embedding (default 256)")
     student_dim: int = _option(64, MODEL, "width of the universal (student) embedding (default 64)")
-    sampler: str = _option("dynamic", SCHEDULE, f"domain sampler strategy: {', '.join(STRATEGIES)} (default "
-                                                "dynamic: domains with a higher teacher loss are drawn more)")
+    sampler: str = _option(
+        "dynamic",
+        SCHEDULE,
+        f"domain sampler strategy: {', '.join(STRATEGIES)} (default "
+        "dynamic: domains with a higher teacher loss are drawn more)",
+    )
     # Built-in run: 200 steps (about two epochs) per window, so that even the smallest weights the rule
     # gives there (0.02-0.03) draw 4-6 batches per window (docs/method.md, section 7, "How the built-in
     # defaults were chosen").
@@ -73,7 +89,8 @@ class TrainConfig:
     margin_type: str = _option("normface", LOSS, f"classifier margin: {', '.join(MARGIN_TYPES)} (default normface)")
     margin: float = _option(0.0, LOSS, "the margin of --margin-type cosface or arcface (default 0)")
     margins: tuple[float, float, float] | None = _option(
-        None, LOSS, "M1,M2,M3: the (m1, m2, m3) of --margin-type combined: cos(m1*theta + m2) - m3")
+        None, LOSS, "M1,M2,M3: the (m1, m2, m3) of --margin-type combined: cos(m1*theta + m2) - m3"
+    )
     scale: float = _option(16.0, LOSS, "scale of the cosine logits (default 16)")
     temperature: float = _option(0.1, LOSS, "temperature of the similarity distillation (default 0.1)")
     lr: float = _option(1e-3, SCHEDULE, "learning rate of the heads and classifiers (default 1e-3)")
@@ -81,17 +98,33 @@ class TrainConfig:
     weight_decay: float = _option(1e-6, SCHEDULE, "AdamW weight decay (default 1e-6)")
     frozen_epochs: int = _option(1, SCHEDULE, "epochs the backbone stays frozen at the start (default 1)")
     grad_clip: float | None = _option(None, SCHEDULE, "clip the gradient norm to this value (default: no clipping)")
-    loss_backend: str = _option("auto", LOSS, f"head loss implementation: {', '.join(BACKENDS)} (default auto: the "
-                                              "fastest available on the device; python -m udon_fast.info lists them)")
+    loss_backend: str = _option(
+        "auto",
+        LOSS,
+        f"head loss implementation: {', '.join(BACKENDS)} (default auto: the "
+        "fastest available on the device; python -m udon_fast.info lists them)",
+    )
     # Partial FC: the share of each domain's classes a step keeps (losses/partial_fc.py)
-    sample_rate: float = _option(1.0, LOSS, "Partial FC: each step keeps the batch's classes plus a seeded uniform "
-                                            "sample of the others, ceil(R x C) classes per domain classifier in "
-                                            "(0, 1]; 1 (default): all classes")
-    class_parallel: bool = _option(False, LOSS, "shard every domain's teacher and student classifiers over the ranks "
-                                                "of a torchrun job (for label spaces too large to replicate; "
-                                                "docs/class_parallel.md)")
-    compile: bool = _option(True, SCHEDULE, "on (default): compile the training step (backbone, heads, fused loss) "
-                                            "with torch.compile; off: train eagerly (also --no-compile)")
+    sample_rate: float = _option(
+        1.0,
+        LOSS,
+        "Partial FC: each step keeps the batch's classes plus a seeded uniform "
+        "sample of the others, ceil(R x C) classes per domain classifier in "
+        "(0, 1]; 1 (default): all classes",
+    )
+    class_parallel: bool = _option(
+        False,
+        LOSS,
+        "shard every domain's teacher and student classifiers over the ranks "
+        "of a torchrun job (for label spaces too large to replicate; "
+        "docs/class_parallel.md)",
+    )
+    compile: bool = _option(
+        True,
+        SCHEDULE,
+        "on (default): compile the training step (backbone, heads, fused loss) "
+        "with torch.compile; off: train eagerly (also --no-compile)",
+    )
     eval_batch_size: int = _option(128, OUTPUT, "images embedded per batch in the evaluations (default 128)")
     checkpoint_every: int = _option(50, OUTPUT, "steps between writes of checkpoints/last.pt (default 50)")
     # Steps between log points, where the loss terms are read from the device (one wait for the device
@@ -99,34 +132,64 @@ class TrainConfig:
     # interval as the checkpoints (a log point anyway), so a GPU waits once per 50 steps (the other
     # 49 run back to back) while a divergence stops the run at most 49 steps late, all of them skipped
     # (docs/method.md, "Training at full speed").
-    log_every: int = _option(50, OUTPUT, "steps between log points: loss terms read from the device, metrics.jsonl "
-                                         "rows written, progress bar updated, a non-finite loss stopped (every "
-                                         "step still gets its row; default 50)")
+    log_every: int = _option(
+        50,
+        OUTPUT,
+        "steps between log points: loss terms read from the device, metrics.jsonl "
+        "rows written, progress bar updated, a non-finite loss stopped (every "
+        "step still gets its row; default 50)",
+    )
     data_threads: int = _option(2, DATA, DATA_THREADS_HELP.format(default=2))
-    decoder: str = _option("dali", DATA, "image decoder: dali (default; torchvision when DALI is not installed) or "
-                                         "torchvision (torchvision.io, nvJPEG on a GPU; the fastest on CPUs); "
-                                         "same batches either way")
-    seed: int = _option(0, SCHEDULE, "seed of the weights' initialisation, the sampler and the data order "
-                                     "(default 0)")
+    decoder: str = _option(
+        "dali",
+        DATA,
+        "image decoder: dali (default; torchvision when DALI is not installed) or "
+        "torchvision (torchvision.io, nvJPEG on a GPU; the fastest on CPUs); "
+        "same batches either way",
+    )
+    seed: int = _option(0, SCHEDULE, "seed of the weights' initialisation, the sampler and the data order (default 0)")
     deterministic: bool = _option(False, SCHEDULE, "torch deterministic algorithms (bitwise resumable on CPU)")
     progress: bool = _option(True, OUTPUT, "progress bars on stderr (default on)")
-    baseline: bool = _option(True, OUTPUT, "evaluate the pretrained backbone's own features once at the start "
-                                           "(results 'baseline'; default on)")
-    gallery: int = _option(8, OUTPUT, "K: write --out/gallery/ at the end, per domain K sampled test queries with "
-                                      "their top-5 neighbours in the merged index, and where the trained model and "
-                                      "the off-the-shelf backbone disagree (default 8; 0: none)")
-    tensorboard: bool = _option(False, OUTPUT, "write TensorBoard event files to --out/tb (per-step losses per "
-                                               "domain, sampler weights, learning rates, images/s, per-epoch "
-                                               "validation P@1 and mMP@5)")
+    baseline: bool = _option(
+        True,
+        OUTPUT,
+        "evaluate the pretrained backbone's own features once at the start (results 'baseline'; default on)",
+    )
+    gallery: int = _option(
+        8,
+        OUTPUT,
+        "K: write --out/gallery/ at the end, per domain K sampled test queries with "
+        "their top-5 neighbours in the merged index, and where the trained model and "
+        "the off-the-shelf backbone disagree (default 8; 0: none)",
+    )
+    tensorboard: bool = _option(
+        False,
+        OUTPUT,
+        "write TensorBoard event files to --out/tb (per-step losses per "
+        "domain, sampler weights, learning rates, images/s, per-epoch "
+        "validation P@1 and mMP@5)",
+    )
 
     def validate(self) -> "TrainConfig":
         """Raise InputError naming the flag, with the valid values where they are a list."""
         for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
-                raise InputError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; "
-                                 f"got {getattr(self, name)!r}")
-        check_positive(self, "epochs", "batch_size", "image_size", "teacher_dim", "student_dim", "update_every",
-                       "eval_batch_size", "checkpoint_every", "log_every", "data_threads")
+                raise InputError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(valid)}; got {getattr(self, name)!r}"
+                )
+        check_positive(
+            self,
+            "epochs",
+            "batch_size",
+            "image_size",
+            "teacher_dim",
+            "student_dim",
+            "update_every",
+            "eval_batch_size",
+            "checkpoint_every",
+            "log_every",
+            "data_threads",
+        )
         if self.gallery < 0:
             raise InputError(f"--gallery must be >= 0 (0: no gallery), got {self.gallery}")
         if self.steps is not None and self.steps < 1:
@@ -138,8 +201,9 @@ class TrainConfig:
         if self.backbone_lr_mult < 0 or self.weight_decay < 0 or self.frozen_epochs < 0:
             raise InputError("--backbone-lr-mult, --weight-decay and --frozen-epochs must be >= 0")
         if self.class_parallel and self.loss_backend == "reference":
-            raise InputError("--class-parallel needs a fused --loss-backend (auto, chunked, native or triton), "
-                             "got reference")
+            raise InputError(
+                "--class-parallel needs a fused --loss-backend (auto, chunked, native or triton), got reference"
+            )
         try:
             check_sample_rate("--sample-rate", self.sample_rate)
         except ValueError as exc:  # the loss library's argument check, here of a flag's value
@@ -176,9 +240,11 @@ class TrainConfig:
             if name == "batch_size" and saved_world != world_size:
                 before = saved.get(name, defaults[name])
                 if before * saved_world != self.batch_size * world_size:
-                    changed.append(f"--batch-size {before} on {saved_world} rank(s) -> {self.batch_size} on "
-                                   f"{world_size} (the global batch, --batch-size x ranks, must stay "
-                                   f"{before * saved_world})")
+                    changed.append(
+                        f"--batch-size {before} on {saved_world} rank(s) -> {self.batch_size} on "
+                        f"{world_size} (the global batch, --batch-size x ranks, must stay "
+                        f"{before * saved_world})"
+                    )
                 continue
             before = saved.get(name, defaults[name])
             if before != given[name]:
@@ -192,8 +258,20 @@ CHOICES = {"sampler": STRATEGIES, "margin_type": MARGIN_TYPES, "loss_backend": B
 # lives, how it reports, how many threads decode (the same pixels), which decoder (the same batches),
 # how often last.pt is written, the evaluation batch size (per-image embeddings in eval mode) and the
 # off-the-shelf backbone's evaluation, which only a fresh run does.  Every other option is compared.
-RESUME_MAY_DIFFER = ("out", "resume", "progress", "data_threads", "decoder", "checkpoint_every", "eval_batch_size",
-                     "baseline", "gallery", "tensorboard", "log_every", "compile")
+RESUME_MAY_DIFFER = (
+    "out",
+    "resume",
+    "progress",
+    "data_threads",
+    "decoder",
+    "checkpoint_every",
+    "eval_batch_size",
+    "baseline",
+    "gallery",
+    "tensorboard",
+    "log_every",
+    "compile",
+)
 
 
 def _shown(value: Any) -> str:
@@ -210,9 +288,17 @@ def _shown(value: Any) -> str:
 PRESETS: dict[str, dict[str, Any]] = {
     "builtin": {},
     "uned": {
-        "backbone": "vit_base_patch16_224", "pretrained": None, "image_size": 224, "batch_size": 128, "epochs": 10,
-        "frozen_epochs": 2, "update_every": 1000, "sampler": "dynamic", "eval_batch_size": 512,
-        "checkpoint_every": 1000, "data_threads": 8,
+        "backbone": "vit_base_patch16_224",
+        "pretrained": None,
+        "image_size": 224,
+        "batch_size": 128,
+        "epochs": 10,
+        "frozen_epochs": 2,
+        "update_every": 1000,
+        "sampler": "dynamic",
+        "eval_batch_size": 512,
+        "checkpoint_every": 1000,
+        "data_threads": 8,
     },
 }
 
@@ -254,8 +340,14 @@ def on_off(value: str) -> bool:
 # A float written without a dot (1e-3): YAML 1.1 (PyYAML) reads it as a string, YAML 1.2 as a number.
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _TRIPLE = tuple[float, float, float]
-_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               list[str]: "a list of strings", _TRIPLE: "a list of 3 numbers"}
+_KIND_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list[str]: "a list of strings",
+    _TRIPLE: "a list of 3 numbers",
+}
 
 
 def _number(value: Any) -> Any:
@@ -270,8 +362,9 @@ def _is_number(value: Any) -> bool:
 def _typed(name: str, value: Any, where: str) -> Any:
     """`value` for the TrainConfig field `name`, checked against the field's type and choices (a float
     field also takes an int, or a number YAML 1.1 left as text such as 1e-3); InputError naming `where`."""
-    kinds = typing.get_args(FIELDS[name].type) if isinstance(FIELDS[name].type, types.UnionType) \
-        else (FIELDS[name].type,)
+    kinds = (
+        typing.get_args(FIELDS[name].type) if isinstance(FIELDS[name].type, types.UnionType) else (FIELDS[name].type,)
+    )
     if value is None and type(None) in kinds:
         return None
     kind = next(k for k in kinds if k is not type(None))
@@ -281,12 +374,14 @@ def _typed(name: str, value: Any, where: str) -> Any:
         value = _number(value)
     elif kind == _TRIPLE and isinstance(value, list):
         value = [_number(x) for x in value]
-    fits = {bool: lambda v: isinstance(v, bool),
-            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-            float: _is_number,
-            str: lambda v: isinstance(v, str),
-            list[str]: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-            _TRIPLE: lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v))}[kind]
+    fits = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: _is_number,
+        str: lambda v: isinstance(v, str),
+        list[str]: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        _TRIPLE: lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)),
+    }[kind]
     if not fits(value):
         expected = _KIND_NAMES[kind] + (" or null" if type(None) in kinds else "")
         raise InputError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")

@@ -4,6 +4,7 @@ It owns the raw (C, D) class weight (or one rank's slice of it) and trains it th
 losses (`normalized_softmax_ce`), optionally on a Partial-FC sample of the classes
 (`losses/partial_fc.py`); at inference it gives scaled cosine logits and the top-k classes.
 """
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -40,9 +41,18 @@ class CosineClassifier(nn.Module):
     rank must then pass the same number of rows.
     """
 
-    def __init__(self, num_classes: int, dim: int, *, margin_type: str = "normface", margin: float = 0.0,
-                 margins: tuple[float, float, float] | None = None, scale: float = 16.0, sample_rate: float = 1.0,
-                 class_shard: ClassShard | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        margin_type: str = "normface",
+        margin: float = 0.0,
+        margins: tuple[float, float, float] | None = None,
+        scale: float = 16.0,
+        sample_rate: float = 1.0,
+        class_shard: ClassShard | None = None,
+    ):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("dim", dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -52,11 +62,15 @@ class CosineClassifier(nn.Module):
         rank, world = 0, 1
         if class_shard is not None:
             if not isinstance(class_shard, ClassShard) or class_shard.num_classes != num_classes:
-                raise ValueError(f"class_shard must be a ClassShard with num_classes={num_classes}, got {class_shard!r}")
+                raise ValueError(
+                    f"class_shard must be a ClassShard with num_classes={num_classes}, got {class_shard!r}"
+                )
             rank, world = dist.get_rank(class_shard.group), dist.get_world_size(class_shard.group)
             if class_shard.start != class_slice(num_classes, rank, world)[0]:
-                raise ValueError(f"class_shard.start must be {class_slice(num_classes, rank, world)[0]} on rank "
-                                 f"{rank} of {world} (torch.chunk's slices), got {class_shard.start}")
+                raise ValueError(
+                    f"class_shard.start must be {class_slice(num_classes, rank, world)[0]} on rank "
+                    f"{rank} of {world} (torch.chunk's slices), got {class_shard.start}"
+                )
         self.num_classes, self.margin_type, self.margin, self.margins = num_classes, margin_type, margin, margins
         self.scale, self.sample_rate, self.class_shard = scale, sample_rate, class_shard
         self.start, self.stop = class_slice(num_classes, rank, world)
@@ -76,21 +90,30 @@ class CosineClassifier(nn.Module):
         mode with sample_rate < 1, over this step's sample of the classes (kept in `self.sampled`), with
         class_weight (C,) taken at the sampled classes and rows labelled ignore_index left out of the sample."""
         emb = F.normalize(emb, dim=-1)
-        options = dict(margin_type=self.margin_type, margin=self.margin, margins=self.margins, scale=self.scale,
-                       class_shard=self.class_shard, **loss_options)
+        options = dict(
+            margin_type=self.margin_type,
+            margin=self.margin,
+            margins=self.margins,
+            scale=self.scale,
+            class_shard=self.class_shard,
+            **loss_options,
+        )
         if self.training and self.sample_rate < 1:
             if self.class_shard is None:
                 index, sampled_labels = sample_classes(labels, self.num_classes, self.sample_rate)
             else:
                 index, sampled_labels, options["class_shard"] = sample_class_parallel(
-                    labels, self.num_classes, self.counts, self.sample_rate, self.class_shard.group)
+                    labels, self.num_classes, self.counts, self.sample_rate, self.class_shard.group
+                )
             ignore = options.get("ignore_index")
             if ignore is not None:  # ignored rows keep their label (and add no class to the sample)
                 sampled_labels = torch.where(labels == ignore, labels, sampled_labels)
             if options.get("class_weight") is not None:
-                options["class_weight"] = (options["class_weight"].index_select(0, index) if self.class_shard is None
-                                           else virtual_class_values(options["class_weight"], index, self.start,
-                                                                     options["class_shard"]))
+                options["class_weight"] = (
+                    options["class_weight"].index_select(0, index)
+                    if self.class_shard is None
+                    else virtual_class_values(options["class_weight"], index, self.start, options["class_shard"])
+                )
             self.sampled = SampledRows.take(self.weight, index)
             return normalized_softmax_ce(emb, self.sampled.rows, sampled_labels, **options)
         return normalized_softmax_ce(emb, self.weight, labels, **options)
@@ -107,8 +130,9 @@ class CosineClassifier(nn.Module):
             return self.weight
         classes = torch.as_tensor(classes, device=self.weight.device)
         if classes.ndim != 1 or classes.dtype != torch.int64:
-            raise ValueError(f"classes must be a 1-d int64 tensor of class ids, got {tuple(classes.shape)} "
-                             f"{classes.dtype}")
+            raise ValueError(
+                f"classes must be a 1-d int64 tensor of class ids, got {tuple(classes.shape)} {classes.dtype}"
+            )
         if classes.numel() and not (self.start <= int(classes.min()) and int(classes.max()) < self.stop):
             raise ValueError(f"classes must lie in [{self.start}, {self.stop}), this module's classes")
         return self.weight.index_select(0, classes - self.start)
@@ -134,7 +158,7 @@ class CosineClassifier(nn.Module):
         values = emb.new_empty((emb.shape[0], 0))
         indices = torch.empty((emb.shape[0], 0), dtype=torch.int64, device=emb.device)
         for first in range(0, classes, tile):
-            scores = self.scale * cosine_logits(emb, self.weight[first:first + tile].float())
+            scores = self.scale * cosine_logits(emb, self.weight[first : first + tile].float())
             best, where = scores.topk(min(k, scores.shape[1]), dim=1)
             values, order = torch.cat([values, best], dim=1).topk(min(k, values.shape[1] + best.shape[1]), dim=1)
             indices = torch.cat([indices, where + (self.start + first)], dim=1).gather(1, order)
@@ -142,5 +166,7 @@ class CosineClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         margin = f"margins={self.margins}" if self.margins is not None else f"margin={self.margin}"
-        return (f"classes {self.start}..{self.stop} of {self.num_classes}, dim={self.weight.shape[1]}, "
-                f"margin_type={self.margin_type!r}, {margin}, scale={self.scale}, sample_rate={self.sample_rate}")
+        return (
+            f"classes {self.start}..{self.stop} of {self.num_classes}, dim={self.weight.shape[1]}, "
+            f"margin_type={self.margin_type!r}, {margin}, scale={self.scale}, sample_rate={self.sample_rate}"
+        )

@@ -1,6 +1,7 @@
 """The ranks of a `torchrun` job: joining the process group (nccl on CUDA, gloo on CPU), this rank's
 device, and the few collectives the trainer and the evaluation share.  Without torchrun (WORLD_SIZE
 unset or 1) there is one rank and every collective is a no-op."""
+
 import os
 from dataclasses import dataclass
 

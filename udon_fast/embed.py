@@ -1,4 +1,5 @@
 """`python -m udon_fast.embed`: runs udon_fast.commands.embed."""
+
 import sys
 
 from .commands import run

@@ -1,4 +1,5 @@
 """`python -m udon_fast.evaluate`: runs udon_fast.commands.evaluate."""
+
 import sys
 
 from .commands import run

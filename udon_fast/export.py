@@ -1,4 +1,5 @@
 """`python -m udon_fast.export`: runs udon_fast.commands.export."""
+
 import sys
 
 from .commands import run

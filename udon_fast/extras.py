@@ -17,6 +17,7 @@ Every import of an optional package sits inside `needs_extra`:
 so that a missing package raises `MissingExtraError`, one line naming the module and the extra:
 "udon_fast needs the module 'timm', from the [train] extra: pip install 'udon_fast[train]'".
 """
+
 import contextlib
 from collections.abc import Iterator
 
@@ -45,4 +46,5 @@ def needs_extra(extra: str) -> Iterator[None]:
             raise
         raise MissingExtraError(
             f"udon_fast needs the module '{exc.name}', from the [{extra}] extra: pip install 'udon_fast[{extra}]'",
-            name=exc.name) from exc
+            name=exc.name,
+        ) from exc

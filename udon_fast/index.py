@@ -1,4 +1,5 @@
 """`python -m udon_fast.index`: runs udon_fast.commands.index."""
+
 import sys
 
 from .commands import run

@@ -1,4 +1,5 @@
 """`python -m udon_fast.info`: runs udon_fast.commands.info."""
+
 import sys
 
 from .commands import run

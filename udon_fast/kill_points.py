@@ -16,6 +16,7 @@ every point is a no-op.  Events:
 
 A run that ends before the point is reached simply finishes.
 """
+
 import os
 import signal
 from collections import Counter

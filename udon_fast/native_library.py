@@ -1,4 +1,5 @@
 """Loads the native CPU library built by CMakeLists.txt (`udon_fast/_native*.so`), once."""
+
 import functools
 from pathlib import Path
 
@@ -11,14 +12,15 @@ def library_path() -> Path | None:
     return found[0] if found else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load() -> Path:
     """Load the library's torch.library ops (namespace `udon_fast_native`); return its path."""
     path = library_path()
     if path is None:
         raise RuntimeError(
             "udon_fast's native library is not built: reinstall with "
-            "`pip install --no-build-isolation -e .` (needs cmake and a C++20 compiler)")
+            "`pip install --no-build-isolation -e .` (needs cmake and a C++20 compiler)"
+        )
     torch.ops.load_library(str(path))
     return path
 

@@ -30,6 +30,7 @@ it has happened: `domain_at(step)` is final for step < `stable_until`; for later
 currently planned domain, which the next update may change.  A resumed sampler (`load_state_dict`) replays the recorded updates and
 so gives exactly the schedule of an uninterrupted one.
 """
+
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
@@ -71,8 +72,14 @@ class DomainSampler:
         seed: non-negative int; with it every schedule is deterministic.
     """
 
-    def __init__(self, domain_sizes: Mapping[str, int], total_steps: int, strategy: str = "dynamic",
-                 update_every: int = 1000, seed: int = 0):
+    def __init__(
+        self,
+        domain_sizes: Mapping[str, int],
+        total_steps: int,
+        strategy: str = "dynamic",
+        update_every: int = 1000,
+        seed: int = 0,
+    ):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
         if not isinstance(domain_sizes, Mapping) or not domain_sizes:
@@ -97,7 +104,9 @@ class DomainSampler:
         if self.strategy == "balanced":
             self._schedule = shuffled_schedule(self.total_steps, [Fraction(1, k)] * k, self.seed, 0)
         elif self.strategy == "dataset_size":
-            self._schedule = shuffled_schedule(self.total_steps, [Fraction(n, sum(self.sizes)) for n in self.sizes], self.seed, 0)
+            self._schedule = shuffled_schedule(
+                self.total_steps, [Fraction(n, sum(self.sizes)) for n in self.sizes], self.seed, 0
+            )
         else:
             self._schedule = (np.arange(self.total_steps) % k).astype(np.int32)
         self._next_step = 0
@@ -148,7 +157,9 @@ class DomainSampler:
         sums are checked when the update reads them.
         """
         if step != self._next_step:
-            raise ValueError(f"record() takes the steps in order, once each: expected step {self._next_step}, got {step!r}")
+            raise ValueError(
+                f"record() takes the steps in order, once each: expected step {self._next_step}, got {step!r}"
+            )
         if step >= self.total_steps:
             raise ValueError(f"step {step} is past the last step {self.total_steps - 1}")
         if domain not in self._index:
@@ -177,8 +188,10 @@ class DomainSampler:
         sums = self._window_sum.tolist()
         for name, total in zip(self.names, sums):
             if not math.isfinite(total) or total < 0:
-                raise ValueError(f"the teacher CEs of domain {name!r} in the window up to step {self._next_step - 1} "
-                                 f"must be finite and >= 0; their sum is {total}")
+                raise ValueError(
+                    f"the teacher CEs of domain {name!r} in the window up to step {self._next_step - 1} "
+                    f"must be finite and >= 0; their sum is {total}"
+                )
         return sums
 
     def _update(self, start: int) -> None:
@@ -197,8 +210,14 @@ class DomainSampler:
             self._schedule[start:] = shuffled_schedule(self.total_steps - start, weights, self.seed, start)
 
     def _config(self) -> dict[str, Any]:
-        return {"domains": list(self.names), "sizes": list(self.sizes), "total_steps": self.total_steps,
-                "strategy": self.strategy, "update_every": self.update_every, "seed": self.seed}
+        return {
+            "domains": list(self.names),
+            "sizes": list(self.sizes),
+            "total_steps": self.total_steps,
+            "strategy": self.strategy,
+            "update_every": self.update_every,
+            "seed": self.seed,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python state (ints, floats, strings, lists, dicts): safe for `torch.load(weights_only=True)` and JSON."""
@@ -219,14 +238,17 @@ class DomainSampler:
         config = self._config()
         differing = sorted(k for k in config if state["config"].get(k) != config[k])
         if differing:
-            raise ValueError(f"sampler state was saved with different arguments: {', '.join(differing)} "
-                             f"(saved {[state['config'].get(k) for k in differing]}, now {[config[k] for k in differing]})")
+            raise ValueError(
+                f"sampler state was saved with different arguments: {', '.join(differing)} "
+                f"(saved {[state['config'].get(k) for k in differing]}, now {[config[k] for k in differing]})"
+            )
         self._reset()
         for start, weights in state["updates"]:
             self._rebuild(int(start), weights)
             self._updates.append((int(start), [float(w) for w in weights]))
         self._next_step = int(state["next_step"])
         self._weights = [float(w) for w in state["weights"]]
-        self._window_sum = torch.tensor([float(s) for s in state["window_sum"]], dtype=torch.float64,
-                                        device=self._window_sum.device)
+        self._window_sum = torch.tensor(
+            [float(s) for s in state["window_sum"]], dtype=torch.float64, device=self._window_sum.device
+        )
         self._window_count = [int(c) for c in state["window_count"]]

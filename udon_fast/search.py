@@ -1,4 +1,5 @@
 """`python -m udon_fast.search`: runs udon_fast.commands.search."""
+
 import sys
 
 from .commands import run

@@ -1,4 +1,5 @@
 """`python -m udon_fast.train`: runs udon_fast.commands.train."""
+
 import sys
 
 from .commands import run

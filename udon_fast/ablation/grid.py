@@ -17,6 +17,7 @@ writing to `<out>/runs/<variant>/seed<k>/`, with its stdout/stderr in `train.log
 whose `results.json` exists is complete and never redone; any other run is started with
 `--resume`, which continues from its last checkpoint (or starts fresh when it has none).
 """
+
 import argparse
 import json
 import os
@@ -79,9 +80,19 @@ class Cell:
 
     def argv(self, train_args: Sequence[str]) -> list[str]:
         """The trainer's command line for this run (always --resume: a fresh run starts anyway)."""
-        return [*train_args, "--sampler", self.variant.sampler,
-                "--distill" if self.variant.distill else "--no-distill", "--seed", str(self.seed),
-                "--out", str(self.out), "--resume", "--no-progress", *(() if self.baseline else ("--no-baseline",))]
+        return [
+            *train_args,
+            "--sampler",
+            self.variant.sampler,
+            "--distill" if self.variant.distill else "--no-distill",
+            "--seed",
+            str(self.seed),
+            "--out",
+            str(self.out),
+            "--resume",
+            "--no-progress",
+            *(() if self.baseline else ("--no-baseline",)),
+        ]
 
     def steps_done(self) -> int:
         """Training steps recorded so far (lines of metrics.jsonl)."""
@@ -105,15 +116,19 @@ def raising(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def make_cells(out: Path, seeds: int) -> list[Cell]:
     """Every run of the grid, seed-major (all variants of seed 0 first): a partial grid is comparable.
     The first evaluates the off-the-shelf backbone for the whole grid."""
-    return [Cell(v, s, out / "runs" / v.name / f"seed{s}", baseline=s == 0 and i == 0)
-            for s in range(seeds) for i, v in enumerate(VARIANTS)]
+    return [
+        Cell(v, s, out / "runs" / v.name / f"seed{s}", baseline=s == 0 and i == 0)
+        for s in range(seeds)
+        for i, v in enumerate(VARIANTS)
+    ]
 
 
 def planned_steps(config: TrainConfig) -> int:
     """Training steps of one run (one process: the trainer's `TrainConfig.schedule`)."""
     folders = parse_folders(config.folder)
-    domains, _ = load_domains_with_splits(default_data_root(config.data_root, folders), config.domains, folders,
-                                          config.split_seed)
+    domains, _ = load_domains_with_splits(
+        default_data_root(config.data_root, folders), config.domains, folders, config.split_seed
+    )
     return config.schedule(sum(len(d.train) for d in domains.values()))[1]
 
 
@@ -124,8 +139,10 @@ def claim_folder(out: Path, train_args: Sequence[str]) -> None:
     if state.is_file():
         saved = json.loads(state.read_text(encoding="utf-8"))["train_args"]
         if saved != list(train_args):
-            raise GridError(f"--out {out} holds a grid run with the train flags {saved!r}, not {list(train_args)!r}; "
-                            f"repeat those flags to resume it or choose another --out")
+            raise GridError(
+                f"--out {out} holds a grid run with the train flags {saved!r}, not {list(train_args)!r}; "
+                f"repeat those flags to resume it or choose another --out"
+            )
         return
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise GridError(f"--out {out} is not empty and holds no {STATE_FILE}; choose a new folder")
@@ -138,8 +155,9 @@ def _last_line(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1].strip()
 
 
-def run_cell(cell: Cell, train_args: Sequence[str], on_poll: Callable[[], None] = lambda: None,
-             poll_s: float = 1.0) -> None:
+def run_cell(
+    cell: Cell, train_args: Sequence[str], on_poll: Callable[[], None] = lambda: None, poll_s: float = 1.0
+) -> None:
     """Run (or continue) one cell in a subprocess; `on_poll` is called while it runs.
 
     Raises GridError naming the run and its log when the trainer fails; on KeyboardInterrupt the
@@ -148,13 +166,20 @@ def run_cell(cell: Cell, train_args: Sequence[str], on_poll: Callable[[], None] 
     cell.out.mkdir(parents=True, exist_ok=True)
     log = cell.out / "train.log"
     package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+    )
     with log.open("a", encoding="utf-8") as sink:
         sink.write(f"$ python -m udon_fast.train {' '.join(cell.argv(train_args))}\n")
         sink.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "udon_fast.train", *cell.argv(train_args)],
-                                stdout=sink, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "udon_fast.train", *cell.argv(train_args)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             while proc.poll() is None:
                 on_poll()

@@ -1,4 +1,5 @@
 """`python -m udon_fast.ablation.replay`: runs udon_fast.commands.replay."""
+
 import sys
 
 from ..commands import run

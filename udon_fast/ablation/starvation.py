@@ -8,6 +8,7 @@ old weight, which then competes with mean CEs of a few nats, so a domain that mi
 stay near zero for the rest of the run.  `python -m udon_fast.ablation.replay RUN` prints the comparison
 (`udon_fast.commands.replay`).
 """
+
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,13 +24,15 @@ def loss_curves(metrics: Sequence[Mapping]) -> dict[str, list[float]]:
     return dict(sorted(curves.items()))
 
 
-def replay(curves: Mapping[str, Sequence[float]], total_steps: int, update_every: int, seed: int
-           ) -> dict[str, np.ndarray]:
+def replay(
+    curves: Mapping[str, Sequence[float]], total_steps: int, update_every: int, seed: int
+) -> dict[str, np.ndarray]:
     """Run the dynamic rule on `curves`; returns {"domains": (S,) int32 domain index per step,
     "weights": (S, K) float64 weight of each domain when the step was drawn}."""
     names = list(curves)
-    sampler = DomainSampler({n: 1 for n in names}, total_steps, strategy="dynamic", update_every=update_every,
-                            seed=seed)
+    sampler = DomainSampler(
+        {n: 1 for n in names}, total_steps, strategy="dynamic", update_every=update_every, seed=seed
+    )
     drawn = dict.fromkeys(names, 0)
     domains = np.empty(total_steps, dtype=np.int32)
     weights = np.empty((total_steps, len(names)))
@@ -43,8 +46,9 @@ def replay(curves: Mapping[str, Sequence[float]], total_steps: int, update_every
     return {"domains": domains, "weights": weights}
 
 
-def starvation(curves: Mapping[str, Sequence[float]], total_steps: int, update_every: int, seeds: int
-               ) -> dict[str, dict[str, float]]:
+def starvation(
+    curves: Mapping[str, Sequence[float]], total_steps: int, update_every: int, seeds: int
+) -> dict[str, dict[str, float]]:
     """Per domain over `seeds` replays: mean share of the steps, mean number of windows (of the
     total_steps // update_every full ones) in which it drew no batch, and in how many replays that
     happened at least once."""
@@ -54,10 +58,20 @@ def starvation(curves: Mapping[str, Sequence[float]], total_steps: int, update_e
     for seed in range(seeds):
         drawn = replay(curves, total_steps, update_every, seed)["domains"]
         share += np.bincount(drawn, minlength=len(names)) / total_steps
-        per_window = np.stack([np.bincount(drawn[w * update_every:(w + 1) * update_every], minlength=len(names))
-                               for w in range(windows)]) if windows else np.ones((1, len(names)))
+        per_window = (
+            np.stack(
+                [
+                    np.bincount(drawn[w * update_every : (w + 1) * update_every], minlength=len(names))
+                    for w in range(windows)
+                ]
+            )
+            if windows
+            else np.ones((1, len(names)))
+        )
         misses = (per_window == 0).sum(axis=0)
         missed += misses
         replays += misses > 0
-    return {n: {"share": share[i] / seeds, "missed_windows": missed[i] / seeds, "replays_with_a_miss": int(replays[i])}
-            for i, n in enumerate(names)}
+    return {
+        n: {"share": share[i] / seeds, "missed_windows": missed[i] / seeds, "replays_with_a_miss": int(replays[i])}
+        for i, n in enumerate(names)
+    }

@@ -3,6 +3,7 @@
 Every figure is the student embedding on the merged index (the UnED headline), per domain and
 the mean over domains, as mean ± sample standard deviation over the seeds that finished.
 """
+
 import json
 import math
 from collections import Counter
@@ -52,23 +53,39 @@ def summarize(cells: Sequence[Cell], variants: Sequence[Variant]) -> dict[str, A
         done = [c for c in cells if c.variant == variant and c.complete]
         results = {c.seed: json.loads((c.out / "results.json").read_text(encoding="utf-8")) for c in done}
         runs[variant.name] = {
-            str(c.seed): {"out": str(c.out), **{stage: _merged(results[c.seed], stage) for stage in STAGES},
-                          "validation": results[c.seed].get("validation", []), "steps": steps_per_domain(c.out)}
-            for c in done}
+            str(c.seed): {
+                "out": str(c.out),
+                **{stage: _merged(results[c.seed], stage) for stage in STAGES},
+                "validation": results[c.seed].get("validation", []),
+                "steps": steps_per_domain(c.out),
+            }
+            for c in done
+        }
         if not results:
             continue
         first = _merged(next(iter(results.values())), "final")
         domains = domains or [d for d in first if d != "mean"] + ["mean"]
         summary[variant.name] = {
-            stage: {domain: {key: mean_std([_merged(r, stage)[domain][key] for r in results.values()])
-                             for key, _ in METRICS} for domain in domains}
-            for stage in STAGES}
+            stage: {
+                domain: {
+                    key: mean_std([_merged(r, stage)[domain][key] for r in results.values()]) for key, _ in METRICS
+                }
+                for domain in domains
+            }
+            for stage in STAGES
+        }
         summary[variant.name]["seeds"] = sorted(results)
         summary[variant.name]["steps"] = {
             d: mean_std([runs[variant.name][str(seed)]["steps"].get(d, 0) for seed in results])["mean"]
-            for d in domains if d != "mean"}
-    data = {"variants": {v.name: {"label": v.label, "sampler": v.sampler, "distill": v.distill} for v in variants},
-            "domains": domains, "summary": summary, "runs": runs}
+            for d in domains
+            if d != "mean"
+        }
+    data = {
+        "variants": {v.name: {"label": v.label, "sampler": v.sampler, "distill": v.distill} for v in variants},
+        "domains": domains,
+        "summary": summary,
+        "runs": runs,
+    }
     first = next((c for c in cells if c.baseline and c.complete), None)
     if first is not None:
         results = json.loads((first.out / "results.json").read_text(encoding="utf-8"))
@@ -86,12 +103,18 @@ def _cell(stat: dict[str, Any]) -> str:
 def markdown(data: dict[str, Any], header: str) -> str:
     """One table per metric: rows = variant x (initial, final), columns = domains and their mean."""
     domains, summary = data["domains"], data["summary"]
-    parts = [f"# UDON ablation\n\n{header}\n\nStudent embedding, merged index, UnED kNN protocol (k = 5); "
-             f"metrics in %, mean ± sample std over seeds (n = seeds finished). "
-             f"`initial` is the untrained model, `final` the best validation checkpoint."]
+    parts = [
+        f"# UDON ablation\n\n{header}\n\nStudent embedding, merged index, UnED kNN protocol (k = 5); "
+        f"metrics in %, mean ± sample std over seeds (n = seeds finished). "
+        f"`initial` is the untrained model, `final` the best validation checkpoint."
+    ]
     for key, label in METRICS:
-        lines = [f"## {label}", "", "| variant | stage | n | " + " | ".join(domains) + " |",
-                 "|---|---|---|" + "---|" * len(domains)]
+        lines = [
+            f"## {label}",
+            "",
+            "| variant | stage | n | " + " | ".join(domains) + " |",
+            "|---|---|---|" + "---|" * len(domains),
+        ]
         for name, stats in summary.items():
             for stage in STAGES:
                 cells = [_cell(stats[stage][d][key]) for d in domains]
@@ -100,14 +123,22 @@ def markdown(data: dict[str, Any], header: str) -> str:
         parts.append("\n".join(lines))
     if "off_the_shelf" in data:
         mean = data["off_the_shelf"]["mean"]
-        parts.append("The off-the-shelf backbone (its own features, no training; evaluated once for the grid): "
-                     + ", ".join(f"{label} {100 * mean[key]:.1f}" for key, label in METRICS) + " (mean over domains).")
+        parts.append(
+            "The off-the-shelf backbone (its own features, no training; evaluated once for the grid): "
+            + ", ".join(f"{label} {100 * mean[key]:.1f}" for key, label in METRICS)
+            + " (mean over domains)."
+        )
     names = [d for d in domains if d != "mean"]
-    lines = ["## Training steps per domain (mean over seeds)", "", "| variant | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
+    lines = [
+        "## Training steps per domain (mean over seeds)",
+        "",
+        "| variant | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for name, stats in summary.items():
-        lines.append(f"| {data['variants'][name]['label']} | " + " | ".join(f"{stats['steps'][d]:.0f}" for d in names)
-                     + " |")
+        lines.append(
+            f"| {data['variants'][name]['label']} | " + " | ".join(f"{stats['steps'][d]:.0f}" for d in names) + " |"
+        )
     parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -123,14 +154,26 @@ def chart(data: dict[str, Any], path: Path) -> Path:
         for i, name in enumerate(names):
             stats = summary[name]["final"]
             xs = [j - 0.4 + width * (i + 0.5) for j in range(len(domains))]
-            ax.bar(xs, [100 * stats[d][key]["mean"] for d in domains], width,
-                   yerr=[100 * (stats[d][key]["std"] or 0.0) for d in domains], capsize=2,
-                   label=data["variants"][name]["label"])
+            ax.bar(
+                xs,
+                [100 * stats[d][key]["mean"] for d in domains],
+                width,
+                yerr=[100 * (stats[d][key]["std"] or 0.0) for d in domains],
+                capsize=2,
+                label=data["variants"][name]["label"],
+            )
         if names:
             initial = summary[names[0]]["initial"]
             for j, d in enumerate(domains):
-                ax.hlines(100 * initial[d][key]["mean"], j - 0.45, j + 0.45, colors="k", linestyles="dashed",
-                          linewidth=1, label="untrained" if j == 0 else None)
+                ax.hlines(
+                    100 * initial[d][key]["mean"],
+                    j - 0.45,
+                    j + 0.45,
+                    colors="k",
+                    linestyles="dashed",
+                    linewidth=1,
+                    label="untrained" if j == 0 else None,
+                )
         ax.set_xticks(range(len(domains)), domains)
         ax.set_title(f"{label} (student, merged index)")
     axes[0].set_ylabel("%")

@@ -2,6 +2,7 @@
 embed, index, search, export, ablate, serve, data and info; `cli` is the convention they share (flags,
 help, exit codes, the one error wrapper).  Commands import the library; the library never imports them.
 `python -m udon_fast.<command>` runs `udon_fast.commands.<command>` through a thin alias module."""
+
 import importlib
 import sys
 

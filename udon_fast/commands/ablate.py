@@ -9,9 +9,10 @@ DIR/runs/<variant>/seed<k>/.  Rerunning the same command resumes a partly finish
 runs are kept, an interrupted one continues from its last checkpoint.  While a grid runs, DIR is locked
 (and each run's folder by its run): a second grid on DIR exits at once, naming the running process.
 """
+
 import argparse
-from collections.abc import Sequence
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..extras import needs_extra
@@ -19,20 +20,33 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
-from ..ablation.grid import (GRID_OPTIONS, VARIANTS, GridError, claim_folder, make_cells, planned_steps, raising,
-                             run_cell)
+from ..ablation.grid import (
+    GRID_OPTIONS,
+    VARIANTS,
+    GridError,
+    claim_folder,
+    make_cells,
+    planned_steps,
+    raising,
+    run_cell,
+)
 from ..ablation.summary import write_outputs
 from ..config import TrainConfig, load_yaml
-from .cli import command_parser, run_command
 from ..files.run_lock import lock_folder
+from .cli import command_parser, run_command
 from .train import build_parser as train_parser
 from .train import parse_args as parse_train_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = raising(command_parser("python -m udon_fast.ablate", __doc__,
-                                    "Any other flag is a train flag (python -m udon_fast.train --help), e.g. "
-                                    "--epochs 3.", allow_abbrev=False))
+    parser = raising(
+        command_parser(
+            "python -m udon_fast.ablate",
+            __doc__,
+            "Any other flag is a train flag (python -m udon_fast.train --help), e.g. --epochs 3.",
+            allow_abbrev=False,
+        )
+    )
     grid = parser.add_argument_group("grid")
     grid.add_argument("--out", required=True, help="grid folder (new, or a grid folder to resume)")
     grid.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
@@ -53,13 +67,17 @@ def check_train_args(train_args: Sequence[str]) -> TrainConfig:
     given = [name for name in GRID_OPTIONS if getattr(args, name) is not None]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise GridError(f"{flags} cannot be passed through: the grid sets --sampler, --distill/--no-distill, "
-                        f"--seed and --out (= <--out>/runs/<variant>/seed<k>) for each run itself")
+        raise GridError(
+            f"{flags} cannot be passed through: the grid sets --sampler, --distill/--no-distill, "
+            f"--seed and --out (= <--out>/runs/<variant>/seed<k>) for each run itself"
+        )
     if args.config:
         clash = sorted(set(load_yaml(args.config)) & set(GRID_OPTIONS))
         if clash:
-            raise GridError(f"{args.config}: sets {', '.join(clash)}, which the grid sets for each run itself; "
-                            f"remove {'it' if len(clash) == 1 else 'them'} from the file")
+            raise GridError(
+                f"{args.config}: sets {', '.join(clash)}, which the grid sets for each run itself; "
+                f"remove {'it' if len(clash) == 1 else 'them'} from the file"
+            )
     return parse_train_args(list(train_args))
 
 
@@ -79,8 +97,10 @@ def _ablate(argv: list[str] | None) -> int:
 
 def _run_grid(out: Path, seeds: int, train_args: list[str], config, per_run: int) -> int:
     cells = make_cells(out, seeds)
-    header = (f"{len(VARIANTS)} variants x {seeds} seed(s), {per_run} steps per run; "
-              f"train flags: {' '.join(train_args) or '(defaults)'}")
+    header = (
+        f"{len(VARIANTS)} variants x {seeds} seed(s), {per_run} steps per run; "
+        f"train flags: {' '.join(train_args) or '(defaults)'}"
+    )
     runs_bar = tqdm(total=len(cells), desc="runs", unit="run", position=0, disable=not config.progress)
     steps_bar = tqdm(total=per_run * len(cells), desc="steps", unit="step", position=1, disable=not config.progress)
     finished = sum(per_run for c in cells if c.complete)

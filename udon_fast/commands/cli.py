@@ -1,5 +1,6 @@
 """What every command line shares (docs/cli.md): the parser factory, the shared flags, old spellings kept
 as hidden aliases, and `run_command`, the one error wrapper with the one set of exit codes."""
+
 import argparse
 import sys
 import traceback
@@ -20,27 +21,34 @@ EXIT_CODES = """exit codes (the same for every command, docs/cli.md):
 DEPRECATED = "{prog}: warning: {old} is deprecated and goes in the next release; use {new}"
 
 
-def command_parser(prog: str, description: str | None, epilog: str | None = None,
-                   **options: Any) -> argparse.ArgumentParser:
+def command_parser(
+    prog: str, description: str | None, epilog: str | None = None, **options: Any
+) -> argparse.ArgumentParser:
     """The parser of `python -m udon_fast.<command>`: the description kept as written, `epilog` and then the
     exit codes at the end of --help; `options` go to ArgumentParser (e.g. allow_abbrev)."""
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   epilog="\n\n".join(filter(None, (epilog, EXIT_CODES))),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **options)
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="\n\n".join(filter(None, (epilog, EXIT_CODES))),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **options,
+    )
 
 
 def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     """The subcommands of `parser` (`python -m udon_fast.<command> NAME ...`), listed under "commands"; add
     each with `add_subcommand`."""
-    return parser.add_subparsers(dest="command", required=True, title="commands",
-                                 help=f"what to do ({parser.prog} COMMAND --help for its flags)")
+    return parser.add_subparsers(
+        dest="command", required=True, title="commands", help=f"what to do ({parser.prog} COMMAND --help for its flags)"
+    )
 
 
 def add_subcommand(commands, name: str, summary: str) -> argparse.ArgumentParser:
     """The parser of `python -m udon_fast.<command> NAME` in `commands` (`subcommands`): `summary` as its
     help line and description, the exit codes at the end of its --help."""
-    return commands.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    return commands.add_parser(
+        name, help=summary, description=summary, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -64,12 +72,12 @@ def add_aliases(parser, canonical: str, dest: str, aliases: Iterable[str], **kwa
         parser.add_argument(alias, dest=dest, action=_DeprecatedAlias, canonical=canonical, **kwargs)
 
 
-def add_data_threads(parser, default: int | None = 2, aliases: Iterable[str] = ("--threads",),
-                     help: str = DATA_THREADS_HELP) -> None:
+def add_data_threads(
+    parser, default: int | None = 2, aliases: Iterable[str] = ("--threads",), help: str = DATA_THREADS_HELP
+) -> None:
     """`--data-threads N`: the image reading and decoding threads (every command that reads images; the
     name of TrainConfig's field).  `aliases`: the command's old spellings (--threads, --workers)."""
-    parser.add_argument("--data-threads", type=int, default=default, metavar="N",
-                        help=help.format(default=default))
+    parser.add_argument("--data-threads", type=int, default=default, metavar="N", help=help.format(default=default))
     add_aliases(parser, "--data-threads", "data_threads", aliases, type=int)
 
 
@@ -80,9 +88,13 @@ def add_max_pixels(parser) -> None:
 
 def add_decoder(parser, choices: Iterable[str]) -> None:
     """`--decoder {dali,torchvision}` (default dali)."""
-    parser.add_argument("--decoder", choices=tuple(choices), default="dali",
-                        help="image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
-                             "(the fastest on CPUs); the same pixels either way")
+    parser.add_argument(
+        "--decoder",
+        choices=tuple(choices),
+        default="dali",
+        help="image decoder: dali (default; torchvision when DALI is not installed) or torchvision "
+        "(the fastest on CPUs); the same pixels either way",
+    )
 
 
 def add_batch_size(parser, default: int, what: str = "images embedded per batch") -> None:
@@ -94,8 +106,12 @@ def add_checkpoint(parser, help: str = "a udon_fast checkpoint (.pt)", required:
 
 
 def add_index_file(parser, required: bool = True) -> None:
-    parser.add_argument("--index", required=required, metavar="GALLERY.faiss",
-                        help="index file written by python -m udon_fast.index build")
+    parser.add_argument(
+        "--index",
+        required=required,
+        metavar="GALLERY.faiss",
+        help="index file written by python -m udon_fast.index build",
+    )
 
 
 def add_split_seed(parser, help: str) -> None:

@@ -1,25 +1,35 @@
 """`python -m udon_fast.data verify --data-root DIR`, `python -m udon_fast.data builtin --out DIR` and
 `python -m udon_fast.data shard (--data-root DIR | --folder NAME=DIR ...) --out SHARDS [--shard-size 256MB]`."""
+
 import argparse
 import sys
 from pathlib import Path
 
 from ..checks import check_positive
-from .cli import (add_data_threads, add_folder, add_max_pixels, add_split_seed, add_subcommand,
-                   command_parser, run_command, subcommands)
 from ..config import parse_folders
-from ..errors import InputError
-from ..files.outputs import atomic_write_text
 from ..data.builtin import write_builtin
 from ..data.folder_split import load_domains_with_splits
 from ..data.image_bytes import set_max_pixels
 from ..data.shards import parse_size, write_shards
 from ..data.verify import POLICIES, verify_dataset
+from ..errors import InputError
+from ..files.outputs import atomic_write_text
+from .cli import (
+    add_data_threads,
+    add_folder,
+    add_max_pixels,
+    add_split_seed,
+    add_subcommand,
+    command_parser,
+    run_command,
+    subcommands,
+)
 
 
 def _verify(args) -> int:
-    report = verify_dataset(args.data_root, args.domains, workers=args.data_threads, policy=args.on_bad,
-                            progress=not args.json)
+    report = verify_dataset(
+        args.data_root, args.domains, workers=args.data_threads, policy=args.on_bad, progress=not args.json
+    )
     listing = report.to_json() if args.json else "\n".join([report.summary(), *report.lines()])
     if args.report:
         atomic_write_text(args.report, listing + "\n", "--report")
@@ -30,8 +40,10 @@ def _verify(args) -> int:
     else:
         print(listing)
     if report.missing:
-        print(f"udon_fast.data: error: {len(report.missing)} image file(s) listed are missing or unreadable",
-              file=sys.stderr)
+        print(
+            f"udon_fast.data: error: {len(report.missing)} image file(s) listed are missing or unreadable",
+            file=sys.stderr,
+        )
     return report.exit_code
 
 
@@ -58,28 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_pixels(data)
     add_data_threads(data, None, ("--workers",), "CPU threads that read and decode images (default: all cores)")
     check = verify.add_argument_group("check and report")
-    check.add_argument("--on-bad", choices=POLICIES, default="fail",
-                       help="fail: every missing or undecodable file fails (exit 1); warn: an undecodable file "
-                            "listed only by train splits is a warning (training skips it); missing files and "
-                            "undecodable evaluation images still fail")
+    check.add_argument(
+        "--on-bad",
+        choices=POLICIES,
+        default="fail",
+        help="fail: every missing or undecodable file fails (exit 1); warn: an undecodable file "
+        "listed only by train splits is a warning (training skips it); missing files and "
+        "undecodable evaluation images still fail",
+    )
     check.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
     check.add_argument("--report", help="write the full listing (or the JSON) to this file instead of stdout")
     builtin = add_subcommand(commands, "builtin", "write the built-in multi-domain dataset (UnED layout)")
     options = builtin.add_argument_group("output")
     options.add_argument("--out", required=True, help="new or empty folder to write into")
     options.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
-    shard = add_subcommand(commands, "shard", "write a dataset as webdataset tar shards plus an index; --data-root "
-                                           "SHARDS then trains and evaluates from them")
+    shard = add_subcommand(
+        commands,
+        "shard",
+        "write a dataset as webdataset tar shards plus an index; --data-root "
+        "SHARDS then trains and evaluates from them",
+    )
     data = shard.add_argument_group("data")
     data.add_argument("--data-root", help="UnED root (info_files/, images/) to shard")
-    add_folder(data, "a folder-per-class domain to shard (repeatable); without test/val folders its seeded class "
-                     "split (--split-seed) is made now and stored in the shards")
+    add_folder(
+        data,
+        "a folder-per-class domain to shard (repeatable); without test/val folders its seeded class "
+        "split (--split-seed) is made now and stored in the shards",
+    )
     data.add_argument("--domains", nargs="+", help="UnED domains to shard (default: all)")
     add_split_seed(data, "class split of --folder domains (default 0)")
     output = shard.add_argument_group("output")
     output.add_argument("--out", required=True, help="new or empty folder for the shards")
-    output.add_argument("--shard-size", default="256MB",
-                        help="largest tar file, e.g. 256MB (default), 1GB, 64MiB; a shard holds at least one image")
+    output.add_argument(
+        "--shard-size",
+        default="256MB",
+        help="largest tar file, e.g. 256MB (default), 1GB, 64MiB; a shard holds at least one image",
+    )
     return parser
 
 

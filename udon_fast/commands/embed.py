@@ -6,20 +6,28 @@ shape and dtype, the .npy file's SHA-256 and size), written as a pair (`files.pa
 leaves the old pair); `python -m udon_fast.index build` and `python -m udon_fast.search` read them
 and check that they belong together.
 """
+
 import argparse
 import sys
 from pathlib import Path
 
 import torch
 
+from ..checks import check_positive
 from ..data.decoders import DECODERS
 from ..data.image_bytes import set_max_pixels
-from ..model import load_embedder
 from ..files.outputs import check_writable_folder
+from ..model import load_embedder
 from ..retrieval.embed import embed_paths, list_images, meta_path, write_embeddings
-from ..checks import check_positive
-from .cli import (add_batch_size, add_checkpoint, add_data_threads, add_decoder, add_max_pixels,
-                  command_parser, run_command)
+from .cli import (
+    add_batch_size,
+    add_checkpoint,
+    add_data_threads,
+    add_decoder,
+    add_max_pixels,
+    command_parser,
+    run_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoder(inputs, DECODERS)
     add_batch_size(inputs, 128)
     output = parser.add_argument_group("output")
-    output.add_argument("--out", required=True, metavar="FILE.npy",
-                        help="output .npy file (FILE.meta.json is written beside it)")
+    output.add_argument(
+        "--out", required=True, metavar="FILE.npy", help="output .npy file (FILE.meta.json is written beside it)"
+    )
     return parser
 
 
@@ -54,8 +63,9 @@ def _embed(args: argparse.Namespace) -> int:
     model = load_embedder(args.checkpoint, map_location=device)
     paths = list_images(Path(args.images))
     check_writable_folder(out.parent, "--out")
-    embeddings = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.data_threads,
-                             decoder=args.decoder)
+    embeddings = embed_paths(
+        model, paths, device=device, batch_size=args.batch_size, threads=args.data_threads, decoder=args.decoder
+    )
     write_embeddings(out, embeddings, paths, str(Path(args.checkpoint).resolve()))
     print(f"{len(paths)} embeddings {embeddings.shape} -> {out} (paths in {meta_path(out)})")
     return 0

@@ -21,6 +21,7 @@ with their top-5 in the merged index, marked correct or wrong (`udon_fast.galler
 queries, and each page adds the queries the trained model gets right at rank 1 and the backbone wrong,
 and the reverse.
 """
+
 import argparse
 import csv
 import json
@@ -29,21 +30,30 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checks import check_positive
-from .cli import (add_batch_size, add_checkpoint, add_data_threads, add_decoder, add_folder, add_max_pixels,
-                  add_split_seed, command_parser, run_command)
 from ..config import parse_folders
 from ..data import default_data_root, load_domains_with_splits
 from ..data.decoders import DECODERS
 from ..data.image_bytes import set_max_pixels
 from ..errors import InputError
 from ..evaluation.protocol import COUNTS, EMBEDDINGS, INDEX_MODES, METRICS, evaluate_model
-from ..gallery import merged_search, write_gallery
-from ..retrieval.knn import NO_POSITIVE_MODES
-from ..model import backbone_embedder, load_model
-from ..files.outputs import atomic_write_text, check_writable_folder, writing
-from .. import distributed
 from ..evaluation.results import results_table
+from ..files.outputs import atomic_write_text, check_writable_folder, writing
+from ..gallery import merged_search, write_gallery
+from ..model import backbone_embedder, load_model
+from ..retrieval.knn import NO_POSITIVE_MODES
+from .cli import (
+    add_batch_size,
+    add_checkpoint,
+    add_data_threads,
+    add_decoder,
+    add_folder,
+    add_max_pixels,
+    add_split_seed,
+    command_parser,
+    run_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--pretrained", help="with --backbone: weights file, 'packaged' or 'none'")
     what.add_argument("--image-size", type=int, help="with --backbone: image side (default: 224)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data-root", help="UnED root (info_files/, images/); default: the built-in dataset "
-                                          "unless --folder is given")
+    data.add_argument(
+        "--data-root", help="UnED root (info_files/, images/); default: the built-in dataset unless --folder is given"
+    )
     add_folder(data, "a folder-per-class domain (repeatable); see python -m udon_fast.train --help")
     add_split_seed(data, "class split of --folder domains the checkpoint has no record of (default 0)")
     data.add_argument("--split", choices=("test", "val"), default="test", help="the split to evaluate (default test)")
@@ -64,24 +75,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_threads(data)
     add_decoder(data, DECODERS)
     search = parser.add_argument_group("search and metrics")
-    search.add_argument("--index", choices=INDEX_MODES, default="both",
-                        help="merged: one index of every domain's images (the UnED protocol); separate: one per "
-                             "domain; both (default)")
-    search.add_argument("--embedding", choices=EMBEDDINGS,
-                        help="default: both for a checkpoint (student only on domains it has no teacher for), "
-                             "student for --backbone")
-    search.add_argument("--no-positive", choices=NO_POSITIVE_MODES, default="miss",
-                        help="queries without a relevant index item: 'miss' counts them as misses in every "
-                             "mean (the official UnED metric, default); 'exclude' leaves them out of the means")
+    search.add_argument(
+        "--index",
+        choices=INDEX_MODES,
+        default="both",
+        help="merged: one index of every domain's images (the UnED protocol); separate: one per domain; both (default)",
+    )
+    search.add_argument(
+        "--embedding",
+        choices=EMBEDDINGS,
+        help="default: both for a checkpoint (student only on domains it has no teacher for), student for --backbone",
+    )
+    search.add_argument(
+        "--no-positive",
+        choices=NO_POSITIVE_MODES,
+        default="miss",
+        help="queries without a relevant index item: 'miss' counts them as misses in every "
+        "mean (the official UnED metric, default); 'exclude' leaves them out of the means",
+    )
     add_batch_size(search, 128)
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, help="output folder (results.json, results.csv, results.md)")
-    output.add_argument("--gallery", type=int, metavar="K",
-                        help="write OUT/gallery/: per domain K sampled queries with their top-5 neighbours")
+    output.add_argument(
+        "--gallery",
+        type=int,
+        metavar="K",
+        help="write OUT/gallery/: per domain K sampled queries with their top-5 neighbours",
+    )
     output.add_argument("--gallery-seed", type=int, default=0, help="seed of the gallery's query sample")
-    output.add_argument("--gallery-baseline", metavar="FILE|packaged",
-                        help="with --checkpoint and --gallery: weights of the checkpoint's backbone off the shelf; "
-                             "the pages then show where the trained model and the backbone disagree at rank 1")
+    output.add_argument(
+        "--gallery-baseline",
+        metavar="FILE|packaged",
+        help="with --checkpoint and --gallery: weights of the checkpoint's backbone off the shelf; "
+        "the pages then show where the trained model and the backbone disagree at rank 1",
+    )
     return parser
 
 
@@ -115,13 +142,15 @@ def _load(args, device: torch.device):
         raise InputError("--pretrained and --image-size go with --backbone; a checkpoint brings its own")
     model, checkpoint = load_model(args.checkpoint, map_location=device)
     uned = [d for d in model.domains if d not in folders] if data_root is not None else None
-    domains, _ = load_domains_with_splits(data_root, uned, folders, args.split_seed,
-                                          checkpoint["config"].get("folder_splits"))
+    domains, _ = load_domains_with_splits(
+        data_root, uned, folders, args.split_seed, checkpoint["config"].get("folder_splits")
+    )
     unknown = sorted(set(domains) - set(model.domains))
     embedding = args.embedding or ("student" if unknown else "both")
     if unknown and embedding != "student":
-        raise InputError(f"--embedding {embedding}: the checkpoint has no teacher for domain(s) {unknown}; "
-                         f"use --embedding student")
+        raise InputError(
+            f"--embedding {embedding}: the checkpoint has no teacher for domain(s) {unknown}; use --embedding student"
+        )
     return model, domains, embedding, args.checkpoint
 
 
@@ -135,8 +164,10 @@ def _check_gallery(args) -> None:
     if args.embedding == "teacher":
         raise InputError("--gallery shows the universal (student) embedding's search: drop --embedding teacher")
     if args.gallery_baseline and not args.checkpoint:
-        raise InputError("--gallery-baseline compares a --checkpoint with its backbone off the shelf; --backbone "
-                         "already evaluates the backbone itself")
+        raise InputError(
+            "--gallery-baseline compares a --checkpoint with its backbone off the shelf; --backbone "
+            "already evaluates the backbone itself"
+        )
 
 
 def _gallery(args, model, domains, sets, title: str, ranks: distributed.Ranks) -> None:
@@ -145,18 +176,36 @@ def _gallery(args, model, domains, sets, title: str, ranks: distributed.Ranks) -
     baseline = None
     if args.gallery_baseline:
         config = model.config
-        backbone = backbone_embedder(config["backbone_name"], args.gallery_baseline,
-                                     config["image_size"]).to(ranks.device)
+        backbone = backbone_embedder(config["backbone_name"], args.gallery_baseline, config["image_size"]).to(
+            ranks.device
+        )
         baseline_sets = {}
-        evaluate_model(backbone, domains, args.split, index="merged", embedding="student",
-                       batch_size=args.batch_size, device=ranks.device, num_threads=args.data_threads,
-                       progress=ranks.is_main, distributed=ranks.world_size > 1, no_positive=args.no_positive,
-                       decoder=args.decoder, embeddings=baseline_sets)
+        evaluate_model(
+            backbone,
+            domains,
+            args.split,
+            index="merged",
+            embedding="student",
+            batch_size=args.batch_size,
+            device=ranks.device,
+            num_threads=args.data_threads,
+            progress=ranks.is_main,
+            distributed=ranks.world_size > 1,
+            no_positive=args.no_positive,
+            decoder=args.decoder,
+            embeddings=baseline_sets,
+        )
         if ranks.is_main:
             baseline = merged_search(domains, args.split, baseline_sets)
     if ranks.is_main:
-        write_gallery(Path(args.out) / "gallery", merged_search(domains, args.split, sets), args.gallery,
-                      title=f"{title} ({args.split} split)", baseline=baseline, seed=args.gallery_seed)
+        write_gallery(
+            Path(args.out) / "gallery",
+            merged_search(domains, args.split, sets),
+            args.gallery,
+            title=f"{title} ({args.split} split)",
+            baseline=baseline,
+            seed=args.gallery_seed,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,18 +226,30 @@ def _evaluate(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     model, domains, embedding, title = _load(args, ranks.device)
     out = check_writable_folder(args.out, "--out")
     sets = {}
-    results = evaluate_model(model, domains, args.split, index=args.index, embedding=embedding,
-                             batch_size=args.batch_size, device=ranks.device, num_threads=args.data_threads,
-                             progress=ranks.is_main, distributed=ranks.world_size > 1,
-                             no_positive=args.no_positive, decoder=args.decoder, embeddings=sets)
+    results = evaluate_model(
+        model,
+        domains,
+        args.split,
+        index=args.index,
+        embedding=embedding,
+        batch_size=args.batch_size,
+        device=ranks.device,
+        num_threads=args.data_threads,
+        progress=ranks.is_main,
+        distributed=ranks.world_size > 1,
+        no_positive=args.no_positive,
+        decoder=args.decoder,
+        embeddings=sets,
+    )
     if args.gallery:
         _gallery(args, model, domains, sets, title, ranks)
     if not ranks.is_main:
         return 0
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
     write_csv(out / "results.csv", results)
-    markdown = (f"# UnED evaluation of {title} ({args.split} split)\n\nMetrics in %, k = 5.\n\n"
-                + results_table({"final": results}))
+    markdown = f"# UnED evaluation of {title} ({args.split} split)\n\nMetrics in %, k = 5.\n\n" + results_table(
+        {"final": results}
+    )
     atomic_write_text(out / "results.md", markdown)
     print(markdown)
     return 0

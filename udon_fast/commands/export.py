@@ -1,5 +1,6 @@
 """`python -m udon_fast.export`: a checkpoint's universal embedder as one ONNX or TorchScript file (the file,
 its checks and its failures: `udon_fast.model.export`)."""
+
 import argparse
 import json
 import sys
@@ -32,8 +33,10 @@ def _export(args: argparse.Namespace) -> int:
     embedder = load_embedder(args.checkpoint)
     difference = export_embedder(embedder, args.format, args.out, opset=args.opset)
     size = embedder.preprocessing.image_size
-    print(f"{args.out}: {args.format}, images (N, 3, {size}, {size}) float32 -> embeddings (N, {embedder.dim}) "
-          f"float32, unit norm; max |difference| to PyTorch {difference:.1e}")
+    print(
+        f"{args.out}: {args.format}, images (N, 3, {size}, {size}) float32 -> embeddings (N, {embedder.dim}) "
+        f"float32, unit norm; max |difference| to PyTorch {difference:.1e}"
+    )
     print(f"preprocessing: {json.dumps(embedder.preprocessing.to_dict())}")
     return 0
 

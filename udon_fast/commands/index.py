@@ -1,5 +1,6 @@
 """`python -m udon_fast.index build`: a faiss index file for a gallery (the format and the kinds:
 `udon_fast.retrieval.index`)."""
+
 import argparse
 import sys
 from pathlib import Path
@@ -14,14 +15,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands = subcommands(parser)
     build = add_subcommand(commands, "build", "build a faiss index file from udon_fast.embed output")
     inputs = build.add_argument_group("input")
-    inputs.add_argument("--embeddings", required=True, metavar="E.npy", help=".npy written by python -m udon_fast.embed")
+    inputs.add_argument(
+        "--embeddings", required=True, metavar="E.npy", help=".npy written by python -m udon_fast.embed"
+    )
     index = build.add_argument_group("index")
-    index.add_argument("--kind", choices=KINDS, default="flat",
-                       help="flat (default): exact; ivf or hnsw: approximate, for large galleries (module docstring)")
+    index.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="flat",
+        help="flat (default): exact; ivf or hnsw: approximate, for large galleries (module docstring)",
+    )
     index.add_argument("--gpu", action="store_true", help="build on the GPU (flat, ivf)")
     output = build.add_argument_group("output")
-    output.add_argument("--out", required=True, metavar="GALLERY.faiss",
-                        help="index file to write (GALLERY.faiss.meta.json is written beside it)")
+    output.add_argument(
+        "--out",
+        required=True,
+        metavar="GALLERY.faiss",
+        help="index file to write (GALLERY.faiss.meta.json is written beside it)",
+    )
     return parser
 
 
@@ -33,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     meta = build(Path(args.embeddings), Path(args.out), args.kind, args.gpu)
-    print(f"{args.out}: {meta['kind']} index of {meta['count']} x {meta['dimension']}-d vectors, "
-          f"parameters {meta['parameters'] or '-'} (paths in {meta_path(Path(args.out))})")
+    print(
+        f"{args.out}: {meta['kind']} index of {meta['count']} x {meta['dimension']}-d vectors, "
+        f"parameters {meta['parameters'] or '-'} (paths in {meta_path(Path(args.out))})"
+    )
     if meta["note"]:
         print(f"note: {meta['note']}")
     return 0

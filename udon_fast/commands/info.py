@@ -1,4 +1,5 @@
 """`python -m udon_fast.info`: versions and which accelerated paths are usable on this machine."""
+
 import importlib
 import os
 import platform
@@ -6,8 +7,8 @@ import sys
 
 import torch
 
-from .cli import command_parser
 from ..losses import backends
+from .cli import command_parser
 
 
 def _version(module: str) -> str:
@@ -39,8 +40,7 @@ def report() -> list[tuple[str, str]]:
     """(item, value) rows of the availability table."""
     from .. import __version__
 
-    cuda = (f"yes: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-            if torch.cuda.is_available() else "no")
+    cuda = f"yes: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available() else "no"
     rows = [
         ("udon_fast", __version__),
         ("python", platform.python_version()),

@@ -7,6 +7,7 @@ all along); the replay runs over RUN's number of steps (or --steps), for several
 `update_every`: each domain's mean share of the steps, the mean number of steps it is starved (its weight
 below 1 / (10 x domains)), and in how many seeds it is starved for more than half the run.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -21,8 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("python -m udon_fast.ablation.replay", __doc__)
     parser.add_argument("run", help="a run folder with metrics.jsonl (best: --sampler round_robin)")
     replayed = parser.add_argument_group("replay")
-    replayed.add_argument("--update-every", type=int, nargs="+", default=[20, 50, 100, 200], metavar="STEPS",
-                          help="the update_every values to compare (default 20 50 100 200)")
+    replayed.add_argument(
+        "--update-every",
+        type=int,
+        nargs="+",
+        default=[20, 50, 100, 200],
+        metavar="STEPS",
+        help="the update_every values to compare (default 20 50 100 200)",
+    )
     replayed.add_argument("--seeds", type=int, default=20, help="replays per setting, seeds 0..N-1 (default 20)")
     replayed.add_argument("--steps", type=int, help="steps to replay (default: the run's)")
     return parser
@@ -43,14 +50,17 @@ def _replay(args: argparse.Namespace) -> int:
     records = read_metrics(path)
     curves = loss_curves(records)
     steps = args.steps or len(records)
-    print(f"{path}: {len(records)} steps measured, {steps} replayed, domains {', '.join(curves)}; "
-          f"{args.seeds} seeds per setting")
+    print(
+        f"{path}: {len(records)} steps measured, {steps} replayed, domains {', '.join(curves)}; "
+        f"{args.seeds} seeds per setting"
+    )
     print("| update_every | " + " | ".join(f"{n}: share / missed windows / replays with a miss" for n in curves) + " |")
     print("|---|" + "---|" * len(curves))
     for every in args.update_every:
         stats = starvation(curves, steps, every, args.seeds)
-        cells = [f"{100 * s['share']:.0f}% / {s['missed_windows']:.2f} / {s['replays_with_a_miss']}"
-                 for s in stats.values()]
+        cells = [
+            f"{100 * s['share']:.0f}% / {s['missed_windows']:.2f} / {s['replays_with_a_miss']}" for s in stats.values()
+        ]
         print(f"| {every} | " + " | ".join(cells) + " |")
     return 0
 

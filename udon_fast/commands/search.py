@@ -13,6 +13,7 @@ folder, each block starts with `query: PATH`).  --json OUT: {"gallery", "checkpo
 --html OUT: OUT/index.html, each query with its hits as thumbnails copied into OUT (the gallery pages'
 layout, `udon_fast.gallery`); a hit's class is shown as the folder its image is in.
 """
+
 import argparse
 import json
 import sys
@@ -20,15 +21,23 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_positive
 from ..data.decoders import DECODERS
 from ..data.image_bytes import set_max_pixels
-from ..gallery import write_search_page
 from ..files.outputs import atomic_write_text
+from ..gallery import write_search_page
 from ..retrieval.embed import embed_paths
 from ..retrieval.search import html_results, open_gallery, query_embedder, query_paths, ranked
-from ..checks import check_positive
-from .cli import (add_batch_size, add_checkpoint, add_data_threads, add_decoder, add_index_file, add_max_pixels,
-                  command_parser, run_command)
+from .cli import (
+    add_batch_size,
+    add_checkpoint,
+    add_data_threads,
+    add_decoder,
+    add_index_file,
+    add_max_pixels,
+    command_parser,
+    run_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +73,24 @@ def _search(args: argparse.Namespace) -> int:
     paths = query_paths(args.query)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = query_embedder(gallery, args.checkpoint, device)
-    queries = embed_paths(model, paths, device=device, batch_size=args.batch_size, threads=args.data_threads,
-                          decoder=args.decoder, progress=len(paths) > args.batch_size)
+    queries = embed_paths(
+        model,
+        paths,
+        device=device,
+        batch_size=args.batch_size,
+        threads=args.data_threads,
+        decoder=args.decoder,
+        progress=len(paths) > args.batch_size,
+    )
     results = ranked(gallery, queries, paths, args.top)
     if args.json:
         checkpoint = args.checkpoint or gallery.meta["checkpoint"]
-        record = {"gallery": args.index or args.embeddings, "checkpoint": str(checkpoint), "top": args.top,
-                  "results": results}
+        record = {
+            "gallery": args.index or args.embeddings,
+            "checkpoint": str(checkpoint),
+            "top": args.top,
+            "results": results,
+        }
         atomic_write_text(Path(args.json), json.dumps(record, indent=1, ensure_ascii=False))
     if args.html:
         write_search_page(args.html, html_results(results), title=f"udon_fast search of {args.query}")

@@ -1,13 +1,13 @@
 """`python -m udon_fast.serve --index GALLERY.faiss --checkpoint CKPT [--host 127.0.0.1] [--port 8000]`:
 serve searches of the gallery index over HTTP (`udon_fast.serve.app`: POST /search, GET /,
 GET /healthz).  CKPT embeds the uploaded images (default: the checkpoint recorded with the index)."""
+
 import argparse
 import sys
 
 import torch
 
 from ..checks import check_positive
-from .cli import add_checkpoint, add_data_threads, add_index_file, command_parser, run_command
 from ..errors import InputError
 from ..extras import needs_extra
 from ..retrieval.index import load_gallery
@@ -15,6 +15,7 @@ from ..retrieval.search import query_embedder
 from ..serve.app import create_app
 from ..serve.embedding import ImageEmbedder
 from ..serve.uploads import MAX_UPLOAD_BYTES
+from .cli import add_checkpoint, add_data_threads, add_index_file, command_parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint(model, "model that embeds uploads (default: the one recorded with the index)")
     add_data_threads(model)
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     server.add_argument("--top", type=int, default=5, metavar="K", help="hits per query unless a request asks ?top=K")
     server.add_argument("--max-batch", type=int, default=32, help="images embedded together at most (default 32)")
-    server.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long the first request of a batch waits for others to join it (default 5)")
-    server.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20,
-                        help=f"largest upload per file in MiB (default {MAX_UPLOAD_BYTES / 2**20:g})")
+    server.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request of a batch waits for others to join it (default 5)",
+    )
+    server.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=MAX_UPLOAD_BYTES / 2**20,
+        help=f"largest upload per file in MiB (default {MAX_UPLOAD_BYTES / 2**20:g})",
+    )
     return parser
 
 
@@ -52,8 +63,15 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
     embedder = ImageEmbedder(model, device, args.data_threads)
-    app = create_app(gallery, embedder, top=args.top, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
-                     max_upload_bytes=int(args.max_upload_mb * 2**20), title=f"udon_fast search: {args.index}")
+    app = create_app(
+        gallery,
+        embedder,
+        top=args.top,
+        max_batch=args.max_batch,
+        max_wait_s=args.max_wait_ms / 1000,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        title=f"udon_fast search: {args.index}",
+    )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

@@ -2,12 +2,12 @@
 
 `torchrun --nproc_per_node N -m udon_fast.train ...` trains data-parallel (nccl on GPU, gloo on CPU).
 """
+
 import argparse
 import shlex
 import sys
 
-from ..config import (DATA, FIELDS, LOSS, MODEL, NEGATABLE, OUTPUT, PRESETS, SCHEDULE, TrainConfig, load_yaml,
-                      on_off)
+from ..config import DATA, FIELDS, LOSS, MODEL, NEGATABLE, OUTPUT, PRESETS, SCHEDULE, TrainConfig, load_yaml, on_off
 from ..errors import EXIT_INTERRUPTED
 from .cli import command_parser, run_command
 
@@ -15,21 +15,27 @@ from .cli import command_parser, run_command
 def build_parser() -> argparse.ArgumentParser:
     """The train parser: --preset and --config, then one flag per TrainConfig field in its field's group, with
     its field's help (`_option`); every default is None, so that only the flags given override."""
-    parser = command_parser("python -m udon_fast.train", "Train a UDON universal embedding. With no arguments: "
-                            "the built-in dataset on CPU.",
-                            "Precedence: the defaults < --preset < --config FILE.yaml < the flags given. Exit code "
-                            "130 on Ctrl-C: the run stops at a checkpoint, and one line says how to resume it.")
+    parser = command_parser(
+        "python -m udon_fast.train",
+        "Train a UDON universal embedding. With no arguments: the built-in dataset on CPU.",
+        "Precedence: the defaults < --preset < --config FILE.yaml < the flags given. Exit code "
+        "130 on Ctrl-C: the run stops at a checkpoint, and one line says how to resume it.",
+    )
     sources = parser.add_argument_group("presets and files")
-    sources.add_argument("--preset", choices=sorted(PRESETS), default="builtin",
-                         help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, "
-                              "10 epochs)")
+    sources.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="builtin",
+        help="builtin: small CPU run (default); uned: the paper's full setup (ViT-B/16, B=128, 10 epochs)",
+    )
     sources.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (keys as the flags, - or _)")
     groups = {name: parser.add_argument_group(name) for name in (DATA, MODEL, LOSS, SCHEDULE, OUTPUT)}
     for name, f in FIELDS.items():
         group, help_text, flag = groups[f.metadata["group"]], f.metadata["help"], "--" + name.replace("_", "-")
         if name == "compile":
-            group.add_argument(flag, dest=name, nargs="?", const=True, default=None, type=on_off,
-                               metavar="{on,off}", help=help_text)
+            group.add_argument(
+                flag, dest=name, nargs="?", const=True, default=None, type=on_off, metavar="{on,off}", help=help_text
+            )
             group.add_argument("--no-compile", dest=name, action="store_false", help="the same as --compile off")
         elif name in NEGATABLE:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -78,7 +84,9 @@ def _train(argv: list[str]) -> int:
     try:
         train(config)
     except TrainingInterrupted as exc:
-        again = shlex.join(["python", "-m", "udon_fast.train", *map(str, argv), *([] if config.resume else ["--resume"])])
+        again = shlex.join(
+            ["python", "-m", "udon_fast.train", *map(str, argv), *([] if config.resume else ["--resume"])]
+        )
         print(f"udon_fast.train: {exc}; to continue: {again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

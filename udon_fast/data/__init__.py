@@ -14,6 +14,7 @@
 - `builtin.py`: the small built-in multi-domain dataset; `pil_baseline.py`: the benchmark baseline.
 CLI: `python -m udon_fast.data {verify,builtin,shard}`.
 """
+
 from .builtin import default_data_root, ensure_builtin, write_builtin
 from .domain import Domain, Split, knn_pairs
 from .errors import CorruptImageError, CorruptImagesError, DatasetError, InfoFileError, MissingFilesError
@@ -23,7 +24,24 @@ from .loaders import EvalLoader, TrainLoader
 from .uned import load_domains
 from .verify import VerifyReport, verify_domains
 
-__all__ = ["CorruptImageError", "CorruptImagesError", "DatasetError", "Domain", "EvalLoader", "InfoFileError",
-           "MissingFilesError", "Split", "TrainLoader", "VerifyReport", "default_data_root", "ensure_builtin",
-           "knn_pairs", "load_domains", "load_domains_with_splits", "load_folder_domain", "split_folder_domain",
-           "verify_domains", "write_builtin"]
+__all__ = [
+    "CorruptImageError",
+    "CorruptImagesError",
+    "DatasetError",
+    "Domain",
+    "EvalLoader",
+    "InfoFileError",
+    "MissingFilesError",
+    "Split",
+    "TrainLoader",
+    "VerifyReport",
+    "default_data_root",
+    "ensure_builtin",
+    "knn_pairs",
+    "load_domains",
+    "load_domains_with_splits",
+    "load_folder_domain",
+    "split_folder_domain",
+    "verify_domains",
+    "write_builtin",
+]

@@ -1,4 +1,5 @@
 """`python -m udon_fast.data`: runs udon_fast.commands.data."""
+
 import sys
 
 from ..commands import run

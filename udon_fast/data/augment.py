@@ -22,7 +22,8 @@ Eval: resize to `eval_resize(h, w, size)` (shorter side `size`, longer side roun
 scaled to its rounded length), centre crop size x size at origin floor((side - size) / 2 + 0.5),
 normalise as above.
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,7 +55,8 @@ def check_norm(mean: Sequence[float], std: Sequence[float]) -> None:
     """Reject mean/std that are not 3 values in 0..1 units (std > 0)."""
     for name, values in (("mean", mean), ("std", std)):
         if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-            raise ValueError(f"{name} must be 3 values in 0..1 units (e.g. ImageNet mean (0.485, 0.456, 0.406)), "
-                             f"got {tuple(values)}")
+            raise ValueError(
+                f"{name} must be 3 values in 0..1 units (e.g. ImageNet mean (0.485, 0.456, 0.406)), got {tuple(values)}"
+            )
     if min(std) <= 0:
         raise ValueError(f"std must be positive, got {tuple(std)}")

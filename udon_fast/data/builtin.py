@@ -30,13 +30,14 @@ least two images in its kNN set, so no query lacks a positive.
 
 Domains without an index split use query-is-index (leave-one-out).
 """
+
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -49,13 +50,36 @@ from ..files.outputs import writing
 
 VERSION = "builtin-v2"
 MARKER = ".complete"
-_FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-          "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-          "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
-          "DejaVuSansMono-BoldOblique.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
-          "STIXGeneralBolIta.ttf"]
-_GLYPH_RANGES = [(0x21, 0x7F), (0xA1, 0x250), (0x250, 0x2B0), (0x370, 0x530), (0x1E00, 0x2000),
-                 (0x2190, 0x2300), (0x2500, 0x2600), (0x2700, 0x27C0), (0x2800, 0x2900), (0x2A00, 0x2B00)]
+_FONTS = [
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+]
+_GLYPH_RANGES = [
+    (0x21, 0x7F),
+    (0xA1, 0x250),
+    (0x250, 0x2B0),
+    (0x370, 0x530),
+    (0x1E00, 0x2000),
+    (0x2190, 0x2300),
+    (0x2500, 0x2600),
+    (0x2700, 0x27C0),
+    (0x2800, 0x2900),
+    (0x2A00, 0x2B00),
+]
 
 
 def skimage_data_dir() -> Path:
@@ -102,8 +126,14 @@ class _Writer:
         return {split: len(entries) for split, entries in self.entries.items()}
 
 
-def _view(source: Image.Image, center, region: float, out: tuple[int, int], angle: float,
-          tilt: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+def _view(
+    source: Image.Image,
+    center,
+    region: float,
+    out: tuple[int, int],
+    angle: float,
+    tilt: tuple[float, float] = (0.0, 0.0),
+) -> Image.Image:
     """An (h, w) = `out` view of `source` centred at `center`, `region` source px wide, rotated by `angle` rad.
 
     `tilt` = (tx, ty) turns it into a perspective view, as from a camera turned sideways / up: the
@@ -114,16 +144,24 @@ def _view(source: Image.Image, center, region: float, out: tuple[int, int], angl
     if tilt == (0.0, 0.0):
         c = center[0] - a * w / 2 - b * h / 2
         f = center[1] - d * w / 2 - e * h / 2
-        return source.transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f),
-                                resample=Image.Resampling.BILINEAR)
+        return source.transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f), resample=Image.Resampling.BILINEAR)
     # source = A (x - w/2, y - h/2) / q + center with q = 1 + g (x - w/2) + k (y - h/2), as a projective map
     g, k = tilt[0] / w, tilt[1] / h
     q0 = 1 - g * w / 2 - k * h / 2
     cx, cy = center
-    coefficients = (a + cx * g, b + cx * k, cx * q0 - a * w / 2 - b * h / 2,
-                    d + cy * g, e + cy * k, cy * q0 - d * w / 2 - e * h / 2, g, k)
-    return source.transform((w, h), Image.Transform.PERSPECTIVE, tuple(v / q0 for v in coefficients),
-                            resample=Image.Resampling.BILINEAR)
+    coefficients = (
+        a + cx * g,
+        b + cx * k,
+        cx * q0 - a * w / 2 - b * h / 2,
+        d + cy * g,
+        e + cy * k,
+        cy * q0 - d * w / 2 - e * h / 2,
+        g,
+        k,
+    )
+    return source.transform(
+        (w, h), Image.Transform.PERSPECTIVE, tuple(v / q0 for v in coefficients), resample=Image.Resampling.BILINEAR
+    )
 
 
 def _light(image: Image.Image, rng: np.random.Generator, colour: float = 0.08) -> Image.Image:
@@ -182,8 +220,19 @@ def _landmark_places(photos: list[Image.Image], cell: int) -> list[tuple[Image.I
 
 
 def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    photos = [_load(n, 320) for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
-                                       "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png")]
+    photos = [
+        _load(n, 320)
+        for n in (
+            "astronaut.png",
+            "coffee.png",
+            "chelsea.png",
+            "rocket.jpg",
+            "motorcycle_left.png",
+            "hubble_deep_field.jpg",
+            "retina.jpg",
+            "ihc.png",
+        )
+    ]
     photos.append(_load_matplotlib("grace_hopper.jpg", 320))
     cell = 56
     places = _landmark_places(photos, cell)
@@ -192,14 +241,20 @@ def _landmarks(root: Path, rng: np.random.Generator) -> dict[str, int]:
     def view(k):
         photo, (cx, cy) = places[k]
         jitter = rng.normal(0, 0.1 * cell, 2)
-        image = _view(photo, (cx + jitter[0], cy + jitter[1]), cell * np.exp(rng.uniform(-0.3, 0.3)), (96, 120),
-                      rng.normal(0, 0.25), tuple(rng.normal(0, 0.35, 2)))
+        image = _view(
+            photo,
+            (cx + jitter[0], cy + jitter[1]),
+            cell * np.exp(rng.uniform(-0.3, 0.3)),
+            (96, 120),
+            rng.normal(0, 0.25),
+            tuple(rng.normal(0, 0.35, 2)),
+        )
         return _blur(_light(image, rng, colour=0.1), rng)
 
     w = _Writer(root, "landmarks")
     order = rng.permutation(len(ids))
     n_val = 2 * len(ids) // 3
-    val_classes, extra = order[:n_val], order[n_val:n_val + 30]
+    val_classes, extra = order[:n_val], order[n_val : n_val + 30]
     for k in range(len(ids)):
         for _ in range(3 + int(10 * rng.random() ** 2)):
             w.add("train", ids[k], view(k))
@@ -249,8 +304,9 @@ def _glyphs(root: Path, rng: np.random.Generator) -> dict[str, int]:
         if (name, size) not in fonts:
             fonts[name, size] = ImageFont.truetype(str(font_dir / name), size)
         mask = Image.new("L", (64, 64), 0)
-        ImageDraw.Draw(mask).text((32 + rng.normal(0, 3), 32 + rng.normal(0, 3)), chars[k], fill=255,
-                                  font=fonts[name, size], anchor="mm")
+        ImageDraw.Draw(mask).text(
+            (32 + rng.normal(0, 3), 32 + rng.normal(0, 3)), chars[k], fill=255, font=fonts[name, size], anchor="mm"
+        )
         mask = mask.rotate(rng.normal(0, 8), resample=Image.Resampling.BICUBIC)
         paper = rng.uniform(150, 255, 3)
         ink = paper * rng.uniform(0, 0.45) + rng.uniform(-30, 30, 3)
@@ -275,8 +331,14 @@ def _faces(root: Path, rng: np.random.Generator) -> dict[str, int]:
 
     def view(k):
         center = 12.5 + rng.normal(0, 1.2, 2)
-        image = _view(sources[k], center, 22 * np.exp(rng.uniform(-0.15, 0.15)), (64, 64), rng.normal(0, 0.15),
-                      tuple(rng.normal(0, 0.3, 2)))
+        image = _view(
+            sources[k],
+            center,
+            22 * np.exp(rng.uniform(-0.15, 0.15)),
+            (64, 64),
+            rng.normal(0, 0.15),
+            tuple(rng.normal(0, 0.3, 2)),
+        )
         return _light(_blur(image, rng, 0.5), rng, colour=0.0)
 
     w = _Writer(root, "faces")
@@ -290,8 +352,10 @@ def _faces(root: Path, rng: np.random.Generator) -> dict[str, int]:
 
 
 def _textures(root: Path, rng: np.random.Generator) -> dict[str, int]:
-    sources = [_load(n) for n in ("brick.png", "grass.png", "gravel.png", "moon.png", "coins.png", "page.png",
-                                  "camera.png", "cell.png")]
+    sources = [
+        _load(n)
+        for n in ("brick.png", "grass.png", "gravel.png", "moon.png", "coins.png", "page.png", "camera.png", "cell.png")
+    ]
     classes = [(s, zoom * min(s.size)) for s in sources for zoom in (0.1, 0.25, 0.5)]
     ids = _class_ids(rng, len(classes))
 
@@ -329,8 +393,10 @@ def write_builtin(out: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, 
         with writing(out, "the built-in dataset to"):
             out.mkdir(parents=True, exist_ok=True)
             with ProcessPoolExecutor(max_workers=min(len(_DOMAINS), os.cpu_count() or 1)) as pool:
-                jobs = {name: pool.submit(make, out, np.random.default_rng([seed, i]))
-                        for i, (name, make) in enumerate(_DOMAINS.items())}
+                jobs = {
+                    name: pool.submit(make, out, np.random.default_rng([seed, i]))
+                    for i, (name, make) in enumerate(_DOMAINS.items())
+                }
                 return {name: job.result() for name, job in jobs.items()}  # the pool waits for every job
     except BaseException:
         if out.is_dir():
@@ -344,8 +410,9 @@ def write_builtin(out: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, 
         raise
 
 
-def default_data_root(data_root: str | os.PathLike | None, folders: Mapping[str, str] | None
-                      ) -> str | os.PathLike | None:
+def default_data_root(
+    data_root: str | os.PathLike | None, folders: Mapping[str, str] | None
+) -> str | os.PathLike | None:
     """The UnED root a command reads: `data_root` when given; else the built-in dataset (generated on
     first use), unless folder domains are given (then None: those folders alone)."""
     return data_root or (None if folders else ensure_builtin())

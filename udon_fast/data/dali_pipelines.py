@@ -15,8 +15,10 @@ the Python source: the sampler picks every sample (a seeded global order, the sa
 of ranks, resumable to the sample) and skips damaged ones, which DALI's reader, with its own
 shuffle buffer and per-rank contiguous ranges, cannot do; the source reads each member by offset.  This module imports DALI: only `decoders.py` imports it, when the DALI decoder is used.
 """
+
 import tempfile
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ import torch
 from ..extras import needs_extra
 
 with needs_extra("train"):
-    from nvidia.dali import fn, math as dmath, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
     from nvidia.dali.backend import TensorGPU
     from nvidia.dali.pipeline import Pipeline
 
@@ -36,8 +39,14 @@ if TYPE_CHECKING:
 
 
 def _normalise(images, mean, std, **options):
-    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                    mean=[255.0 * m for m in mean], std=[255.0 * s for s in std], **options)
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in mean],
+        std=[255.0 * s for s in std],
+        **options,
+    )
 
 
 def _decode_device(device_id: int | None) -> str:
@@ -50,19 +59,39 @@ def _train_crops(encoded, crop_x, crop_y, image_size: int, device_id: int | None
     x0 = dmath.floor(crop_x * float(side - image_size) + 0.5) / side  # crop origin in the S x S image,
     y0 = dmath.floor(crop_y * float(side - image_size) + 0.5) / side  # relative to the source's extent
     images = fn.decoders.image(encoded, device=_decode_device(device_id), output_type=types.RGB)
-    return fn.resize(images, size=(image_size, image_size), roi_relative=True, roi_start=fn.stack(y0, x0),
-                     roi_end=fn.stack(y0 + image_size / side, x0 + image_size / side))
+    return fn.resize(
+        images,
+        size=(image_size, image_size),
+        roi_relative=True,
+        roi_start=fn.stack(y0, x0),
+        roi_end=fn.stack(y0 + image_size / side, x0 + image_size / side),
+    )
 
 
-def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
-                   std: Sequence[float], num_threads: int, device_id: int | None, prefetch_depth: int = 2,
-                   seed: int = 0) -> "DaliPipeline":
+def train_pipeline(
+    source: Callable,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_threads: int,
+    device_id: int | None,
+    prefetch_depth: int = 2,
+    seed: int = 0,
+) -> "DaliPipeline":
     """A built train pipeline; `source()` returns a batch (encoded uint8 arrays, labels int64 (1,),
     crop_x float32 (), crop_y float32 (), flip int32 ()); outputs (images (B,3,s,s) float32, labels (B,1))."""
     check_norm(mean, std)
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=prefetch_depth, exec_dynamic=True)
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+        prefetch_queue_depth=prefetch_depth,
+        exec_dynamic=True,
+    )
     def graph():
         encoded, labels, crop_x, crop_y, flip = fn.external_source(source=source, num_outputs=5, batch=True)
         crops = _train_crops(encoded, crop_x, crop_y, image_size, device_id)
@@ -75,14 +104,28 @@ def _shard_reader(members, folder: str):
     """`fn.readers.webdataset` over exactly the samples of `members` (`shards.ShardMembers`), in order;
     the last batch is padded by repeating the last sample."""
     paths, index_paths = members.dali_input(folder)
-    return fn.readers.webdataset(paths=paths, index_paths=index_paths, ext=[";".join(IMAGE_EXTS)],
-                                 missing_component_behavior="error", pad_last_batch=True, random_shuffle=False,
-                                 name="shards")
+    return fn.readers.webdataset(
+        paths=paths,
+        index_paths=index_paths,
+        ext=[";".join(IMAGE_EXTS)],
+        missing_component_behavior="error",
+        pad_last_batch=True,
+        random_shuffle=False,
+        name="shards",
+    )
 
 
-def eval_pipeline(source: "EvalSource", *, batch_size: int, image_size: int, mean: Sequence[float],
-                  std: Sequence[float], num_threads: int, device_id: int | None,
-                  prefetch_depth: int = 2) -> "DaliPipeline":
+def eval_pipeline(
+    source: "EvalSource",
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_threads: int,
+    device_id: int | None,
+    prefetch_depth: int = 2,
+) -> "DaliPipeline":
     """A built eval pipeline; `source()` returns a batch of encoded uint8 arrays (at most batch_size);
     output images (b,3,s,s) float32.  When `source.split` lies in tar shards, DALI's webdataset reader
     reads it instead (full batches: the last one ends with copies of the last image)."""
@@ -90,8 +133,13 @@ def eval_pipeline(source: "EvalSource", *, batch_size: int, image_size: int, mea
     members = source.split.members
     folder = tempfile.TemporaryDirectory(prefix="udon-wds-") if members is not None else None
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                  prefetch_queue_depth=prefetch_depth, exec_dynamic=True)
+    @pipeline_def(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        prefetch_queue_depth=prefetch_depth,
+        exec_dynamic=True,
+    )
     def graph():
         if members is None:
             encoded = fn.external_source(source=source, batch=True)

@@ -6,9 +6,10 @@ here, lazily, and only for the DALI decoder: when it is not importable the loade
 torchvision and say so once per process (a WARNING log line).  The interface each decoder module
 implements: `pipeline.Decoder` and `pipeline.DecoderPipeline`.
 """
+
 import importlib
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import InputError
 from .pipeline import Decoder, DecoderPipeline

@@ -4,9 +4,11 @@ A domain's class ids are remapped to 0..C-1 from its train split (sorted origina
 only appear in evaluation splits follow as C, C+1, ... (sorted), so labels stay comparable across
 all splits of the domain while `num_classes` (C) sizes the classifiers.
 """
+
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +38,10 @@ class Split:
 
     def __post_init__(self):
         if self.labels.dtype != np.int64 or self.labels.ndim not in (1, 2) or len(self.labels) != len(self.paths):
-            raise ValueError(f"Split {self.name!r}: labels must be int64 of shape (N,) or (N, L) with "
-                             f"N = {len(self.paths)}, got {self.labels.dtype} {self.labels.shape}")
+            raise ValueError(
+                f"Split {self.name!r}: labels must be int64 of shape (N,) or (N, L) with "
+                f"N = {len(self.paths)}, got {self.labels.dtype} {self.labels.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -99,8 +103,9 @@ def select_domains(root: Path, available: list[str], domains: Iterable[str] | No
     return wanted
 
 
-def build_class_map(train_ids: Sequence[Sequence[Hashable]], other_ids: Sequence[Sequence[Hashable]]
-                    ) -> dict[Hashable, int]:
+def build_class_map(
+    train_ids: Sequence[Sequence[Hashable]], other_ids: Sequence[Sequence[Hashable]]
+) -> dict[Hashable, int]:
     """Train ids (sorted) -> 0..C-1, then ids seen only in other splits (sorted) -> C, C+1, ..."""
     train = sorted({c for ids in train_ids for c in ids})
     extra = sorted({c for ids in other_ids for c in ids} - set(train))
@@ -114,7 +119,7 @@ def labels_array(class_ids: Sequence[Sequence[Hashable]], class_map: dict[Hashab
         return np.array([class_map[ids[0]] for ids in class_ids], dtype=np.int64)
     out = np.full((len(class_ids), width), -1, dtype=np.int64)
     for row, ids in enumerate(class_ids):
-        out[row, :len(ids)] = [class_map[c] for c in ids]
+        out[row, : len(ids)] = [class_map[c] for c in ids]
     return out
 
 

@@ -1,5 +1,6 @@
 """Errors raised while reading a dataset; all are `udon_fast.errors.DataError`s (so `ValueError`s) that name
 the file and field."""
+
 from ..errors import DataError
 
 
@@ -45,5 +46,6 @@ class CorruptImagesError(CorruptImageError):
         self.bad = dict(bad)
         self.path = next(iter(self.bad))
         listed = "; ".join(f"{path} ({reason})" for path, reason in self.bad.items())
-        DatasetError.__init__(self, f"{len(self.bad)} image file(s){' ' + what if what else ''} cannot be decoded: "
-                                    f"{listed}")
+        DatasetError.__init__(
+            self, f"{len(self.bad)} image file(s){' ' + what if what else ''} cannot be decoded: {listed}"
+        )

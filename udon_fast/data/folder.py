@@ -14,6 +14,7 @@ likely a mistake than a part of the class), images directly in a folder that hol
 and image formats the decoders do not read (`UNSUPPORTED_SUFFIXES`: GIF, which DALI does not
 decode, HEIC, AVIF).
 """
+
 import logging
 import os
 from pathlib import Path
@@ -59,8 +60,12 @@ def warn_unused(where: str, files: list[Path], why: str) -> None:
 
 
 def warn_unsupported(where: str, files: list[Path]) -> None:
-    warn_unused(where, files, f"file(s) of an image format the decoders do not read are not used "
-                              f"({', '.join(sorted(UNSUPPORTED_SUFFIXES))}; convert them to PNG or JPEG)")
+    warn_unused(
+        where,
+        files,
+        f"file(s) of an image format the decoders do not read are not used "
+        f"({', '.join(sorted(UNSUPPORTED_SUFFIXES))}; convert them to PNG or JPEG)",
+    )
 
 
 def _scan(folder: Path, where: str) -> tuple[list[str], list[list[str]]]:
@@ -76,10 +81,17 @@ def _scan(folder: Path, where: str) -> tuple[list[str], list[list[str]]]:
         for sub in (p for p in visible(class_dir.iterdir()) if p.is_dir()):
             below, skipped = image_files(sub, recursive=True)
             nested += below + skipped
-    warn_unused(where, nested, "image(s) in sub-folders of class folders are not used (only <class>/<image> is "
-                               "read; move them into the class folder, or make the sub-folder a class)")
-    warn_unused(where, loose + loose_unsupported, f"image(s) directly in {folder} are not used (images go in "
-                                                  f"class folders: {folder}/<class>/<image>)")
+    warn_unused(
+        where,
+        nested,
+        "image(s) in sub-folders of class folders are not used (only <class>/<image> is "
+        "read; move them into the class folder, or make the sub-folder a class)",
+    )
+    warn_unused(
+        where,
+        loose + loose_unsupported,
+        f"image(s) directly in {folder} are not used (images go in class folders: {folder}/<class>/<image>)",
+    )
     warn_unsupported(where, unsupported)
     return paths, class_ids
 
@@ -93,11 +105,16 @@ def load_folder_domain(root: str | os.PathLike, name: str | None = None) -> Doma
     where = f"folder domain {name!r} ({root})"
     subdirs = {p.name for p in visible(root.iterdir()) if p.is_dir()}
     split_layout = "train" in subdirs and subdirs <= set(SPLIT_NAMES)
-    scanned = ({s: _scan(root / s, where) for s in SPLIT_NAMES if s in subdirs} if split_layout
-               else {"train": _scan(root, where)})
+    scanned = (
+        {s: _scan(root / s, where) for s in SPLIT_NAMES if s in subdirs}
+        if split_layout
+        else {"train": _scan(root, where)}
+    )
     if not scanned["train"][0]:
-        raise DatasetError(f"folder domain: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in "
-                           f"{root / 'train' if split_layout else root}/<class>/")
+        raise DatasetError(
+            f"folder domain: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in "
+            f"{root / 'train' if split_layout else root}/<class>/"
+        )
     others = [ids for s, (_, entries) in scanned.items() if s != "train" for ids in entries]
     class_map = build_class_map(scanned["train"][1], others)
     splits = {s: Split(paths, labels_array(ids, class_map), name=s) for s, (paths, ids) in scanned.items()}

@@ -15,8 +15,10 @@ carved splits), "images": {split: count}}.  Given a record, `split_folder_domain
 instead of drawing (evaluation of a trained model) and refuses a folder whose classes or image
 counts changed.
 """
+
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,25 +37,30 @@ def _class_names(split: Split, domain: Domain) -> list[str]:
 
 def _draw(domain: Domain, seed: int, carve: list[str]) -> dict[str, Any]:
     names = sorted(str(c) for c, label in domain.class_map.items() if label < domain.num_classes)
-    sizes = {"test": max(MIN_CLASSES, round(TEST_FRACTION * len(names))),
-             "val": max(MIN_CLASSES, round(VAL_FRACTION * len(names)))}
+    sizes = {
+        "test": max(MIN_CLASSES, round(TEST_FRACTION * len(names))),
+        "val": max(MIN_CLASSES, round(VAL_FRACTION * len(names))),
+    }
     needed = sum(sizes[s] for s in carve) + MIN_CLASSES
     if len(names) < needed:
-        raise DatasetError(f"folder domain {domain.name!r} ({domain.source}): {len(names)} classes are too few to "
-                           f"split off {' and '.join(carve)} classes (needs at least {needed}: {MIN_CLASSES} per "
-                           f"split); add classes or give it {' and '.join(s + '/' for s in carve)} folders")
+        raise DatasetError(
+            f"folder domain {domain.name!r} ({domain.source}): {len(names)} classes are too few to "
+            f"split off {' and '.join(carve)} classes (needs at least {needed}: {MIN_CLASSES} per "
+            f"split); add classes or give it {' and '.join(s + '/' for s in carve)} folders"
+        )
     order = [names[i] for i in np.random.default_rng([seed, stream_id(domain.name)]).permutation(len(names))]
     record: dict[str, Any] = {"seed": seed}
     start = 0
     for split in carve:
-        record[split] = sorted(order[start:start + sizes[split]])
+        record[split] = sorted(order[start : start + sizes[split]])
         start += sizes[split]
     record["train"] = sorted(order[start:])
     return record
 
 
-def split_folder_domain(domain: Domain, seed: int, record: Mapping[str, Any] | None = None
-                        ) -> tuple[Domain, dict[str, Any] | None]:
+def split_folder_domain(
+    domain: Domain, seed: int, record: Mapping[str, Any] | None = None
+) -> tuple[Domain, dict[str, Any] | None]:
     """(the domain with carved test/val splits, the record), or (domain, None) when it has both.
 
     `record`: a split recorded earlier for this domain; it is applied (and checked) instead of a draw.
@@ -67,17 +74,21 @@ def split_folder_domain(domain: Domain, seed: int, record: Mapping[str, Any] | N
     recorded = {c: s for s in ("train", *carve) for c in record.get(s, ())}
     present = set(names)
     if present != set(recorded):
-        raise DatasetError(f"folder domain {domain.name!r} ({domain.source}): its classes differ from the recorded "
-                           f"split (not recorded: {sorted(present - set(recorded))[:5]}, missing: "
-                           f"{sorted(set(recorded) - present)[:5]})")
+        raise DatasetError(
+            f"folder domain {domain.name!r} ({domain.source}): its classes differ from the recorded "
+            f"split (not recorded: {sorted(present - set(recorded))[:5]}, missing: "
+            f"{sorted(set(recorded) - present)[:5]})"
+        )
     by_split: dict[str, tuple[list[str], list[list[str]]]] = {s: ([], []) for s in ("train", *carve)}
     for path, name in zip(domain.train.paths, names):
         by_split[recorded[name]][0].append(path)
         by_split[recorded[name]][1].append([name])
     counts = {s: len(paths) for s, (paths, _) in by_split.items()}
     if "images" in record and dict(record["images"]) != counts:
-        raise DatasetError(f"folder domain {domain.name!r} ({domain.source}): image counts {counts} differ from the "
-                           f"recorded split's {dict(record['images'])}")
+        raise DatasetError(
+            f"folder domain {domain.name!r} ({domain.source}): image counts {counts} differ from the "
+            f"recorded split's {dict(record['images'])}"
+        )
     kept = {s: (sp.paths, _class_names(sp, domain)) for s, sp in domain.splits.items() if s != "train"}
     train_ids = by_split["train"][1]
     others = [[c] for s in kept for c in kept[s][1]] + [ids for s in carve for ids in by_split[s][1]]
@@ -92,10 +103,13 @@ def split_folder_domain(domain: Domain, seed: int, record: Mapping[str, Any] | N
     return Domain(domain.name, splits["train"], splits, num_classes, class_map, domain.source), full
 
 
-def load_domains_with_splits(data_root: str | os.PathLike | None, domains: Iterable[str] | None,
-                             folders: Mapping[str, str], split_seed: int,
-                             records: Mapping[str, Mapping[str, Any]] | None = None
-                             ) -> tuple[dict[str, Domain], dict[str, dict[str, Any]]]:
+def load_domains_with_splits(
+    data_root: str | os.PathLike | None,
+    domains: Iterable[str] | None,
+    folders: Mapping[str, str],
+    split_seed: int,
+    records: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[dict[str, Domain], dict[str, dict[str, Any]]]:
     """`uned.load_domains` plus the split of every folder domain lacking test/val.
 
     Returns (domains by name, {folder name: split record} for the folders that were split).

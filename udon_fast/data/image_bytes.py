@@ -13,6 +13,7 @@ evaluation, embedding, search, `verify`):
 `decode_check` also fully decodes with PIL (used by `verify` and to find the culprit when a
 decoder still fails).
 """
+
 import io
 
 import numpy as np
@@ -37,9 +38,11 @@ _TAIL = 64  # bytes at the end of a PNG in which IEND may sit (some writers pad 
 # The largest image (width x height) any path decodes: PIL's decompression-bomb error limit, which the
 # evaluation paths applied before the limit was shared (`set_max_pixels` changes it for this process).
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
-MAX_PIXELS_HELP = (f"refuse images of more than this many pixels (width x height, read from the file header) on "
-                   f"every path (training skips them, evaluation names them); default {DEFAULT_MAX_PIXELS:,}, "
-                   f"PIL's decompression-bomb limit")
+MAX_PIXELS_HELP = (
+    f"refuse images of more than this many pixels (width x height, read from the file header) on "
+    f"every path (training skips them, evaluation names them); default {DEFAULT_MAX_PIXELS:,}, "
+    f"PIL's decompression-bomb limit"
+)
 _max_pixels = DEFAULT_MAX_PIXELS
 
 
@@ -117,7 +120,7 @@ def jpeg_end(data: bytes | np.ndarray, scan: int) -> int | None:
     """
     view = _bytes_view(data)
     size = len(view)
-    at = np.flatnonzero(view[scan:size - 1] == 0xFF) + scan
+    at = np.flatnonzero(view[scan : size - 1] == 0xFF) + scan
     codes = view[at + 1]
     keep = (codes != 0x00) & (codes != 0xFF) & ((codes < _RST0) | (codes > _RST7)) & (codes != 0x01)
     at, codes = at[keep], codes[keep]

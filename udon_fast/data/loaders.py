@@ -8,21 +8,22 @@ batches of an uninterrupted one, with either decoder.  A file that still fails i
 is found by decoding the in-flight files with PIL, skipped, and the domain's pipeline is rebuilt
 at the last handed-out position.
 """
+
 import math
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
 from ..errors import InputError
 from .decoders import eval_pipeline, resolve_decoder, train_pipeline
 from .domain import Domain, Split
-from .sampling import EpochStream, Position, stream_id
+from .sampling import START, EpochStream, Position, stream_id
 from .sources import EvalSource, TrainSource
 from .verify import check_decodable
 
 
 def resolve_device_id(device_id: int | None | str) -> int | None:
-    """"auto" -> the current CUDA device when one is available, else None (CPU-only pipelines)."""
+    """ "auto" -> the current CUDA device when one is available, else None (CPU-only pipelines)."""
     if device_id == "auto":
         return torch.cuda.current_device() if torch.cuda.is_available() else None
     return device_id
@@ -31,22 +32,51 @@ def resolve_device_id(device_id: int | None | str) -> int | None:
 class DomainTrainIterator:
     """Endless training batches of one domain: (images (B,3,s,s) float32, labels (B,) int64)."""
 
-    def __init__(self, domain: Domain, *, batch_size: int, image_size: int, mean: Sequence[float],
-                 std: Sequence[float], seed: int, rank: int, world_size: int, num_threads: int,
-                 device_id: int | None, prefetch_depth: int, decoder: str, position: Position = Position()):
+    def __init__(
+        self,
+        domain: Domain,
+        *,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_threads: int,
+        device_id: int | None,
+        prefetch_depth: int,
+        decoder: str,
+        position: Position = START,
+    ):
         self.domain, self.decoder = domain, decoder
         self._stream_args = (seed, stream_id(domain.name), rank, world_size)
         EpochStream(len(domain.train), *self._stream_args)  # argument checks before any thread starts
-        self.options = dict(batch_size=batch_size, image_size=image_size, mean=mean, std=std,
-                            num_threads=num_threads, device_id=device_id, prefetch_depth=prefetch_depth, seed=seed)
+        self.options = dict(
+            batch_size=batch_size,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            num_threads=num_threads,
+            device_id=device_id,
+            prefetch_depth=prefetch_depth,
+            seed=seed,
+        )
         self.skipped: dict[str, str] = {}
         self.position = position
         self._start()
 
     def _start(self) -> None:
         stream = EpochStream(len(self.domain.train), *self._stream_args)
-        self.source = TrainSource(self.domain.name, self.domain.train, stream, self.options["batch_size"],
-                                  self.position, self.skipped, read_ahead=self.options["prefetch_depth"])
+        self.source = TrainSource(
+            self.domain.name,
+            self.domain.train,
+            stream,
+            self.options["batch_size"],
+            self.position,
+            self.skipped,
+            read_ahead=self.options["prefetch_depth"],
+        )
         self.pipe = train_pipeline(self.decoder, self.source, **self.options)
         for _ in range(self.options["prefetch_depth"]):
             self.pipe.schedule_run()
@@ -104,19 +134,40 @@ class TrainLoader:
         up to resampling rounding (`augment.py`).
     """
 
-    def __init__(self, domains: Mapping[str, Domain], *, batch_size: int, image_size: int,
-                 mean: Sequence[float], std: Sequence[float], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_threads: int = 2, device_id: int | None | str = "auto", prefetch_depth: int = 2,
-                 decoder: str = "dali"):
+    def __init__(
+        self,
+        domains: Mapping[str, Domain],
+        *,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_threads: int = 2,
+        device_id: int | None | str = "auto",
+        prefetch_depth: int = 2,
+        decoder: str = "dali",
+    ):
         if batch_size < 1 or image_size < 1:
             raise ValueError(f"batch_size and image_size must be positive, got {batch_size} and {image_size}")
         self.decoder = resolve_decoder(decoder)
         self.domains = dict(domains)
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._options = dict(batch_size=batch_size, image_size=image_size, mean=tuple(mean), std=tuple(std),
-                             seed=seed, rank=rank, world_size=world_size, num_threads=num_threads,
-                             device_id=resolve_device_id(device_id), prefetch_depth=prefetch_depth,
-                             decoder=self.decoder)
+        self._options = dict(
+            batch_size=batch_size,
+            image_size=image_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_threads=num_threads,
+            device_id=resolve_device_id(device_id),
+            prefetch_depth=prefetch_depth,
+            decoder=self.decoder,
+        )
         self._iterators = {name: DomainTrainIterator(d, **self._options) for name, d in self.domains.items()}
 
     def next_batch(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,9 +188,15 @@ class TrainLoader:
         counts samples of the global stream into `epoch` (the start of the next global batch): the same
         on every rank unless a rank skipped a corrupt file, and valid for any rank count.
         """
-        return {"seed": self.seed, "world_size": self.world_size, "rank": self.rank,
-                "domains": {name: {"epoch": it.position.epoch, "position": it.position.offset}
-                            for name, it in self._iterators.items()}}
+        return {
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "domains": {
+                name: {"epoch": it.position.epoch, "position": it.position.offset}
+                for name, it in self._iterators.items()
+            },
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restart every domain listed in `state` at its stored position (same seed required; any rank count)."""
@@ -168,14 +225,30 @@ class EvalLoader:
     file raises `CorruptImagesError` naming all bad files of the split instead of crashing DALI.
     """
 
-    def __init__(self, split: Split, *, batch_size: int, image_size: int, mean: Sequence[float],
-                 std: Sequence[float], num_threads: int = 2, device_id: int | None | str = "auto",
-                 prefetch_depth: int = 2, decoder: str = "dali"):
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_threads: int = 2,
+        device_id: int | None | str = "auto",
+        prefetch_depth: int = 2,
+        decoder: str = "dali",
+    ):
         self.split, self.batch_size = split, batch_size
         self.decoder = resolve_decoder(decoder)
-        self._options = dict(batch_size=batch_size, image_size=image_size, mean=tuple(mean), std=tuple(std),
-                             num_threads=num_threads, device_id=resolve_device_id(device_id),
-                             prefetch_depth=prefetch_depth)
+        self._options = dict(
+            batch_size=batch_size,
+            image_size=image_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            num_threads=num_threads,
+            device_id=resolve_device_id(device_id),
+            prefetch_depth=prefetch_depth,
+        )
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -184,8 +257,11 @@ class EvalLoader:
         batches = len(self)
         if batches == 0:
             return
-        check_decodable([self.split], f"in split {self.split.name!r}" if self.split.name else "",
-                        workers=self._options["num_threads"])
+        check_decodable(
+            [self.split],
+            f"in split {self.split.name!r}" if self.split.name else "",
+            workers=self._options["num_threads"],
+        )
         pipe = eval_pipeline(self.decoder, EvalSource(self.split, self.batch_size), **self._options)
         try:
             scheduled = min(batches, self._options["prefetch_depth"])
@@ -197,7 +273,7 @@ class EvalLoader:
                 if scheduled < batches:
                     pipe.schedule_run()
                     scheduled += 1
-                chunk = labels[b * self.batch_size:(b + 1) * self.batch_size]
-                yield images[:len(chunk)], chunk  # a reader of tar shards pads the last batch
+                chunk = labels[b * self.batch_size : (b + 1) * self.batch_size]
+                yield images[: len(chunk)], chunk  # a reader of tar shards pads the last batch
         finally:
             pipe.close()

@@ -7,7 +7,9 @@ torch tensors, images first (train: images (B, 3, S, S) f32, labels (B, 1) int64
 (b, 3, S, S) f32,), and raises RuntimeError when a file fails to decode; `close()` releases its
 threads and files (the pipeline is unusable afterwards).
 """
-from typing import Callable, Protocol, Sequence, runtime_checkable
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -24,18 +26,37 @@ class DecoderPipeline(Protocol):
 class TrainPipelineFactory(Protocol):
     """train_pipeline(source, ...): a pipeline over `sources.TrainSource`-style batches."""
 
-    def __call__(self, source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
-                 std: Sequence[float], num_threads: int, device_id: int | None, prefetch_depth: int = 2,
-                 seed: int = 0) -> DecoderPipeline: ...
+    def __call__(
+        self,
+        source: Callable,
+        *,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_threads: int,
+        device_id: int | None,
+        prefetch_depth: int = 2,
+        seed: int = 0,
+    ) -> DecoderPipeline: ...
 
 
 class EvalPipelineFactory(Protocol):
     """eval_pipeline(source, ...): a pipeline over the batches of a `sources.EvalSource` (a callable
     whose `split` says whether the files lie in tar shards)."""
 
-    def __call__(self, source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
-                 std: Sequence[float], num_threads: int, device_id: int | None,
-                 prefetch_depth: int = 2) -> DecoderPipeline: ...
+    def __call__(
+        self,
+        source: Callable,
+        *,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_threads: int,
+        device_id: int | None,
+        prefetch_depth: int = 2,
+    ) -> DecoderPipeline: ...
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ rows in another order).  Each sample also gets its augmentation draw (crop posit
 y, horizontal flip) from `default_rng([seed, stream, e, 1])`, by its place in the epoch, so a resumed run
 sees exactly the batches of an uninterrupted one.
 """
+
 import zlib
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ class Position:
 
     epoch: int = 0
     offset: int = 0
+
+
+START = Position()  # the start of the stream
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ a split is read from its tar by offset (`os.preadv`, no extraction; each thread 
 so the samplers, resume positions and batches are those of the same split read from files.  A
 sample's name (`Split.paths[i]`, used in every error and skip message) is "<tar file>:<key>.<ext>".
 """
+
 import io
 import json
 import os
@@ -39,8 +40,9 @@ import shutil
 import tarfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +59,15 @@ from .errors import DatasetError
 FORMAT, VERSION = "udon_fast-shards", 1
 INDEX_FILE = "index.json"
 IMAGE_EXTS = ("jpg", "png", "bmp", "tiff", "webp", "img")  # DALI reads them as one output: "jpg;png;..."
-_SUFFIX_EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff",
-               ".webp": "webp"}
+_SUFFIX_EXT = {
+    ".jpg": "jpg",
+    ".jpeg": "jpg",
+    ".png": "png",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".webp": "webp",
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _BLOCK = 512  # tar block size
 # Shard files each reading thread keeps open: 1/64 of the process's open-file limit, at least 16
@@ -92,8 +101,15 @@ class ShardMembers:
     of a split keeps every shard of the split); index_files: DALI index of each shard (S,).
     """
 
-    def __init__(self, files: list[str], index_files: list[str], counts: np.ndarray, shard: np.ndarray,
-                 offset: np.ndarray, size: np.ndarray):
+    def __init__(
+        self,
+        files: list[str],
+        index_files: list[str],
+        counts: np.ndarray,
+        shard: np.ndarray,
+        offset: np.ndarray,
+        size: np.ndarray,
+    ):
         self.files, self.index_files, self.counts = files, index_files, counts
         self.shard, self.offset, self.size = shard, offset, size
         self._local = threading.local()
@@ -102,8 +118,9 @@ class ShardMembers:
         return len(self.shard)
 
     def __getitem__(self, rows: slice) -> "ShardMembers":
-        return ShardMembers(self.files, self.index_files, self.counts, self.shard[rows], self.offset[rows],
-                            self.size[rows])
+        return ShardMembers(
+            self.files, self.index_files, self.counts, self.shard[rows], self.offset[rows], self.size[rows]
+        )
 
     def _file(self, shard: int):
         """This thread's open file of `shard` (the least recently used one closed beyond a few)."""
@@ -141,7 +158,7 @@ class ShardMembers:
         written into `folder`."""
         paths, indexes = [], []
         shards, starts = np.unique(self.shard, return_index=True)
-        for shard, start in sorted(zip(shards.tolist(), starts.tolist()), key=lambda pair: pair[1]):
+        for shard, _ in sorted(zip(shards.tolist(), starts.tolist()), key=lambda pair: pair[1]):
             rows = np.flatnonzero(self.shard == shard)
             paths.append(self.files[shard])
             if len(rows) == self.counts[shard]:
@@ -233,8 +250,13 @@ def _remove_stale_partials(out: Path) -> None:
             continue
 
 
-def write_shards(domains: Mapping[str, Domain], out: str | os.PathLike, shard_size: int = 256 * 10 ** 6,
-                 folder_splits: Mapping[str, Mapping] | None = None, progress: bool = True) -> dict[str, dict[str, int]]:
+def write_shards(
+    domains: Mapping[str, Domain],
+    out: str | os.PathLike,
+    shard_size: int = 256 * 10**6,
+    folder_splits: Mapping[str, Mapping] | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, int]]:
     """Write `domains` as a shard root at `out` (a new or empty folder); returns {domain: {split: samples}}.
 
     Written into a temporary folder beside `out` that is renamed into place when complete, so `out`
@@ -259,8 +281,11 @@ def write_shards(domains: Mapping[str, Domain], out: str | os.PathLike, shard_si
                     folder.mkdir(parents=True)
                 splits = {s: _write_split(folder, s, split, shard_size, bar) for s, split in domain.splits.items()}
                 index["domains"][name] = {
-                    "num_classes": domain.num_classes, "class_map": [[k, v] for k, v in domain.class_map.items()],
-                    "folder_split": (folder_splits or {}).get(name), "splits": splits}
+                    "num_classes": domain.num_classes,
+                    "class_map": [[k, v] for k, v in domain.class_map.items()],
+                    "folder_split": (folder_splits or {}).get(name),
+                    "splits": splits,
+                }
         atomic_write_text(temp / INDEX_FILE, json.dumps(index, indent=1, ensure_ascii=False))
         with writing(out, "--out"):
             if out.exists():
@@ -297,10 +322,14 @@ def _load_split(root: Path, spec: Mapping, name: str, missing: dict[str, list[st
         if len(table.get(column, ())) != n:
             raise DatasetError(f"{table_path}: column {column!r} should hold {n} entries (index.json's count)")
     files = [str(root / s["file"]) for s in spec["shards"]]
-    members = ShardMembers(files, [str(root / s["index"]) for s in spec["shards"]],
-                           np.array([s["count"] for s in spec["shards"]], dtype=np.int64),
-                           np.array(table["shard"], dtype=np.int32), np.array(table["offset"], dtype=np.int64),
-                           np.array(table["size"], dtype=np.int64))
+    members = ShardMembers(
+        files,
+        [str(root / s["index"]) for s in spec["shards"]],
+        np.array([s["count"] for s in spec["shards"]], dtype=np.int64),
+        np.array(table["shard"], dtype=np.int32),
+        np.array(table["offset"], dtype=np.int64),
+        np.array(table["size"], dtype=np.int64),
+    )
     gone = [f for f in files if not os.access(f, os.R_OK) or not os.path.isfile(f)]
     if gone:
         missing[str(table_path)] = gone
@@ -309,8 +338,10 @@ def _load_split(root: Path, spec: Mapping, name: str, missing: dict[str, list[st
         np.maximum.at(ends, members.shard, members.offset + members.size)
         for file, end in zip(files, ends.tolist()):
             if os.path.getsize(file) < end:
-                raise DatasetError(f"{file}: truncated shard ({os.path.getsize(file)} bytes, its members reach "
-                                   f"byte {end}); write the shards again")
+                raise DatasetError(
+                    f"{file}: truncated shard ({os.path.getsize(file)} bytes, its members reach "
+                    f"byte {end}); write the shards again"
+                )
     names = [f"{files[s]}:{key}.{ext}" for s, key, ext in zip(table["shard"], table["key"], table["ext"])]
     return Split(names, _labels(table["label"], table_path), name=name, members=members)
 
@@ -320,19 +351,20 @@ def read_index(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / INDEX_FILE
     index = _read_json(path, "shard index")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise DatasetError(f"{path}: not a udon_fast shard index (no \"format\": \"{FORMAT}\")")
+        raise DatasetError(f'{path}: not a udon_fast shard index (no "format": "{FORMAT}")')
     if index.get("version") != VERSION:
         raise DatasetError(f"{path}: shard index version {index.get('version')!r}; this udon_fast reads {VERSION}")
     return index
 
 
-def load_shard_domains(root: str | os.PathLike, domains: Iterable[str] | None = None
-                       ) -> tuple[dict[str, Domain], dict[str, list[str]]]:
+def load_shard_domains(
+    root: str | os.PathLike, domains: Iterable[str] | None = None
+) -> tuple[dict[str, Domain], dict[str, list[str]]]:
     """The domains of a shard root (all, or `domains`), plus {member table: missing tar files}."""
     root = Path(root)
     index = read_index(root)
     if not isinstance(index.get("domains"), dict):
-        raise DatasetError(f"{root / INDEX_FILE}: no \"domains\" object")
+        raise DatasetError(f'{root / INDEX_FILE}: no "domains" object')
     out, missing = {}, {}
     for name in select_domains(root, sorted(index["domains"]), domains):
         try:
@@ -345,6 +377,7 @@ def load_shard_domains(root: str | os.PathLike, domains: Iterable[str] | None = 
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, DatasetError):
                 raise
-            raise DatasetError(f"{root / INDEX_FILE}: malformed entry of domain {name!r} "
-                               f"({type(exc).__name__}: {exc})") from None
+            raise DatasetError(
+                f"{root / INDEX_FILE}: malformed entry of domain {name!r} ({type(exc).__name__}: {exc})"
+            ) from None
     return out, missing

@@ -7,6 +7,7 @@ loader knows the position of the last batch it handed out.  `EvalSource` feeds a
 a broken file there is an error (evaluation must see every image).  Images are read with
 `Split.read`: from their files, or by offset from the tar shards of a shard root (`shards.py`).
 """
+
 import logging
 import queue
 import threading
@@ -31,8 +32,16 @@ class TrainSource:
     Call `close()` to stop the reader thread.
     """
 
-    def __init__(self, domain: str, split: Split, stream: EpochStream, batch_size: int, position: Position,
-                 skipped: dict[str, str], read_ahead: int = 2):
+    def __init__(
+        self,
+        domain: str,
+        split: Split,
+        stream: EpochStream,
+        batch_size: int,
+        position: Position,
+        skipped: dict[str, str],
+        read_ahead: int = 2,
+    ):
         self.domain, self.split, self.labels = domain, split, split.first_labels()
         self.stream, self.batch_size, self.skipped = stream, batch_size, skipped
         self._read_position = position  # advanced by the reader thread only
@@ -100,8 +109,10 @@ class TrainSource:
             if data is None:
                 misses += 1
                 if misses > self.stream.shard_size():
-                    raise DatasetError(f"domain {self.domain!r}: no decodable image left in this rank's share "
-                                       f"({len(self.skipped)} skipped, see the log)")
+                    raise DatasetError(
+                        f"domain {self.domain!r}: no decodable image left in this rank's share "
+                        f"({len(self.skipped)} skipped, see the log)"
+                    )
                 continue
             encoded.append(data)
             draws.append(draw)

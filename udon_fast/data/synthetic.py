@@ -7,6 +7,7 @@
   scikit-image's real photos, rescaled, with sensor-like noise), so decoding costs what real
   photos cost (flat colours decode several times faster).
 """
+
 import json
 import os
 from pathlib import Path
@@ -34,8 +35,9 @@ def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] 
     Image.fromarray(np.full((*size, 3), colour, dtype=np.uint8)).save(path, "JPEG", quality=95)
 
 
-def write_tiny_uned(root: str | os.PathLike, splits: dict[str, dict[str, int]], per_class: int = 2,
-                    size: tuple[int, int] = (40, 48)) -> Path:
+def write_tiny_uned(
+    root: str | os.PathLike, splits: dict[str, dict[str, int]], per_class: int = 2, size: tuple[int, int] = (40, 48)
+) -> Path:
     """Write `root` in the UnED layout: splits = {domain: {split: number of classes}}.
 
     Class c of a split gets `per_class` images at images/<domain>/<split>/c<c>_<k>.jpg, class id
@@ -70,8 +72,9 @@ def photo_like(rng: np.random.Generator, size: tuple[int, int], noise: float = 6
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def write_photos(folder: str | os.PathLike, count: int, size: tuple[int, int], quality: int = 90,
-                 classes: int = 10, seed: int = 0) -> Path:
+def write_photos(
+    folder: str | os.PathLike, count: int, size: tuple[int, int], quality: int = 90, classes: int = 10, seed: int = 0
+) -> Path:
     """Write `count` photo-like JPEGs of (h, w) = size at `quality` as a class-folder domain
     (folder/c<k>/<i>.jpg, image i in class i % classes) and return `folder`."""
     folder, rng = Path(folder), np.random.default_rng(seed)

@@ -14,10 +14,11 @@ vectorised path); float rounded to whole values on the GPU.
 `external_source`) and starts decoding it in the background; `outputs()` returns the oldest started
 batch as torch tensors, images first, and raises RuntimeError when a file fails to decode.
 """
+
 import io
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,8 +65,7 @@ def decode_cuda(encoded: Sequence[np.ndarray], device: torch.device) -> list[tor
     on_gpu = [i for i, data in enumerate(encoded) if bytes(data[:2]) == _JPEG and not _exif_rotated(data)]
     if on_gpu:
         try:
-            decoded = decode_jpeg([torch.from_numpy(encoded[i]) for i in on_gpu], mode=ImageReadMode.RGB,
-                                  device=device)
+            decoded = decode_jpeg([torch.from_numpy(encoded[i]) for i in on_gpu], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # a broken file then fails again, on the CPU, and is found by the loader
             decoded = [None] * len(on_gpu)
         for i, image in zip(on_gpu, decoded):
@@ -156,9 +156,18 @@ def _device(device_id: int | None) -> torch.device:
     return torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
 
 
-def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
-                   std: Sequence[float], num_threads: int, device_id: int | None, prefetch_depth: int = 2,
-                   seed: int = 0) -> TorchvisionPipeline:
+def train_pipeline(
+    source: Callable,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_threads: int,
+    device_id: int | None,
+    prefetch_depth: int = 2,
+    seed: int = 0,
+) -> TorchvisionPipeline:
     """Train batches of `source()` (encoded uint8 arrays, labels int64 (B, 1), crop_x float32 (B,),
     crop_y float32 (B,), flip int32 (B,)): outputs (images (B,3,s,s) float32, labels int64 (B, 1)).
     The signature is `dali_pipelines.train_pipeline`'s: `batch_size` comes from the source here, the
@@ -173,7 +182,7 @@ def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: 
         images = torch.empty(len(encoded), 3, image_size, image_size, device=device)
 
         def fill(image: torch.Tensor, i: int) -> None:
-            crop = resize(image, (side, side))[:, y0[i]:y0[i] + image_size, x0[i]:x0[i] + image_size]
+            crop = resize(image, (side, side))[:, y0[i] : y0[i] + image_size, x0[i] : x0[i] + image_size]
             normalise(crop, flip[i], images[i])
 
         return encoded, fill, (images, torch.from_numpy(np.asarray(labels)))
@@ -181,9 +190,17 @@ def train_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: 
     return TorchvisionPipeline(source, prepare, num_threads=num_threads, device=device)
 
 
-def eval_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: Sequence[float],
-                  std: Sequence[float], num_threads: int, device_id: int | None,
-                  prefetch_depth: int = 2) -> TorchvisionPipeline:
+def eval_pipeline(
+    source: Callable,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_threads: int,
+    device_id: int | None,
+    prefetch_depth: int = 2,
+) -> TorchvisionPipeline:
     """Eval batches of `source()` (a list of encoded uint8 arrays): outputs (images (b,3,s,s) float32,).
     The signature is `dali_pipelines.eval_pipeline`'s (`batch_size`, `prefetch_depth` unused here)."""
     device = _device(device_id)
@@ -195,7 +212,7 @@ def eval_pipeline(source: Callable, *, batch_size: int, image_size: int, mean: S
         def fill(image: torch.Tensor, i: int) -> None:
             h, w = eval_resize(image.shape[1], image.shape[2], image_size)
             y0, x0 = centre_origin(h, image_size), centre_origin(w, image_size)
-            normalise(resize(image, (h, w))[:, y0:y0 + image_size, x0:x0 + image_size], 0, images[i])
+            normalise(resize(image, (h, w))[:, y0 : y0 + image_size, x0 : x0 + image_size], 0, images[i])
 
         return encoded, fill, (images,)
 

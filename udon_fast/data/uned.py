@@ -11,12 +11,13 @@ links inside `images/` are followed as they are: they are the user's own files (
 on another disk), while the info file is the part that may come from elsewhere.  An entry listed
 twice in one info file is reported (a warning naming the file and the entry).
 """
+
 import json
 import logging
 import os
 import posixpath
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .domain import Domain, Split, build_class_map, labels_array, select_domains
 from .errors import DatasetError, InfoFileError, MissingFilesError
@@ -60,8 +61,15 @@ def report_duplicates(info_file: Path, paths: list[str]) -> None:
     first: dict[str, int] = {}
     for i, path in enumerate(paths):
         if path in first:
-            log.warning("%s: %d duplicate entr%s; the first: entry %d (%r) repeats entry %d", info_file, repeated,
-                        "y" if repeated == 1 else "ies", i, path, first[path])
+            log.warning(
+                "%s: %d duplicate entr%s; the first: entry %d (%r) repeats entry %d",
+                info_file,
+                repeated,
+                "y" if repeated == 1 else "ies",
+                i,
+                path,
+                first[path],
+            )
             return
         first[path] = i
 
@@ -81,8 +89,10 @@ def read_info_file(info_file: Path) -> tuple[list[str], list[list[int]]]:
     paths, class_ids = [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise InfoFileError(f"{info_file}: entry {i} is {type(entry).__name__}, expected an object "
-                                f"with fields 'path' and 'class_id'")
+            raise InfoFileError(
+                f"{info_file}: entry {i} is {type(entry).__name__}, expected an object "
+                f"with fields 'path' and 'class_id'"
+            )
         for key in ("path", "class_id"):
             if key not in entry:
                 raise InfoFileError(f"{info_file}: entry {i} has no field '{key}'")
@@ -91,8 +101,10 @@ def read_info_file(info_file: Path) -> tuple[list[str], list[list[int]]]:
             raise InfoFileError(f"{info_file}: entry {i} field 'path' must be a non-empty string, got {path!r}")
         ids = ids if isinstance(ids, list) else [ids]
         if not ids or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
-            raise InfoFileError(f"{info_file}: entry {i} field 'class_id' must be an int or a non-empty "
-                                f"list of ints, got {entry['class_id']!r}")
+            raise InfoFileError(
+                f"{info_file}: entry {i} field 'class_id' must be an int or a non-empty "
+                f"list of ints, got {entry['class_id']!r}"
+            )
         paths.append(path)
         class_ids.append(ids)
     check_entry_paths(info_file, paths)
@@ -104,8 +116,10 @@ def domain_names(data_root: Path) -> list[str]:
     """Sorted names of the domains under `data_root/info_files`."""
     info_root = Path(data_root) / INFO_DIR
     if not info_root.is_dir():
-        raise DatasetError(f"{data_root}: no '{INFO_DIR}/' folder (expected the UnED layout "
-                           f"'{INFO_DIR}/<domain>/<split>.json' + '{IMAGES_DIR}/')")
+        raise DatasetError(
+            f"{data_root}: no '{INFO_DIR}/' folder (expected the UnED layout "
+            f"'{INFO_DIR}/<domain>/<split>.json' + '{IMAGES_DIR}/')"
+        )
     return sorted(p.name for p in info_root.iterdir() if p.is_dir())
 
 
@@ -134,8 +148,9 @@ def load_uned_domain(data_root: Path, name: str) -> tuple[Domain, dict[str, list
     return Domain(name, splits["train"], splits, num_classes, class_map, info_dir), missing
 
 
-def load_uned_domains(data_root: Path, domains: Iterable[str] | None = None
-                      ) -> tuple[dict[str, Domain], dict[str, list[str]]]:
+def load_uned_domains(
+    data_root: Path, domains: Iterable[str] | None = None
+) -> tuple[dict[str, Domain], dict[str, list[str]]]:
     """The UnED domains under `data_root` (all, or `domains`), plus {info file: missing image paths}."""
     out, missing = {}, {}
     for name in select_domains(data_root, domain_names(data_root), domains):
@@ -144,8 +159,11 @@ def load_uned_domains(data_root: Path, domains: Iterable[str] | None = None
     return out, missing
 
 
-def load_domains(data_root: str | os.PathLike | None, domains: Iterable[str] | None = None,
-                 folders: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Domain]:
+def load_domains(
+    data_root: str | os.PathLike | None,
+    domains: Iterable[str] | None = None,
+    folders: Mapping[str, str | os.PathLike] | None = None,
+) -> dict[str, Domain]:
     """Domains by name, validated: UnED domains under `data_root` plus folder-per-class `folders`.
 
     data_root: a UnED root (`info_files/`, `images/`), a shard root (`index.json` and tar shards, see

@@ -13,13 +13,14 @@ Splits read from tar shards (`shards.py`) are checked member by member, each nam
 `verify_dataset` is `python -m udon_fast.data verify`: every missing and every undecodable file of
 a UnED root (or member of a shard root), with the splits that list it.
 """
+
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from ..extras import needs_extra
 
@@ -74,8 +75,9 @@ def _decode(name: str, key: tuple[int, int, int], check: Check) -> None:
     _verdicts[name] = (*key, check())
 
 
-def find_undecodable(items: Iterable[str | Split], workers: int | None = None, progress: bool = False,
-                     desc: str = "check images") -> dict[str, str]:
+def find_undecodable(
+    items: Iterable[str | Split], workers: int | None = None, progress: bool = False, desc: str = "check images"
+) -> dict[str, str]:
     """{name: reason} of the images among `items` (image paths, or splits: files or tar shard members)
     that are missing or do not fully decode (in order).
 
@@ -83,12 +85,21 @@ def find_undecodable(items: Iterable[str | Split], workers: int | None = None, p
     pixel limit), so an image is decoded again only when it (its tar, or the limit) changed.
     """
     entries = _entries(items)
-    pending = [(name, key, check) for name, (key, check) in entries.items()
-               if key is not None and _verdicts.get(name, (None,))[:-1] != key]
+    pending = [
+        (name, key, check)
+        for name, (key, check) in entries.items()
+        if key is not None and _verdicts.get(name, (None,))[:-1] != key
+    ]
     if pending:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for _ in tqdm(pool.map(_decode, *zip(*pending)), total=len(pending), desc=desc, unit="img", leave=False,
-                          disable=not progress):
+            for _ in tqdm(
+                pool.map(_decode, *zip(*pending)),
+                total=len(pending),
+                desc=desc,
+                unit="img",
+                leave=False,
+                disable=not progress,
+            ):
                 pass
     bad = {}
     for name, (key, _) in entries.items():
@@ -98,8 +109,9 @@ def find_undecodable(items: Iterable[str | Split], workers: int | None = None, p
     return bad
 
 
-def check_decodable(items: Iterable[str | Split], what: str = "", workers: int | None = None,
-                    progress: bool = False) -> None:
+def check_decodable(
+    items: Iterable[str | Split], what: str = "", workers: int | None = None, progress: bool = False
+) -> None:
     """Raise `CorruptImagesError` naming every image of `items` (paths or splits) that is missing or
     does not decode."""
     bad = find_undecodable(items, workers, progress)
@@ -181,51 +193,76 @@ class VerifyReport:
             for split, n in splits.items():
                 lines.append(f"{domain:<16}{split:<14}{n:>8}{bad_by_split.get((domain, split), 0):>6}")
         total = sum(n for splits in self.counts.values() for n in splits.values())
-        lines.append(f"{total} images listed, {len(self.missing) + len(self.undecodable)} bad file(s): "
-                     f"{len(self.missing)} missing, {len(self.undecodable)} undecodable "
-                     f"({len(self.warnings)} of them warnings)")
+        lines.append(
+            f"{total} images listed, {len(self.missing) + len(self.undecodable)} bad file(s): "
+            f"{len(self.missing)} missing, {len(self.undecodable)} undecodable "
+            f"({len(self.warnings)} of them warnings)"
+        )
         return "\n".join(lines)
 
     def to_json(self) -> str:
         """The machine-readable report (`--json`)."""
         warned = set(self.warnings)
         doc = {
-            "ok": self.exit_code == 0, "exit_code": self.exit_code, "policy": self.policy, "counts": self.counts,
-            "missing": [{"path": p, "info_file": info, "listed_in": self.listed_in[p]}
-                        for p, info in self.missing.items()],
-            "undecodable": [{"path": p, "reason": r, "listed_in": self.listed_in[p], "warning": p in warned}
-                            for p, r in self.undecodable.items()],
+            "ok": self.exit_code == 0,
+            "exit_code": self.exit_code,
+            "policy": self.policy,
+            "counts": self.counts,
+            "missing": [
+                {"path": p, "info_file": info, "listed_in": self.listed_in[p]} for p, info in self.missing.items()
+            ],
+            "undecodable": [
+                {"path": p, "reason": r, "listed_in": self.listed_in[p], "warning": p in warned}
+                for p, r in self.undecodable.items()
+            ],
         }
         return json.dumps(doc, indent=2, ensure_ascii=False)
 
 
-def verify_domains(domains: Mapping[str, Domain], workers: int | None = None, progress: bool = True, *,
-                   policy: str = "fail", missing: Mapping[str, Iterable[str]] | None = None) -> VerifyReport:
+def verify_domains(
+    domains: Mapping[str, Domain],
+    workers: int | None = None,
+    progress: bool = True,
+    *,
+    policy: str = "fail",
+    missing: Mapping[str, Iterable[str]] | None = None,
+) -> VerifyReport:
     """Decode every present image of every split of `domains` (see `VerifyReport`).
 
     missing: {info file: [paths]} of files already known to be missing (not decoded, reported).
     """
     if policy not in POLICIES:
         raise InputError(f"policy must be one of {POLICIES}, got {policy!r}")
-    report = VerifyReport({name: {s: len(split) for s, split in d.splits.items()} for name, d in domains.items()},
-                          policy=policy)
+    report = VerifyReport(
+        {name: {s: len(split) for s, split in d.splits.items()} for name, d in domains.items()}, policy=policy
+    )
     report.missing = {path: str(info) for info, paths in (missing or {}).items() for path in paths}
     listed: dict[str, list[str]] = {}
     for name, domain in domains.items():
         for split_name, split in domain.splits.items():
             for path in split.paths:
                 listed.setdefault(path, []).append(f"{name}/{split_name}")
-    found = find_undecodable([split for d in domains.values() for split in d.splits.values()], workers, progress,
-                             desc="verify")
+    found = find_undecodable(
+        [split for d in domains.values() for split in d.splits.values()], workers, progress, desc="verify"
+    )
     # a missing file, or every member of a missing tar shard ("<tar>:<member>"), is reported once, as missing
-    report.undecodable = {p: reason for p, reason in found.items()
-                          if p not in report.missing and p.rpartition(":")[0] not in report.missing}
+    report.undecodable = {
+        p: reason
+        for p, reason in found.items()
+        if p not in report.missing and p.rpartition(":")[0] not in report.missing
+    }
     report.listed_in = {p: sorted(set(listed[p])) for p in [*report.missing, *report.undecodable]}
     return report
 
 
-def verify_dataset(data_root: str | os.PathLike, domains: list[str] | None = None, *, workers: int | None = None,
-                   policy: str = "fail", progress: bool = True) -> VerifyReport:
+def verify_dataset(
+    data_root: str | os.PathLike,
+    domains: list[str] | None = None,
+    *,
+    workers: int | None = None,
+    policy: str = "fail",
+    progress: bool = True,
+) -> VerifyReport:
     """Check every image of every split of the UnED root or shard root `data_root`; missing files (or
     tar shards) do not stop the check (every present image is still decoded)."""
     load = load_shard_domains if is_shard_root(data_root) else load_uned_domains

@@ -7,6 +7,7 @@ gathered embeddings are those of single-rank evaluation, bit for bit on the same
 counts, one gather of padded blocks; CUDA tensors under nccl); `broadcast_from_main` shares rank 0's
 results.  Every rank of the default process group must call these.
 """
+
 import math
 from typing import Any
 
@@ -36,7 +37,7 @@ def gather_to_main(part: np.ndarray, device: torch.device) -> np.ndarray | None:
     all_gather_into(counts, rows)
     counts = counts.tolist()
     padded = torch.zeros(max(counts), part.shape[1], dtype=torch.float32, device=comm)
-    padded[:part.shape[0]] = torch.from_numpy(part).to(comm)
+    padded[: part.shape[0]] = torch.from_numpy(part).to(comm)
     main = dist.get_rank() == 0
     blocks = [torch.empty_like(padded) for _ in range(world)] if main else None
     dist.gather(padded, blocks, dst=0)

@@ -17,6 +17,7 @@ index item count as misses by default (`no_positive="miss"`, the official UnED m
 batches of every set, rank 0 gathers them, searches and scores, and every rank returns its results;
 identical to single-rank evaluation (`evaluation.distributed`).
 """
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,14 +30,14 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
-from . import distributed as distributed_eval
 from ..data import DatasetError, Domain, EvalLoader, Split, knn_pairs
 from ..data.domain import INDEX_SPLIT_FOR, split_source
 from ..data.verify import check_decodable
 from ..errors import InputError
 from ..kill_points import kill_point
-from ..retrieval.knn import knn_metrics_by_domain, no_positive_mode
 from ..model import Embedder, UDONModel
+from ..retrieval.knn import knn_metrics_by_domain, no_positive_mode
+from . import distributed as distributed_eval
 
 INDEX_MODES = ("merged", "separate", "both")
 EMBEDDINGS = ("student", "teacher", "both")
@@ -53,17 +54,33 @@ class Embedded:
 
 
 @torch.inference_mode()
-def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *, batch_size: int, device: torch.device,
-                teacher: bool, num_threads: int = 2, decoder: str = "dali", progress: bool = True) -> Embedded:
+def embed_split(
+    model: UDONModel | Embedder,
+    split: Split,
+    domain: str | None,
+    *,
+    batch_size: int,
+    device: torch.device,
+    teacher: bool,
+    num_threads: int = 2,
+    decoder: str = "dali",
+    progress: bool = True,
+) -> Embedded:
     """Student (and, with `teacher`, the domain's teacher) embeddings of every image of `split`, in order;
     `decoder`: "dali" or "torchvision" (see `data.TrainLoader`).
 
     `model` may be an `Embedder` (a deployable student, or the off-the-shelf backbone): student only."""
-    loader = EvalLoader(split, batch_size=batch_size, image_size=model.config["image_size"], mean=model.mean,
-                        std=model.std, num_threads=num_threads, decoder=decoder)
+    loader = EvalLoader(
+        split,
+        batch_size=batch_size,
+        image_size=model.config["image_size"],
+        mean=model.mean,
+        std=model.std,
+        num_threads=num_threads,
+        decoder=decoder,
+    )
     students, teachers = [], []
-    for images, _ in tqdm(loader, desc=f"embed {domain or ''} {split.name}".strip(), disable=not progress,
-                          leave=False):
+    for images, _ in tqdm(loader, desc=f"embed {domain or ''} {split.name}".strip(), disable=not progress, leave=False):
         features = model.features(images.to(device, non_blocking=True))
         students.append(model.student_embedding(features).cpu())
         if teacher:
@@ -71,18 +88,40 @@ def embed_split(model: UDONModel | Embedder, split: Split, domain: str | None, *
     return Embedded(torch.cat(students).numpy(), torch.cat(teachers).numpy() if teacher else None, split.labels)
 
 
-def _embed_share(model: UDONModel | Embedder, split: Split, domain: str, *, batch_size: int, device: torch.device,
-                 teacher: bool, num_threads: int, progress: bool, decoder: str = "dali") -> Embedded | None:
+def _embed_share(
+    model: UDONModel | Embedder,
+    split: Split,
+    domain: str,
+    *,
+    batch_size: int,
+    device: torch.device,
+    teacher: bool,
+    num_threads: int,
+    progress: bool,
+    decoder: str = "dali",
+) -> Embedded | None:
     """`embed_split` of this rank's share of `split`, gathered on rank 0 (None on the other ranks)."""
     lo, hi = distributed_eval.rank_share(len(split), batch_size, dist.get_rank(), dist.get_world_size())
     part = split.part(lo, hi)
     if hi > lo:
-        mine = embed_split(model, part, domain, batch_size=batch_size, device=device, teacher=teacher,
-                           num_threads=num_threads, decoder=decoder, progress=progress)
+        mine = embed_split(
+            model,
+            part,
+            domain,
+            batch_size=batch_size,
+            device=device,
+            teacher=teacher,
+            num_threads=num_threads,
+            decoder=decoder,
+            progress=progress,
+        )
     else:
         student_dim = model.dim if isinstance(model, Embedder) else model.student_dim_out
-        mine = Embedded(np.zeros((0, student_dim), np.float32),
-                        np.zeros((0, model.teacher_dim_out), np.float32) if teacher else None, part.labels)
+        mine = Embedded(
+            np.zeros((0, student_dim), np.float32),
+            np.zeros((0, model.teacher_dim_out), np.float32) if teacher else None,
+            part.labels,
+        )
     student = distributed_eval.gather_to_main(mine.student, device)
     teachers = distributed_eval.gather_to_main(mine.teacher, device) if teacher else None
     return None if student is None else Embedded(student, teachers, split.labels)
@@ -93,8 +132,10 @@ def _pad_labels(labels: Sequence[np.ndarray]) -> np.ndarray:
     width = max(1 if a.ndim == 1 else a.shape[1] for a in labels)
     if width == 1 and all(a.ndim == 1 for a in labels):
         return np.concatenate(labels)
-    out = [np.pad(a.reshape(len(a), -1), ((0, 0), (0, width - (1 if a.ndim == 1 else a.shape[1]))),
-                  constant_values=-1) for a in labels]
+    out = [
+        np.pad(a.reshape(len(a), -1), ((0, 0), (0, width - (1 if a.ndim == 1 else a.shape[1]))), constant_values=-1)
+        for a in labels
+    ]
     return np.concatenate(out)
 
 
@@ -104,11 +145,15 @@ COUNTS = ("num_queries", "num_queries_without_positives")
 
 def _leaf(result: Mapping, names: Sequence[str]) -> dict:
     """A results leaf (module docstring) from `knn_metrics_by_domain`'s output keyed by domain ids."""
-    leaf = {names[d]: {**{k: float(m[k]) for k in METRICS}, **{k: int(m[k]) for k in COUNTS}}
-            for d, m in result["per_domain"].items()}
-    leaf["mean"] = {**{k: float(result["mean"][k]) for k in METRICS},
-                    **{k: sum(m[k] for m in result["per_domain"].values()) for k in COUNTS},
-                    "no_positive": result["no_positive"]}
+    leaf = {
+        names[d]: {**{k: float(m[k]) for k in METRICS}, **{k: int(m[k]) for k in COUNTS}}
+        for d, m in result["per_domain"].items()
+    }
+    leaf["mean"] = {
+        **{k: float(result["mean"][k]) for k in METRICS},
+        **{k: sum(m[k] for m in result["per_domain"].values()) for k in COUNTS},
+        "no_positive": result["no_positive"],
+    }
     return leaf
 
 
@@ -133,9 +178,17 @@ def _search(sets: Mapping[str, tuple[Embedded, Embedded | None]], kind: str, mod
         if any(e.shape[1] != width for e in q_emb):
             raise InputError("teacher embeddings of different widths cannot share one search")
     result = knn_metrics_by_domain(
-        np.concatenate(q_emb), _pad_labels(q_lab), np.concatenate(i_emb), _pad_labels(i_lab),
-        query_domains=np.concatenate(q_dom), index_domains=np.concatenate(i_dom), index=mode, k=K,
-        query_self_rows=np.concatenate(self_rows), no_positive=no_positive)
+        np.concatenate(q_emb),
+        _pad_labels(q_lab),
+        np.concatenate(i_emb),
+        _pad_labels(i_lab),
+        query_domains=np.concatenate(q_dom),
+        index_domains=np.concatenate(i_dom),
+        index=mode,
+        k=K,
+        query_self_rows=np.concatenate(self_rows),
+        no_positive=no_positive,
+    )
     return _leaf(result, names)
 
 
@@ -161,17 +214,20 @@ def check_evaluable(domains: Mapping[str, Domain], split: str, separate: bool = 
             problems.append(f"{split_source(domain, split) if not len(query) else where}: the split is empty")
         elif separate and len(own) < needed:
             own_index = " (the split is its own index, leave-one-out)" if index_split is None else ""
-            problems.append(f"{where}: {len(own)} image(s); a per-domain kNN index with k = {K} needs at least "
-                            f"{needed}{own_index}")
+            problems.append(
+                f"{where}: {len(own)} image(s); a per-domain kNN index with k = {K} needs at least {needed}{own_index}"
+            )
     if not problems and total < K + 1:
-        problems.append(f"the {split} splits hold {total} index image(s) in all; kNN with k = {K} needs at least "
-                        f"{K + 1}")
+        problems.append(
+            f"the {split} splits hold {total} index image(s) in all; kNN with k = {K} needs at least {K + 1}"
+        )
     if problems:
         raise DatasetError(f"cannot evaluate the {split} split: " + "; ".join(problems))
 
 
-def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, workers: int | None = None,
-                      progress: bool = False) -> None:
+def check_eval_images(
+    domains: Mapping[str, Domain], splits: Sequence[str], *, workers: int | None = None, progress: bool = False
+) -> None:
     """Decode every query and index image that evaluating `splits` of `domains` uses (domains without a
     split are skipped), before any reaches DALI; raise `CorruptImagesError` naming all that fail
     (verdicts are cached: checking again is cheap)."""
@@ -183,11 +239,22 @@ def check_eval_images(domains: Mapping[str, Domain], splits: Sequence[str], *, w
     check_decodable(parts, f"in the {'/'.join(splits)} splits", workers=workers, progress=progress)
 
 
-def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], split: str, *, index: str = "both",
-                   embedding: str = "both", batch_size: int = 128, device: torch.device | str = "cpu",
-                   num_threads: int = 2, decoder: str = "dali", progress: bool = True,
-                   no_positive: str = "miss", distributed: bool = False,
-                   embeddings: dict[str, tuple[Embedded, Embedded | None]] | None = None) -> dict:
+def evaluate_model(
+    model: UDONModel | Embedder,
+    domains: Mapping[str, Domain],
+    split: str,
+    *,
+    index: str = "both",
+    embedding: str = "both",
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    num_threads: int = 2,
+    decoder: str = "dali",
+    progress: bool = True,
+    no_positive: str = "miss",
+    distributed: bool = False,
+    embeddings: dict[str, tuple[Embedded, Embedded | None]] | None = None,
+) -> dict:
     """UnED kNN metrics of `model` on `split` ("val" or "test") of every domain.
 
     no_positive: "miss" (default, the official metric: a query without a relevant index item scores 0
@@ -215,10 +282,18 @@ def evaluate_model(model: UDONModel | Embedder, domains: Mapping[str, Domain], s
     sets = {}
     for name, domain in domains.items():
         query, index_split = knn_pairs(domain, split)
-        options = dict(batch_size=batch_size, device=device, teacher=want_teacher, num_threads=num_threads,
-                       decoder=decoder, progress=progress)
-        sets[name] = (embed(model, query, name, **options),
-                      None if index_split is None else embed(model, index_split, name, **options))
+        options = dict(
+            batch_size=batch_size,
+            device=device,
+            teacher=want_teacher,
+            num_threads=num_threads,
+            decoder=decoder,
+            progress=progress,
+        )
+        sets[name] = (
+            embed(model, query, name, **options),
+            None if index_split is None else embed(model, index_split, name, **options),
+        )
     model.train(was_training)
     if embeddings is not None:
         embeddings.update(sets)

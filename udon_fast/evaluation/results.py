@@ -1,5 +1,6 @@
 """Evaluation results: results.json / results.md and the per-domain markdown tables (the training run and
 `python -m udon_fast.evaluate` write them)."""
+
 import json
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,15 @@ METRICS = (("p_at_1", "P@1"), ("mmp_at_5", "mMP@5"))
 STAGES = ("baseline", "initial", "final")  # the evaluated stages of a results dict, in table order
 COUNTS = (("num_queries", "queries"), ("num_queries_without_positives", "without positive"))
 RULE_NOTES = {
-    "miss": "Queries without a relevant index item (\"without positive\") count as misses: P@1 0 and "
-            "precision 0, kept in every mean (no_positive=miss, the official UnED metric).",
-    "exclude": "Queries without a relevant index item (\"without positive\") are left out of the means "
-               "(no_positive=exclude; the official UnED metric counts them as misses).",
+    "miss": 'Queries without a relevant index item ("without positive") count as misses: P@1 0 and '
+    "precision 0, kept in every mean (no_positive=miss, the official UnED metric).",
+    "exclude": 'Queries without a relevant index item ("without positive") are left out of the means '
+    "(no_positive=exclude; the official UnED metric counts them as misses).",
 }
-STAGES_NOTE = ("baseline: the pretrained backbone's own L2-normalised features, no training (student tables "
-               "only); initial: the untrained UDON model; final: the trained model.")
+STAGES_NOTE = (
+    "baseline: the pretrained backbone's own L2-normalised features, no training (student tables "
+    "only); initial: the untrained UDON model; final: the trained model."
+)
 
 
 def _fmt(value: float | None) -> str:
@@ -46,10 +49,17 @@ def results_table(results: dict[str, Any]) -> str:
     stages = STAGES if "baseline" in results else STAGES[1:]
     for embedding, by_index in final.items():
         for index, leaf in by_index.items():
-            header = (["domain"] + [f"{stage} {label}" for _, label in METRICS for stage in stages]
-                      + [label for _, label in COUNTS])
-            lines = [f"### {embedding} embedding, {index} index", "",
-                     "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            header = (
+                ["domain"]
+                + [f"{stage} {label}" for _, label in METRICS for stage in stages]
+                + [label for _, label in COUNTS]
+            )
+            lines = [
+                f"### {embedding} embedding, {index} index",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header),
+            ]
             for domain in [d for d in leaf if d != "mean"] + ["mean"]:
                 cells = [domain]
                 for key, _ in METRICS:
@@ -66,7 +76,8 @@ def write_results(out: Path, results: dict[str, Any], header: str) -> str:
     """Write results.json and results.md into `out` (atomically); return the markdown."""
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, sort_keys=True))
     note = f" {STAGES_NOTE}" if "baseline" in results else ""
-    markdown = (f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).{note}\n\n"
-                f"{results_table(results)}")
+    markdown = (
+        f"# UDON results\n\n{header}\n\nMetrics in %, UnED kNN protocol (k = 5).{note}\n\n{results_table(results)}"
+    )
     atomic_write_text(out / "results.md", markdown)
     return markdown

@@ -12,6 +12,7 @@ Any OSError while writing becomes an `OutputError` whose message names the path 
 (e.g. "No space left on device"), also when the OSError was wrapped by another library (torch.save
 reports a full disk as "RuntimeError: [enforce fail at inline_container.cc...] unexpected pos").
 """
+
 import errno
 import fcntl
 import os
@@ -151,7 +152,7 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
         return []
     removed = []
     for temp in directory.glob(f".*{TEMP_MARK}*{TEMP_SUFFIX}"):
-        pid = temp.name[:-len(TEMP_SUFFIX)].rsplit(TEMP_MARK, 1)[1].split("-", 1)[0]
+        pid = temp.name[: -len(TEMP_SUFFIX)].rsplit(TEMP_MARK, 1)[1].split("-", 1)[0]
         if not pid.isdigit() or _writer_alive(int(pid)):
             continue
         try:

@@ -8,11 +8,13 @@ file's SHA-256 and size, so the short window between the two renames is covered 
 killed there leaves a new metadata file beside the old data file (or the reverse), which
 `check_pair` refuses, naming both files, instead of pairing one file's rows with the other's paths.
 """
+
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from ..errors import InputError
 from .outputs import atomic_write, atomic_write_text
@@ -32,8 +34,9 @@ class _Hashing:
         return self.file.write(data)
 
 
-def write_pair(data_path: Path, write_data: Callable[[BinaryIO], None], meta_path: Path, meta: dict[str, Any],
-               what: str = "") -> dict[str, Any]:
+def write_pair(
+    data_path: Path, write_data: Callable[[BinaryIO], None], meta_path: Path, meta: dict[str, Any], what: str = ""
+) -> dict[str, Any]:
     """Write `data_path` (its bytes from `write_data(file)`) and `meta_path` (`meta` plus "sha256" and
     "bytes" of the data file, as JSON) as a pair (module docstring); return the metadata written."""
     with atomic_write(data_path, what) as data_file:
@@ -60,9 +63,12 @@ def check_pair(data_path: Path, meta_path: Path, meta: dict[str, Any], writer: s
     `meta` records the size and SHA-256 that `data_path` has."""
     recorded = meta.get("sha256")
     if not isinstance(recorded, str) or not isinstance(meta.get("bytes"), int):
-        raise InputError(f"{meta_path} records no checksum of {data_path} (written by an older udon_fast?): "
-                         f"run {writer} again")
+        raise InputError(
+            f"{meta_path} records no checksum of {data_path} (written by an older udon_fast?): run {writer} again"
+        )
     if data_path.stat().st_size != meta["bytes"] or file_sha256(data_path) != recorded:
-        raise InputError(f"{data_path} and {meta_path} are not a pair: the data file's size or SHA-256 differs "
-                         f"from the one recorded (one of them was replaced on its own, or a write was "
-                         f"interrupted): run {writer} again")
+        raise InputError(
+            f"{data_path} and {meta_path} are not a pair: the data file's size or SHA-256 differs "
+            f"from the one recorded (one of them was replaced on its own, or a write was "
+            f"interrupted): run {writer} again"
+        )

@@ -16,6 +16,7 @@ On release, a folder that the lock created and that holds nothing but the lock f
 again, so a run refused for its inputs leaves no empty folder behind.  The path is re-checked after
 locking (same inode as the open file), so a file removed by a releasing holder is never locked.
 """
+
 import fcntl
 import json
 import os
@@ -59,9 +60,12 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._fd = self._lock(what)
         self._created = created
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "command": shlex.join(getattr(sys, "orig_argv", sys.argv)).replace("\n", "\\n")}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": shlex.join(getattr(sys, "orig_argv", sys.argv)).replace("\n", "\\n"),
+        }
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
 

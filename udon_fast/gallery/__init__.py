@@ -6,8 +6,17 @@
   folder; every link relative, so the folder can be moved or zipped.
 - `write_gallery` (evaluate, train) and `write_search_page` (search --html) are the entry points.
 """
+
 from .render import write_gallery, write_search_page
 from .retrieval import Hit, MergedSearch, QueryResult, compare, merged_search, sample_rows
 
-__all__ = ["Hit", "MergedSearch", "QueryResult", "compare", "merged_search", "sample_rows", "write_gallery",
-           "write_search_page"]
+__all__ = [
+    "Hit",
+    "MergedSearch",
+    "QueryResult",
+    "compare",
+    "merged_search",
+    "sample_rows",
+    "write_gallery",
+    "write_search_page",
+]

@@ -3,6 +3,7 @@
 Every page links only to files below its own folder (thumbs/*.jpg, sibling pages), so a gallery
 folder can be moved or zipped and still open.  Pages and thumbnails are written atomically.
 """
+
 import hashlib
 import io
 import re
@@ -27,8 +28,13 @@ THUMBNAIL_FOLDER = "thumbs"
 
 def environment() -> Environment:
     """The Jinja2 environment of the gallery and service templates (HTML autoescaped)."""
-    return Environment(loader=PackageLoader("udon_fast.gallery", "templates"), autoescape=select_autoescape(["html"]),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return Environment(
+        loader=PackageLoader("udon_fast.gallery", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 class Thumbnails:
@@ -60,8 +66,15 @@ def page_name(domain: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", domain) + ".html"
 
 
-def write_gallery(folder: str | Path, trained: MergedSearch, count: int, *, title: str,
-                  baseline: MergedSearch | None = None, seed: int = 0) -> Path:
+def write_gallery(
+    folder: str | Path,
+    trained: MergedSearch,
+    count: int,
+    *,
+    title: str,
+    baseline: MergedSearch | None = None,
+    seed: int = 0,
+) -> Path:
     """`folder`/index.html and one page per domain: a seeded sample of `count` queries per domain with
     their top-k in the merged index (`trained`); with `baseline` (the off-the-shelf backbone's search of
     the same queries) also up to `count` queries `trained` gets right at rank 1 and `baseline` wrong,
@@ -74,21 +87,46 @@ def write_gallery(folder: str | Path, trained: MergedSearch, count: int, *, titl
         sample = [trained.result(r) for r in sample_rows(rows, count, seed + d)]
         comparisons = []
         if baseline is not None:
-            for heading, chosen in zip(("Trained model right, off-the-shelf backbone wrong",
-                                        "Off-the-shelf backbone right, trained model wrong"),
-                                       compare(trained, baseline, domain)):
+            for heading, chosen in zip(
+                (
+                    "Trained model right, off-the-shelf backbone wrong",
+                    "Off-the-shelf backbone right, trained model wrong",
+                ),
+                compare(trained, baseline, domain),
+            ):
                 shown = sample_rows(chosen, count, seed + d)
-                comparisons.append({"heading": heading, "total": len(chosen),
-                                    "pairs": [(trained.result(r), baseline.result(r)) for r in shown]})
+                comparisons.append(
+                    {
+                        "heading": heading,
+                        "total": len(chosen),
+                        "pairs": [(trained.result(r), baseline.result(r)) for r in shown],
+                    }
+                )
         right = int(trained.correct[rows, 0].sum())
-        summaries.append({"name": domain, "page": page_name(domain), "queries": len(rows), "right": right,
-                          "baseline_right": None if baseline is None else int(baseline.correct[rows, 0].sum())})
-        html = env.get_template("domain.html").render(title=title, domain=domain, sample=sample, queries=len(rows),
-                                                      right=right, comparisons=comparisons, thumb=thumb,
-                                                      top=trained.ids.shape[1], count=count)
+        summaries.append(
+            {
+                "name": domain,
+                "page": page_name(domain),
+                "queries": len(rows),
+                "right": right,
+                "baseline_right": None if baseline is None else int(baseline.correct[rows, 0].sum()),
+            }
+        )
+        html = env.get_template("domain.html").render(
+            title=title,
+            domain=domain,
+            sample=sample,
+            queries=len(rows),
+            right=right,
+            comparisons=comparisons,
+            thumb=thumb,
+            top=trained.ids.shape[1],
+            count=count,
+        )
         atomic_write_text(folder / page_name(domain), html)
-    html = env.get_template("index.html").render(title=title, domains=summaries, count=count,
-                                                 top=trained.ids.shape[1], compared=baseline is not None)
+    html = env.get_template("index.html").render(
+        title=title, domains=summaries, count=count, top=trained.ids.shape[1], compared=baseline is not None
+    )
     atomic_write_text(folder / "index.html", html)
     return folder / "index.html"
 
@@ -101,4 +139,3 @@ def write_search_page(folder: str | Path, results: Sequence[QueryResult], *, tit
     html = env.get_template("search.html").render(title=title, results=results, thumb=thumb)
     atomic_write_text(folder / "index.html", html)
     return folder / "index.html"
-

@@ -6,6 +6,7 @@ neighbour is correct when it is from the query's domain and shares one of its cl
 rule).  Pages show a seeded sample of the queries (`sample_rows`); `compare` finds the queries one
 model gets right at rank 1 and another gets wrong.
 """
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ..data import Domain, Split, knn_pairs
 from ..data.image_bytes import read_encoded
-from ..evaluation.protocol import K, Embedded, _pad_labels
+from ..evaluation.protocol import Embedded, K, _pad_labels
 from ..retrieval.knn import _drop_self, _labels_match, _search_batches
 
 SEARCH_BATCH = 4096
@@ -75,8 +76,10 @@ class MergedSearch:
 
     def result(self, row: int) -> QueryResult:
         """Query `row` with its hits."""
-        hits = [Hit(self.index_paths[i], self.names[self.index_domain[i]], self.index_labels[i], float(s), bool(c))
-                for i, s, c in zip(self.ids[row], self.scores[row], self.correct[row])]
+        hits = [
+            Hit(self.index_paths[i], self.names[self.index_domain[i]], self.index_labels[i], float(s), bool(c))
+            for i, s, c in zip(self.ids[row], self.scores[row], self.correct[row])
+        ]
         return QueryResult(self.query_paths[row], self.names[self.query_domain[row]], self.query_labels[row], hits)
 
 
@@ -87,8 +90,9 @@ def _class_names(domain: Domain, labels: np.ndarray) -> list[str]:
     return ["+".join(original.get(int(c), str(int(c))) for c in row if c >= 0) for row in rows]
 
 
-def merged_search(domains: Mapping[str, Domain], split: str, sets: Mapping[str, tuple[Embedded, Embedded | None]],
-                  k: int = K) -> MergedSearch:
+def merged_search(
+    domains: Mapping[str, Domain], split: str, sets: Mapping[str, tuple[Embedded, Embedded | None]], k: int = K
+) -> MergedSearch:
     """Search every query of `split` in the merged index of student embeddings `sets` (as
     `evaluation.protocol.evaluate_model(..., embeddings=sets)` fills them, in the order of `domains`)."""
     names = list(domains)
@@ -125,12 +129,13 @@ def merged_search(domains: Mapping[str, Domain], split: str, sets: Mapping[str, 
     k = min(k, len(index_emb) - 1)
     ids = np.empty((len(queries), k), dtype=np.int64)
     for start, batch in _search_batches(queries, index_emb, k + 1, SEARCH_BATCH, use_gpu=False):
-        ids[start:start + len(batch)] = _drop_self(batch, self_rows[start:start + len(batch)])
+        ids[start : start + len(batch)] = _drop_self(batch, self_rows[start : start + len(batch)])
     scores = np.einsum("qd,qkd->qk", queries, index_emb[ids]).astype(np.float32)
     same_domain = index_domain[ids] == query_domain[:, None]
     correct = same_domain & _labels_match(query_labels, index_labels[ids])
-    return MergedSearch(names, q_paths, q_names, query_domain, x_paths, x_names, index_domain, ids, scores, correct,
-                        members)
+    return MergedSearch(
+        names, q_paths, q_names, query_domain, x_paths, x_names, index_domain, ids, scores, correct, members
+    )
 
 
 def sample_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:

@@ -4,6 +4,7 @@ All backends compute the same per-row head losses (see `head_op.py`); this modul
 arguments, dispatches, applies the CE options (`options.py`: reduction, ignore_index, label_smoothing,
 class_weight), reduces the rows and forms the weighted total (docs/method.md, section 2.6).
 """
+
 from typing import NamedTuple
 
 import torch
@@ -27,20 +28,43 @@ class UDONLossOutput(NamedTuple):
 
 def _head_rows(backend, *, e_t, w_t, e_s, w_s, labels, margin: Margin, scale, tau_t, tau_s):
     if backend == "reference":
-        return reference.head_loss_rows(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=scale,
-                                        tau_t=tau_t, tau_s=tau_s)
+        return reference.head_loss_rows(
+            e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s
+        )
     z_y, dz_y = target_terms(margin, scale, labels, [(e_t, w_t)] if e_s is None else [(e_t, w_t), (e_s, w_s)])
     op = backends.fused_op(backend)
-    ce_t, ce_s, kl, _ = op(e_t=e_t.contiguous(), w_t=w_t.contiguous(),
-                           e_s=None if e_s is None else e_s.contiguous(),
-                           w_s=None if w_s is None else w_s.contiguous(),
-                           labels=labels.contiguous(), z_y=z_y, dz_y=dz_y, scale=float(scale), tau_t=float(tau_t),
-                           tau_s=float(tau_s))
+    ce_t, ce_s, kl, _ = op(
+        e_t=e_t.contiguous(),
+        w_t=w_t.contiguous(),
+        e_s=None if e_s is None else e_s.contiguous(),
+        w_s=None if w_s is None else w_s.contiguous(),
+        labels=labels.contiguous(),
+        z_y=z_y,
+        dz_y=dz_y,
+        scale=float(scale),
+        tau_t=float(tau_t),
+        tau_s=float(tau_s),
+    )
     return ce_t, ce_s, kl
 
 
-def _option_rows(what, shard, check, backend, *, e_t, w_t, e_s, w_s, labels, margin_args: tuple, scale, tau_t,
-                 tau_s, opts: options.CEOptions):
+def _option_rows(
+    what,
+    shard,
+    check,
+    backend,
+    *,
+    e_t,
+    w_t,
+    e_s,
+    w_s,
+    labels,
+    margin_args: tuple,
+    scale,
+    tau_t,
+    tau_s,
+    opts: options.CEOptions,
+):
     """Per-row CE_t and CE_s with the CE options applied, KL, each (B,) f32 (0 in ignored rows, ce_s = kl
     = 0 for a single head), the CE mean's denominator and the (B,) mask of kept rows (None: all kept).
 
@@ -51,8 +75,18 @@ def _option_rows(what, shard, check, backend, *, e_t, w_t, e_s, w_s, labels, mar
         check()
         backend_labels, keep = options.split_ignored(labels, opts.ignore_index)
         margin = resolve(*margin_args)
-        ce_t, ce_s, kl = _head_rows(backends.resolve(backend, e_t.device), e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s,
-                                    labels=backend_labels, margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
+        ce_t, ce_s, kl = _head_rows(
+            backends.resolve(backend, e_t.device),
+            e_t=e_t,
+            w_t=w_t,
+            e_s=e_s,
+            w_s=w_s,
+            labels=backend_labels,
+            margin=margin,
+            scale=scale,
+            tau_t=tau_t,
+            tau_s=tau_s,
+        )
         heads, slice_options = [(e_t, w_t), (e_s, w_s)], {}
         num_classes = w_t.shape[0]
     else:
@@ -62,8 +96,10 @@ def _option_rows(what, shard, check, backend, *, e_t, w_t, e_s, w_s, labels, mar
         def check_all():
             check()
             if backend == "reference":
-                raise ValueError("backend='reference' materialises the logits; class_shard needs a fused backend "
-                                 "(auto, chunked, native or triton)")
+                raise ValueError(
+                    "backend='reference' materialises the logits; class_shard needs a fused backend "
+                    "(auto, chunked, native or triton)"
+                )
             backends.resolve(backend, e_t.device)
 
         plan = class_parallel.plan(shard, check_all, e_t=e_t, w_t=w_t, e_s=e_s, what=what)
@@ -73,28 +109,64 @@ def _option_rows(what, shard, check, backend, *, e_t, w_t, e_s, w_s, labels, mar
         keep = None if keep is None else backend_labels != NO_TARGET
         local = class_parallel.slice_labels(plan, backend_labels)
         ce_t, ce_s, kl = class_parallel.gathered_head_rows(
-            plan, backends.resolve(backend, e_t.device), all_e_t=all_e_t, w_t=w_t, all_e_s=all_e_s, w_s=w_s,
-            local=local, margin=margin, scale=scale, tau_t=tau_t, tau_s=tau_s)
+            plan,
+            backends.resolve(backend, e_t.device),
+            all_e_t=all_e_t,
+            w_t=w_t,
+            all_e_s=all_e_s,
+            w_s=w_s,
+            local=local,
+            margin=margin,
+            scale=scale,
+            tau_t=tau_t,
+            tau_s=tau_s,
+        )
         heads = [(all_e_t, w_t), (all_e_s, w_s)]
-        slice_options = dict(local_labels=local, first_class=plan.slices[plan.rank][0],
-                             combine=lambda partial: class_parallel.sum_over_ranks(plan, partial))
+        slice_options = dict(
+            local_labels=local,
+            first_class=plan.slices[plan.rank][0],
+            combine=lambda partial: class_parallel.sum_over_ranks(plan, partial),
+        )
         num_classes = shard.num_classes
-    ce, denominator = options.ce_rows(opts, ce=[ce_t] if e_s is None else [ce_t, ce_s], heads=heads,
-                                      labels=backend_labels, keep=keep, margin=margin, scale=scale,
-                                      num_classes=num_classes, **slice_options)
+    ce, denominator = options.ce_rows(
+        opts,
+        ce=[ce_t] if e_s is None else [ce_t, ce_s],
+        heads=heads,
+        labels=backend_labels,
+        keep=keep,
+        margin=margin,
+        scale=scale,
+        num_classes=num_classes,
+        **slice_options,
+    )
     kl = kl if keep is None else torch.where(keep, kl, 0.0)
     return ce[0], (ce_s if e_s is None else ce[1]), kl, denominator, keep
 
 
 def udon_loss(
-    student_emb: torch.Tensor, teacher_emb: torch.Tensor,
-    student_weight: torch.Tensor, teacher_weight: torch.Tensor, labels: torch.Tensor,
-    *, margin_type: str = "normface", margin: float = 0.0, margins: tuple[float, float, float] | None = None,
-    scale: float = 16.0, teacher_temperature: float = 0.1, student_temperature: float = 0.1,
-    teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0, kl_weight: float = 1.0,
-    similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
-    class_shard: ClassShard | None = None, check_inputs: bool = True,
-    reduction: str = "mean", ignore_index: int | None = None, label_smoothing: float = 0.0,
+    student_emb: torch.Tensor,
+    teacher_emb: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin_type: str = "normface",
+    margin: float = 0.0,
+    margins: tuple[float, float, float] | None = None,
+    scale: float = 16.0,
+    teacher_temperature: float = 0.1,
+    student_temperature: float = 0.1,
+    teacher_ce_weight: float = 1.0,
+    student_ce_weight: float = 1.0,
+    kl_weight: float = 1.0,
+    similarity_weight: float = 1.0,
+    backend: str = "auto",
+    n_devices: int = 1,
+    class_shard: ClassShard | None = None,
+    check_inputs: bool = True,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
     class_weight: torch.Tensor | None = None,
 ) -> UDONLossOutput:
     """The UDON loss of one single-domain batch (docs/method.md, section 2).
@@ -140,8 +212,12 @@ def udon_loss(
     weights again.  A caller in a training loop passes False and checks its weights once, when it
     builds or loads them (the trainer does).  The shape, dtype, device and argument checks always run.
     """
-    weights = {"teacher_ce_weight": teacher_ce_weight, "student_ce_weight": student_ce_weight,
-               "kl_weight": kl_weight, "similarity_weight": similarity_weight}
+    weights = {
+        "teacher_ce_weight": teacher_ce_weight,
+        "student_ce_weight": student_ce_weight,
+        "kl_weight": kl_weight,
+        "similarity_weight": similarity_weight,
+    }
     opts = options.CEOptions(reduction, ignore_index, label_smoothing, class_weight)
 
     def check():
@@ -149,41 +225,83 @@ def udon_loss(
         validate.check_positive("teacher_temperature", teacher_temperature)
         validate.check_positive("student_temperature", student_temperature)
         validate.check_loss_weights(weights)
-        for emb_name, emb, weight_name, weight in (("teacher_emb", teacher_emb, "teacher_weight", teacher_weight),
-                                                   ("student_emb", student_emb, "student_weight", student_weight)):
-            validate.check_head(emb_name=emb_name, emb=emb, weight_name=weight_name, weight=weight, labels=labels,
-                                allow_float64=backend == "reference", allow_no_classes=class_shard is not None)
-        validate.check_pair(student_emb=student_emb, teacher_emb=teacher_emb, student_weight=student_weight,
-                            teacher_weight=teacher_weight)
+        for emb_name, emb, weight_name, weight in (
+            ("teacher_emb", teacher_emb, "teacher_weight", teacher_weight),
+            ("student_emb", student_emb, "student_weight", student_weight),
+        ):
+            validate.check_head(
+                emb_name=emb_name,
+                emb=emb,
+                weight_name=weight_name,
+                weight=weight,
+                labels=labels,
+                allow_float64=backend == "reference",
+                allow_no_classes=class_shard is not None,
+            )
+        validate.check_pair(
+            student_emb=student_emb,
+            teacher_emb=teacher_emb,
+            student_weight=student_weight,
+            teacher_weight=teacher_weight,
+        )
         num_classes = teacher_weight.shape[0] if class_shard is None else class_shard.num_classes
         options.check(opts, num_classes, teacher_emb.device)
         if class_shard is not None and reduction == "none":
-            raise ValueError("reduction='none' is not available with class_shard in udon_loss (CE and KL rows "
-                             "span all ranks, SIM this rank's): use 'sum' or 'mean'")
+            raise ValueError(
+                "reduction='none' is not available with class_shard in udon_loss (CE and KL rows "
+                "span all ranks, SIM this rank's): use 'sum' or 'mean'"
+            )
         if check_inputs and not torch.compiler.is_compiling():
-            validate.check_values({"student_emb": student_emb, "teacher_emb": teacher_emb},
-                                  {"student_weight": student_weight, "teacher_weight": teacher_weight},
-                                  labels, num_classes, ignore_index)
+            validate.check_values(
+                {"student_emb": student_emb, "teacher_emb": teacher_emb},
+                {"student_weight": student_weight, "teacher_weight": teacher_weight},
+                labels,
+                num_classes,
+                ignore_index,
+            )
             options.check_values(opts)
 
     ce_t, ce_s, kl, denominator, keep = _option_rows(
-        "udon_loss", class_shard, check, backend, e_t=teacher_emb, w_t=teacher_weight, e_s=student_emb,
-        w_s=student_weight, labels=labels, margin_args=(margin_type, margin, margins), scale=scale,
-        tau_t=teacher_temperature, tau_s=student_temperature, opts=opts)
+        "udon_loss",
+        class_shard,
+        check,
+        backend,
+        e_t=teacher_emb,
+        w_t=teacher_weight,
+        e_s=student_emb,
+        w_s=student_weight,
+        labels=labels,
+        margin_args=(margin_type, margin, margins),
+        scale=scale,
+        tau_t=teacher_temperature,
+        tau_s=student_temperature,
+        opts=opts,
+    )
     teacher_ce, student_ce = (options.reduce(rows, denominator, reduction) for rows in (ce_t, ce_s))
     kl = options.reduce(kl, None if keep is None else keep.sum(), reduction)
     local_keep = None if ignore_index is None else labels != ignore_index
     sim = similarity_loss(student_emb, teacher_emb, n_devices, keep=local_keep, reduction=reduction)
-    total = (teacher_ce_weight * teacher_ce + student_ce_weight * student_ce + kl_weight * kl
-             + similarity_weight * sim) / sum(weights.values())
+    total = (
+        teacher_ce_weight * teacher_ce + student_ce_weight * student_ce + kl_weight * kl + similarity_weight * sim
+    ) / sum(weights.values())
     return UDONLossOutput(total, teacher_ce, student_ce, kl, sim)
 
 
 def normalized_softmax_ce(
-    emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-    *, margin_type: str = "normface", margin: float = 0.0, margins: tuple[float, float, float] | None = None,
-    scale: float = 16.0, backend: str = "auto", class_shard: ClassShard | None = None, check_inputs: bool = True,
-    reduction: str = "mean", ignore_index: int | None = None, label_smoothing: float = 0.0,
+    emb: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin_type: str = "normface",
+    margin: float = 0.0,
+    margins: tuple[float, float, float] | None = None,
+    scale: float = 16.0,
+    backend: str = "auto",
+    class_shard: ClassShard | None = None,
+    check_inputs: bool = True,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
     class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cosine-classifier softmax CE of one head: emb (B, D) unit-norm, weight (C, D) raw (no row of
@@ -200,8 +318,15 @@ def normalized_softmax_ce(
 
     def check():
         validate.check_head_scalars(margin_type, margin, margins, scale)
-        validate.check_head(emb_name="emb", emb=emb, weight_name="weight", weight=weight, labels=labels,
-                            allow_float64=backend == "reference", allow_no_classes=class_shard is not None)
+        validate.check_head(
+            emb_name="emb",
+            emb=emb,
+            weight_name="weight",
+            weight=weight,
+            labels=labels,
+            allow_float64=backend == "reference",
+            allow_no_classes=class_shard is not None,
+        )
         num_classes = weight.shape[0] if class_shard is None else class_shard.num_classes
         options.check(opts, num_classes, emb.device)
         if check_inputs and not torch.compiler.is_compiling():
@@ -209,8 +334,21 @@ def normalized_softmax_ce(
             options.check_values(opts)
 
     ce, _, _, denominator, _ = _option_rows(
-        "normalized_softmax_ce", class_shard, check, backend, e_t=emb, w_t=weight, e_s=None, w_s=None, labels=labels,
-        margin_args=(margin_type, margin, margins), scale=scale, tau_t=1.0, tau_s=1.0, opts=opts)
+        "normalized_softmax_ce",
+        class_shard,
+        check,
+        backend,
+        e_t=emb,
+        w_t=weight,
+        e_s=None,
+        w_s=None,
+        labels=labels,
+        margin_args=(margin_type, margin, margins),
+        scale=scale,
+        tau_t=1.0,
+        tau_s=1.0,
+        opts=opts,
+    )
     return options.reduce(ce, denominator, reduction)
 
 
@@ -228,21 +366,47 @@ class UDONLoss(nn.Module):
     """
 
     def __init__(
-        self, *, margin_type: str = "normface", margin: float = 0.0,
-        margins: tuple[float, float, float] | None = None, scale: float = 16.0, teacher_temperature: float = 0.1,
-        student_temperature: float = 0.1, teacher_ce_weight: float = 1.0, student_ce_weight: float = 1.0,
-        kl_weight: float = 1.0, similarity_weight: float = 1.0, backend: str = "auto", n_devices: int = 1,
-        class_shard: ClassShard | None = None, check_inputs: bool = True, reduction: str = "mean",
-        ignore_index: int | None = None, label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None,
+        self,
+        *,
+        margin_type: str = "normface",
+        margin: float = 0.0,
+        margins: tuple[float, float, float] | None = None,
+        scale: float = 16.0,
+        teacher_temperature: float = 0.1,
+        student_temperature: float = 0.1,
+        teacher_ce_weight: float = 1.0,
+        student_ce_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        similarity_weight: float = 1.0,
+        backend: str = "auto",
+        n_devices: int = 1,
+        class_shard: ClassShard | None = None,
+        check_inputs: bool = True,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        class_weight: torch.Tensor | None = None,
     ):
         super().__init__()
         self.options = dict(
-            margin_type=margin_type, margin=margin, margins=margins, scale=scale,
-            teacher_temperature=teacher_temperature, student_temperature=student_temperature,
-            teacher_ce_weight=teacher_ce_weight, student_ce_weight=student_ce_weight, kl_weight=kl_weight,
-            similarity_weight=similarity_weight, backend=backend, n_devices=n_devices, class_shard=class_shard,
-            check_inputs=check_inputs, reduction=reduction, ignore_index=ignore_index,
-            label_smoothing=label_smoothing)
+            margin_type=margin_type,
+            margin=margin,
+            margins=margins,
+            scale=scale,
+            teacher_temperature=teacher_temperature,
+            student_temperature=student_temperature,
+            teacher_ce_weight=teacher_ce_weight,
+            student_ce_weight=student_ce_weight,
+            kl_weight=kl_weight,
+            similarity_weight=similarity_weight,
+            backend=backend,
+            n_devices=n_devices,
+            class_shard=class_shard,
+            check_inputs=check_inputs,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+        )
         validate.check_head_scalars(margin_type, margin, margins, scale)
         options.check_scalars(reduction, ignore_index, label_smoothing)
         # A buffer, so that .to(device) moves it; passed to udon_loss in forward.
@@ -251,8 +415,15 @@ class UDONLoss(nn.Module):
             raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
 
     def forward(self, student_emb, teacher_emb, student_weight, teacher_weight, labels) -> UDONLossOutput:
-        return udon_loss(student_emb, teacher_emb, student_weight, teacher_weight, labels,
-                         class_weight=self.class_weight, **self.options)
+        return udon_loss(
+            student_emb,
+            teacher_emb,
+            student_weight,
+            teacher_weight,
+            labels,
+            class_weight=self.class_weight,
+            **self.options,
+        )
 
     def extra_repr(self) -> str:
         shown = {**self.options, "class_weight": None if self.class_weight is None else tuple(self.class_weight.shape)}

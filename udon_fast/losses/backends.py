@@ -9,6 +9,7 @@ functions that check and register (`backend_status`, `auto_backend`, `_register`
 `torch.compiler.assume_constant_result`'s mark, so Dynamo calls them eagerly and keeps their result
 (a bool/str constant) instead of tracing them: the traced code only reads values, with no graph break.
 """
+
 import importlib
 import os
 
@@ -21,7 +22,7 @@ BACKENDS = ("auto", "reference", "chunked", "triton", "native")
 _MODULES = {"chunked": ".chunked", "triton": ".triton_backend", "native": ".native_backend"}
 _STATUS: dict[str, tuple[bool, str]] = {}  # backend -> (usable, reason), filled on first use
 _FUSED_BACKENDS: dict[str, HeadBackend] = {}  # backend -> its module's BACKEND, imported on first use
-_FUSED_OPS: dict[str, HeadForward] = {}        # backend -> its registered op (keyword-only), on first use
+_FUSED_OPS: dict[str, HeadForward] = {}  # backend -> its registered op (keyword-only), on first use
 
 
 def _constant_under_compile(fn):

@@ -4,6 +4,7 @@ Runs on any device.  Peak extra memory is O(B * chunk) (a handful of (B, chunk) 
 O(B * C).  The math is `reference.py`'s, regrouped per class chunk; the target logits and their
 derivatives come in from `margins.target_terms`.  See `head_op.py` for the forward/backward contract.
 """
+
 import torch
 
 from .head_backend import FusedBackend
@@ -77,17 +78,21 @@ def forward(*, e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
         zeros = torch.zeros_like(ce_t)
         return ce_t, zeros, zeros.clone(), _stats({Stat.LSE_ZT: lse_zt}, neg_inf)
     kl = kl_mean - lse_a + lse_b
-    return ce_t, lse_zs - z_y_s, kl, _stats({Stat.LSE_ZT: lse_zt, Stat.LSE_ZS: lse_zs, Stat.LSE_A: lse_a,
-                                             Stat.LSE_B: lse_b}, neg_inf)
+    return (
+        ce_t,
+        lse_zs - z_y_s,
+        kl,
+        _stats({Stat.LSE_ZT: lse_zt, Stat.LSE_ZS: lse_zs, Stat.LSE_A: lse_a, Stat.LSE_B: lse_b}, neg_inf),
+    )
 
 
 def _accumulate_grads(head, g_cos, cos, w, norm, d_emb, d_weight, start, stop):
     """Add a (B, K) dL/dcos tile's contribution to dL/de (B, D) and write dL/dW rows [start, stop)."""
     g_over_norm = g_cos / norm
     d_emb += g_over_norm @ w
-    d_weight[start:stop] = (
-        (g_over_norm.t() @ head.emb) - ((g_cos * cos).sum(dim=0) / (norm * norm))[:, None] * w
-    ).to(d_weight.dtype)
+    d_weight[start:stop] = ((g_over_norm.t() @ head.emb) - ((g_cos * cos).sum(dim=0) / (norm * norm))[:, None] * w).to(
+        d_weight.dtype
+    )
 
 
 def _ce_grad(cos, target_mask, z_y, lse, g_rows, dz_y, scale):

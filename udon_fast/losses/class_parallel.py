@@ -27,8 +27,9 @@ Communication per call: forward, all-gathers of 7 ints per rank, of B x (Dt + Ds
 labels, and all-reduces of (B, 4) and (B, 7) floats; backward, one reduce-scatter of B x (Dt + Ds).  Nothing of size (B, C) or
 (B, C_r) exists: the slice runs through the fused backends.
 """
+
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -87,15 +88,17 @@ class Plan:
     @property
     def offset(self) -> int:
         """First global row of this rank (ranks' rows are concatenated in rank order)."""
-        return sum(self.rows[:self.rank])
+        return sum(self.rows[: self.rank])
 
 
-def _metadata(shard: ClassShard, batch: int, classes: int, dims: tuple[int, int], failed: bool,
-              device: torch.device) -> torch.Tensor:
+def _metadata(
+    shard: ClassShard, batch: int, classes: int, dims: tuple[int, int], failed: bool, device: torch.device
+) -> torch.Tensor:
     """All ranks' (B_r, start_r, C_r, num_classes, Dt, Ds, failed): (world, 7) int64 on the CPU."""
     world = dist.get_world_size(shard.group)
-    mine = torch.tensor([batch, shard.start, classes, shard.num_classes, *dims, int(failed)], dtype=torch.int64,
-                        device=device)
+    mine = torch.tensor(
+        [batch, shard.start, classes, shard.num_classes, *dims, int(failed)], dtype=torch.int64, device=device
+    )
     table = torch.empty(world * mine.numel(), dtype=torch.int64, device=device)
     all_gather_into(table, mine, group=shard.group)
     return table.view(world, -1).cpu()
@@ -110,8 +113,10 @@ def plan(shard: ClassShard, check: Callable[[], None], *, e_t, w_t, e_s, what: s
     do not tile [0, num_classes) in rank order or the ranks disagree on num_classes or embedding widths.
     """
     if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(f"{what}: class_shard needs an initialised torch.distributed process group "
-                         f"(torch.distributed.init_process_group, or a torchrun launch)")
+        raise ValueError(
+            f"{what}: class_shard needs an initialised torch.distributed process group "
+            f"(torch.distributed.init_process_group, or a torchrun launch)"
+        )
     try:
         check()
         error = None
@@ -121,15 +126,19 @@ def plan(shard: ClassShard, check: Callable[[], None], *, e_t, w_t, e_s, what: s
         dims = (e_t.shape[1], 0 if e_s is None else e_s.shape[1])
         table = _metadata(shard, e_t.shape[0], w_t.shape[0], dims, False, e_t.device)
     else:
-        comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(shard.group) == "nccl" \
+        comm = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend(shard.group) == "nccl"
             else torch.device("cpu")
+        )
         table = _metadata(shard, 0, 0, (0, 0), True, comm)
     if error is not None:
         raise error
     failed = [r for r in range(len(table)) if table[r, 6]]
     if failed:
-        raise ValueError(f"{what}: rank(s) {failed} of the class-parallel group rejected their inputs "
-                         f"(their own error says why)")
+        raise ValueError(
+            f"{what}: rank(s) {failed} of the class-parallel group rejected their inputs (their own error says why)"
+        )
     rows, starts, counts, totals = (table[:, i].tolist() for i in range(4))
     if len(set(totals)) != 1:
         raise ValueError(f"{what}: the ranks disagree on ClassShard.num_classes: {totals}")
@@ -142,8 +151,9 @@ def plan(shard: ClassShard, check: Callable[[], None], *, e_t, w_t, e_s, what: s
         expected += count
     if expected != totals[0] or starts[0] != 0:
         layout = [(s, s + c) for s, c in zip(starts, counts)]
-        raise ValueError(f"{what}: the ranks' class slices {layout} must tile [0, {totals[0]}) contiguously in "
-                         f"rank order")
+        raise ValueError(
+            f"{what}: the ranks' class slices {layout} must tile [0, {totals[0]}) contiguously in rank order"
+        )
     return Plan(shard.group, dist.get_rank(shard.group), tuple(rows), tuple(zip(starts, counts)))
 
 
@@ -162,7 +172,7 @@ class _GatherRows(torch.autograd.Function):
         ctx.plan, ctx.widths, ctx.dtypes = plan, [b.shape[1] for b in blocks], [b.dtype for b in blocks]
         local = torch.cat([b.to(dtype) for b in blocks], dim=1)
         padded = local.new_zeros(plan.max_rows, local.shape[1])
-        padded[:local.shape[0]] = local
+        padded[: local.shape[0]] = local
         gathered = local.new_empty(plan.world * plan.max_rows, local.shape[1])
         all_gather_into(gathered, padded, group=plan.group)
         gathered = gathered.view(plan.world, plan.max_rows, -1)
@@ -174,18 +184,20 @@ class _GatherRows(torch.autograd.Function):
         plan = ctx.plan
         total = sum(plan.rows)
         dtype = grads[0].dtype if grads[0] is not None else torch.float32
-        parts = [torch.zeros(total, w, dtype=dtype, device=_device(grads)) if g is None else g.to(dtype)
-                 for g, w in zip(grads, ctx.widths)]
+        parts = [
+            torch.zeros(total, w, dtype=dtype, device=_device(grads)) if g is None else g.to(dtype)
+            for g, w in zip(grads, ctx.widths)
+        ]
         full = torch.cat(parts, dim=1)
         padded = full.new_zeros(plan.world, plan.max_rows, full.shape[1])
         offset = 0
         for r, n in enumerate(plan.rows):
-            padded[r, :n] = full[offset:offset + n]
+            padded[r, :n] = full[offset : offset + n]
             offset += n
         padded = padded.view(plan.world * plan.max_rows, -1)
         mine = full.new_empty(plan.max_rows, full.shape[1])
         reduce_scatter_into(mine, padded, group=plan.group)
-        mine = mine[:plan.rows[plan.rank]]
+        mine = mine[: plan.rows[plan.rank]]
         return (None, *(part.to(t) for part, t in zip(mine.split(ctx.widths, dim=1), ctx.dtypes)))
 
 
@@ -196,7 +208,7 @@ def _device(tensors) -> torch.device:
 def gather_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
     """(B_r,) int64 per rank -> the global (B,) int64 labels in rank order (no gradient)."""
     padded = labels.new_full((plan.max_rows,), NO_TARGET)
-    padded[:labels.shape[0]] = labels
+    padded[: labels.shape[0]] = labels
     gathered = labels.new_empty(plan.world * plan.max_rows)
     all_gather_into(gathered, padded, group=plan.group)
     gathered = gathered.view(plan.world, plan.max_rows)
@@ -245,15 +257,25 @@ class _ShardedHead(torch.autograd.Function):
         if w_t.shape[0] > 0:
             scale, tau_t, tau_s = params
             _, _, kl, stats = backends.fused_backend(backend).forward(
-                e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=local, z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t,
-                tau_s=tau_s)
+                e_t=e_t,
+                w_t=w_t,
+                e_s=e_s,
+                w_s=w_s,
+                labels=local,
+                z_y=z_y,
+                dz_y=dz_y,
+                scale=scale,
+                tau_t=tau_t,
+                tau_s=tau_s,
+            )
             kl_mean = kl + stats[:, Stat.LSE_A] - stats[:, Stat.LSE_B] if two_heads else torch.zeros_like(kl)
         else:
             stats = torch.full((batch, len(Stat)), float("-inf"), device=e_t.device)
             kl_mean = torch.zeros(batch, device=e_t.device)
         owner_z_y = z_y if two_heads else torch.cat([z_y, torch.zeros_like(z_y)], dim=1)
-        lse, kl_mean, global_z_y = _merge(plan, stats=stats, kl_mean=torch.where(torch.isfinite(kl_mean), kl_mean, 0.0),
-                                          z_y=owner_z_y)
+        lse, kl_mean, global_z_y = _merge(
+            plan, stats=stats, kl_mean=torch.where(torch.isfinite(kl_mean), kl_mean, 0.0), z_y=owner_z_y
+        )
         ce_t = lse[:, Stat.LSE_ZT] - global_z_y[:, Head.TEACHER]
         if two_heads:
             ce_s = lse[:, Stat.LSE_ZS] - global_z_y[:, Head.STUDENT]
@@ -271,12 +293,27 @@ class _ShardedHead(torch.autograd.Function):
             d_e_s = None if e_s is None else torch.zeros_like(e_s)
             d_w_s = None if w_s is None else torch.zeros_like(w_s)
             return torch.zeros_like(e_t), torch.zeros_like(w_t), d_e_s, d_w_s, None, None, None, None, None
-        rows = [torch.zeros_like(lse[:, Stat.LSE_ZT]) if g is None else g.float().contiguous()
-                for g in (g_ce_t, g_ce_s, g_kl)]
+        rows = [
+            torch.zeros_like(lse[:, Stat.LSE_ZT]) if g is None else g.float().contiguous()
+            for g in (g_ce_t, g_ce_s, g_kl)
+        ]
         scale, tau_t, tau_s = ctx.params
         d_e_t, d_w_t, d_e_s, d_w_s = backends.fused_backend(ctx.backend).backward(
-            g_ce_t=rows[0], g_ce_s=rows[1], g_kl=rows[2], e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=local, stats=lse,
-            z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t, tau_s=tau_s)
+            g_ce_t=rows[0],
+            g_ce_s=rows[1],
+            g_kl=rows[2],
+            e_t=e_t,
+            w_t=w_t,
+            e_s=e_s,
+            w_s=w_s,
+            labels=local,
+            stats=lse,
+            z_y=z_y,
+            dz_y=dz_y,
+            scale=scale,
+            tau_t=tau_t,
+            tau_s=tau_s,
+        )
         if e_s is None:
             d_e_s = d_w_s = None
         return d_e_t, d_w_t, d_e_s, d_w_s, None, None, None, None, None
@@ -296,12 +333,32 @@ def slice_labels(plan: Plan, all_labels: torch.Tensor) -> torch.Tensor:
     return torch.where(owned, all_labels - start, torch.full_like(all_labels, NO_TARGET))
 
 
-def gathered_head_rows(plan: Plan, backend: str, *, all_e_t: torch.Tensor, w_t: torch.Tensor,
-                       all_e_s: torch.Tensor | None, w_s: torch.Tensor | None, local: torch.Tensor, margin: Margin,
-                       scale: float, tau_t: float, tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gathered_head_rows(
+    plan: Plan,
+    backend: str,
+    *,
+    all_e_t: torch.Tensor,
+    w_t: torch.Tensor,
+    all_e_s: torch.Tensor | None,
+    w_s: torch.Tensor | None,
+    local: torch.Tensor,
+    margin: Margin,
+    scale: float,
+    tau_t: float,
+    tau_s: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`head_rows` on rows already gathered (`gather`) and labels relative to the slice (`slice_labels`)."""
-    return _ShardedHead.apply(all_e_t, w_t.contiguous(), all_e_s, None if w_s is None else w_s.contiguous(),
-                              local, plan, backend, margin, (float(scale), float(tau_t), float(tau_s)))
+    return _ShardedHead.apply(
+        all_e_t,
+        w_t.contiguous(),
+        all_e_s,
+        None if w_s is None else w_s.contiguous(),
+        local,
+        plan,
+        backend,
+        margin,
+        (float(scale), float(tau_t), float(tau_s)),
+    )
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -324,12 +381,33 @@ def sum_over_ranks(plan: Plan, partial: torch.Tensor) -> torch.Tensor:
     return _SumOverRanks.apply(plan, partial)
 
 
-def head_rows(plan: Plan, backend: str, *, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None,
-              w_s: torch.Tensor | None, labels: torch.Tensor, margin: Margin, scale: float, tau_t: float,
-              tau_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def head_rows(
+    plan: Plan,
+    backend: str,
+    *,
+    e_t: torch.Tensor,
+    w_t: torch.Tensor,
+    e_s: torch.Tensor | None,
+    w_s: torch.Tensor | None,
+    labels: torch.Tensor,
+    margin: Margin,
+    scale: float,
+    tau_t: float,
+    tau_s: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global per-row teacher CE, student CE and KL, each (B,) float32 (B = all ranks' rows), the same on
     every rank; differentiable w.r.t. this rank's e_t, w_t, e_s, w_s (see the module docstring)."""
     all_e_t, all_e_s, all_labels = gather(plan, e_t=e_t, e_s=e_s, labels=labels)
-    return gathered_head_rows(plan, backend, all_e_t=all_e_t, w_t=w_t, all_e_s=all_e_s, w_s=w_s,
-                              local=slice_labels(plan, all_labels), margin=margin, scale=scale, tau_t=tau_t,
-                              tau_s=tau_s)
+    return gathered_head_rows(
+        plan,
+        backend,
+        all_e_t=all_e_t,
+        w_t=w_t,
+        all_e_s=all_e_s,
+        w_s=w_s,
+        local=slice_labels(plan, all_labels),
+        margin=margin,
+        scale=scale,
+        tau_t=tau_t,
+        tau_s=tau_s,
+    )

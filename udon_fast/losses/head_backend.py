@@ -6,9 +6,10 @@ module by name and `head_op.register_head_backend` registers its pair as custom 
 Every tensor argument is keyword-only (four same-typed (B, D) / (C, D) tensors must never be passed
 by position).  Shapes, dtypes and gradients: `head_op.py`'s docstring.
 """
+
 import inspect
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -18,18 +19,43 @@ Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 class HeadForward(Protocol):
     """forward -> (ce_t (B,) f32, ce_s (B,) f32, kl (B,) f32, stats (B, 4) f32, columns `layout.Stat`)."""
 
-    def __call__(self, *, e_t: torch.Tensor, w_t: torch.Tensor, e_s: Optional[torch.Tensor],
-                 w_s: Optional[torch.Tensor], labels: torch.Tensor, z_y: torch.Tensor, dz_y: torch.Tensor,
-                 scale: float, tau_t: float, tau_s: float) -> Rows: ...
+    def __call__(
+        self,
+        *,
+        e_t: torch.Tensor,
+        w_t: torch.Tensor,
+        e_s: torch.Tensor | None,
+        w_s: torch.Tensor | None,
+        labels: torch.Tensor,
+        z_y: torch.Tensor,
+        dz_y: torch.Tensor,
+        scale: float,
+        tau_t: float,
+        tau_s: float,
+    ) -> Rows: ...
 
 
 class HeadBackward(Protocol):
     """backward -> (d_e_t, d_w_t, d_e_s, d_w_s) in the input dtypes; the student pair None for a single head."""
 
-    def __call__(self, *, g_ce_t: torch.Tensor, g_ce_s: torch.Tensor, g_kl: torch.Tensor, e_t: torch.Tensor,
-                 w_t: torch.Tensor, e_s: Optional[torch.Tensor], w_s: Optional[torch.Tensor], labels: torch.Tensor,
-                 stats: torch.Tensor, z_y: torch.Tensor, dz_y: torch.Tensor, scale: float, tau_t: float,
-                 tau_s: float) -> Rows: ...
+    def __call__(
+        self,
+        *,
+        g_ce_t: torch.Tensor,
+        g_ce_s: torch.Tensor,
+        g_kl: torch.Tensor,
+        e_t: torch.Tensor,
+        w_t: torch.Tensor,
+        e_s: torch.Tensor | None,
+        w_s: torch.Tensor | None,
+        labels: torch.Tensor,
+        stats: torch.Tensor,
+        z_y: torch.Tensor,
+        dz_y: torch.Tensor,
+        scale: float,
+        tau_t: float,
+        tau_s: float,
+    ) -> Rows: ...
 
 
 @runtime_checkable
@@ -60,8 +86,10 @@ def _check_function(backend_name: str, role: str, function, contract: type) -> N
     got = tuple(p.name for p in parameters)
     positional = [p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     if got != argument_names(contract) or positional:
-        raise TypeError(f"fused backend {backend_name!r}: {role}{inspect.signature(function)} does not match the "
-                        f"contract {role}(*, {', '.join(argument_names(contract))})")
+        raise TypeError(
+            f"fused backend {backend_name!r}: {role}{inspect.signature(function)} does not match the "
+            f"contract {role}(*, {', '.join(argument_names(contract))})"
+        )
 
 
 def check_backend(backend) -> None:

@@ -25,7 +25,6 @@ Registration gives each backend fake (meta) implementations and autograd, so `to
 traces through `udon_loss` without graph breaks.  The ops keep positional schemas; callers reach
 them through the keyword-only function `register_head_backend` returns.  How the backends work: docs/kernels.md.
 """
-from typing import Optional
 
 import torch
 
@@ -35,7 +34,12 @@ from .layout import Stat
 
 def _fake_forward(e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
     rows = e_t.new_empty((e_t.shape[0],), dtype=torch.float32)
-    return rows, torch.empty_like(rows), torch.empty_like(rows), e_t.new_empty((e_t.shape[0], len(Stat)), dtype=torch.float32)
+    return (
+        rows,
+        torch.empty_like(rows),
+        torch.empty_like(rows),
+        e_t.new_empty((e_t.shape[0], len(Stat)), dtype=torch.float32),
+    )
 
 
 def _fake_backward(g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
@@ -51,21 +55,53 @@ def register_head_backend(backend: HeadBackend) -> HeadForward:
     name = backend.name
 
     def forward_op(
-        e_t: torch.Tensor, w_t: torch.Tensor, e_s: Optional[torch.Tensor], w_s: Optional[torch.Tensor],
-        labels: torch.Tensor, z_y: torch.Tensor, dz_y: torch.Tensor, scale: float, tau_t: float, tau_s: float,
+        e_t: torch.Tensor,
+        w_t: torch.Tensor,
+        e_s: torch.Tensor | None,
+        w_s: torch.Tensor | None,
+        labels: torch.Tensor,
+        z_y: torch.Tensor,
+        dz_y: torch.Tensor,
+        scale: float,
+        tau_t: float,
+        tau_s: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return backend.forward(e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=scale,
-                               tau_t=tau_t, tau_s=tau_s)
+        return backend.forward(
+            e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t, tau_s=tau_s
+        )
 
     def backward_op(
-        g_ce_t: torch.Tensor, g_ce_s: torch.Tensor, g_kl: torch.Tensor,
-        e_t: torch.Tensor, w_t: torch.Tensor, e_s: Optional[torch.Tensor], w_s: Optional[torch.Tensor],
-        labels: torch.Tensor, stats: torch.Tensor, z_y: torch.Tensor, dz_y: torch.Tensor,
-        scale: float, tau_t: float, tau_s: float,
+        g_ce_t: torch.Tensor,
+        g_ce_s: torch.Tensor,
+        g_kl: torch.Tensor,
+        e_t: torch.Tensor,
+        w_t: torch.Tensor,
+        e_s: torch.Tensor | None,
+        w_s: torch.Tensor | None,
+        labels: torch.Tensor,
+        stats: torch.Tensor,
+        z_y: torch.Tensor,
+        dz_y: torch.Tensor,
+        scale: float,
+        tau_t: float,
+        tau_s: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d_e_t, d_w_t, d_e_s, d_w_s = backend.backward(
-            g_ce_t=g_ce_t, g_ce_s=g_ce_s, g_kl=g_kl, e_t=e_t, w_t=w_t, e_s=e_s, w_s=w_s, labels=labels, stats=stats,
-            z_y=z_y, dz_y=dz_y, scale=scale, tau_t=tau_t, tau_s=tau_s)
+            g_ce_t=g_ce_t,
+            g_ce_s=g_ce_s,
+            g_kl=g_kl,
+            e_t=e_t,
+            w_t=w_t,
+            e_s=e_s,
+            w_s=w_s,
+            labels=labels,
+            stats=stats,
+            z_y=z_y,
+            dz_y=dz_y,
+            scale=scale,
+            tau_t=tau_t,
+            tau_s=tau_s,
+        )
         if e_s is None:
             d_e_s, d_w_s = e_t.new_empty((0,)), w_t.new_empty((0,))
         return d_e_t, d_w_t, d_e_s, d_w_s

@@ -10,6 +10,7 @@ Defined once here; code indexes these tensors by name, never by a bare integer o
   running max and running sum of exp(x - max) of each softmax family in `Stat` order, then the KL
   numerator (single head: the teacher CE pair only).
 """
+
 from enum import IntEnum
 
 
@@ -19,10 +20,10 @@ class Head(IntEnum):
 
 
 class Stat(IntEnum):
-    LSE_ZT = Head.TEACHER   # teacher CE logits z_t (a head's CE column is its `Head` index)
-    LSE_ZS = Head.STUDENT   # student CE logits z_s
-    LSE_A = 2    # teacher KL logits a = cos_t / tau_t
-    LSE_B = 3    # student KL logits b = cos_s / tau_s
+    LSE_ZT = Head.TEACHER  # teacher CE logits z_t (a head's CE column is its `Head` index)
+    LSE_ZS = Head.STUDENT  # student CE logits z_s
+    LSE_A = 2  # teacher KL logits a = cos_t / tau_t
+    LSE_B = 3  # student KL logits b = cos_s / tau_s
 
 
 class Partial(IntEnum):

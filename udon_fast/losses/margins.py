@@ -35,9 +35,10 @@ does not own the row's class): its logits are all s * c and z_y = dz_y = 0, so i
 the log-sum-exp of the slice.  Only the backends accept it; the public API rejects labels outside
 [0, C).
 """
+
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -74,16 +75,26 @@ class MarginType:
 
 
 MARGIN_TYPES: dict[str, MarginType] = {
-    "normface": MarginType("margin", ("m",), "margin = 0 (it has no margin)", lambda m: m == 0,
-                           lambda cos, m: _linear(cos, 0.0)),
+    "normface": MarginType(
+        "margin", ("m",), "margin = 0 (it has no margin)", lambda m: m == 0, lambda cos, m: _linear(cos, 0.0)
+    ),
     "cosface": MarginType("margin", ("m",), "0 <= margin < 1", lambda m: 0 <= m < 1, _linear),
-    "arcface": MarginType("margin", ("m",), f"0 <= margin < {math.pi / 2:.6g}", lambda m: 0 <= m < math.pi / 2,
-                          lambda cos, m: _angular(cos, 1.0, m, 0.0)),
-    "combined": MarginType("margins", ("m1", "m2", "m3"),
-                           "m1 >= 1, m2 >= 0, m3 >= 0, m1*pi/2 + m2 < pi and cos(m2) - m3 > 0",
-                           lambda m1, m2, m3: (m1 >= 1 and m2 >= 0 and m3 >= 0 and m1 * math.pi / 2 + m2 < math.pi
-                                               and math.cos(m2) - m3 > 0),
-                           _angular),
+    "arcface": MarginType(
+        "margin",
+        ("m",),
+        f"0 <= margin < {math.pi / 2:.6g}",
+        lambda m: 0 <= m < math.pi / 2,
+        lambda cos, m: _angular(cos, 1.0, m, 0.0),
+    ),
+    "combined": MarginType(
+        "margins",
+        ("m1", "m2", "m3"),
+        "m1 >= 1, m2 >= 0, m3 >= 0, m1*pi/2 + m2 < pi and cos(m2) - m3 > 0",
+        lambda m1, m2, m3: (
+            m1 >= 1 and m2 >= 0 and m3 >= 0 and m1 * math.pi / 2 + m2 < math.pi and math.cos(m2) - m3 > 0
+        ),
+        _angular,
+    ),
 }
 
 
@@ -99,14 +110,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def resolve(margin_type: str, margin: float = 0.0, margins: Sequence[float] | None = None, *,
-            flags: bool = False) -> Margin:
+def resolve(
+    margin_type: str, margin: float = 0.0, margins: Sequence[float] | None = None, *, flags: bool = False
+) -> Margin:
     """The Margin of the public arguments, or a one-line InputError (a ValueError) naming the bad argument.
 
     margin: the one parameter of normface/cosface/arcface; margins: the tuple of a type that takes
     several (combined: (m1, m2, m3)); each type leaves the other at its default (0.0, None).
     flags: name the arguments as the trainer's command-line flags (--margin-type, --margin, --margins).
     """
+
     def name(argument: str) -> str:
         return "--" + argument.replace("_", "-") if flags else argument
 
@@ -122,12 +135,20 @@ def resolve(margin_type: str, margin: float = 0.0, margins: Sequence[float] | No
         params = (float(margin),)
     else:
         if margin != 0:
-            raise InputError(f"{name('margin')} is not used by {where}: give {name('margins')} "
-                             f"({', '.join(kind.names)}) instead; got {margin!r}")
-        if (isinstance(margins, (str, bytes)) or not isinstance(margins, Sequence) or len(margins) != len(kind.names)
-                or not all(_is_number(m) for m in margins)):
-            raise InputError(f"{name('margins')} must be {len(kind.names)} finite numbers ({', '.join(kind.names)}) "
-                             f"for {where}, got {margins!r}")
+            raise InputError(
+                f"{name('margin')} is not used by {where}: give {name('margins')} "
+                f"({', '.join(kind.names)}) instead; got {margin!r}"
+            )
+        if (
+            isinstance(margins, (str, bytes))
+            or not isinstance(margins, Sequence)
+            or len(margins) != len(kind.names)
+            or not all(_is_number(m) for m in margins)
+        ):
+            raise InputError(
+                f"{name('margins')} must be {len(kind.names)} finite numbers ({', '.join(kind.names)}) "
+                f"for {where}, got {margins!r}"
+            )
         params = tuple(float(m) for m in margins)
     if not kind.valid(*params):
         shown = margin if kind.argument == "margin" else tuple(margins)
@@ -150,8 +171,9 @@ def target_cosines(*, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     return (emb.detach().float() * target_w).sum(dim=1) / target_w.norm(dim=1)
 
 
-def target_terms(margin: Margin, scale: float, labels: torch.Tensor,
-                 heads: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def target_terms(
+    margin: Margin, scale: float, labels: torch.Tensor, heads: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """z_y = s f(c_y) and dz_y/dc_y = s f'(c_y) of every row of every head, for the fused backends.
 
     heads: (emb (B, D_h), weight (C, D_h)) per head (teacher first).  Returns z_y and dz_y, each

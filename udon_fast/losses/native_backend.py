@@ -4,6 +4,7 @@ C++ with OpenMP: classes in tiles, per-tile products through ATen's BLAS, a fuse
 epilogue (cosines, target logit, online log-sum-exp of the four softmax families, KL), recompute in the
 backward; no (B, C) buffer.  Same contract and math as `chunked.py`; see `head_op.py`.
 """
+
 import torch
 
 from .. import native_library
@@ -21,7 +22,8 @@ def forward(*, e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
 def backward(*, g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s):
     """Gradients (d_e_t, d_w_t, d_e_s, d_w_s) in the input dtypes; student ones None for a single head."""
     d_e_t, d_w_t, d_e_s, d_w_s = _ops.head_backward(
-        g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s)
+        g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz_y, scale, tau_t, tau_s
+    )
     if e_s is None:
         return d_e_t, d_w_t, None, None
     return d_e_t, d_w_t, d_e_s, d_w_s

@@ -26,9 +26,10 @@ Reductions: "none" returns the (B,) rows; "sum" their sum; "mean" their sum divi
 w_y over the rows not ignored (the number of those rows without class_weight), as F.cross_entropy
 does: when every row is ignored that is 0 / 0 = nan, with zero gradients, as in PyTorch.
 """
+
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -73,8 +74,10 @@ def check(options: CEOptions, num_classes: int, device: torch.device) -> None:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"class_weight must be a torch.Tensor or None, got {type(weight).__name__}")
     if not weight.is_floating_point() or tuple(weight.shape) != (num_classes,):
-        raise ValueError(f"class_weight must be a floating (C,) = ({num_classes},) tensor, got "
-                         f"{weight.dtype} of shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"class_weight must be a floating (C,) = ({num_classes},) tensor, got "
+            f"{weight.dtype} of shape {tuple(weight.shape)}"
+        )
     if weight.device != device:
         raise ValueError(f"class_weight is on {weight.device} but the embeddings are on {device}")
 
@@ -117,8 +120,15 @@ class _WeightedDirections(torch.autograd.Function):
         return d_weight.addr_(a, grad).to(weight.dtype), None
 
 
-def class_terms(*, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None,
-                margin: Margin, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def class_terms(
+    *,
+    emb: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    margin: Margin,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """z_by = s f(cos_by) and part_b = sum_c w_c z_bc over the classes of `weight`, both (B,) f32 and
     differentiable in emb and weight.
 
@@ -142,11 +152,20 @@ def class_terms(*, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     return torch.where(has_target, z_y, 0.0), part
 
 
-def ce_rows(options: CEOptions, *, ce: list[torch.Tensor], heads: list[tuple[torch.Tensor, torch.Tensor]],
-            labels: torch.Tensor, keep: torch.Tensor | None, margin: Margin, scale: float, num_classes: int,
-            local_labels: torch.Tensor | None = None, first_class: int = 0,
-            combine: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
-            ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def ce_rows(
+    options: CEOptions,
+    *,
+    ce: list[torch.Tensor],
+    heads: list[tuple[torch.Tensor, torch.Tensor]],
+    labels: torch.Tensor,
+    keep: torch.Tensor | None,
+    margin: Margin,
+    scale: float,
+    num_classes: int,
+    local_labels: torch.Tensor | None = None,
+    first_class: int = 0,
+    combine: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """F.cross_entropy's per-row losses of each head and the denominator of reduction="mean".
 
     ce: per head, the backend's (B,) f32 CE rows (ignored rows labelled NO_TARGET).
@@ -165,10 +184,15 @@ def ce_rows(options: CEOptions, *, ce: list[torch.Tensor], heads: list[tuple[tor
         loss = ce_head if target_weight is None else target_weight * ce_head
         eps = options.label_smoothing
         if eps != 0:
-            slice_weight = None if weight is None else weight[first_class:first_class + head_weight.shape[0]]
-            z_y, part = class_terms(emb=emb, weight=head_weight,
-                                    labels=labels if local_labels is None else local_labels,
-                                    class_weight=slice_weight, margin=margin, scale=scale)
+            slice_weight = None if weight is None else weight[first_class : first_class + head_weight.shape[0]]
+            z_y, part = class_terms(
+                emb=emb,
+                weight=head_weight,
+                labels=labels if local_labels is None else local_labels,
+                class_weight=slice_weight,
+                margin=margin,
+                scale=scale,
+            )
             z_y, part = combine(z_y), combine(part)
             total_weight = num_classes if weight is None else weight.sum()
             loss = (1 - eps) * loss + (eps / num_classes) * (total_weight * (ce_head + z_y) - part)

@@ -13,6 +13,7 @@ AdamW function (same group options: fused or not, lr, betas, eps, weight decay, 
 `found_inf`) to the K rows only, with one step count per row.  The rows that were not sampled keep
 their weights, moments and step counts bit for bit (docs/kernels.md, "Partial FC").
 """
+
 import math
 from dataclasses import dataclass
 
@@ -33,8 +34,9 @@ def check_sample_rate(name: str, sample_rate: float) -> None:
         raise ValueError(f"{name} must be in (0, 1], got {sample_rate!r}")
 
 
-def sample_classes(labels: torch.Tensor, num_classes: int, sample_rate: float, start: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_classes(
+    labels: torch.Tensor, num_classes: int, sample_rate: float, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The classes of one step among the C = num_classes rows [start, start + C) of a weight (slice).
 
     labels (B,) int64 global class ids.  Returns (index, sampled_labels): index (K,) int64, ascending
@@ -66,4 +68,3 @@ class SampledRows:
     @classmethod
     def take(cls, parameter: torch.nn.Parameter, index: torch.Tensor) -> "SampledRows":
         return cls(parameter, index, parameter.detach().index_select(0, index).requires_grad_())
-

@@ -20,6 +20,7 @@ int64 broadcast: identical on every rank by construction, whatever the ranks' RN
 sampled rows are leaves outside DDP, so their gradients are averaged over the ranks by
 `average_row_gradients`, as DDP averages the replicated parameters' gradients.
 """
+
 import torch
 import torch.distributed as dist
 
@@ -41,8 +42,9 @@ def _in_range(labels: torch.Tensor, renumbered: torch.Tensor, num_classes: int) 
     return torch.where((labels >= 0) & (labels < num_classes), renumbered, labels)
 
 
-def sample_class_parallel(labels: torch.Tensor, num_classes: int, counts: tuple[int, ...], sample_rate: float,
-                          group=None) -> tuple[torch.Tensor, torch.Tensor, ClassShard]:
+def sample_class_parallel(
+    labels: torch.Tensor, num_classes: int, counts: tuple[int, ...], sample_rate: float, group=None
+) -> tuple[torch.Tensor, torch.Tensor, ClassShard]:
     """This rank's Partial-FC sample of its class slice and the virtual class space of all ranks' samples.
 
     labels (B_r,) int64 global class ids of this rank's rows; counts: C_q, every rank's slice size in rank
@@ -53,8 +55,9 @@ def sample_class_parallel(labels: torch.Tensor, num_classes: int, counts: tuple[
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     if len(counts) != world or sum(counts) != num_classes:
-        raise ValueError(f"counts must give the class slices of the {world} ranks, summing to {num_classes}, "
-                         f"got {tuple(counts)}")
+        raise ValueError(
+            f"counts must give the class slices of the {world} ranks, summing to {num_classes}, got {tuple(counts)}"
+        )
     batch = labels.shape[0]
     all_labels = _global_labels(labels, group)
     sizes = [sample_size(count, all_labels.numel(), sample_rate) for count in counts]
@@ -66,12 +69,13 @@ def sample_class_parallel(labels: torch.Tensor, num_classes: int, counts: tuple[
         positions = torch.full_like(all_labels, NO_TARGET)
     virtual = torch.where(positions != NO_TARGET, positions + virtual_start, 0)
     dist.all_reduce(virtual, group=group)
-    mine = virtual[rank * batch:(rank + 1) * batch]
+    mine = virtual[rank * batch : (rank + 1) * batch]
     return index, _in_range(labels, mine, num_classes), ClassShard(virtual_start, sum(sizes), group)
 
 
-def sample_replicated(labels: torch.Tensor, num_classes: int, sample_rate: float, group=None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_replicated(
+    labels: torch.Tensor, num_classes: int, sample_rate: float, group=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The Partial-FC sample of a classifier replicated on every rank of `group`: the same classes on all.
 
     labels (B_r,) int64 global class ids of this rank's rows.  Returns index (K,) int64 ascending classes,
@@ -104,6 +108,6 @@ def virtual_class_values(values: torch.Tensor, index: torch.Tensor, start: int, 
     `sample_class_parallel`: (K,) of values' dtype, rank r's part values[start_r + index_r] at
     [V_r, V_r + K_r) (one all-reduce SUM); index and shard are what `sample_class_parallel` returned."""
     taken = values.new_zeros(shard.num_classes)
-    taken[shard.start:shard.start + index.numel()] = values.index_select(0, index + start)
+    taken[shard.start : shard.start + index.numel()] = values.index_select(0, index + start)
     dist.all_reduce(taken, group=shard.group)
     return taken

@@ -3,6 +3,7 @@
 It materialises the (B, C) logits of every head.  It is the oracle of the tests and the baseline of
 the benchmarks; the fused backends must agree with it in fp32, forward and all gradients.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -49,8 +50,16 @@ def kl_rows(cos_t: torch.Tensor, cos_s: torch.Tensor, tau_t: float, tau_s: float
 
 
 def head_loss_rows(
-    *, e_t: torch.Tensor, w_t: torch.Tensor, e_s: torch.Tensor | None, w_s: torch.Tensor | None,
-    labels: torch.Tensor, margin: Margin, scale: float, tau_t: float, tau_s: float,
+    *,
+    e_t: torch.Tensor,
+    w_t: torch.Tensor,
+    e_s: torch.Tensor | None,
+    w_s: torch.Tensor | None,
+    labels: torch.Tensor,
+    margin: Margin,
+    scale: float,
+    tau_t: float,
+    tau_s: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row teacher CE, student CE and KL, each (B,) float32.  labels (B,) int64 in [0, C) or NO_TARGET.
 

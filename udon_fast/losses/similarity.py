@@ -1,9 +1,16 @@
 """Batch-similarity distillation (SIM), the one implementation every backend shares (it is B x B)."""
+
 import torch
 
 
-def similarity_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, n_devices: int = 1, *,
-                    keep: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def similarity_loss(
+    student_emb: torch.Tensor,
+    teacher_emb: torch.Tensor,
+    n_devices: int = 1,
+    *,
+    keep: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """(n_devices / 4) * sum_ij (S_s - S_t)_ij^2 / B with S = E E^T and S_t detached.
 
     student_emb (B, Ds), teacher_emb (B, Dt), unit-norm rows -> 0-d float32 tensor.

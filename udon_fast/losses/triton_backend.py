@@ -7,6 +7,7 @@ their derivatives dz_y come in (head_op.py's contract), the same tensors in both
 of size (B, C) is allocated; no atomics, so results are deterministic.  Runs on CUDA tensors, or
 on CPU tensors under TRITON_INTERPRET=1 (slow).
 """
+
 import functools
 import os
 
@@ -29,8 +30,9 @@ def _check_device(t: torch.Tensor) -> None:
     if t.is_cuda:
         return
     if t.device.type != "cpu" or os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("the triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
-                         f"got {t.device}")
+        raise ValueError(
+            f"the triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {t.device}"
+        )
     if t.dtype == torch.bfloat16:
         raise TypeError("the Triton interpreter computes bf16 dots wrongly: use fp32 or fp16 CPU tensors")
 
@@ -57,7 +59,7 @@ class _Launch:
         self.d_t = e_t.shape[1]
         self.d_s = self.d_t if e_s is None else e_s.shape[1]
         self.two_heads = e_s is not None
-        heads = (e_t, w_t) * 2 if e_s is None else (e_t, w_t, e_s, w_s)   # single head: dummy student
+        heads = (e_t, w_t) * 2 if e_s is None else (e_t, w_t, e_s, w_s)  # single head: dummy student
         dtype = functools.reduce(torch.promote_types, [t.dtype for t in heads])
         self.tensors = (*(t.to(dtype).contiguous() for t in heads), labels.contiguous())
         self.z_y, self.dz_y = z_y.float().contiguous(), dz_y.float().contiguous()
@@ -73,10 +75,15 @@ class _Launch:
         wanted = min(self.class_tiles, max(1, triton.cdiv(programs, self.row_tiles)))
         self.tiles_per_split = triton.cdiv(self.class_tiles, wanted)
         self.splits = triton.cdiv(self.class_tiles, self.tiles_per_split)
-        self.meta = dict(TWO_HEADS=self.two_heads, HEADS=2 if self.two_heads else 1,
-                         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
-                         BLOCK_B=self.block_b, BLOCK_C=self.block_c,
-                         BLOCK_DT=self.block_dt, BLOCK_DS=self.block_ds)
+        self.meta = dict(
+            TWO_HEADS=self.two_heads,
+            HEADS=2 if self.two_heads else 1,
+            DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+            BLOCK_B=self.block_b,
+            BLOCK_C=self.block_c,
+            BLOCK_DT=self.block_dt,
+            BLOCK_DS=self.block_ds,
+        )
         self.num_warps = NUM_WARPS
 
 
@@ -87,15 +94,27 @@ def forward(*, e_t, w_t, e_s, w_s, labels, z_y, dz_y, scale, tau_t, tau_s):
     batch = launch.batch
     part = torch.empty(launch.splits, len(Partial), batch, device=e_t.device)
     kernels.forward_kernel[(launch.row_tiles, launch.splits)](
-        *launch.tensors, z_y, part, batch, launch.classes, launch.d_t, launch.d_s, launch.tiles_per_split,
-        scale, 1.0 / tau_t, 1.0 / tau_s, **launch.meta, num_warps=launch.num_warps)
+        *launch.tensors,
+        z_y,
+        part,
+        batch,
+        launch.classes,
+        launch.d_t,
+        launch.d_s,
+        launch.tiles_per_split,
+        scale,
+        1.0 / tau_t,
+        1.0 / tau_s,
+        **launch.meta,
+        num_warps=launch.num_warps,
+    )
     families = len(Stat) if launch.two_heads else 1
-    maxima = part[:, list(MAX_FIELDS[:families])]                             # (splits, families, B)
+    maxima = part[:, list(MAX_FIELDS[:families])]  # (splits, families, B)
     sums = part[:, list(SUM_FIELDS[:families])]
     top = maxima.amax(dim=0)
     rescale = torch.exp(maxima - top)
     total = (sums * rescale).sum(dim=0)
-    lse = top + torch.log(total)                                               # (families, B), `Stat` order
+    lse = top + torch.log(total)  # (families, B), `Stat` order
     ce_t = lse[Stat.LSE_ZT] - z_y[:, Head.TEACHER]
     if not launch.two_heads:
         zeros = torch.zeros_like(ce_t)
@@ -119,13 +138,21 @@ def backward(*, g_ce_t, g_ce_s, g_kl, e_t, w_t, e_s, w_s, labels, stats, z_y, dz
     d_w_t = torch.empty_like(launch.tensors[1])
     d_w_s = torch.empty_like(launch.tensors[3]) if launch.two_heads else d_w_t
     kernels.grad_weight_kernel[(launch.class_tiles,)](
-        *common, d_w_t, d_w_s, *shapes, *scalars, **launch.meta, GRAD_DTYPE=grad_dtype,
-        num_warps=launch.num_warps)
+        *common, d_w_t, d_w_s, *shapes, *scalars, **launch.meta, GRAD_DTYPE=grad_dtype, num_warps=launch.num_warps
+    )
     d_e_t = torch.empty(launch.splits, batch, launch.d_t, device=device)
     d_e_s = torch.empty(launch.splits, batch, launch.d_s, device=device) if launch.two_heads else d_e_t
     kernels.grad_emb_kernel[(launch.row_tiles, launch.splits)](
-        *common, d_e_t, d_e_s, *shapes, launch.tiles_per_split, *scalars, **launch.meta,
-        GRAD_DTYPE=grad_dtype, num_warps=launch.num_warps)
+        *common,
+        d_e_t,
+        d_e_s,
+        *shapes,
+        launch.tiles_per_split,
+        *scalars,
+        **launch.meta,
+        GRAD_DTYPE=grad_dtype,
+        num_warps=launch.num_warps,
+    )
     d_e_t, d_w_t = d_e_t.sum(dim=0).to(e_t.dtype), d_w_t.to(w_t.dtype)
     if not launch.two_heads:
         return d_e_t, d_w_t, None, None

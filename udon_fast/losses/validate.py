@@ -1,4 +1,5 @@
 """Argument checks for the public loss API: clear errors naming the argument, before any kernel runs."""
+
 import math
 
 import torch
@@ -37,8 +38,9 @@ def _check_tensor(name: str, value, ndim: int, dtypes=FLOAT_DTYPES) -> torch.Ten
     return value
 
 
-def check_head(*, emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool,
-               allow_no_classes: bool = False) -> None:
+def check_head(
+    *, emb_name: str, emb, weight_name: str, weight, labels, allow_float64: bool, allow_no_classes: bool = False
+) -> None:
     """Shapes, dtypes and devices of one head: emb (B, D), weight (C, D), labels (B,) int64.
 
     allow_no_classes: C = 0 is valid (a class-parallel rank whose slice is empty).
@@ -54,7 +56,8 @@ def check_head(*, emb_name: str, emb, weight_name: str, weight, labels, allow_fl
     if emb.shape[1] != weight.shape[1]:
         raise ValueError(
             f"{emb_name} has dimension {emb.shape[1]} but {weight_name} has {weight.shape[1]} (shapes "
-            f"{tuple(emb.shape)} and {tuple(weight.shape)})")
+            f"{tuple(emb.shape)} and {tuple(weight.shape)})"
+        )
     if labels.shape[0] != emb.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} entries but {emb_name} has {emb.shape[0]} rows")
     for name, tensor in ((weight_name, weight), ("labels", labels)):
@@ -65,11 +68,11 @@ def check_head(*, emb_name: str, emb, weight_name: str, weight, labels, allow_fl
 def check_pair(*, student_emb, teacher_emb, student_weight, teacher_weight) -> None:
     """The student and teacher heads must agree on batch size, class count, device and dtype."""
     if student_emb.shape[0] != teacher_emb.shape[0]:
-        raise ValueError(
-            f"student_emb has {student_emb.shape[0]} rows but teacher_emb has {teacher_emb.shape[0]}")
+        raise ValueError(f"student_emb has {student_emb.shape[0]} rows but teacher_emb has {teacher_emb.shape[0]}")
     if student_weight.shape[0] != teacher_weight.shape[0]:
         raise ValueError(
-            f"student_weight has {student_weight.shape[0]} classes but teacher_weight has {teacher_weight.shape[0]}")
+            f"student_weight has {student_weight.shape[0]} classes but teacher_weight has {teacher_weight.shape[0]}"
+        )
     if student_emb.device != teacher_emb.device:
         raise ValueError(f"student_emb is on {student_emb.device} but teacher_emb is on {teacher_emb.device}")
 
@@ -92,16 +95,25 @@ def check_class_weights(name: str, weight: torch.Tensor) -> None:
     exact = torch.linalg.vector_norm(subset, dim=1, dtype=torch.promote_types(subset.dtype, torch.float32))
     zero = rows[exact == 0]
     if len(zero):
-        raise ValueError(f"{name} row {int(zero[0])} (class {int(zero[0])}) has norm 0 (all zeros, or values too "
-                         f"small for a float32 norm): its cosine is undefined")
+        raise ValueError(
+            f"{name} row {int(zero[0])} (class {int(zero[0])}) has norm 0 (all zeros, or values too "
+            f"small for a float32 norm): its cosine is undefined"
+        )
     huge = rows[torch.isinf(exact)]
     if len(huge):
-        raise ValueError(f"{name} row {int(huge[0])} (class {int(huge[0])}) is too large to normalise in float32 "
-                         f"(its squared norm overflows)")
+        raise ValueError(
+            f"{name} row {int(huge[0])} (class {int(huge[0])}) is too large to normalise in float32 "
+            f"(its squared norm overflows)"
+        )
 
 
-def check_values(embeddings: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], labels: torch.Tensor,
-                 num_classes: int, ignore_index: int | None = None) -> None:
+def check_values(
+    embeddings: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None = None,
+) -> None:
     """Data-dependent checks (they synchronise a GPU; skipped while torch.compile traces and when the
     caller passes `check_inputs=False`): labels in range (or equal to ignore_index), finite embeddings,
     finite class weights without zero rows (`check_class_weights`)."""
@@ -121,7 +133,9 @@ def check_values(embeddings: dict[str, torch.Tensor], weights: dict[str, torch.T
                 raise ValueError(f"{name} contains NaN or inf values")
             norms = torch.linalg.vector_norm(tensor, dim=1, dtype=torch.float64)
             row = int(norms.argmax())
-            raise ValueError(f"{name} row {row} has norm {float(norms[row]):.3g}, too large for the loss in float32 "
-                             f"(it takes L2-normalised embeddings)")
+            raise ValueError(
+                f"{name} row {row} has norm {float(norms[row]):.3g}, too large for the loss in float32 "
+                f"(it takes L2-normalised embeddings)"
+            )
     for name, weight in weights.items():
         check_class_weights(name, weight)

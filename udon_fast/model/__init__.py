@@ -6,6 +6,7 @@ classifiers) -> embeddings.  `checkpoint` saves and rebuilds a trained model fro
 `embedder` gives the deployable part (backbone + student projection, or the bare backbone); `export` writes
 it as one ONNX or TorchScript file.
 """
+
 from .backbone import create_backbone, feature_dim, normalization
 from .checkpoint import CheckpointError, load_model, save_checkpoint
 from .embedder import Embedder, Preprocessing, backbone_embedder, load_embedder
@@ -13,7 +14,17 @@ from .udon import UDONModel
 from .weights import WeightsError, load_backbone_weights
 
 __all__ = [
-    "UDONModel", "create_backbone", "feature_dim", "normalization", "load_backbone_weights",
-    "WeightsError", "save_checkpoint", "load_model", "CheckpointError", "Embedder", "Preprocessing",
-    "load_embedder", "backbone_embedder",
+    "UDONModel",
+    "create_backbone",
+    "feature_dim",
+    "normalization",
+    "load_backbone_weights",
+    "WeightsError",
+    "save_checkpoint",
+    "load_model",
+    "CheckpointError",
+    "Embedder",
+    "Preprocessing",
+    "load_embedder",
+    "backbone_embedder",
 ]

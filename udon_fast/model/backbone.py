@@ -2,6 +2,7 @@
 
 Weights come only from a local file through `weights.load_backbone_weights`.
 """
+
 import difflib
 from typing import Any
 
@@ -67,11 +68,15 @@ def check_image_size(backbone: nn.Module, name: str, image_size: int) -> None:
     if image_size % step:
         below = image_size // step * step
         options = " or ".join(str(s) for s in (below, below + step) if s >= minimum)
-        raise InputError(f"image size {image_size} does not suit backbone {name!r}: it cuts images into {step} px "
-                         f"patches, so use a multiple of {step} (e.g. {options})")
+        raise InputError(
+            f"image size {image_size} does not suit backbone {name!r}: it cuts images into {step} px "
+            f"patches, so use a multiple of {step} (e.g. {options})"
+        )
     if image_size < minimum:
-        raise InputError(f"image size {image_size} is too small for backbone {name!r}: its total stride is "
-                         f"{minimum}, so use at least {minimum}")
+        raise InputError(
+            f"image size {image_size} is too small for backbone {name!r}: its total stride is "
+            f"{minimum}, so use at least {minimum}"
+        )
 
 
 def feature_dim(backbone: nn.Module) -> int:

@@ -11,6 +11,7 @@ carries the CRC-32 of its content; `torch.load` does not check them, `read_check
 `zipfile`, before loading), so a flipped or overwritten byte anywhere in a record's content is
 refused with one line naming the file and the record.
 """
+
 import pickle
 import zipfile
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..kill_points import kill_point
 from ..files.outputs import atomic_write
+from ..kill_points import kill_point
 from . import distributed_checkpoint
 from .udon import UDONModel
 
@@ -40,12 +41,18 @@ def save_checkpoint(
     A crash, a kill or a full disk leaves either the previous file or the new one at `path`, never a
     partial file; a failed write raises `OutputError` naming `path` and the cause.  Returns the path.
     """
-    return write_checkpoint(path, model.config, model.state_dict(),
-                            optimizer.state_dict() if optimizer is not None else None, extra)
+    return write_checkpoint(
+        path, model.config, model.state_dict(), optimizer.state_dict() if optimizer is not None else None, extra
+    )
 
 
-def write_checkpoint(path: str | Path, config: dict[str, Any], model_state: dict[str, torch.Tensor],
-                     optimizer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+def write_checkpoint(
+    path: str | Path,
+    config: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """`save_checkpoint` from the parts: a model config (`UDONModel.config`), its state dict, an optimizer
     state dict or None and `extra`."""
     payload = {
@@ -75,15 +82,19 @@ def verify_checksums(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or damaged ({exc}); use another "
-                              f"checkpoint or rerun") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated or damaged ({exc}); use another checkpoint or rerun"
+        ) from None
     if damaged is not None:
-        raise CheckpointError(f"checkpoint {path} is damaged: record {damaged!r} does not match its CRC-32 checksum "
-                              f"(flipped or overwritten bytes); use another checkpoint or rerun")
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: record {damaged!r} does not match its CRC-32 checksum "
+            f"(flipped or overwritten bytes); use another checkpoint or rerun"
+        )
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", model_state: bool = True
-                    ) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", model_state: bool = True
+) -> dict[str, Any]:
     """The checkpoint dict at `path`, its checksums verified (`verify_checksums`) and checked for the
     udon_fast layout (no model is built).
 
@@ -95,20 +106,26 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != ZIP_MAGIC:
-        raise CheckpointError(f"{path} is not a udon_fast checkpoint (not a file written by torch.save; "
-                              f"checkpoints are the .pt files in a run's checkpoints/ folder)")
+        raise CheckpointError(
+            f"{path} is not a udon_fast checkpoint (not a file written by torch.save; "
+            f"checkpoints are the .pt files in a run's checkpoints/ folder)"
+        )
     verify_checksums(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # objects a safe load refuses: not ours (torch's advice does not apply)
-        raise CheckpointError(f"{path} is not a udon_fast checkpoint (it holds objects other than tensors, "
-                              f"numbers, strings and containers)") from exc
+        raise CheckpointError(
+            f"{path} is not a udon_fast checkpoint (it holds objects other than tensors, "
+            f"numbers, strings and containers)"
+        ) from exc
     except Exception as exc:  # truncated / corrupt files raise many types
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a udon_fast checkpoint (no format tag {FORMAT!r})")
     if checkpoint.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {checkpoint.get('version')!r}; this udon_fast reads {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has version {checkpoint.get('version')!r}; this udon_fast reads {VERSION}"
+        )
     missing = [k for k in ("config", "model") if not isinstance(checkpoint.get(k), dict)]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")

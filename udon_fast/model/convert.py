@@ -3,6 +3,7 @@
 timm's own converters (OpenCLIP / OpenAI CLIP visual towers, position-embedding resizing, npz) are
 reused by `weights.py`; only the lukemelas EfficientNet layout is remapped here.
 """
+
 import re
 
 import torch
@@ -10,12 +11,22 @@ import torch.nn as nn
 
 # lukemelas `_blocks.N.<name>` -> timm sub-module name, per timm block kind.
 _INVERTED_RESIDUAL = {
-    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-    "_project_conv": "conv_pwl", "_bn2": "bn3", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
 }
 _DEPTHWISE_SEPARABLE = {
-    "_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
-    "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
 }
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")

@@ -17,6 +17,7 @@ flat key:
 returns it under "model", so `load_model`, `load_embedder`, `evaluate`, `embed` and `export` read these
 checkpoints as they read a single file.  Writing and resuming: `udon_fast.trainer.distributed_checkpoint`.
 """
+
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,9 @@ def failure(exc: CheckpointException) -> str:
     return f"rank(s) {sorted(failures)}; rank {rank}: {cause}"
 
 
-def read_model_state(manifest: Path, checkpoint: dict[str, Any], map_location: str | torch.device = "cpu"
-                     ) -> dict[str, Any]:
+def read_model_state(
+    manifest: Path, checkpoint: dict[str, Any], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """The whole model's state dict (classifiers unsharded, with their whole-model `layout`) from the DCP folder
     the manifest `checkpoint` (read from `manifest`) names; one process, no process group needed."""
     from .checkpoint import CheckpointError
@@ -56,18 +58,21 @@ def read_model_state(manifest: Path, checkpoint: dict[str, Any], map_location: s
     try:
         metadata = reader.read_metadata()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{manifest} names the checkpoint folder {where}, which cannot be read: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    state = {key: torch.empty(meta.size, dtype=meta.properties.dtype)
-             for key, meta in metadata.state_dict_metadata.items()
-             if key.startswith(MODEL) and isinstance(meta, TensorStorageMetadata)}
+        raise CheckpointError(
+            f"{manifest} names the checkpoint folder {where}, which cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    state = {
+        key: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(MODEL) and isinstance(meta, TensorStorageMetadata)
+    }
     try:
         with warnings.catch_warnings():  # DCP warns that it loads in one process: what no_dist asks for
             warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
             dcp.load(state, storage_reader=reader, no_dist=True)
     except CheckpointException as exc:
         raise CheckpointError(f"cannot read checkpoint folder {where}: {failure(exc)}") from None
-    model = {key[len(MODEL):]: value.to(map_location) for key, value in state.items()}
+    model = {key[len(MODEL) :]: value.to(map_location) for key, value in state.items()}
     for domain, classes in checkpoint["config"]["domains"].items():
         model[f"classifiers.{domain}.layout"] = layout(classes).to(map_location)
     return model

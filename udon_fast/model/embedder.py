@@ -9,6 +9,7 @@
 Both return an `Embedder`, which `evaluation.protocol.evaluate_model` scores like a `UDONModel` (student only)
 and `export` writes as ONNX or TorchScript.
 """
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,15 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the fields plus the fixed steps, as stored beside exported models."""
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "resize": "shorter side, bilinear",
-                "crop": "centre", "scale": "0..1 before mean/std", "layout": "NCHW float32, RGB"}
+        return {
+            **asdict(self),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": "shorter side, bilinear",
+            "crop": "centre",
+            "scale": "0..1 before mean/std",
+            "layout": "NCHW float32, RGB",
+        }
 
 
 class Embedder(nn.Module):
@@ -54,8 +62,9 @@ class Embedder(nn.Module):
     config: what built it (backbone name, image size, ...; "image_size" is what evaluation reads).
     """
 
-    def __init__(self, backbone: nn.Module, projection: nn.Module, preprocessing: Preprocessing, dim: int,
-                 config: dict[str, Any]):
+    def __init__(
+        self, backbone: nn.Module, projection: nn.Module, preprocessing: Preprocessing, dim: int, config: dict[str, Any]
+    ):
         super().__init__()
         self.backbone = backbone
         self.projection = projection
@@ -99,28 +108,38 @@ def load_embedder(checkpoint: str | Path, map_location: str | torch.device = "cp
     saved = read_checkpoint(path, map_location)
     config = saved["config"]
     try:
-        backbone = create_backbone(config["backbone_name"], config["image_size"],
-                                   **(config.get("backbone_kwargs") or {}))
+        backbone = create_backbone(
+            config["backbone_name"], config["image_size"], **(config.get("backbone_kwargs") or {})
+        )
         head = projection(feature_dim(backbone), config["student_dim"], "student_dim")
         preprocessing = Preprocessing(int(config["image_size"]), tuple(config["mean"]), tuple(config["std"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path}: its config does not describe a UDON model "
-                              f"({type(exc).__name__}: {exc})") from exc
-    embedder = Embedder(backbone, head, preprocessing, head[-1].out_features,
-                        {"backbone_name": config["backbone_name"], "source": str(path)})
+        raise CheckpointError(
+            f"checkpoint {path}: its config does not describe a UDON model ({type(exc).__name__}: {exc})"
+        ) from exc
+    embedder = Embedder(
+        backbone,
+        head,
+        preprocessing,
+        head[-1].out_features,
+        {"backbone_name": config["backbone_name"], "source": str(path)},
+    )
     state = {}
     for key, value in saved["model"].items():
         for prefix, own in _PREFIXES.items():
             if key.startswith(prefix):
-                state[own + key[len(prefix):]] = value
+                state[own + key[len(prefix) :]] = value
     try:
         missing, unexpected = embedder.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path}: backbone or student projection does not fit its config: "
-                              f"{exc}") from exc
+        raise CheckpointError(
+            f"checkpoint {path}: backbone or student projection does not fit its config: {exc}"
+        ) from exc
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path}: backbone/student projection tensors do not match its config: "
-                              f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+        raise CheckpointError(
+            f"checkpoint {path}: backbone/student projection tensors do not match its config: "
+            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
     return embedder.to(map_location).eval()
 
 
@@ -132,5 +151,6 @@ def backbone_embedder(backbone_name: str, pretrained: str | Path | None, image_s
     weights = resolve_pretrained(backbone_name, pretrained)
     if weights is not None:
         load_backbone_weights(backbone, weights)
-    return Embedder.of_backbone(backbone, image_size, {"backbone_name": backbone_name,
-                                                       "pretrained": None if weights is None else str(weights)})
+    return Embedder.of_backbone(
+        backbone, image_size, {"backbone_name": backbone_name, "pretrained": None if weights is None else str(weights)}
+    )

@@ -17,6 +17,7 @@ and then written from Python, so a full disk is an `OutputError` ("cannot write 
 device"), never an abort inside libtorch's writer.  `--opset` must lie in MIN_OPSET ..
 `onnx.defs.onnx_opset_version()`, and the written file must declare the opset asked for.
 """
+
 import io
 import json
 import os
@@ -52,9 +53,18 @@ def _write_onnx(embedder: Embedder, out: Path, metadata: str, opset: int | None)
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(embedder, (_example(embedder, 2),), str(out), dynamo=True, external_data=False,
-                          input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},),
-                          opset_version=opset, verbose=False)
+        torch.onnx.export(
+            embedder,
+            (_example(embedder, 2),),
+            str(out),
+            dynamo=True,
+            external_data=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
+        )
     model = onnx.load(str(out))
     written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset is not None and written != opset:
@@ -106,7 +116,9 @@ def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | 
 
         newest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= opset <= newest:
-            raise InputError(f"--opset {opset} is not supported: the ONNX exporter writes opsets {MIN_OPSET} to {newest}")
+            raise InputError(
+                f"--opset {opset} is not supported: the ONNX exporter writes opsets {MIN_OPSET} to {newest}"
+            )
     out = Path(out)
     with writing(out.parent, "folder"):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,20 +138,25 @@ def export_embedder(embedder: Embedder, fmt: str, out: str | Path, opset: int | 
                 cause = os_error_in(exc)
                 if cause is not None:  # e.g. a full disk, wrapped by the exporter: `writing` names the file
                     raise OSError(cause.errno, cause.strerror) from exc
-                raise ExportCheckFailed(f"{fmt} export of {embedder.config['backbone_name']} failed: "
-                                  f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                raise ExportCheckFailed(
+                    f"{fmt} export of {embedder.config['backbone_name']} failed: "
+                    f"{type(exc).__name__}: {_first_line(exc)}"
+                ) from exc
         check = _example(embedder, 3)
         with torch.inference_mode():
             expected = embedder(check).numpy()
         try:
             exported = run_exported(staged, fmt, check)
         except Exception as exc:  # onnxruntime / torch.jit raise many types
-            raise ExportCheckFailed(f"the written {fmt} file does not run: {type(exc).__name__}: {_first_line(exc)}; "
-                              f"not written to {out}") from exc
+            raise ExportCheckFailed(
+                f"the written {fmt} file does not run: {type(exc).__name__}: {_first_line(exc)}; not written to {out}"
+            ) from exc
         difference = float(np.abs(exported - expected).max())
         if not difference <= TOLERANCE:
-            raise ExportCheckFailed(f"the exported {fmt} file differs from PyTorch by {difference:.2e} (> {TOLERANCE}); "
-                             f"not written to {out}")
+            raise ExportCheckFailed(
+                f"the exported {fmt} file differs from PyTorch by {difference:.2e} (> {TOLERANCE}); "
+                f"not written to {out}"
+            )
         os.replace(staged, out)
     finally:
         staged.unlink(missing_ok=True)

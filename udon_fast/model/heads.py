@@ -1,4 +1,5 @@
 """UDON heads: projections (Linear or MLP) and LeCun-uniform cosine-classifier weights."""
+
 import math
 from collections.abc import Sequence
 
@@ -59,5 +60,5 @@ def lecun_uniform_classifier(num_classes: int, dim: int, rows: tuple[int, int] |
         block = torch.empty(last - first, dim).uniform_(-bound, bound)
         low, high = max(first, start), min(last, stop)
         if low < high:
-            out[low - start:high - start] = block[low - first:high - first]
+            out[low - start : high - start] = block[low - first : high - first]
     return nn.Parameter(out)

@@ -2,6 +2,7 @@
 
 `--pretrained packaged` means: the packaged weights for the chosen backbone (`resolve_pretrained`).
 """
+
 from pathlib import Path
 
 from ..errors import InputError
@@ -21,8 +22,9 @@ PACKAGED = {"tf_efficientnet_lite0": (_efficientnet_lite0, "efficientnet-lite0-p
 def packaged_weights(backbone: str) -> Path:
     """Path of the ImageNet weights for `backbone` shipped by an installed package."""
     if backbone not in PACKAGED:
-        raise InputError(f"--pretrained packaged: no packaged weights for backbone {backbone!r}; "
-                         f"available for {sorted(PACKAGED)}")
+        raise InputError(
+            f"--pretrained packaged: no packaged weights for backbone {backbone!r}; available for {sorted(PACKAGED)}"
+        )
     locate, package = PACKAGED[backbone]
     try:
         return locate()

@@ -11,7 +11,6 @@ The slices follow `torch.chunk` (and DTensor `Shard(0)`): ceil(C / W) rows per r
 fewer or none, so a checkpoint can store the slices as one DTensor per weight (torch.distributed.checkpoint)
 and load them into any other number of ranks.
 """
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -48,8 +47,11 @@ def check_layout(state_dict: dict, prefix: str, mine: torch.Tensor) -> None:
     """Refuse to load the rows of another slice into the module whose `layout` buffer is `mine` (same shapes
     but other classes would load silently): ValueError naming both slices."""
     found = state_dict.get(prefix + "layout")
-    if (isinstance(found, torch.Tensor) and found.shape == mine.shape
-            and not torch.equal(found[[0, 3, 4]].cpu(), mine[[0, 3, 4]].cpu())):
+    if (
+        isinstance(found, torch.Tensor)
+        and found.shape == mine.shape
+        and not torch.equal(found[[0, 3, 4]].cpu(), mine[[0, 3, 4]].cpu())
+    ):
         ours, theirs = (dict(zip(LAYOUT, t.tolist())) for t in (mine, found))
         raise ValueError(f"{prefix or 'classifier '}rows {theirs} do not match this module's slice {ours}")
 
@@ -94,8 +96,9 @@ class DomainClassifier(nn.Module):
         """`udon_loss` of a batch of this domain: embeddings (B, Ds) and (B, Dt), labels (B,) int64 global class
         ids; sharded, over all ranks' rows (every rank of the default group calls it).  `loss_options`: the
         other keyword arguments of `udon_loss`.  Returns UDONLossOutput of 0-d float32 tensors."""
-        return udon_loss(student_emb, teacher_emb, self.student, self.teacher, labels, class_shard=self.shard,
-                         **loss_options)
+        return udon_loss(
+            student_emb, teacher_emb, self.student, self.teacher, labels, class_shard=self.shard, **loss_options
+        )
 
     def logits(self, embedding: torch.Tensor, head: str = "student", scale: float = 1.0) -> torch.Tensor:
         """scale x cosine of `embedding` (B, D) with `head`'s rows: (B, C_r) float32, columns start..stop-1."""
@@ -105,5 +108,7 @@ class DomainClassifier(nn.Module):
         return scale * F.normalize(embedding.float(), dim=-1) @ weight.T
 
     def extra_repr(self) -> str:
-        return (f"classes {self.start}..{self.stop} of {self.num_classes} (rank {self.rank} of {self.world_size}), "
-                f"teacher_dim={self.teacher.shape[1]}, student_dim={self.student.shape[1]}")
+        return (
+            f"classes {self.start}..{self.stop} of {self.num_classes} (rank {self.rank} of {self.world_size}), "
+            f"teacher_dim={self.teacher.shape[1]}, student_dim={self.student.shape[1]}"
+        )

@@ -1,4 +1,5 @@
 """`UDONModel`: backbone -> L2-normalised features -> teacher / universal student embeddings."""
+
 import copy
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,10 +20,17 @@ def _check_domains(domains: Mapping[str, int]) -> dict[str, int]:
     if not isinstance(domains, Mapping) or not domains:
         raise InputError(f"domains must be a non-empty mapping name -> number of classes, got {domains!r}")
     for name, classes in domains.items():
-        if not isinstance(name, str) or not name or "." in name or hasattr(nn.ParameterDict, name) \
-                or hasattr(nn.ModuleDict, name):
-            raise InputError(f"domain name {name!r} is not usable as a parameter name (non-empty, no '.', "
-                             f"not an nn.ModuleDict attribute)")
+        if (
+            not isinstance(name, str)
+            or not name
+            or "." in name
+            or hasattr(nn.ParameterDict, name)
+            or hasattr(nn.ModuleDict, name)
+        ):
+            raise InputError(
+                f"domain name {name!r} is not usable as a parameter name (non-empty, no '.', "
+                f"not an nn.ModuleDict attribute)"
+            )
         if not isinstance(classes, int) or isinstance(classes, bool) or classes <= 0:
             raise InputError(f"domain {name!r}: number of classes must be a positive int, got {classes!r}")
     return dict(domains)
@@ -86,12 +94,17 @@ class UDONModel(nn.Module):
         self.num_features = feature_dim(self.backbone)
         self.mean, self.std = normalization(self.backbone)
         self.teacher_projections = nn.ModuleDict(
-            {d: projection(self.num_features, teacher_dim, "teacher_dim") for d in self.domains})
+            {d: projection(self.num_features, teacher_dim, "teacher_dim") for d in self.domains}
+        )
         self.student_projection = projection(self.num_features, student_dim, "student_dim")
         self.teacher_dim_out = output_dim(teacher_dim)
         self.student_dim_out = output_dim(student_dim)
-        self.classifiers = nn.ModuleDict({d: DomainClassifier(c, self.teacher_dim_out, self.student_dim_out,
-                                                              *classifier_shard) for d, c in self.domains.items()})
+        self.classifiers = nn.ModuleDict(
+            {
+                d: DomainClassifier(c, self.teacher_dim_out, self.student_dim_out, *classifier_shard)
+                for d, c in self.domains.items()
+            }
+        )
         for head in HEADS:  # every teacher, then every student: the draw order of the unsharded model
             for classifier in self.classifiers.values():
                 classifier.reset_parameters(head)

@@ -23,6 +23,7 @@ Formats (chosen by content, then by extension):
 The classifier head of the file (timm's `pretrained_cfg["classifier"]`) is dropped; every other
 tensor must match the backbone exactly, or a `WeightsError` names the file and the keys.
 """
+
 import codecs
 import collections
 import io
@@ -81,8 +82,11 @@ _NUMPY_ARRAY, _NUMPY_SCALAR = np.empty(0).__reduce__()[0], np.float32(0).__reduc
 # NumPy 2) and dtypes, torch tensors and storages, ordered dicts (a tensor's backward hooks) and the bytes
 # codec of Python 2 pickles.
 _ALLOWED = {
-    **{(module, name): function for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-       for name, function in (("_reconstruct", _NUMPY_ARRAY), ("scalar", _NUMPY_SCALAR))},
+    **{
+        (module, name): function
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name, function in (("_reconstruct", _NUMPY_ARRAY), ("scalar", _NUMPY_SCALAR))
+    },
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
@@ -100,8 +104,10 @@ class _SafeUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[module, name]
         except KeyError:
-            raise pickle.UnpicklingError(f"it holds a {module}.{name} object, which weights files never need "
-                                         f"(only arrays, tensors, containers and numbers are read)") from None
+            raise pickle.UnpicklingError(
+                f"it holds a {module}.{name} object, which weights files never need "
+                f"(only arrays, tensors, containers and numbers are read)"
+            ) from None
 
 
 def _read_pickled_npy(path: Path) -> dict[str, torch.Tensor]:
@@ -117,19 +123,22 @@ def _read_pickled_npy(path: Path) -> dict[str, torch.Tensor]:
             if version not in _NPY_HEADERS:
                 raise ValueError(f".npy format version {version} (this reader takes 1.0 and 2.0)")
             shape, _, dtype = _NPY_HEADERS[version](f)
-            if dtype != object or shape != ():
+            if dtype.kind != "O" or shape != ():
                 found = f"an array {dtype} {shape}"
             else:
                 array = _SafeUnpickler(f).load()
-                found = None if isinstance(array, np.ndarray) and isinstance(array.item(), dict) \
-                    else type(array).__name__
+                found = (
+                    None if isinstance(array, np.ndarray) and isinstance(array.item(), dict) else type(array).__name__
+                )
     except pickle.UnpicklingError as exc:
         raise WeightsError(f"weights file {path} refused: {exc}") from None
     except Exception as exc:  # a bad header or pickle raises many types
         raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
     if found is not None:
-        raise WeightsError(f"weights file {path}: expected a .npy holding a pickled dict name -> tensor (the UDON "
-                           f"release's CLIP vit_b16.npy), found {found}")
+        raise WeightsError(
+            f"weights file {path}: expected a .npy holding a pickled dict name -> tensor (the UDON "
+            f"release's CLIP vit_b16.npy), found {found}"
+        )
     state_dict = {}
     for key, value in array.item().items():
         if isinstance(value, np.ndarray):
@@ -174,7 +183,9 @@ def _load_strict(backbone: nn.Module, state_dict: dict[str, torch.Tensor], path:
 def _load_npz(backbone: nn.Module, path: Path) -> None:
     arch = _architecture(backbone)
     if not hasattr(backbone, "load_pretrained"):
-        raise WeightsError(f"{path}: JAX .npz weights need a timm model that reads them (ViT, ResNetV2); {arch!r} does not")
+        raise WeightsError(
+            f"{path}: JAX .npz weights need a timm model that reads them (ViT, ResNetV2); {arch!r} does not"
+        )
     try:
         backbone.load_pretrained(str(path))
     except KeyError as exc:

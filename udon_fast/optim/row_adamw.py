@@ -14,6 +14,7 @@ implementations of torch.optim.AdamW's arithmetic (amsgrad off), chosen by the g
 Neither loops over rows in Python nor reads the device from the host; the rows that were not sampled
 are neither read nor written.  docs/kernels.md ("Partial FC") has the speed and the exactness.
 """
+
 import torch
 
 from ..native_library import load
@@ -35,14 +36,22 @@ def row_state(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> dict
         state["exp_avg"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
     if state["step"].shape != parameter.shape[:1]:
-        raise ValueError("this classifier weight was stepped whole by the optimizer (one step count); "
-                         "Partial FC keeps one per row: train it with sample_rate < 1 from the start")
+        raise ValueError(
+            "this classifier weight was stepped whole by the optimizer (one step count); "
+            "Partial FC keeps one per row: train it with sample_rate < 1 from the start"
+        )
     return state
 
 
-def _row_constants(lr: float | torch.Tensor, beta1: float, beta2: float, weight_decay: float,
-                   steps: torch.Tensor, dtype: torch.dtype, fused: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _row_constants(
+    lr: float | torch.Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    steps: torch.Tensor,
+    dtype: torch.dtype,
+    fused: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row scalars from the step counts after this step's increment, steps (K,) float32.
 
     Returns (decay, step_size, bias_correction2_sqrt) in `dtype`: decay () = 1 - lr * weight_decay,
@@ -81,9 +90,20 @@ def adamw_rows(optimizer: torch.optim.AdamW, sampled) -> None:
     with torch.no_grad():
         if _native(group, parameter):
             torch.ops.udon_fast_native.row_adamw_(
-                parameter, state["exp_avg"], state["exp_avg_sq"], state["step"], index, grad,
-                torch.as_tensor(group["lr"], dtype=torch.float64), *group["betas"], group["weight_decay"],
-                group["eps"], group["maximize"], _vector_width(), found_inf)
+                parameter,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                state["step"],
+                index,
+                grad,
+                torch.as_tensor(group["lr"], dtype=torch.float64),
+                *group["betas"],
+                group["weight_decay"],
+                group["eps"],
+                group["maximize"],
+                _vector_width(),
+                found_inf,
+            )
         else:
             _torch_step(group, state, parameter, index, grad, found_inf)
 
@@ -102,8 +122,14 @@ def _vector_width() -> int:
     return {"AVX512": 16, "AVX2": 8, "DEFAULT": 8}.get(torch.backends.cpu.get_cpu_capability(), 1)
 
 
-def _torch_step(group: dict, state: dict, parameter: torch.Tensor, index: torch.Tensor, grad: torch.Tensor,
-                found_inf: torch.Tensor | None) -> None:
+def _torch_step(
+    group: dict,
+    state: dict,
+    parameter: torch.Tensor,
+    index: torch.Tensor,
+    grad: torch.Tensor,
+    found_inf: torch.Tensor | None,
+) -> None:
     """The step in torch ops on the gathered (K, D) rows, in the order of torch's single-tensor AdamW."""
     beta1, beta2 = group["betas"]
     rows = parameter.index_select(0, index)
@@ -112,7 +138,8 @@ def _torch_step(group: dict, state: dict, parameter: torch.Tensor, index: torch.
     steps = state["step"].index_select(0, index).add_(1)
     grad = grad.neg() if group["maximize"] else grad
     decay, step_size, bias_correction2_sqrt = _row_constants(
-        group["lr"], beta1, beta2, group["weight_decay"], steps, rows.dtype, group["fused"])
+        group["lr"], beta1, beta2, group["weight_decay"], steps, rows.dtype, group["fused"]
+    )
     new_rows = rows * decay if group["weight_decay"] != 0 else rows.clone()
     new_exp_avg = exp_avg.lerp(grad, 1 - beta1)
     new_exp_avg_sq = (exp_avg_sq * beta2).addcmul_(grad, grad, value=1 - beta2)

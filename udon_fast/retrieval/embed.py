@@ -6,6 +6,7 @@ FILE.npy: (N, 64) float32, unit-norm rows.  FILE.meta.json: {"checkpoint", "path
 "sha256", "bytes"}: the model used, the N image paths in row order, the array's shape and dtype, the .npy
 file's SHA-256 and size; written as a pair (`files.pairs`: a failure leaves the old pair).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..errors import InputError
 from ..evaluation.protocol import embed_split
 from ..files.pairs import write_pair
 from .index import embeddings_meta_path as meta_path
+
 
 def list_images(folder: Path, flag: str = "--images") -> list[str]:
     """Image files below `folder` (recursive, sorted, by suffix, hidden files and folders skipped), or
@@ -35,16 +37,37 @@ def list_images(folder: Path, flag: str = "--images") -> list[str]:
     return list(map(str, images))
 
 
-def embed_paths(model, paths: list[str], *, device: torch.device, batch_size: int = 128, threads: int = 2,
-                decoder: str = "dali", progress: bool = True) -> np.ndarray:
+def embed_paths(
+    model,
+    paths: list[str],
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    threads: int = 2,
+    decoder: str = "dali",
+    progress: bool = True,
+) -> np.ndarray:
     """Universal embeddings (N, 64) float32 of image files, in order (`decoder`: "dali" or "torchvision")."""
     split = Split(paths=paths, labels=np.zeros(len(paths), dtype=np.int64), name="images")
-    return embed_split(model, split, None, batch_size=batch_size, device=device, teacher=False, num_threads=threads,
-                       decoder=decoder, progress=progress).student
+    return embed_split(
+        model,
+        split,
+        None,
+        batch_size=batch_size,
+        device=device,
+        teacher=False,
+        num_threads=threads,
+        decoder=decoder,
+        progress=progress,
+    ).student
 
 
 def write_embeddings(out: Path, embeddings: np.ndarray, paths: list[str], checkpoint: str | None) -> dict:
     """Write OUT.npy (`embeddings` (N, D)) and OUT.meta.json as a pair (module docstring); return the meta."""
-    meta = {"checkpoint": checkpoint, "paths": list(paths), "shape": list(embeddings.shape),
-            "dtype": str(embeddings.dtype)}
+    meta = {
+        "checkpoint": checkpoint,
+        "paths": list(paths),
+        "shape": list(embeddings.shape),
+        "dtype": str(embeddings.dtype),
+    }
     return write_pair(out, lambda f: np.save(f, embeddings), meta_path(out), meta, "--out")

@@ -23,6 +23,7 @@ Kinds and the parameters chosen by gallery size N (recall against flat: `bench/t
 `--gpu` builds flat and ivf indexes with faiss's GPU index when faiss sees a GPU (the file written
 is the CPU copy); faiss has no GPU HNSW here.
 """
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -97,8 +98,11 @@ def build_index(embeddings: np.ndarray, kind: str = "flat", gpu: bool = False) -
     if kind == "ivf":
         params = ivf_parameters(n)
         if params is None:
-            info.update(kind="flat", note=f"ivf needs at least {2 * MIN_POINTS_PER_LIST} vectors for two lists of "
-                                          f"{MIN_POINTS_PER_LIST} training points; {n} given: built flat (exact)")
+            info.update(
+                kind="flat",
+                note=f"ivf needs at least {2 * MIN_POINTS_PER_LIST} vectors for two lists of "
+                f"{MIN_POINTS_PER_LIST} training points; {n} given: built flat (exact)",
+            )
             kind = "flat"
         else:
             info["parameters"] = params
@@ -171,31 +175,45 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     except (ValueError, OSError, EOFError) as exc:
         raise IndexFileError(f"--embeddings {path} is not a .npy array written by udon_fast.embed ({exc})") from exc
     if embeddings.ndim != 2 or embeddings.dtype.kind != "f" or not len(embeddings):
-        raise IndexFileError(f"--embeddings {path}: expected an (N, D) float array with N >= 1, got "
-                             f"{embeddings.dtype} {embeddings.shape}")
+        raise IndexFileError(
+            f"--embeddings {path}: expected an (N, D) float array with N >= 1, got "
+            f"{embeddings.dtype} {embeddings.shape}"
+        )
     meta = _read_meta(meta_file)
-    if not (isinstance(meta, dict) and isinstance(meta.get("paths"), list)
-            and isinstance(meta.get("checkpoint", ""), str)):
-        raise IndexFileError(f"{meta_file}: expected {{\"paths\": [image paths], \"checkpoint\": path}} as written "
-                             f"by udon_fast.embed")
+    if not (
+        isinstance(meta, dict) and isinstance(meta.get("paths"), list) and isinstance(meta.get("checkpoint", ""), str)
+    ):
+        raise IndexFileError(
+            f'{meta_file}: expected {{"paths": [image paths], "checkpoint": path}} as written by udon_fast.embed'
+        )
     _check_pair(path, meta_file, meta, "python -m udon_fast.embed")
     if len(meta["paths"]) != len(embeddings) or meta.get("shape") != list(embeddings.shape):
-        raise IndexFileError(f"--embeddings: {path} has shape {embeddings.shape} but {meta_file} records shape "
-                             f"{meta.get('shape')} and lists {len(meta['paths'])} paths")
+        raise IndexFileError(
+            f"--embeddings: {path} has shape {embeddings.shape} but {meta_file} records shape "
+            f"{meta.get('shape')} and lists {len(meta['paths'])} paths"
+        )
     finite = np.isfinite(embeddings).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
-        raise IndexFileError(f"--embeddings {path}: row {row} ({meta['paths'][row]}) holds NaN or inf values "
-                             f"({int((~finite).sum())} such row(s))")
+        raise IndexFileError(
+            f"--embeddings {path}: row {row} ({meta['paths'][row]}) holds NaN or inf values "
+            f"({int((~finite).sum())} such row(s))"
+        )
     return embeddings.astype(np.float32, copy=False), meta
 
 
 def write_gallery(out: Path, index: Any, info: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """Write the index file and its meta file as a pair (`files.pairs.write_pair`); return the meta written."""
-    record = {"format": FORMAT, "version": VERSION, **info, "dimension": index.d, "count": index.ntotal,
-              "metric": "inner_product", **meta}
-    return write_pair(out, lambda f: f.write(faiss.serialize_index(index).tobytes()), meta_path(out), record,
-                      "--out")
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        **info,
+        "dimension": index.d,
+        "count": index.ntotal,
+        "metric": "inner_product",
+        **meta,
+    }
+    return write_pair(out, lambda f: f.write(faiss.serialize_index(index).tobytes()), meta_path(out), record, "--out")
 
 
 def load_gallery(path: str | Path) -> Gallery:
@@ -213,8 +231,10 @@ def load_gallery(path: str | Path) -> Gallery:
     except (ValueError, OSError, RuntimeError) as exc:
         raise IndexFileError(f"--index: cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if len(meta["paths"]) != index.ntotal or meta.get("dimension") != index.d:
-        raise IndexFileError(f"--index: {path} holds {index.ntotal} vectors of {index.d} dims but {meta_file} "
-                             f"lists {len(meta['paths'])} paths of {meta.get('dimension')} dims")
+        raise IndexFileError(
+            f"--index: {path} holds {index.ntotal} vectors of {index.d} dims but {meta_file} "
+            f"lists {len(meta['paths'])} paths of {meta.get('dimension')} dims"
+        )
     return Gallery(index, meta["paths"], meta)
 
 
@@ -222,5 +242,13 @@ def build(embeddings_path: Path, out: Path, kind: str, gpu: bool) -> dict[str, A
     """`index build`: read E.npy + E.meta.json, build, write OUT and OUT.meta.json; return the meta."""
     embeddings, source = read_embeddings(embeddings_path)
     index, info = build_index(embeddings, kind, gpu)
-    return write_gallery(out, index, info, {"checkpoint": source.get("checkpoint"),
-                                            "embeddings": str(embeddings_path.resolve()), "paths": source["paths"]})
+    return write_gallery(
+        out,
+        index,
+        info,
+        {
+            "checkpoint": source.get("checkpoint"),
+            "embeddings": str(embeddings_path.resolve()),
+            "paths": source["paths"],
+        },
+    )

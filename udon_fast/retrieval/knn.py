@@ -38,6 +38,7 @@ Definitions (Q queries, N index items, k neighbours):
   query).  Under "exclude" a domain whose queries all lack a positive has NaN metrics and is
   skipped; the mean is NaN if every domain is.
 """
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -70,9 +71,13 @@ class _Inputs:
         position = np.full(len(self.index_emb) + 1, -1)  # position[-1] == -1 keeps "none"
         position[index_rows] = np.arange(len(index_rows))
         return _Inputs(
-            np.ascontiguousarray(self.query_emb[query_rows]), self.query_labels[query_rows],
-            self.query_domains[query_rows], np.ascontiguousarray(self.index_emb[index_rows]),
-            self.index_labels[index_rows], self.index_domains[index_rows], self.has_domains,
+            np.ascontiguousarray(self.query_emb[query_rows]),
+            self.query_labels[query_rows],
+            self.query_domains[query_rows],
+            np.ascontiguousarray(self.index_emb[index_rows]),
+            self.index_labels[index_rows],
+            self.index_domains[index_rows],
+            self.has_domains,
             position[self.self_rows[query_rows]],
         )
 
@@ -115,10 +120,20 @@ def knn_metrics(
         are given, "per_domain": {domain id: the first four keys for that domain's queries}.
     """
     mode = no_positive_mode(no_positive)
-    inputs = _validate(query_emb, query_labels, index_emb, index_labels, query_domains, index_domains,
-                       k, query_is_index, query_self_rows)
+    inputs = _validate(
+        query_emb,
+        query_labels,
+        index_emb,
+        index_labels,
+        query_domains,
+        index_domains,
+        k,
+        query_is_index,
+        query_self_rows,
+    )
     first_hit, precision, scored = _score_queries(
-        inputs, k, positive_int(query_batch_size, "query_batch_size"), _resolve_gpu(use_gpu))
+        inputs, k, positive_int(query_batch_size, "query_batch_size"), _resolve_gpu(use_gpu)
+    )
     metrics = _summary(first_hit, precision, scored, k, mode)
     metrics["no_positive"] = mode
     if inputs.has_domains:
@@ -160,8 +175,17 @@ def knn_metrics_by_domain(
         raise ValueError(f"index must be one of {INDEX_MODES}, got {index!r}")
     if query_domains is None or index_domains is None:
         raise ValueError("knn_metrics_by_domain needs both query_domains and index_domains")
-    inputs = _validate(query_emb, query_labels, index_emb, index_labels, query_domains, index_domains,
-                       k, query_is_index, query_self_rows)
+    inputs = _validate(
+        query_emb,
+        query_labels,
+        index_emb,
+        index_labels,
+        query_domains,
+        index_domains,
+        k,
+        query_is_index,
+        query_self_rows,
+    )
     batch_size = positive_int(query_batch_size, "query_batch_size")
     gpu = _resolve_gpu(use_gpu)
     if index == "merged":
@@ -172,8 +196,10 @@ def knn_metrics_by_domain(
             index_rows = np.flatnonzero(inputs.index_domains == d)
             needed = k + 1 if (inputs.self_rows[rows] >= 0).any() else k
             if len(index_rows) < needed:
-                raise ValueError(f"index_domains: domain {int(d)} has {len(index_rows)} index items; "
-                                 f"separate evaluation with k={k} needs at least {needed}")
+                raise ValueError(
+                    f"index_domains: domain {int(d)} has {len(index_rows)} index items; "
+                    f"separate evaluation with k={k} needs at least {needed}"
+                )
             domain_inputs = inputs.subset(rows, index_rows)
             per_domain[int(d)] = _summary(*_score_queries(domain_inputs, k, batch_size, gpu), k, mode)
     return {"index": index, "no_positive": mode, "per_domain": per_domain, "mean": _domain_mean(per_domain, k, mode)}
@@ -192,6 +218,7 @@ def _domain_mean(per_domain: dict[int, dict[str, Any]], k: int, mode: str) -> di
 
 
 # ---- scoring -------------------------------------------------------------------------------------
+
 
 def _score_queries(
     inputs: _Inputs, k: int, batch_size: int, use_gpu: bool
@@ -237,8 +264,10 @@ def _per_domain(
     domains: np.ndarray, first_hit: np.ndarray, precision: np.ndarray, scored: np.ndarray, k: int, mode: str
 ) -> dict[int, dict[str, Any]]:
     """`_summary` of each domain's queries, keyed by domain id."""
-    return {int(d): _summary(first_hit[rows], precision[rows], scored[rows], k, mode)
-            for d, rows in _rows_by_domain(domains)}
+    return {
+        int(d): _summary(first_hit[rows], precision[rows], scored[rows], k, mode)
+        for d, rows in _rows_by_domain(domains)
+    }
 
 
 def _rows_by_domain(domains: np.ndarray) -> Iterator[tuple[np.int64, np.ndarray]]:
@@ -253,8 +282,10 @@ def _faiss():
     try:
         import faiss
     except ImportError as exc:
-        raise ImportError("udon_fast.retrieval.knn needs faiss, which `pip install udon_fast` installs (faiss-cpu); "
-                          "for GPU indexes, faiss-gpu-cu12 in its place") from exc
+        raise ImportError(
+            "udon_fast.retrieval.knn needs faiss, which `pip install udon_fast` installs (faiss-cpu); "
+            "for GPU indexes, faiss-gpu-cu12 in its place"
+        ) from exc
     return faiss
 
 
@@ -272,7 +303,7 @@ def _search_batches(
         index = faiss.IndexFlatIP(dim)
     index.add(index_emb)
     for start in range(0, len(query), batch_size):
-        scores, ids = index.search(query[start:start + batch_size], k)
+        scores, ids = index.search(query[start : start + batch_size], k)
         order = np.lexsort((ids, -scores), axis=-1)
         yield start, np.take_along_axis(ids, order, axis=-1)
 
@@ -299,10 +330,12 @@ def _class_keys(inputs: _Inputs) -> tuple[np.ndarray, np.ndarray, int]:
     q_domain, x_domain = np.split(domain_code.reshape(-1), [len(inputs.query_domains)])
     labels = np.concatenate([inputs.query_labels[q_valid], inputs.index_labels[x_valid]])
     label_values, label_code = np.unique(labels, return_inverse=True)
-    domains = np.concatenate([
-        np.broadcast_to(q_domain[:, None], q_valid.shape)[q_valid],
-        np.broadcast_to(x_domain[:, None], x_valid.shape)[x_valid],
-    ])
+    domains = np.concatenate(
+        [
+            np.broadcast_to(q_domain[:, None], q_valid.shape)[q_valid],
+            np.broadcast_to(x_domain[:, None], x_valid.shape)[x_valid],
+        ]
+    )
     classes, class_code = np.unique(domains * len(label_values) + label_code.reshape(-1), return_inverse=True)
     q_code, x_code = np.split(class_code.reshape(-1), [int(q_valid.sum())])
     query_keys = np.full(q_valid.shape, -1, dtype=np.int64)
@@ -346,9 +379,17 @@ def _count_positives(query_keys: np.ndarray, index_keys: np.ndarray, num_classes
 
 # ---- input validation ----------------------------------------------------------------------------
 
+
 def _validate(
-    query_emb: Any, query_labels: Any, index_emb: Any, index_labels: Any,
-    query_domains: Any, index_domains: Any, k: int, query_is_index: bool, query_self_rows: Any,
+    query_emb: Any,
+    query_labels: Any,
+    index_emb: Any,
+    index_labels: Any,
+    query_domains: Any,
+    index_domains: Any,
+    k: int,
+    query_is_index: bool,
+    query_self_rows: Any,
 ) -> _Inputs:
     query = _embeddings(query_emb, "query_emb")
     index = _embeddings(index_emb, "index_emb")
@@ -356,7 +397,10 @@ def _validate(
         raise ValueError(f"query_emb has dimension {query.shape[1]} but index_emb has {index.shape[1]}")
     if (query_domains is None) != (index_domains is None):
         raise ValueError("pass both query_domains and index_domains, or neither")
-    q_labels, x_labels = _labels(query_labels, "query_labels", len(query)), _labels(index_labels, "index_labels", len(index))
+    q_labels, x_labels = (
+        _labels(query_labels, "query_labels", len(query)),
+        _labels(index_labels, "index_labels", len(index)),
+    )
     q_domains = _domains(query_domains, "query_domains", len(query))
     x_domains = _domains(index_domains, "index_domains", len(index))
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -367,8 +411,9 @@ def _validate(
         raise ValueError("pass query_is_index or query_self_rows, not both")
     if query_is_index:
         if len(query) != len(index):
-            raise ValueError(f"query_is_index needs the same set: query_emb has {len(query)} rows, "
-                             f"index_emb {len(index)}")
+            raise ValueError(
+                f"query_is_index needs the same set: query_emb has {len(query)} rows, index_emb {len(index)}"
+            )
         self_rows, name = np.arange(len(query)), "query_is_index"
     elif query_self_rows is not None:
         self_rows, name = _integers(query_self_rows, "query_self_rows", len(query), (1,)), "query_self_rows"

@@ -1,6 +1,7 @@
 """Searching a gallery (an index file of `udon_fast.retrieval.index`, or embeddings searched exactly) with
 query images: open it, pick the model that embeds the queries, rank the hits
 (`python -m udon_fast.search` is the command)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,9 @@ def query_embedder(gallery: Gallery, checkpoint: str | None, device: torch.devic
         raise InputError("--checkpoint is needed: the gallery records no checkpoint")
     model = load_embedder(checkpoint, map_location=device)
     if model.dim != gallery.dimension:
-        raise InputError(f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds {gallery.dimension}-d ones")
+        raise InputError(
+            f"{checkpoint} gives {model.dim}-d embeddings but the gallery holds {gallery.dimension}-d ones"
+        )
     return model
 
 
@@ -50,12 +53,22 @@ def ranked(gallery: Gallery, queries: np.ndarray, paths: list[str], top: int) ->
     results = []
     for query, row_scores, row_ids in zip(paths, scores, ids):
         hits = [(float(s), int(i)) for s, i in zip(row_scores, row_ids) if i >= 0]
-        results.append({"query": query, "neighbours": [{"rank": r, "score": s, "path": gallery.paths[i]}
-                                                        for r, (s, i) in enumerate(hits, start=1)]})
+        results.append(
+            {
+                "query": query,
+                "neighbours": [
+                    {"rank": r, "score": s, "path": gallery.paths[i]} for r, (s, i) in enumerate(hits, start=1)
+                ],
+            }
+        )
     return results
 
 
 def html_results(results: list[dict]) -> list[QueryResult]:
     """`ranked`'s results as gallery rows: each image's class shown as its folder's name."""
-    return [QueryResult(r["query"], "", "", [Hit(h["path"], "", Path(h["path"]).parent.name, h["score"])
-                                             for h in r["neighbours"]]) for r in results]
+    return [
+        QueryResult(
+            r["query"], "", "", [Hit(h["path"], "", Path(h["path"]).parent.name, h["score"]) for h in r["neighbours"]]
+        )
+        for r in results
+    ]

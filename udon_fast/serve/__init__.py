@@ -5,6 +5,7 @@
 - `batcher.MicroBatcher`: embeds the images of concurrent requests in shared batches.
 - `uploads.check_upload`: the checks an uploaded file must pass (a clear 4xx otherwise).
 """
+
 from .app import create_app
 from .batcher import MicroBatcher
 from .uploads import UploadError, check_upload

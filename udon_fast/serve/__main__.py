@@ -1,4 +1,5 @@
 """`python -m udon_fast.serve`: runs udon_fast.commands.serve."""
+
 import sys
 
 from ..commands import run

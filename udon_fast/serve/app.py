@@ -11,6 +11,7 @@
 Uploads are checked (`uploads.check_upload`): empty 400, over the size limit 413, not an image 415,
 more than `max_files` files 413, none 400; the JSON error body is {"detail": message}.
 """
+
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -32,9 +33,17 @@ from .uploads import MAX_UPLOAD_BYTES, UploadError, check_upload
 MAX_TOP = 100
 
 
-def create_app(gallery: Gallery, embed_fn, *, top: int = 5, max_batch: int = 32, max_wait_s: float = 0.005,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_files: int = 32, title: str = "udon_fast search"
-               ) -> FastAPI:
+def create_app(
+    gallery: Gallery,
+    embed_fn,
+    *,
+    top: int = 5,
+    max_batch: int = 32,
+    max_wait_s: float = 0.005,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_files: int = 32,
+    title: str = "udon_fast search",
+) -> FastAPI:
     """The service over `gallery`; `embed_fn(list of encoded images) -> (n, D) float32` (an
     `embedding.ImageEmbedder`), run through a `MicroBatcher`."""
     batcher = MicroBatcher(embed_fn, max_batch=max_batch, max_wait_s=max_wait_s)
@@ -57,13 +66,22 @@ def create_app(gallery: Gallery, embed_fn, *, top: int = 5, max_batch: int = 32,
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "gallery": len(gallery.paths), "dimension": gallery.dimension,
-                "checkpoint": gallery.meta.get("checkpoint"), "batches": len(batcher.batch_sizes),
-                "images": sum(batcher.batch_sizes)}
+        return {
+            "status": "ok",
+            "gallery": len(gallery.paths),
+            "dimension": gallery.dimension,
+            "checkpoint": gallery.meta.get("checkpoint"),
+            "batches": len(batcher.batch_sizes),
+            "images": sum(batcher.batch_sizes),
+        }
 
     @app.get("/image/{row}")
     async def image(row: str) -> FileResponse:
-        if not (row.isascii() and row.isdigit()) or int(row) >= len(gallery.paths) or not Path(gallery.paths[int(row)]).is_file():
+        if (
+            not (row.isascii() and row.isdigit())
+            or int(row) >= len(gallery.paths)
+            or not Path(gallery.paths[int(row)]).is_file()
+        ):
             raise HTTPException(404, "no such gallery image")
         return FileResponse(gallery.paths[int(row)])
 
@@ -79,17 +97,32 @@ def create_app(gallery: Gallery, embed_fn, *, top: int = 5, max_batch: int = 32,
         try:
             for upload in files:
                 data = await upload.read(max_upload_bytes + 1)
-                encoded.append(await run_in_threadpool(check_upload, upload.filename or "upload", data,
-                                                       max_upload_bytes))
+                encoded.append(
+                    await run_in_threadpool(check_upload, upload.filename or "upload", data, max_upload_bytes)
+                )
         except UploadError as exc:
             raise HTTPException(exc.status, exc.message) from exc
         queries = await batcher.embed(encoded)
         scores, ids = await run_in_threadpool(gallery.search, np.asarray(queries), top)
-        return {"top": top, "results": [
-            {"query": upload.filename, "neighbours": [
-                {"rank": rank, "score": float(score), "path": gallery.paths[i],
-                 "class": Path(gallery.paths[i]).parent.name, "url": f"image/{i}"}
-                for rank, (score, i) in enumerate(zip(row_scores, row_ids), start=1) if i >= 0]}
-            for upload, row_scores, row_ids in zip(files, scores, ids)]}
+        return {
+            "top": top,
+            "results": [
+                {
+                    "query": upload.filename,
+                    "neighbours": [
+                        {
+                            "rank": rank,
+                            "score": float(score),
+                            "path": gallery.paths[i],
+                            "class": Path(gallery.paths[i]).parent.name,
+                            "url": f"image/{i}",
+                        }
+                        for rank, (score, i) in enumerate(zip(row_scores, row_ids), start=1)
+                        if i >= 0
+                    ],
+                }
+                for upload, row_scores, row_ids in zip(files, scores, ids)
+            ],
+        }
 
     return app

@@ -6,6 +6,7 @@ images are in, runs the embedding function on the whole batch in a worker thread
 keeps accepting requests meanwhile) and hands each request its rows.  A failure of the embedding
 function fails the requests of that batch only.
 """
+
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,5 +82,5 @@ class MicroBatcher:
             start = 0
             for request, future in batch:
                 if not future.done():
-                    future.set_result(rows[start:start + len(request)])
+                    future.set_result(rows[start : start + len(request)])
                 start += len(request)

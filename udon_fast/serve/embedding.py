@@ -4,6 +4,7 @@ The same decode, shorter-side resize, centre crop and normalisation as `embed`/`
 `--decoder torchvision` (`data.torchvision_pipelines.eval_pipeline`), so an uploaded copy of a
 gallery image finds itself first.
 """
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,9 +20,15 @@ class ImageEmbedder:
     def __init__(self, model: Embedder, device: torch.device, threads: int = 2):
         self.model, self.device = model.eval(), device
         self._pending: Sequence[np.ndarray] = []
-        self.pipeline = eval_pipeline(lambda: self._pending, batch_size=1, image_size=model.config["image_size"],
-                                      mean=model.mean, std=model.std, num_threads=threads,
-                                      device_id=device.index or 0 if device.type == "cuda" else None)
+        self.pipeline = eval_pipeline(
+            lambda: self._pending,
+            batch_size=1,
+            image_size=model.config["image_size"],
+            mean=model.mean,
+            std=model.std,
+            num_threads=threads,
+            device_id=device.index or 0 if device.type == "cuda" else None,
+        )
 
     @torch.inference_mode()
     def __call__(self, encoded: Sequence[np.ndarray]) -> np.ndarray:

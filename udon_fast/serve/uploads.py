@@ -1,4 +1,5 @@
 """Checks on an uploaded image: not empty, not too large, an image the embedder's decoder reads."""
+
 import numpy as np
 
 from ..data.image_bytes import looks_complete
@@ -33,6 +34,7 @@ def check_upload(name: str, data: bytes, limit: int = MAX_UPLOAD_BYTES) -> np.nd
         except Exception as exc:  # any decoder failure is a verdict on this upload
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cannot decode'}"
     if reason is not None:
-        raise UploadError(415, f"{name}: not an image this service can read (JPEG, PNG, GIF, WebP, BMP, TIFF): "
-                               f"{reason}")
+        raise UploadError(
+            415, f"{name}: not an image this service can read (JPEG, PNG, GIF, WebP, BMP, TIFF): {reason}"
+        )
     return encoded

@@ -8,6 +8,7 @@ on every rank keep none.  Class-parallel classifier slices stay out of DDP (each
 rows); their runs sum the replicated gradients instead of averaging them (`trainer/class_parallel.py`).
 nccl on CUDA, gloo on CPU.
 """
+
 from collections.abc import Iterable
 
 import torch
@@ -38,9 +39,14 @@ def data_parallel(module: nn.Module, ignore: Iterable[str] = (), reduce: str = "
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, list(ignore))
     group = dist.new_group(backend=dist.get_backend())
     device = next(module.parameters()).device
-    wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                      process_group=group, find_unused_parameters=True, forward_sync_buffers=False,
-                                      gradient_as_bucket_view=True)
+    wrapped = DistributedDataParallel(
+        module,
+        device_ids=[device] if device.type == "cuda" else None,
+        process_group=group,
+        find_unused_parameters=True,
+        forward_sync_buffers=False,
+        gradient_as_bucket_view=True,
+    )
     if reduce == "sum":
         wrapped.register_comm_hook(group, _sum_hook)
     return wrapped

@@ -13,6 +13,7 @@ order is defined on the global batch (`data/sampling.py`), so the resumed run se
 Each domain's data position is the saved rank's own when M = N, else the furthest of the saved ranks' (they
 are equal unless a rank skipped a corrupt file); the torch RNG state is saved rank r mod N's.
 """
+
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 
 from ..data import TrainLoader
+from ..distributed import Ranks
+from ..files.outputs import OutputError, writing
 from ..model import UDONModel
 from ..model.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from ..model.distributed_checkpoint import DISTRIBUTED, MODEL, OPTIMIZER, failure, folder
-from ..files.outputs import OutputError, writing
 from ..sampler import DomainSampler
-from ..distributed import Ranks
 from .state import Progress
 
 
@@ -46,8 +47,9 @@ def _global(local: torch.Tensor, num_classes: int, ranks: Ranks) -> DTensor:
     Partial-FC run) as its shard of the whole (C, D) (or (C,)) tensor."""
     mesh = init_device_mesh(ranks.device.type, (ranks.world_size,))
     shape = (num_classes, *local.shape[1:])
-    return DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=shape,
-                              stride=torch.empty(shape, device="meta").stride())
+    return DTensor.from_local(
+        local, mesh, [Shard(0)], run_check=False, shape=shape, stride=torch.empty(shape, device="meta").stride()
+    )
 
 
 def _row_shaped(value_shape, parameter: torch.Tensor) -> bool:
@@ -64,18 +66,27 @@ def _model_tensors(model: UDONModel, ranks: Ranks) -> dict[str, torch.Tensor]:
     """`model.<name>`: the model's tensors (the live ones) but the classifiers' `layout` (rank-specific; the
     modules compute it), classifier slices as DTensors."""
     sharded = _sharded_classes(model)
-    return {MODEL + name: _global(value, sharded[name], ranks) if name in sharded else value
-            for name, value in model.state_dict(keep_vars=True).items()
-            if not (name.startswith("classifiers.") and name.endswith(".layout"))}
+    return {
+        MODEL + name: _global(value, sharded[name], ranks) if name in sharded else value
+        for name, value in model.state_dict(keep_vars=True).items()
+        if not (name.startswith("classifiers.") and name.endswith(".layout"))
+    }
 
 
-def _optimizer_tensors(model: UDONModel, moments: dict[str, dict[str, torch.Tensor]], ranks: Ranks
-                       ) -> dict[str, torch.Tensor]:
+def _optimizer_tensors(
+    model: UDONModel, moments: dict[str, dict[str, torch.Tensor]], ranks: Ranks
+) -> dict[str, torch.Tensor]:
     """`optimizer.<name>.<key>`: {parameter name: its AdamW state}, the moments of classifier slices as DTensors."""
     sharded, parameters = _sharded_classes(model), dict(model.named_parameters())
-    return {f"{OPTIMIZER}{name}.{key}": (_global(value, sharded[name], ranks)
-                                         if name in sharded and _row_shaped(value.shape, parameters[name]) else value)
-            for name, values in moments.items() for key, value in values.items()}
+    return {
+        f"{OPTIMIZER}{name}.{key}": (
+            _global(value, sharded[name], ranks)
+            if name in sharded and _row_shaped(value.shape, parameters[name])
+            else value
+        )
+        for name, values in moments.items()
+        for key, value in values.items()
+    }
 
 
 def _named_state(model: UDONModel, optimizer: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
@@ -83,8 +94,16 @@ def _named_state(model: UDONModel, optimizer: torch.optim.Optimizer) -> dict[str
     return {names[id(parameter)]: moments for parameter, moments in optimizer.state.items()}
 
 
-def save_distributed_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sampler: DomainSampler,
-                         loader: TrainLoader, progress: Progress, ranks: Ranks, global_batch: int) -> None:
+def save_distributed_run(
+    path: Path,
+    model: UDONModel,
+    optimizer: torch.optim.Optimizer,
+    sampler: DomainSampler,
+    loader: TrainLoader,
+    progress: Progress,
+    ranks: Ranks,
+    global_batch: int,
+) -> None:
     """Write `path` (the manifest) and its DCP folder from every rank (a collective)."""
     path = Path(path)
     target = path.parent / f"{path.stem}-step{progress.step:09d}"
@@ -96,8 +115,10 @@ def save_distributed_run(path: Path, model: UDONModel, optimizer: torch.optim.Op
 
     _collectively(clear, ranks)
     try:
-        dcp.save({**_model_tensors(model, ranks), **_optimizer_tensors(model, _named_state(model, optimizer), ranks)},
-                 checkpoint_id=target)
+        dcp.save(
+            {**_model_tensors(model, ranks), **_optimizer_tensors(model, _named_state(model, optimizer), ranks)},
+            checkpoint_id=target,
+        )
     except CheckpointException as exc:
         raise OutputError(f"cannot write checkpoint folder {target}: {failure(exc)}") from None
     data = _all_gather(loader.state_dict(), ranks.world_size)
@@ -105,11 +126,23 @@ def save_distributed_run(path: Path, model: UDONModel, optimizer: torch.optim.Op
     error = None
     if ranks.is_main:
         groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-        info = {"dir": target.name, "world_size": ranks.world_size, "step": progress.step,
-                "global_batch": global_batch, "data": data, "rng": rng, "optimizer_groups": groups}
+        info = {
+            "dir": target.name,
+            "world_size": ranks.world_size,
+            "step": progress.step,
+            "global_batch": global_batch,
+            "data": data,
+            "rng": rng,
+            "optimizer_groups": groups,
+        }
         try:
-            write_checkpoint(path, model.config, {}, None,
-                             {"progress": vars(progress), "sampler": sampler.state_dict(), DISTRIBUTED: info})
+            write_checkpoint(
+                path,
+                model.config,
+                {},
+                None,
+                {"progress": vars(progress), "sampler": sampler.state_dict(), DISTRIBUTED: info},
+            )
             for old in path.parent.glob(f"{path.stem}-step*"):
                 if old.is_dir() and old != target:
                     shutil.rmtree(old, ignore_errors=True)
@@ -126,10 +159,12 @@ def _manifest(path: Path, model: UDONModel) -> dict[str, Any]:
     if info is None:
         raise CheckpointError(f"--resume: {path} was written by a single-process run; resume it without torchrun")
     if manifest["config"] != model.config:
-        raise CheckpointError(f"--resume: {path} was written for a different model "
-                              f"({manifest['config'].get('backbone_name')}, domains "
-                              f"{sorted(manifest['config'].get('domains', {}))}); use the same options or "
-                              f"another --out")
+        raise CheckpointError(
+            f"--resume: {path} was written for a different model "
+            f"({manifest['config'].get('backbone_name')}, domains "
+            f"{sorted(manifest['config'].get('domains', {}))}); use the same options or "
+            f"another --out"
+        )
     return manifest
 
 
@@ -155,43 +190,61 @@ def _collectively(action, ranks: Ranks):
     return result
 
 
-def load_distributed_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sampler: DomainSampler,
-                         loader: TrainLoader, ranks: Ranks, global_batch: int) -> Progress:
+def load_distributed_run(
+    path: Path,
+    model: UDONModel,
+    optimizer: torch.optim.Optimizer,
+    sampler: DomainSampler,
+    loader: TrainLoader,
+    ranks: Ranks,
+    global_batch: int,
+) -> Progress:
     """Restore what `save_distributed_run` wrote, on any number of ranks, into fresh objects (a collective)."""
     path = Path(path)
     manifest = _collectively(lambda: _manifest(path, model), ranks)
     info = manifest["extra"][DISTRIBUTED]
     if info["global_batch"] != global_batch:
-        raise CheckpointError(f"--resume: {path} was written with a global batch of {info['global_batch']} images "
-                              f"(--batch-size x ranks); this run has {global_batch}: pass --batch-size "
-                              f"{info['global_batch'] // ranks.world_size} on {ranks.world_size} ranks"
-                              if info["global_batch"] % ranks.world_size == 0 else
-                              f"--resume: {path} was written with a global batch of {info['global_batch']} images, "
-                              f"which {ranks.world_size} ranks cannot share equally")
+        raise CheckpointError(
+            f"--resume: {path} was written with a global batch of {info['global_batch']} images "
+            f"(--batch-size x ranks); this run has {global_batch}: pass --batch-size "
+            f"{info['global_batch'] // ranks.world_size} on {ranks.world_size} ranks"
+            if info["global_batch"] % ranks.world_size == 0
+            else f"--resume: {path} was written with a global batch of {info['global_batch']} images, "
+            f"which {ranks.world_size} ranks cannot share equally"
+        )
     metadata = dcp.FileSystemReader(folder(path, info)).read_metadata().state_dict_metadata
     sharded, parameters = _sharded_classes(model), dict(model.named_parameters())
     moments: dict[str, dict[str, torch.Tensor]] = {}
     for key, meta in metadata.items():
         if key.startswith(OPTIMIZER) and isinstance(meta, TensorStorageMetadata):
-            name, _, moment = key[len(OPTIMIZER):].rpartition(".")
+            name, _, moment = key[len(OPTIMIZER) :].rpartition(".")
             parameter = parameters[name]
             shaped = name in sharded and tuple(meta.size) in ((sharded[name], parameter.shape[1]), (sharded[name],))
-            local = parameter.shape[:len(meta.size)] if shaped else meta.size
-            moments.setdefault(name, {})[moment] = torch.empty(local, dtype=meta.properties.dtype,
-                                                               device=parameter.device)
+            local = parameter.shape[: len(meta.size)] if shaped else meta.size
+            moments.setdefault(name, {})[moment] = torch.empty(
+                local, dtype=meta.properties.dtype, device=parameter.device
+            )
     state = {**_model_tensors(model, ranks), **_optimizer_tensors(model, moments, ranks)}
     _collectively(lambda: _load_tensors(path, info, state), ranks)
     _copy_into_model(model, state)
     order = [n for group in optimizer.param_groups for n in _names(model, group["params"])]
     index = {name: i for i, name in enumerate(order)}
-    optimizer.load_state_dict({
-        "state": {index[name]: {key: _local(state[f"{OPTIMIZER}{name}.{key}"]) for key in values}
-                  for name, values in moments.items()},
-        "param_groups": [{**saved, "params": [index[n] for n in _names(model, group["params"])]}
-                         for saved, group in zip(info["optimizer_groups"], optimizer.param_groups)]})
+    optimizer.load_state_dict(
+        {
+            "state": {
+                index[name]: {key: _local(state[f"{OPTIMIZER}{name}.{key}"]) for key in values}
+                for name, values in moments.items()
+            },
+            "param_groups": [
+                {**saved, "params": [index[n] for n in _names(model, group["params"])]}
+                for saved, group in zip(info["optimizer_groups"], optimizer.param_groups)
+            ],
+        }
+    )
     sampler.load_state_dict(manifest["extra"]["sampler"])
-    loader.load_state_dict(info["data"][ranks.rank] if info["world_size"] == ranks.world_size
-                           else _furthest(info["data"]))
+    loader.load_state_dict(
+        info["data"][ranks.rank] if info["world_size"] == ranks.world_size else _furthest(info["data"])
+    )
     torch.set_rng_state(info["rng"][ranks.rank % info["world_size"]])
     return Progress(**manifest["extra"]["progress"])
 
@@ -219,8 +272,7 @@ def _furthest(states: list[dict[str, Any]]) -> dict[str, Any]:
     """One loader state whose every domain stands at the furthest position of `states`."""
     furthest = dict(states[0], domains={})
     for name in states[0]["domains"]:
-        furthest["domains"][name] = max((s["domains"][name] for s in states),
-                                        key=lambda p: (p["epoch"], p["position"]))
+        furthest["domains"][name] = max((s["domains"][name] for s in states), key=lambda p: (p["epoch"], p["position"]))
     return furthest
 
 

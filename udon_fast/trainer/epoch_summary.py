@@ -10,6 +10,7 @@ validations from `Progress.validations`; an epoch is written once all its rows a
 validates) its validation are in, whatever order they arrive in.  A resumed run rebuilds its state
 from the kept metrics.jsonl rows and the checkpoint's validations.
 """
+
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,8 +26,9 @@ FILE = "summary.csv"
 class EpochSummary:
     """Accumulates per-epoch means and writes `out`/summary.csv (module docstring)."""
 
-    def __init__(self, out: Path, steps_per_epoch: int, total_steps: int, val_domains: Sequence[str],
-                 lr_groups: Sequence[str]):
+    def __init__(
+        self, out: Path, steps_per_epoch: int, total_steps: int, val_domains: Sequence[str], lr_groups: Sequence[str]
+    ):
         self.path = Path(out) / FILE
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.val_domains, self.lr_groups = list(val_domains), list(lr_groups)
@@ -37,9 +39,10 @@ class EpochSummary:
         self.written: list[int] = []
 
     def columns(self) -> list[str]:
-        val = ["val_p_at_1", "val_mmp_at_5"] + [f"val_{m}_{d}" for d in self.val_domains for m in ("p_at_1", "mmp_at_5")]
-        return (["epoch", "end_step", "steps", *LOSS_TERMS, "images_per_s"]
-                + [f"lr_{g}" for g in self.lr_groups] + val)
+        val = ["val_p_at_1", "val_mmp_at_5"] + [
+            f"val_{m}_{d}" for d in self.val_domains for m in ("p_at_1", "mmp_at_5")
+        ]
+        return ["epoch", "end_step", "steps", *LOSS_TERMS, "images_per_s"] + [f"lr_{g}" for g in self.lr_groups] + val
 
     def epoch_steps(self, epoch: int) -> int:
         return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
@@ -63,8 +66,11 @@ class EpochSummary:
         self.write()
 
     def _complete(self, epoch: int) -> bool:
-        return (self.counts.get(epoch) == self.epoch_steps(epoch) and epoch in self.last_lr
-                and (not self.val_domains or epoch in self.validations))
+        return (
+            self.counts.get(epoch) == self.epoch_steps(epoch)
+            and epoch in self.last_lr
+            and (not self.val_domains or epoch in self.validations)
+        )
 
     def write(self) -> None:
         """Rewrite the file when the set of complete epochs has changed."""

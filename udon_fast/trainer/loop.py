@@ -1,6 +1,7 @@
 """The UDON run: build the parts from a TrainConfig, train with the dynamic sampler, select the best
 validation epoch, test it, write the outputs.  Reads like the training schedule of docs/method.md
 (section 4)."""
+
 import json
 import math
 import sys
@@ -15,26 +16,25 @@ from ..extras import needs_extra
 with needs_extra("train"):
     from tqdm import tqdm
 
-from .. import gallery
-from ..evaluation import protocol
-from ..evaluation.results import write_results
+from .. import distributed, gallery
 from ..config import TrainConfig, parse_folders
 from ..data import TrainLoader, default_data_root, load_domains_with_splits
 from ..data.image_bytes import set_max_pixels
 from ..errors import InputError, TrainingDiverged
+from ..evaluation import protocol
+from ..evaluation.results import write_results
+from ..files.outputs import atomic_write_text, remove_stale_temp_files
 from ..kill_points import kill_point
 from ..losses import UDONLossOutput
 from ..model import Embedder, UDONModel, backbone_embedder
 from ..model.checkpoint import read_checkpoint
 from ..model.packaged import resolve_pretrained
-from ..files.outputs import atomic_write_text, remove_stale_temp_files
 from ..sampler import DomainSampler
-from .. import distributed
 from . import report
 from .distributed_checkpoint import load_distributed_run, load_distributed_weights, save_distributed_run
 from .epoch_summary import EpochSummary
-from .out_folder import claimed_out
 from .optimizer import build_optimizer, learning_rates, set_backbone_frozen
+from .out_folder import claimed_out
 from .state import Progress, load_run, save_run
 from .step import LossOptions, UDONStep, check_classifiers
 from .tensorboard import TensorBoardLog
@@ -45,11 +45,17 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _loss_options(config: TrainConfig, world_size: int) -> LossOptions:
-    return LossOptions(margin_type=config.margin_type, margin=config.margin, scale=config.scale,
-                       temperature=config.temperature, kl_weight=1.0 if config.distill else 0.0,
-                       similarity_weight=1.0 if config.distill and config.similarity else 0.0,
-                       backend=config.loss_backend, n_devices=world_size,
-                       margins=None if config.margins is None else tuple(config.margins))
+    return LossOptions(
+        margin_type=config.margin_type,
+        margin=config.margin,
+        scale=config.scale,
+        temperature=config.temperature,
+        kl_weight=1.0 if config.distill else 0.0,
+        similarity_weight=1.0 if config.distill and config.similarity else 0.0,
+        backend=config.loss_backend,
+        n_devices=world_size,
+        margins=None if config.margins is None else tuple(config.margins),
+    )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -65,8 +71,10 @@ class Run:
         self.config = config
         self.ranks = distributed.setup()
         if config.class_parallel and self.ranks.world_size < 2:
-            raise InputError("--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
-                             "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ...")
+            raise InputError(
+                "--class-parallel shards the classifiers over the ranks of a torchrun job: launch with "
+                "torchrun --nproc_per_node N (N >= 2) -m udon_fast.train ..."
+            )
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self._prepare_out()
@@ -75,31 +83,58 @@ class Run:
             torch.use_deterministic_algorithms(True)
         set_max_pixels(config.max_pixels)
         folders = parse_folders(config.folder)
-        self.domains, self.folder_splits = load_domains_with_splits(default_data_root(config.data_root, folders),
-                                                                    config.domains, folders, config.split_seed)
+        self.domains, self.folder_splits = load_domains_with_splits(
+            default_data_root(config.data_root, folders), config.domains, folders, config.split_seed
+        )
         self.val_domains = {n: d for n, d in self.domains.items() if "val" in d.splits}
         classes = {n: d.num_classes for n, d in self.domains.items()}
         shard = (self.ranks.rank, self.ranks.world_size) if config.class_parallel else (0, 1)
-        self.model = UDONModel(config.backbone, classes, teacher_dim=config.teacher_dim,
-                               student_dim=config.student_dim, pretrained=resolve_pretrained(config.backbone, config.pretrained),
-                               image_size=config.image_size, classifier_shard=shard).to(self.ranks.device)
+        self.model = UDONModel(
+            config.backbone,
+            classes,
+            teacher_dim=config.teacher_dim,
+            student_dim=config.student_dim,
+            pretrained=resolve_pretrained(config.backbone, config.pretrained),
+            image_size=config.image_size,
+            classifier_shard=shard,
+        ).to(self.ranks.device)
         if self.folder_splits:  # evaluate reuses them (data.folder_split)
             self.model.config["folder_splits"] = self.folder_splits
         self.model.train()  # the training state (BatchNorm statistics frozen), independent of any evaluation
         self._check_eval_splits()
         self.global_batch = config.batch_size * self.ranks.world_size
-        self.steps_per_epoch, self.total_steps = config.schedule(sum(len(d.train) for d in self.domains.values()),
-                                                                self.ranks.world_size)
-        self.sampler = DomainSampler({n: len(d.train) for n, d in self.domains.items()}, self.total_steps,
-                                     strategy=config.sampler, update_every=config.update_every, seed=config.seed)
-        self.loader = TrainLoader(self.domains, batch_size=config.batch_size, image_size=config.image_size,
-                                  mean=self.model.mean, std=self.model.std, seed=config.seed, rank=self.ranks.rank,
-                                  world_size=self.ranks.world_size, num_threads=config.data_threads,
-                                  decoder=config.decoder)
+        self.steps_per_epoch, self.total_steps = config.schedule(
+            sum(len(d.train) for d in self.domains.values()), self.ranks.world_size
+        )
+        self.sampler = DomainSampler(
+            {n: len(d.train) for n, d in self.domains.items()},
+            self.total_steps,
+            strategy=config.sampler,
+            update_every=config.update_every,
+            seed=config.seed,
+        )
+        self.loader = TrainLoader(
+            self.domains,
+            batch_size=config.batch_size,
+            image_size=config.image_size,
+            mean=self.model.mean,
+            std=self.model.std,
+            seed=config.seed,
+            rank=self.ranks.rank,
+            world_size=self.ranks.world_size,
+            num_threads=config.data_threads,
+            decoder=config.decoder,
+        )
         self.optimizer = build_optimizer(self.model, config.lr, config.backbone_lr_mult, config.weight_decay)
-        self.step_fn = UDONStep(self.model, self.optimizer, _loss_options(config, self.ranks.world_size),
-                                 compile=config.compile, grad_clip=config.grad_clip, world_size=self.ranks.world_size,
-                                 sample_rate=config.sample_rate)
+        self.step_fn = UDONStep(
+            self.model,
+            self.optimizer,
+            _loss_options(config, self.ranks.world_size),
+            compile=config.compile,
+            grad_clip=config.grad_clip,
+            world_size=self.ranks.world_size,
+            sample_rate=config.sample_rate,
+        )
         self.baseline_sets: dict[str, Any] = {}  # the off-the-shelf backbone's test embeddings, for the gallery
         self.tensorboard: TensorBoardLog | None = None
         self.summary: EpochSummary | None = None
@@ -117,32 +152,52 @@ class Run:
         for split, domains, separate in splits:
             protocol.check_evaluable(domains, split, separate=separate)
         if self.ranks.is_main:
-            protocol.check_eval_images(self.domains, [split for split, _, _ in splits],
-                                         workers=self.config.data_threads, progress=self.config.progress)
+            protocol.check_eval_images(
+                self.domains,
+                [split for split, _, _ in splits],
+                workers=self.config.data_threads,
+                progress=self.config.progress,
+            )
 
     def evaluate(self, split: str, model: UDONModel | Embedder | None = None, **kwargs) -> dict[str, Any]:
         """`model` (default: the run's) on `split`: every rank embeds its share of the sets (a collective);
         the same metrics on every rank."""
         domains = self.domains if split == "test" else self.val_domains
-        return protocol.evaluate_model(self.model if model is None else model, domains, split,
-                                         batch_size=self.config.eval_batch_size, device=self.ranks.device,
-                                         num_threads=self.config.data_threads, decoder=self.config.decoder,
-                                         progress=self.config.progress and self.ranks.is_main,
-                                         distributed=self.ranks.world_size > 1, **kwargs)
+        return protocol.evaluate_model(
+            self.model if model is None else model,
+            domains,
+            split,
+            batch_size=self.config.eval_batch_size,
+            device=self.ranks.device,
+            num_threads=self.config.data_threads,
+            decoder=self.config.decoder,
+            progress=self.config.progress and self.ranks.is_main,
+            distributed=self.ranks.world_size > 1,
+            **kwargs,
+        )
 
     def save(self, name: str, progress: Progress) -> None:
         """checkpoints/<name>: one file, or on several ranks a manifest and its DCP folder (every rank writes)."""
         if self.ranks.world_size > 1:
-            save_distributed_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader,
-                                 progress, self.ranks, self.global_batch)
+            save_distributed_run(
+                self.checkpoints / name,
+                self.model,
+                self.optimizer,
+                self.sampler,
+                self.loader,
+                progress,
+                self.ranks,
+                self.global_batch,
+            )
         elif self.ranks.is_main:
             save_run(self.checkpoints / name, self.model, self.optimizer, self.sampler, self.loader, progress)
 
     def evaluate_baseline(self) -> dict[str, Any]:
         """The off-the-shelf backbone (its own L2-normalised features, before any training) on test."""
         was_training = self.model.training
-        baseline = Embedder.of_backbone(self.model.backbone, self.config.image_size,
-                                        {"backbone_name": self.config.backbone})
+        baseline = Embedder.of_backbone(
+            self.model.backbone, self.config.image_size, {"backbone_name": self.config.backbone}
+        )
         try:
             return self.evaluate("test", baseline, embedding="student", embeddings=self.baseline_sets)
         finally:
@@ -155,8 +210,9 @@ class Run:
         last = self.checkpoints / "last.pt"
         if self.config.resume and last.is_file():
             if self.ranks.world_size > 1:
-                progress = load_distributed_run(last, self.model, self.optimizer, self.sampler, self.loader,
-                                                self.ranks, self.global_batch)
+                progress = load_distributed_run(
+                    last, self.model, self.optimizer, self.sampler, self.loader, self.ranks, self.global_batch
+                )
             else:
                 progress = load_run(last, self.model, self.optimizer, self.sampler, self.loader)
             self.model.train()  # the training state is part of what is restored
@@ -168,10 +224,15 @@ class Run:
         progress = Progress()
         if self.ranks.is_main:
             if self.config.resume:
-                print(f"udon_fast.train: --resume: no checkpoint in {self.checkpoints} yet (the run stopped before "
-                      f"its first one); starting it from the beginning", file=sys.stderr)
-            atomic_write_text(self.out / "config.json", self.config.to_json(folder_splits=self.folder_splits,
-                                                                            world_size=self.ranks.world_size))
+                print(
+                    f"udon_fast.train: --resume: no checkpoint in {self.checkpoints} yet (the run stopped before "
+                    f"its first one); starting it from the beginning",
+                    file=sys.stderr,
+                )
+            atomic_write_text(
+                self.out / "config.json",
+                self.config.to_json(folder_splits=self.folder_splits, world_size=self.ranks.world_size),
+            )
             atomic_write_text(self.out / "metrics.jsonl", "")
         if self.config.baseline:
             progress.baseline = self.evaluate_baseline()
@@ -184,10 +245,15 @@ class Run:
         if validate and self.val_domains:
             merged = self.evaluate("val", index="merged", embedding="student")["student"]["merged"]
             score = merged["mean"]["p_at_1"]
-            progress.validations.append({"step": progress.step, "mean_p_at_1": score,
-                                         "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"},
-                                         "mean_mmp_at_5": merged["mean"]["mmp_at_5"],
-                                         "mmp_at_5": {d: m["mmp_at_5"] for d, m in merged.items() if d != "mean"}})
+            progress.validations.append(
+                {
+                    "step": progress.step,
+                    "mean_p_at_1": score,
+                    "p_at_1": {d: m["p_at_1"] for d, m in merged.items() if d != "mean"},
+                    "mean_mmp_at_5": merged["mean"]["mmp_at_5"],
+                    "mmp_at_5": {d: m["mmp_at_5"] for d, m in merged.items() if d != "mean"},
+                }
+            )
             if self.tensorboard is not None:
                 self.tensorboard.validation(progress.validations[-1])
             if self.summary is not None:
@@ -205,8 +271,13 @@ class Run:
         """metrics.jsonl for appending, feeding summary.csv and (--tensorboard) the event files; a resumed
         run's summary starts from the kept rows and the checkpoint's validations."""
         path = self.out / "metrics.jsonl"
-        self.summary = EpochSummary(self.out, self.steps_per_epoch, self.total_steps, list(self.val_domains),
-                                    list(learning_rates(self.optimizer)))
+        self.summary = EpochSummary(
+            self.out,
+            self.steps_per_epoch,
+            self.total_steps,
+            list(self.val_domains),
+            list(learning_rates(self.optimizer)),
+        )
         self.summary.rows(report.read_metrics(path))
         self.summary.validation(progress.validations)
         listeners = [self.summary.rows]
@@ -230,8 +301,13 @@ class Run:
         config, ranks = self.config, self.ranks
         metrics = self.open_logs(progress) if ranks.is_main else None
         rows = report.StepRows(metrics, UDONLossOutput._fields)
-        bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", unit="step",
-                   disable=not (config.progress and ranks.is_main))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=progress.step,
+            desc="train",
+            unit="step",
+            disable=not (config.progress and ranks.is_main),
+        )
         while progress.step < self.total_steps:
             step = progress.step
             epoch = step // self.steps_per_epoch
@@ -242,8 +318,14 @@ class Run:
             out = self.step_fn(images, labels, domain)
             terms = distributed.mean_over_ranks(torch.stack(list(out)), ranks.world_size)
             self.step_fn.apply(terms)
-            rows.add(terms, images.shape[0] * ranks.world_size, step=step, epoch=epoch, domain=domain,
-                     lr=learning_rates(self.optimizer))
+            rows.add(
+                terms,
+                images.shape[0] * ranks.world_size,
+                step=step,
+                epoch=epoch,
+                domain=domain,
+                lr=learning_rates(self.optimizer),
+            )
             if self.sampler.update_due(step):
                 self._check_finite(rows)  # before the sampler reads this window's CEs
             self.sampler.record(step, domain, terms[1])
@@ -265,7 +347,8 @@ class Run:
             if not all(math.isfinite(v) for v in terms.values()):
                 raise TrainingDiverged(
                     f"non-finite loss at step {row['step']} (domain {row['domain']!r}): {terms}; the last good "
-                    f"checkpoint is {self.checkpoints / 'last.pt'}")
+                    f"checkpoint is {self.checkpoints / 'last.pt'}"
+                )
 
     def _log_point(self, rows: report.StepRows, bar: tqdm) -> None:
         """Read the pending steps' terms (one transfer), stop on a non-finite one, write their rows,
@@ -284,21 +367,30 @@ class Run:
         else:
             self.model.load_state_dict(read_checkpoint(best)["model"])
         sets: dict[str, Any] = {}
-        results = {"initial": progress.initial, "final": self.evaluate("test", embeddings=sets),
-                   "validation": progress.validations}
+        results = {
+            "initial": progress.initial,
+            "final": self.evaluate("test", embeddings=sets),
+            "validation": progress.validations,
+        }
         baseline_sets = self.gallery_baseline() if self.config.gallery else {}
         if not self.ranks.is_main:
             return {}
         if self.config.gallery:
-            gallery.write_gallery(self.out / "gallery", gallery.merged_search(self.domains, "test", sets),
-                                  self.config.gallery, title=f"UDON run {self.out} (test split)",
-                                  baseline=gallery.merged_search(self.domains, "test", baseline_sets)
-                                  if baseline_sets else None, seed=self.config.seed)
+            gallery.write_gallery(
+                self.out / "gallery",
+                gallery.merged_search(self.domains, "test", sets),
+                self.config.gallery,
+                title=f"UDON run {self.out} (test split)",
+                baseline=gallery.merged_search(self.domains, "test", baseline_sets) if baseline_sets else None,
+                seed=self.config.seed,
+            )
         if progress.baseline:
             results["baseline"] = progress.baseline
-        header = (f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
-                  f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
-                  f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s")
+        header = (
+            f"backbone {self.config.backbone}, {len(self.domains)} domains, {self.total_steps} steps, "
+            f"sampler {self.config.sampler}, distillation {'on' if self.config.distill else 'off'}, "
+            f"best validation step {progress.best_step}, wall time {time.perf_counter() - started:.0f} s"
+        )
         markdown = write_results(self.out, results, header)
         report.plot_metrics(self.out, report.read_metrics(self.out / "metrics.jsonl"))
         print(markdown)
@@ -310,8 +402,9 @@ class Run:
         {} without --baseline."""
         if not self.config.baseline or self.baseline_sets:
             return self.baseline_sets
-        backbone = backbone_embedder(self.config.backbone, self.config.pretrained,
-                                     self.config.image_size).to(self.ranks.device)
+        backbone = backbone_embedder(self.config.backbone, self.config.pretrained, self.config.image_size).to(
+            self.ranks.device
+        )
         self.evaluate("test", backbone, embedding="student", index="merged", embeddings=self.baseline_sets)
         return self.baseline_sets
 
@@ -331,7 +424,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         last = Path(config.out) / "checkpoints" / "last.pt"
         raise TrainingInterrupted(
             (f"interrupted at step {progress.step}; " if progress else "interrupted while starting; ")
-            + (f"--resume continues from the last checkpoint, {last}" if last.exists()
-               else "no checkpoint was written yet, so --resume starts the run again")) from None
+            + (
+                f"--resume continues from the last checkpoint, {last}"
+                if last.exists()
+                else "no checkpoint was written yet, so --resume starts the run again"
+            )
+        ) from None
     finally:
         distributed.teardown()

@@ -1,4 +1,5 @@
 """AdamW with two parameter groups and the frozen-backbone epochs (LR 0); docs/method.md, section 4."""
+
 import torch
 
 from ..model import UDONModel
@@ -11,8 +12,12 @@ def build_optimizer(model: UDONModel, lr: float, backbone_lr_mult: float, weight
     """
     groups = [
         {"params": list(model.head_parameters()), "lr": lr, "base_lr": lr, "name": "heads"},
-        {"params": list(model.backbone_parameters()), "lr": lr * backbone_lr_mult,
-         "base_lr": lr * backbone_lr_mult, "name": "backbone"},
+        {
+            "params": list(model.backbone_parameters()),
+            "lr": lr * backbone_lr_mult,
+            "base_lr": lr * backbone_lr_mult,
+            "name": "backbone",
+        },
     ]
     return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=weight_decay, fused=True)
 

@@ -4,6 +4,7 @@ Rank 0 does the checks and holds the lock (`files.run_lock`); the other ranks of
 verdict in one broadcast, so a refused folder stops every rank at once and no rank waits in a
 collective that rank 0 never reaches.
 """
+
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,10 +13,10 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..config import TrainConfig
+from ..distributed import Ranks
 from ..errors import InputError
 from ..files.outputs import check_writable_folder
 from ..files.run_lock import FolderLock, lock_folder
-from ..distributed import Ranks
 
 
 def check_resume_options(out: Path, config: TrainConfig, world_size: int = 1) -> None:
@@ -34,24 +35,33 @@ def check_resume_options(out: Path, config: TrainConfig, world_size: int = 1) ->
     if not changed:
         return
     length = [c for c in changed if c.startswith(("--steps ", "--epochs "))]
-    hint = (" A run's length is fixed when it starts (the domain sampler schedules all of its steps), so --resume "
-            "cannot extend it: start a new run in another --out to train longer." if length else "")
-    raise InputError(f"--resume: the options differ from the run in {out} ({saved_file.name}): {', '.join(changed)}. "
-                     f"Resume with the run's own options or start a new run in another --out.{hint}")
+    hint = (
+        " A run's length is fixed when it starts (the domain sampler schedules all of its steps), so --resume "
+        "cannot extend it: start a new run in another --out to train longer."
+        if length
+        else ""
+    )
+    raise InputError(
+        f"--resume: the options differ from the run in {out} ({saved_file.name}): {', '.join(changed)}. "
+        f"Resume with the run's own options or start a new run in another --out.{hint}"
+    )
 
 
 def _claim(config: TrainConfig, world_size: int) -> FolderLock:
     out = Path(config.out)
     if config.resume and not out.is_dir():
-        raise FileNotFoundError(f"--resume: --out {out} does not exist, so there is no run to continue "
-                                f"(drop --resume to start a new run there)")
+        raise FileNotFoundError(
+            f"--resume: --out {out} does not exist, so there is no run to continue "
+            f"(drop --resume to start a new run there)"
+        )
     for folder in (out, out / "checkpoints"):
         check_writable_folder(folder, "--out")
     lock = lock_folder(out, "--out")
     try:
         if not config.resume and ((out / "config.json").exists() or (out / "checkpoints" / "last.pt").exists()):
-            raise FileExistsError(f"--out {out} already holds a run; pass --resume to continue it or choose "
-                                  f"another --out")
+            raise FileExistsError(
+                f"--out {out} already holds a run; pass --resume to continue it or choose another --out"
+            )
         check_resume_options(out, config, world_size)
     except BaseException:
         lock.release()

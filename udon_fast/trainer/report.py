@@ -1,5 +1,6 @@
 """Training-run outputs: the per-step rows of metrics.jsonl and PNG plots (results.json / results.md and the
 per-domain table: `udon_fast.evaluation.results`)."""
+
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ with needs_extra("train"):
 
 from ..errors import InputError  # noqa: E402
 from ..files.outputs import writing  # noqa: E402
+
 
 class MetricsLog:
     """metrics.jsonl opened for appending: one JSON line per step, flushed; errors name the file.
@@ -71,7 +73,7 @@ class StepRows:
     def read(self) -> list[dict[str, float]]:
         """The loss terms of every pending step, {field: value}, in step order (one device-to-host copy
         for the steps not read yet)."""
-        unread = [terms for terms, _ in self.pending[len(self.values):]]
+        unread = [terms for terms, _ in self.pending[len(self.values) :]]
         if unread:
             self.values += torch.stack(unread).tolist()
         return [dict(zip(self.fields, values)) for values in self.values]

@@ -7,6 +7,7 @@ backbone's results;
 `model.save_checkpoint` (temp file, fsync, rename), so a kill at any point leaves the previous file.
 These are the single-process checkpoints; runs on several ranks write `distributed_checkpoint`'s.
 """
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,24 +34,39 @@ class Progress:
     validations: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sampler: DomainSampler,
-             loader: TrainLoader, progress: Progress) -> None:
-    extra = {"progress": vars(progress), "sampler": sampler.state_dict(), "data": loader.state_dict(),
-             "rng": torch.get_rng_state()}
+def save_run(
+    path: Path,
+    model: UDONModel,
+    optimizer: torch.optim.Optimizer,
+    sampler: DomainSampler,
+    loader: TrainLoader,
+    progress: Progress,
+) -> None:
+    extra = {
+        "progress": vars(progress),
+        "sampler": sampler.state_dict(),
+        "data": loader.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
     save_checkpoint(path, model, optimizer, extra=extra)
 
 
-def load_run(path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sampler: DomainSampler,
-             loader: TrainLoader) -> Progress:
+def load_run(
+    path: Path, model: UDONModel, optimizer: torch.optim.Optimizer, sampler: DomainSampler, loader: TrainLoader
+) -> Progress:
     """Restore everything `save_run` wrote into the given (freshly built) objects; return the counters."""
     checkpoint = read_checkpoint(path, map_location="cpu", model_state=False)
     if DISTRIBUTED in checkpoint["extra"]:
-        raise InputError(f"--resume: {path} was written by a run on {checkpoint['extra'][DISTRIBUTED]['world_size']} "
-                         f"ranks; resume it with torchrun (on any number of ranks)")
+        raise InputError(
+            f"--resume: {path} was written by a run on {checkpoint['extra'][DISTRIBUTED]['world_size']} "
+            f"ranks; resume it with torchrun (on any number of ranks)"
+        )
     if checkpoint["config"] != model.config:
-        raise InputError(f"--resume: {path} was written for a different model "
-                         f"({checkpoint['config'].get('backbone_name')}, domains "
-                         f"{sorted(checkpoint['config'].get('domains', {}))}); use the same options or another --out")
+        raise InputError(
+            f"--resume: {path} was written for a different model "
+            f"({checkpoint['config'].get('backbone_name')}, domains "
+            f"{sorted(checkpoint['config'].get('domains', {}))}); use the same options or another --out"
+        )
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     extra = checkpoint["extra"]

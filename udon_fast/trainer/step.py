@@ -21,6 +21,7 @@ and the sharded loss runs over the union of the ranks' samples (each rank steps 
 replicated classifiers are sampled alike on every rank and the sampled rows' gradients, which DDP does
 not see, are averaged over the ranks before clipping, so the replicas stay identical.
 """
+
 import copy
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from .. import distributed
 from ..errors import CompileError
 from ..losses import udon_loss
 from ..losses.partial_fc import SampledRows, adamw_rows, sample_classes
@@ -36,7 +38,6 @@ from ..losses.validate import check_class_weights
 from ..model import UDONModel
 from ..model.sharded_classifier import slice_sizes
 from ..model.udon import head_embedding
-from .. import distributed
 from . import class_parallel
 from .data_parallel import data_parallel
 
@@ -63,11 +64,21 @@ class LossOptions:
         return self.teacher_ce_weight + self.student_ce_weight + self.kl_weight + self.similarity_weight
 
     def kwargs(self) -> dict:
-        return dict(margin_type=self.margin_type, margin=self.margin, margins=self.margins, scale=self.scale,
-                    teacher_temperature=self.temperature, student_temperature=self.temperature,
-                    teacher_ce_weight=self.teacher_ce_weight, student_ce_weight=self.student_ce_weight,
-                    kl_weight=self.kl_weight, similarity_weight=self.similarity_weight, backend=self.backend,
-                    n_devices=self.n_devices, check_inputs=False)
+        return dict(
+            margin_type=self.margin_type,
+            margin=self.margin,
+            margins=self.margins,
+            scale=self.scale,
+            teacher_temperature=self.temperature,
+            student_temperature=self.temperature,
+            teacher_ce_weight=self.teacher_ce_weight,
+            student_ce_weight=self.student_ce_weight,
+            kl_weight=self.kl_weight,
+            similarity_weight=self.similarity_weight,
+            backend=self.backend,
+            n_devices=self.n_devices,
+            check_inputs=False,
+        )
 
 
 def check_classifiers(model: UDONModel) -> None:
@@ -112,8 +123,17 @@ class UDONStep:
     loss runs collectives, so it stays outside the compiled region (the embeddings are compiled).
     """
 
-    def __init__(self, model: UDONModel, optimizer: torch.optim.Optimizer, loss: LossOptions, *,
-                 compile: bool, grad_clip: float | None, world_size: int, sample_rate: float = 1.0):
+    def __init__(
+        self,
+        model: UDONModel,
+        optimizer: torch.optim.Optimizer,
+        loss: LossOptions,
+        *,
+        compile: bool,
+        grad_clip: float | None,
+        world_size: int,
+        sample_rate: float = 1.0,
+    ):
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.sample_rate, self.sampled = sample_rate, []
         self.grad_clip, self.world_size = grad_clip, world_size
@@ -178,8 +198,13 @@ class UDONStep:
         if classifier.sharded:
             student, teacher = self.embeddings(images, self.teacher_params[domain])
             return classifier.loss(student_emb=student, teacher_emb=teacher, labels=labels, **self.loss.kwargs())
-        return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=classifier.student,
-                                 teacher_weight=classifier.teacher)
+        return self.forward_loss(
+            images,
+            labels,
+            self.teacher_params[domain],
+            student_weight=classifier.student,
+            teacher_weight=classifier.teacher,
+        )
 
     def _sample(self, labels: torch.Tensor, classifier):
         """This step's classes of the domain: index (K,) int64 rows of the classifier (or of this rank's
@@ -200,13 +225,15 @@ class UDONStep:
         student, teacher = (s.rows for s in self.sampled)
         if shard is not None:
             student_emb, teacher_emb = self.embeddings(images, self.teacher_params[domain])
-            return udon_loss(student_emb, teacher_emb, student, teacher, labels, class_shard=shard,
-                             **self.loss.kwargs())
+            return udon_loss(
+                student_emb, teacher_emb, student, teacher, labels, class_shard=shard, **self.loss.kwargs()
+            )
         if self.compiled:
             torch._dynamo.maybe_mark_dynamic(student, 0)
             torch._dynamo.maybe_mark_dynamic(teacher, 0)
-        return self.forward_loss(images, labels, self.teacher_params[domain], student_weight=student,
-                                 teacher_weight=teacher)
+        return self.forward_loss(
+            images, labels, self.teacher_params[domain], student_weight=student, teacher_weight=teacher
+        )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, domain: str):
         try:
@@ -237,10 +264,12 @@ class UDONStep:
             torch.nn.utils.clip_grad_norm_(grads, self.grad_clip)
             return
         replicated = [p.grad for p in self.replicated if p.grad is not None]
-        sliced = [p.grad for p in self.sharded if p.grad is not None] + [s.rows.grad for s in self.sampled
-                                                                         if s.rows.grad is not None]
-        squares = (torch.nn.utils.get_total_norm(sliced).square() if sliced
-                   else torch.zeros((), device=self.sharded[0].device))
+        sliced = [p.grad for p in self.sharded if p.grad is not None] + [
+            s.rows.grad for s in self.sampled if s.rows.grad is not None
+        ]
+        squares = (
+            torch.nn.utils.get_total_norm(sliced).square() if sliced else torch.zeros((), device=self.sharded[0].device)
+        )
         distributed.all_reduce_sum(squares, self.world_size)
         if replicated:
             squares = squares + torch.nn.utils.get_total_norm(replicated).square()

@@ -14,6 +14,7 @@ opens with purge_step = the step the run starts from (0, or where a resumed run 
 TensorBoard drops whatever an interrupted run logged from there on (rows and validations after its
 last.pt, everything when it stopped before its first checkpoint) and nothing is doubled.
 """
+
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
