@@ -66,7 +66,7 @@ def test_ci_lints_with_the_pre_commit_ruff_before_the_tests():
     version .pre-commit-config.yaml pins, and pyproject.toml configures ruff."""
     ci = (ROOT / ".ci" / "run").read_text()
     pinned = next(
-        line.split("v", 1)[1]
+        line.split("rev:", 1)[1].strip().removeprefix("v")
         for line in (ROOT / ".pre-commit-config.yaml").read_text().splitlines()
         if line.strip().startswith("rev:")
     )
